@@ -1,0 +1,1 @@
+"""Reading, pairing, mapping and batching images and masks."""

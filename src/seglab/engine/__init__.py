@@ -1,0 +1,1 @@
+"""Training engine: distributed setup, checkpoints, the training loop."""

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints their message on one line and exits 1, with no traceback."""
+
+
+class SeglabError(Exception):
+    """A problem the user can fix (bad file, bad flag, bad folder). The message says what and how."""
+
+
+class DataError(SeglabError):
+    """An image, mask or data folder that cannot be used as it is."""
+
+
+class CheckpointError(SeglabError):
+    """A checkpoint file that is missing, corrupt, unsafe or from something else."""

@@ -1,0 +1,1 @@
+"""Prediction from checkpoints: whole images, tiles, test-time augmentation, post-processing."""

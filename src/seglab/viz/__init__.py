@@ -1,0 +1,1 @@
+"""Pictures of runs and predictions (matplotlib, Agg backend): curves, overlays, reports."""
