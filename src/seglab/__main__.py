@@ -1,0 +1,6 @@
+"""`python -m seglab` is the `seglab` command (torchrun starts it as `-m seglab`)."""
+import sys
+
+from seglab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""The `seglab` command: argparse subcommands that call the library. No logic lives here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from seglab import __version__
+from seglab.errors import SeglabError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, not {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _add_mask_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask-values", type=_ints, help="mask values in class order, e.g. 0,128,255")
+    parser.add_argument("--num-classes", type=int, help="masks hold class indices 0..K-1")
+    parser.add_argument("--class-names", type=_names, help="comma-separated names, one per class")
+    parser.add_argument("--ignore-index", type=int, dest="ignore_value",
+                        help="mask value that counts nowhere (e.g. 11 for CamVid's void)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seglab", description="Train and run image-segmentation models.")
+    parser.add_argument("--version", action="version", version=f"seglab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    check = commands.add_parser("check", help="describe a data folder and find problems before training")
+    check.add_argument("data", help="folder with images/ + masks/, or train/ val/ test/ subfolders")
+    _add_mask_options(check)
+
+    train = commands.add_parser("train", help="train a model on a data folder")
+    train.add_argument("data", nargs="?", help="data folder (or data.root in --config)")
+    train.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument("--out", help="run folder (default runs/<data>-<model>-<time>)")
+    train.add_argument("-e", "--epochs", type=int, dest="train.epochs")
+    train.add_argument("-b", "--batch-size", type=int, dest="train.batch_size")
+    train.add_argument("-l", "--learning-rate", type=float, dest="train.learning_rate")
+    train.add_argument("-f", "--load", dest="train.load", help="initial weights from a seglab checkpoint")
+    train.add_argument("-s", "--scale", type=float, dest="data.scale", help="resize images by this factor")
+    train.add_argument("-v", "--validation", type=float, dest="data.validation",
+                       help="percent of whole images held out for validation (default 10)")
+    train.add_argument("--val-dir", dest="data.val_dir", help="separate validation folder")
+    train.add_argument("--amp", action="store_const", const=True, dest="train.amp",
+                       help="mixed precision on GPUs (bf16 where supported, else fp16)")
+    train.add_argument("--model", dest="model.name", help="unet (default) or deeplabv3")
+    train.add_argument("--base-channels", type=int, dest="model.base_channels")
+    train.add_argument("--depth", type=int, dest="model.depth")
+    train.add_argument("--up", choices=["transpose", "bilinear"], dest="model.up")
+    train.add_argument("--padding", choices=["same", "valid"], dest="model.padding")
+    train.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50", "resnet101"],
+                       dest="model.backbone")
+    train.add_argument("--output-stride", type=int, choices=[8, 16], dest="model.output_stride")
+    train.add_argument("--pretrained-backbone", action="store_const", const=True, dest="model.pretrained_backbone")
+    train.add_argument("--in-channels", type=int, dest="data.in_channels")
+    train.add_argument("--crop", type=_ints, dest="data.crop", help="random training crops H[,W]")
+    train.add_argument("--normalization", choices=["per_image", "minmax", "none"], dest="data.normalization")
+    train.add_argument("--optimizer", choices=["adam", "adamw", "rmsprop", "sgd"], dest="train.optimizer")
+    train.add_argument("--weight-decay", type=float, dest="train.weight_decay")
+    train.add_argument("--scheduler", choices=["cosine", "plateau", "poly", "none"], dest="train.scheduler")
+    train.add_argument("--patience", type=int, dest="train.patience")
+    train.add_argument("--monitor", choices=["val_dice", "val_miou", "val_iou", "val_loss", "val_pixel_error"],
+                       dest="train.monitor")
+    train.add_argument("--loss", choices=["auto", "ce", "ce+dice", "bce", "bce+dice", "dice"], dest="train.loss")
+    train.add_argument("--augment", choices=["none", "light", "paper", "strong"], dest="train.augment")
+    train.add_argument("--device", dest="train.device", help="cpu, cuda, cuda:N or auto (default)")
+    train.add_argument("--seed", type=int, dest="train.seed")
+    train.add_argument("--workers", type=int, dest="data.workers", help="DataLoader worker processes")
+    train.add_argument("--max-time", type=float, dest="train.max_time", help="stop after this many seconds")
+    train.add_argument("--eval-every", type=int, dest="train.eval_every", help="validate every N epochs")
+    train.add_argument("--threshold", type=float, dest="train.threshold")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    train.add_argument("--mask-values", type=_ints, dest="data.mask_values")
+    train.add_argument("--num-classes", type=int, dest="data.num_classes")
+    train.add_argument("--class-names", type=_names, dest="data.class_names")
+    train.add_argument("--ignore-index", type=int, dest="data.ignore_value")
+
+    predict = commands.add_parser("predict", help="predict masks for images with a trained model")
+    predict.add_argument("-m", "--model", required=True, help="checkpoint (.pt)")
+    predict.add_argument("-i", "--input", nargs="+", required=True, help="image files or folders")
+    predict.add_argument("-o", "--output", nargs="+", help="one output file per input, or an output folder")
+    predict.add_argument("--viz", action="store_true", help="save an image | prediction figure per input")
+    predict.add_argument("-n", "--no-save", action="store_true", help="do not write the masks")
+    predict.add_argument("-t", "--mask-threshold", type=float, help="probability threshold (binary models)")
+    predict.add_argument("-s", "--scale", type=float, help="resize factor (default: the training scale)")
+    predict.add_argument("--overlay", action="store_true", help="write <stem>_overlay.png per image")
+    predict.add_argument("--device", default="auto")
+
+    evaluate = commands.add_parser("evaluate", help="score a model on labelled images")
+    evaluate.add_argument("-m", "--model", required=True, help="checkpoint (.pt)")
+    evaluate.add_argument("data", help="data folder with images/ and masks/ (or a val/ or test/ split)")
+    evaluate.add_argument("--split", choices=["train", "val", "test"], help="which split to score")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("-t", "--mask-threshold", type=float)
+    evaluate.add_argument("-s", "--scale", type=float)
+    evaluate.add_argument("--device", default="auto")
+
+    demo = commands.add_parser("demo", help="train, predict and evaluate on the bundled ISBI 2012 slices")
+    demo.add_argument("--out", help="run folder (default runs/demo-<time>)")
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--time-budget", type=float, help="seconds of training (default: 420 on CPU, 300 on GPU)")
+    demo.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def cmd_check(args) -> int:
+    from seglab.data.preflight import format_preflight, run_preflight
+
+    report = run_preflight(args.data, args.mask_values, args.num_classes, args.class_names, args.ignore_value)
+    print(format_preflight(report))
+    return 0 if report.ok else 1
+
+
+def cmd_train(args) -> int:
+    from seglab.config import RunConfig, load_config, override
+    from seglab.data.preflight import run_preflight
+    from seglab.engine.trainer import fit, resume
+
+    updates = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    if args.resume:
+        if args.data or args.config:
+            raise SeglabError("--resume takes the run's own config.yaml: give no DATA or --config with it")
+        resume(args.resume, updates, progress=not args.no_progress)
+        return 0
+    config = load_config(args.config) if args.config else RunConfig()
+    updates["data.root"] = args.data
+    updates["out"] = args.out
+    config = override(config, updates)
+    if not config.data.root:
+        raise SeglabError("no data folder: seglab train DATA_DIR (or data.root in --config)")
+    d = config.data
+    report = run_preflight(d.root, d.mask_values, d.num_classes, d.class_names, d.ignore_value)
+    if report.errors:
+        raise SeglabError(report.errors[0] + (f" (and {len(report.errors) - 1} more problems: run "
+                                              f"`seglab check {d.root}`)" if len(report.errors) > 1 else ""))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    fit(config, progress=not args.no_progress)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from seglab.engine.setup import resolve_device
+    from seglab.inference.predictor import Predictor
+    from seglab.inference.runner import collect_inputs, plan_outputs, run_predictions
+
+    predictor = Predictor.from_checkpoint(args.model, resolve_device(args.device), args.mask_threshold)
+    files = collect_inputs(args.input)
+    jobs = plan_outputs(files, args.output, save=not args.no_save)
+    summary = run_predictions(predictor, jobs, args.scale, overlay=args.overlay, viz=args.viz)
+    if summary.skipped:
+        print(f"{len(summary.skipped)} of {len(jobs)} inputs skipped:", file=sys.stderr)
+        for path, reason in summary.skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from seglab.engine.setup import resolve_device
+    from seglab.evaluation import evaluate_pairs, format_evaluation, labelled_pairs
+    from seglab.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.model, resolve_device(args.device), args.mask_threshold)
+    result = evaluate_pairs(predictor, labelled_pairs(args.data, args.split), args.scale)
+    result = {"model": args.model, "data": args.data, **result}
+    print(json.dumps(result) if args.json else format_evaluation(result))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from seglab.demo import run_demo
+
+    run_demo(args.out, args.device, args.time_budget, progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {"check": cmd_check, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SeglabError as error:
+        print(f"seglab: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("seglab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

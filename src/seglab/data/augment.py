@@ -1,0 +1,428 @@
+"""Batched augmentation on the batch's device: flips, rot90, affine, elastic and crop in ONE resample."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+from seglab.data.classmap import IGNORE_INDEX
+from seglab.errors import SeglabError
+
+_RANGE_FIELDS = ("scale", "gamma", "blur_sigma")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probability (`*_p`, per sample) and strength of each transform; the defaults turn all off.
+
+    Geometry, composed into one sampling grid per sample:
+        hflip_p, vflip_p: mirror left-right / top-bottom.
+        rot90_p: rotate by 90, 180 or 270 degrees (uniform); 0.75 with both flips at 0.5 makes all
+            8 orientations equally likely.
+        affine_p: rotation ~ U(-rotate_degrees, rotate_degrees), zoom ~ log-uniform in `scale`
+            (> 1 zooms in), shear ~ U(-shear_degrees, shear_degrees), shift ~ U(-translate,
+            translate) * size.
+        elastic_p: the U-Net paper's deformation: displacement vectors on a coarse
+            `elastic_grid` x `elastic_grid` grid, each ~ N(0, elastic_sigma) pixels, interpolated
+            bicubically to every pixel.
+    Intensity, on images only, after geometry. Strengths are in units of each sample's range
+    (max - min), so they mean the same for [0, 1] images and for standardised ones:
+        gamma (log-uniform range), contrast (factor ~ U(1 - c, 1 + c) about the mean),
+        brightness (shift ~ U(-b, b)), blur_sigma (Gaussian blur, sigma in px ~ U(range)),
+        noise_std (additive Gaussian noise).
+    """
+
+    hflip_p: float = 0.0
+    vflip_p: float = 0.0
+    rot90_p: float = 0.0
+    affine_p: float = 0.0
+    rotate_degrees: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    shear_degrees: float = 0.0
+    translate: float = 0.0
+    elastic_p: float = 0.0
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    gamma_p: float = 0.0
+    gamma: tuple[float, float] = (1.0, 1.0)
+    contrast_p: float = 0.0
+    contrast: float = 0.0
+    brightness_p: float = 0.0
+    brightness: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    noise_p: float = 0.0
+    noise_std: float = 0.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.name.endswith("_p") and not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise SeglabError(f"augment {f.name}={getattr(self, f.name)} is not a probability: use 0..1")
+        for name in _RANGE_FIELDS:
+            low, high = getattr(self, name)
+            if not 0.0 <= low <= high or (name != "blur_sigma" and low == 0.0):
+                raise SeglabError(f"augment {name}={[low, high]} must be [low, high] with 0 < low <= high")
+        for name in ("rotate_degrees", "translate", "elastic_sigma", "brightness", "noise_std"):
+            if getattr(self, name) < 0:
+                raise SeglabError(f"augment {name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= self.shear_degrees < 90.0:
+            raise SeglabError(f"augment shear_degrees={self.shear_degrees} must be in [0, 90)")
+        if not 0.0 <= self.contrast < 1.0:
+            raise SeglabError(f"augment contrast={self.contrast} must be in [0, 1)")
+        if self.elastic_grid < 2:
+            raise SeglabError(f"augment elastic_grid={self.elastic_grid} must be >= 2 (3 in the U-Net paper)")
+
+    @property
+    def geometric(self) -> bool:
+        """True when some transform moves pixels (so the batch is resampled)."""
+        return max(self.hflip_p, self.vflip_p, self.rot90_p, self.affine_p, self.elastic_p) > 0
+
+    @property
+    def photometric(self) -> bool:
+        """True when some transform changes image values."""
+        return max(self.gamma_p, self.contrast_p, self.brightness_p, self.blur_p, self.noise_p) > 0
+
+    def to_dict(self) -> dict:
+        """Plain dict (ranges as lists) for YAML / checkpoints; inverse of `augment_config_from_dict`."""
+        return {key: list(val) if isinstance(val, tuple) else val for key, val in asdict(self).items()}
+
+
+_LIGHT = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90_p=0.75)
+_PAPER = replace(_LIGHT, elastic_p=1.0, elastic_grid=3, elastic_sigma=10.0,
+                 gamma_p=0.5, gamma=(0.9, 1.1), contrast_p=0.5, contrast=0.1,
+                 brightness_p=0.5, brightness=0.05)
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    "light": _LIGHT,
+    "paper": _PAPER,
+    "strong": replace(_PAPER, affine_p=0.5, rotate_degrees=15.0, scale=(0.85, 1.2), shear_degrees=5.0,
+                      translate=0.05, gamma_p=0.5, gamma=(0.7, 1.4), contrast_p=0.8, contrast=0.25,
+                      brightness_p=0.8, brightness=0.15, blur_p=0.2, blur_sigma=(0.5, 1.5),
+                      noise_p=0.3, noise_std=0.03),
+}
+
+
+def augment_preset(name: str, **overrides) -> AugmentConfig:
+    """The preset `name` (none | light | paper | strong) with some fields replaced."""
+    return augment_config_from_dict({"preset": name, **overrides})
+
+
+def augment_config_from_dict(data: dict) -> AugmentConfig:
+    """AugmentConfig from a dict such as `to_dict()` gives; an optional "preset" key is the base."""
+    data = dict(data)
+    base = AUGMENT_PRESETS["none"]
+    if "preset" in data:
+        preset = data.pop("preset")
+        if preset not in AUGMENT_PRESETS:
+            names = ", ".join(AUGMENT_PRESETS)
+            raise SeglabError(f"unknown augmentation preset {preset!r}: use one of {names}")
+        base = AUGMENT_PRESETS[preset]
+    known = {f.name: f for f in fields(AugmentConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise SeglabError(f"unknown augmentation setting(s) {', '.join(unknown)}: use {', '.join(known)}")
+    values = {}
+    for key, value in data.items():
+        try:
+            if key in _RANGE_FIELDS:
+                low, high = value
+                values[key] = (float(low), float(high))
+            else:
+                values[key] = int(value) if key == "elastic_grid" else float(value)
+        except (TypeError, ValueError) as error:
+            raise SeglabError(f"augment {key}={value!r} is not a valid value ({error})") from None
+    return replace(base, **values)
+
+
+class BatchAugmenter:
+    """Augments whole batches on their own device with one `grid_sample` per tensor.
+
+    Every geometric transform of a sample (flip, rot90, affine, elastic, crop window) is folded
+    into one sampling grid, so thin structures such as membranes are interpolated only once.
+    All randomness comes from this augmenter's generator, created on the first batch's device
+    and seeded with `seed`: the same seed gives the same stream on the same device, and
+    `state_dict()` / `load_state_dict()` resume it exactly.
+    """
+
+    def __init__(self, config: AugmentConfig, seed: int, ignore_index: int = IGNORE_INDEX):
+        self.config = config
+        self.seed = int(seed)
+        self.ignore_index = int(ignore_index)
+        self._generator: torch.Generator | None = None
+        self._pending_state: tuple[str, torch.Tensor] | None = None
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None = None,
+                 out_size: tuple[int, int] | None = None):
+        """images (N, C, H, W) float; masks (N, H, W) int64; weights (N, H, W) float or None.
+
+        Returns (images (N, C, h, w), masks (N, h, w) int64, weights (N, h, w) or None) with
+        (h, w) = out_size or (H, W). A smaller out_size is a random window inside the (rotated)
+        image; a larger one is centred. Mask pixels sampled from outside the image become
+        `ignore_index` and get weight 0; images are reflected there. With nothing to do the
+        inputs come back as they are.
+        """
+        _check_batch(images, masks, weights)
+        height, width = images.shape[-2:]
+        out_h, out_w = (height, width) if out_size is None else (int(out_size[0]), int(out_size[1]))
+        if not self.config.geometric and not self.config.photometric and (out_h, out_w) == (height, width):
+            return images, masks, weights
+        generator = self._rng(images.device)
+        if self.config.geometric or (out_h, out_w) != (height, width):
+            grid, valid = self._sampling_grid(images.shape[0], height, width, out_h, out_w, generator)
+            images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear",
+                                   padding_mode="reflection", align_corners=True)
+            # Nearest never blends classes; "border" only keeps the kernel in range, validity decides.
+            masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest",
+                                  padding_mode="border", align_corners=True)[:, 0].round().long()
+            masks = masks.masked_fill(~valid, self.ignore_index)
+            if weights is not None:
+                weights = F.grid_sample(weights[:, None].to(grid.dtype), grid, mode="bilinear",
+                                        padding_mode="border", align_corners=True)[:, 0] * valid
+        if self.config.photometric:
+            images = self._photometric(images, generator)
+        return images, masks, weights
+
+    def _sampling_grid(self, n: int, height: int, width: int, out_h: int, out_w: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grid (N, out_h, out_w, 2) for grid_sample(align_corners=True) and valid (N, out_h, out_w) bool.
+
+        Works in pixel coordinates: an output pixel sits in a window of the "canvas" (the image
+        after rot90); canvas-centred coordinates go through one 2x2 matrix (affine, then rot90,
+        then flips) plus a shift to input-centred ones; the elastic field is added in the input
+        frame. Flip and rot90 matrices hold only 0 and +-1 and the offsets are whole pixels, so
+        without affine/elastic every output pixel centre lands on an input pixel centre (up to
+        float rounding of the normalised grid, a few 1e-6 px).
+        """
+        cfg, device = self.config, self._generator.device
+        rand = lambda: torch.rand(n, generator=generator, device=device)  # noqa: E731
+        matrix = torch.eye(2, device=device).repeat(n, 1, 1)  # (N, 2, 2) canvas-centred -> input-centred
+        shift = torch.zeros(n, 2, device=device)  # (N, 2) as (x, y), input pixels
+        if cfg.affine_p > 0:
+            apply = rand() < cfg.affine_p
+            angle = torch.deg2rad((2 * rand() - 1) * cfg.rotate_degrees) * apply
+            shear = torch.tan(torch.deg2rad((2 * rand() - 1) * cfg.shear_degrees)) * apply
+            low, high = math.log(cfg.scale[0]), math.log(cfg.scale[1])
+            zoom = torch.where(apply, torch.exp(low + (high - low) * rand()), 1.0)
+            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+            # rotation @ [[1, shear], [0, 1]] / zoom: zoom > 1 samples a smaller region (zooms in)
+            matrix = torch.stack([torch.stack([cos, cos * shear - sin], -1),
+                                  torch.stack([sin, sin * shear + cos], -1)], -2)
+            size = torch.tensor([width, height], device=device, dtype=torch.float32)
+            shift = (2 * torch.rand(n, 2, generator=generator, device=device) - 1) * cfg.translate * size
+            shift = shift * apply[:, None]
+        quarter_turns = torch.zeros(n, dtype=torch.long, device=device)
+        if cfg.rot90_p > 0:
+            sideways_fits = height == width or (out_h <= width and out_w <= height)
+            # A non-square batch turned sideways would change shape or leave the window: 180 only.
+            turns = 1 + (rand() * 3).long().clamp(max=2) if sideways_fits else quarter_turns + 2
+            quarter_turns = torch.where(rand() < cfg.rot90_p, turns, 0)
+            cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=device)[quarter_turns]
+            sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=device)[quarter_turns]
+            matrix = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) @ matrix
+        flips = torch.ones(n, 2, 1, device=device)  # (N, 2, 1) sign of x and y
+        if cfg.hflip_p > 0:
+            flips[:, 0, 0] = torch.where(rand() < cfg.hflip_p, -1.0, 1.0)
+        if cfg.vflip_p > 0:
+            flips[:, 1, 0] = torch.where(rand() < cfg.vflip_p, -1.0, 1.0)
+        matrix = flips * matrix
+        sideways = quarter_turns % 2 == 1
+        canvas = torch.stack([torch.where(sideways, height, width), torch.where(sideways, width, height)], -1)
+        corner = torch.stack([_window_starts(canvas[:, 0], out_w, rand),
+                              _window_starts(canvas[:, 1], out_h, rand)], -1)  # (N, 2) window's top-left
+        # Output pixel p -> input pixel matrix @ (p + corner - canvas centre) + shift + input centre,
+        # then normalised: one (N, 2, 3) affine map applied to all pixels with one matmul.
+        to_unit = torch.tensor([2.0 / (width - 1), 2.0 / (height - 1)], device=device)  # px -> grid units
+        centre_in = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=device)
+        offset = (matrix @ (corner - (canvas - 1) / 2)[..., None])[..., 0] + shift + centre_in  # (N, 2) px
+        theta = torch.cat([to_unit[:, None] * matrix, (to_unit * offset - 1)[..., None]], -1)  # (N, 2, 3)
+        rows, cols = torch.meshgrid(torch.arange(out_h, device=device, dtype=torch.float32),
+                                    torch.arange(out_w, device=device, dtype=torch.float32), indexing="ij")
+        pixels = torch.stack([cols, rows, torch.ones_like(cols)], -1).reshape(-1, 3)  # (h*w, 3) as (x, y, 1)
+        grid = (pixels @ theta.transpose(1, 2)).reshape(n, out_h, out_w, 2)
+        if cfg.elastic_p > 0 and cfg.elastic_sigma > 0:
+            apply = (rand() < cfg.elastic_p).float()[:, None, None, None]
+            coarse = torch.randn(n, 2, cfg.elastic_grid, cfg.elastic_grid, generator=generator, device=device)
+            coarse = coarse * (cfg.elastic_sigma * apply * to_unit[:, None, None])  # (N, 2, g, g) grid units
+            # The coarse grid spans the input image; bicubic sampling at each output pixel's input
+            # position is the paper's bicubic upsampling, evaluated only where it is needed.
+            displacement = F.grid_sample(coarse, grid, mode="bicubic", padding_mode="border",
+                                         align_corners=True)  # (N, 2, h, w)
+            grid = grid + displacement.permute(0, 2, 3, 1)  # (N, h, w, 2)
+        # Inside means rounding to a pixel of the image: within half a pixel beyond the edge centres.
+        valid = (grid.abs() < 1 + to_unit / 2).all(-1)
+        return grid, valid
+
+    def _photometric(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """images (N, C, H, W) float -> same shape, each change applied to a random subset of samples.
+
+        Unselected samples get neutral parameters (factor 1, shift 0), which leave them unchanged.
+        """
+        cfg, n, device, dtype = self.config, images.shape[0], images.device, images.dtype
+        rand = lambda: torch.rand(n, 1, 1, 1, generator=generator, device=device)  # noqa: E731
+        low, high = images.reshape(n, -1).aminmax(dim=1)
+        low = low[:, None, None, None]
+        span = (high[:, None, None, None] - low).clamp_min(1e-6)  # (N, 1, 1, 1)
+        if cfg.gamma_p > 0:
+            apply = rand() < cfg.gamma_p
+            lo, hi = math.log(cfg.gamma[0]), math.log(cfg.gamma[1])
+            gamma = torch.exp(lo + (hi - lo) * rand())
+            curved = torch.addcmul(low, span, ((images - low) / span).clamp(0, 1) ** gamma)
+            images = torch.where(apply, curved, images)
+        if cfg.contrast_p > 0 or cfg.brightness_p > 0:
+            # Contrast about the mean and brightness fold into one per-sample x * factor + offset.
+            factor = 1 + (2 * rand() - 1) * cfg.contrast * (rand() < cfg.contrast_p)
+            brightness = (2 * rand() - 1) * cfg.brightness * span * (rand() < cfg.brightness_p)
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = torch.addcmul(mean * (1 - factor) + brightness, images, factor)
+        if cfg.blur_p > 0:
+            apply = rand() < cfg.blur_p
+            sigma = cfg.blur_sigma[0] + (cfg.blur_sigma[1] - cfg.blur_sigma[0]) * rand()
+            images = torch.where(apply, _gaussian_blur(images, sigma.flatten(), cfg.blur_sigma[1]), images)
+        if cfg.noise_p > 0:
+            strength = cfg.noise_std * span * (rand() < cfg.noise_p)
+            noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
+            images = torch.addcmul(images, noise, strength)
+        return images.to(dtype)
+
+    def _rng(self, device: torch.device) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+            if self._pending_state is not None:
+                saved_device, state = self._pending_state
+                if torch.device(saved_device).type != device.type:
+                    raise SeglabError(f"the augmentation state was saved on {saved_device} and cannot resume "
+                                      f"on {device}: resume on the same kind of device or start a new stream")
+                self._generator.set_state(state)
+                self._pending_state = None
+        elif self._generator.device != device:
+            raise SeglabError(f"this augmenter draws on {self._generator.device} but got a batch on "
+                              f"{device}: keep batches on one device or make a new BatchAugmenter")
+        return self._generator
+
+    def state_dict(self) -> dict:
+        """{"seed": int, "device": str ("" before the first batch), "rng_state": uint8 tensor}."""
+        if self._generator is None:
+            device, state = self._pending_state or ("", torch.empty(0, dtype=torch.uint8))
+            return {"seed": self.seed, "device": device, "rng_state": state.clone()}
+        return {"seed": self.seed, "device": str(self._generator.device),
+                "rng_state": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the stream saved by `state_dict()`; applied when the next batch arrives."""
+        self.seed = int(state["seed"])
+        self._generator = None
+        saved = state["rng_state"]
+        self._pending_state = (str(state["device"]), saved.cpu().clone()) if state["device"] else None
+
+
+def _window_starts(canvas: torch.Tensor, out: int, rand) -> torch.Tensor:
+    """Whole-pixel start (N,) of an `out`-long window in each canvas length (N,); centred if too small."""
+    room = canvas - out
+    start = torch.minimum(torch.floor(rand() * (room + 1)), room)  # drawn even when room is 0: no sync
+    return torch.where(room >= 0, start, torch.floor(room / 2))
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """images (N, C, H, W), sigma (N,) px -> (N, C, H, W): separable per-sample kernels, reflected edges."""
+    n, channels, height, width = images.shape
+    radius = max(1, min(math.ceil(3 * max_sigma), height - 1, width - 1))
+    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-taps**2 / (2 * sigma.to(images.dtype).clamp_min(1e-3)[:, None] ** 2))  # (N, K)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(channels, 0)  # (N*C, K)
+    flat = images.reshape(1, n * channels, height, width)
+    groups = n * channels  # one kernel per (sample, channel) plane
+    along_rows = kernel[:, None, None, :]  # (N*C, 1, 1, K)
+    along_columns = kernel[:, None, :, None]  # (N*C, 1, K, 1)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), along_rows, groups=groups)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), along_columns, groups=groups)
+    return flat.reshape(n, channels, height, width)
+
+
+def _check_batch(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None) -> None:
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be (N, C, H, W) float, got {tuple(images.shape)} {images.dtype}")
+    if images.shape[-2] < 2 or images.shape[-1] < 2:
+        raise ValueError(f"images must be at least 2x2 pixels, got {tuple(images.shape)}")
+    expected = (images.shape[0], *images.shape[-2:])
+    if tuple(masks.shape) != expected or masks.is_floating_point():
+        raise ValueError(f"masks must be {expected} integer class indices, "
+                         f"got {tuple(masks.shape)} {masks.dtype}")
+    if weights is not None and tuple(weights.shape) != expected:
+        raise ValueError(f"weights must be {expected}, got {tuple(weights.shape)}")
+
+
+class ResidentPatchSampler:
+    """A whole training set kept on one device, handing out random batches of whole images.
+
+    images (M, C, H, W), masks (M, H, W), weights (M, H, W) or None, all on the same device.
+    Indices walk through a fresh random permutation per pass, so each image is seen once per
+    pass; a batch may straddle two passes. The index generator lives on the CPU (its draws
+    are tiny) so a saved state resumes on any device. Crop patches with
+    `BatchAugmenter(..., out_size=...)`.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None = None,
+                 seed: int = 0):
+        _check_batch(images, masks, weights)
+        if masks.device != images.device or (weights is not None and weights.device != images.device):
+            raise ValueError("images, masks and weights must be on the same device")
+        self.images, self.masks, self.weights = images, masks, weights
+        self.seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def sample(self, batch_size: int):
+        """Next (images (B, C, H, W), masks (B, H, W), weights (B, H, W) or None) on the data's device."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks, needed = [], batch_size
+        while needed > 0:
+            if self._position >= len(self._order):
+                self._order = torch.randperm(len(self), generator=self._generator)
+                self._position = 0
+            chunk = self._order[self._position:self._position + needed]
+            chunks.append(chunk)
+            self._position += len(chunk)
+            needed -= len(chunk)
+        index = torch.cat(chunks).to(self.images.device)
+        weights = None if self.weights is None else self.weights[index]
+        return self.images[index], self.masks[index], weights
+
+    def state_dict(self) -> dict:
+        """{"seed": int, "rng_state": uint8 tensor, "order": int64 tensor, "position": int}."""
+        return {"seed": self.seed, "rng_state": self._generator.get_state(),
+                "order": self._order.clone(), "position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["seed"])
+        self._generator.set_state(state["rng_state"].cpu())
+        self._order = state["order"].cpu().long().clone()
+        self._position = int(state["position"])
+
+
+def fits_on_device(num_bytes: int, device: torch.device | str, fraction: float = 0.25) -> bool:
+    """Whether `num_bytes` fit in `fraction` of the memory now free on `device`.
+
+    CUDA asks the driver (torch.cuda.mem_get_info); CPU uses the free physical RAM (sysconf,
+    which leaves out the page cache, so it errs small). Other devices answer False, which keeps
+    the streaming loader: the safe choice when the free memory cannot be read.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return num_bytes <= fraction * free
+    if device.type == "cpu":
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return False
+        return num_bytes <= fraction * free
+    return False

@@ -1,0 +1,104 @@
+"""SegmentationDataset: (image (C, H, W) float32, mask (H, W) int64) pairs from files."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from seglab.data.classmap import IGNORE_INDEX, ClassMap
+from seglab.data.discover import Pair
+from seglab.data.io import read_image, read_mask
+from seglab.data.preprocess import prepare_image, resize_mask, scaled_size
+from seglab.errors import DataError
+
+
+def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float,
+              normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read, map and scale one pair: image (C, h, w) float32, mask (h, w) int64 class indices."""
+    array = read_image(pair.image)
+    raw_mask = read_mask(pair.mask)
+    if raw_mask.shape[:2] != array.shape[:2]:
+        raise DataError(f"image '{pair.image}' is {array.shape[1]}x{array.shape[0]} but its mask "
+                        f"'{pair.mask}' is {raw_mask.shape[1]}x{raw_mask.shape[0]}: "
+                        "masks must have their image's size")
+    if raw_mask.ndim != 2:
+        raise DataError(f"mask '{pair.mask}' is an RGB colour image: convert it to class indices")
+    try:
+        classes = class_map.encode(raw_mask)
+    except ValueError as error:
+        raise DataError(f"mask '{pair.mask}': {error}: pass --mask-values or fix the export") from None
+    image = prepare_image(array, channels, scale, normalization, name=str(pair.image))
+    mask = resize_mask(torch.from_numpy(classes), tuple(image.shape[-2:]))
+    return image, mask
+
+
+def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random (h, w) window; sides smaller than the window are padded (image by reflection,
+    mask with IGNORE_INDEX so the padding never counts)."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = max(0, size[0] - height), max(0, size[1] - width)
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        image = F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+        mask = F.pad(mask, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        height, width = image.shape[-2:]
+    top = int(rng.integers(0, height - size[0] + 1))
+    left = int(rng.integers(0, width - size[1] + 1))
+    return (image[:, top:top + size[0], left:left + size[1]],
+            mask[top:top + size[0], left:left + size[1]])
+
+
+class SegmentationDataset(Dataset):
+    """Image/mask pairs, mapped through a ClassMap, optionally cropped at random.
+
+    Items: image (C, H, W) float32 normalised, mask (H, W) int64 with IGNORE_INDEX for ignored
+    pixels. Crops are drawn from a generator seeded by (seed, epoch, index), so any worker
+    process, and a resumed run, draws the same crop for the same item and epoch.
+    """
+
+    def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
+                 normalization: str = "per_image", crop: tuple[int, int] | None = None,
+                 cache: bool = False, seed: int = 0):
+        if not pairs:
+            raise DataError("no image/mask pairs to load")
+        self.pairs = list(pairs)
+        self.class_map = class_map
+        self.channels = channels
+        self.scale = scale
+        self.normalization = normalization
+        self.crop = crop
+        self.seed = seed
+        self.epoch = 0
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole (uncropped) item."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        item = load_pair(self.pairs[index], self.class_map, self.channels, self.scale, self.normalization)
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.load(index)
+        if self.crop is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, mask = crop_or_pad(image, mask, self.crop, rng)
+        return image, mask
+
+
+def item_size(pair: Pair, scale: float) -> tuple[int, int]:
+    """(h, w) of a pair's image after scaling, from the file header."""
+    from seglab.data.io import image_info
+
+    height, width, _, _ = image_info(pair.image)
+    return scaled_size(height, width, scale)

@@ -1,0 +1,224 @@
+"""Find image/mask pairs in a data folder and infer the explicit mask-value -> class map."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seglab.data.classmap import ClassMap
+from seglab.data.io import is_image_file, read_mask
+from seglab.errors import DataError
+
+IMAGE_DIR_NAMES = ("images", "imgs", "image")
+MASK_DIR_NAMES = ("masks", "labels", "label", "annot", "mask", "annotations")
+SPLIT_NAMES = ("train", "val", "test")
+# Above this many distinct values a mask is taken for an exported picture, not class indices.
+MAX_IMPLICIT_CLASSES = 32
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: an image file and its mask file."""
+
+    image: Path
+    mask: Path
+
+
+@dataclass
+class FolderScan:
+    """What one images/ + masks/ pair of folders holds."""
+
+    image_dir: Path | None
+    mask_dir: Path | None
+    pairs: list[Pair] = field(default_factory=list)
+    unpaired_images: list[Path] = field(default_factory=list)
+    unpaired_masks: list[Path] = field(default_factory=list)
+    mask_suffix: str = ""
+
+    @property
+    def images(self) -> list[Path]:
+        return sorted([p.image for p in self.pairs] + self.unpaired_images)
+
+
+@dataclass
+class DataLayout:
+    """A data folder: either one split "all" or named splits train/val/test."""
+
+    root: Path
+    splits: dict[str, FolderScan]
+
+    @property
+    def has_named_splits(self) -> bool:
+        return "all" not in self.splits
+
+    def labelled(self, split: str) -> list[Pair]:
+        scan = self.splits.get(split)
+        return list(scan.pairs) if scan else []
+
+    def training_pairs(self) -> list[Pair]:
+        """Pairs to train (and by default validate) on: the train split, else the whole folder."""
+        return self.labelled("train") if self.has_named_splits else self.labelled("all")
+
+
+def _find_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        for candidate in (folder / name, folder / name.capitalize(), folder / name.upper()):
+            if candidate.is_dir():
+                return candidate
+    return None
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def detect_mask_suffix(image_stems: set[str], mask_stems: list[str]) -> str:
+    """The suffix that turns an image stem into its mask stem ("" or e.g. "_mask" for Carvana).
+
+    Each mask stem votes for the suffix left after its longest image-stem prefix; the most
+    common vote wins, so a few stray files cannot change the pairing.
+    """
+    votes: Counter[str] = Counter()
+    for stem in mask_stems:
+        if stem in image_stems:
+            votes[""] += 1
+            continue
+        for cut in range(len(stem) - 1, 0, -1):
+            if stem[:cut] in image_stems:
+                votes[stem[cut:]] += 1
+                break
+    return votes.most_common(1)[0][0] if votes else ""
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """Pair the files of folder/images (or imgs, image) with folder/masks (or labels, ...)."""
+    image_dir = _find_dir(folder, IMAGE_DIR_NAMES)
+    mask_dir = _find_dir(folder, MASK_DIR_NAMES)
+    if image_dir is None:
+        return FolderScan(None, mask_dir, unpaired_masks=_list_images(mask_dir) if mask_dir else [])
+    images = _list_images(image_dir)
+    if mask_dir is None:
+        return FolderScan(image_dir, None, unpaired_images=images)
+    masks = _list_images(mask_dir)
+    image_by_stem = {p.stem: p for p in images}
+    suffix = detect_mask_suffix(set(image_by_stem), [m.stem for m in masks])
+    scan = FolderScan(image_dir, mask_dir, mask_suffix=suffix)
+    paired_stems = set()
+    for mask in masks:
+        stem = mask.stem[: len(mask.stem) - len(suffix)] if suffix and mask.stem.endswith(suffix) else mask.stem
+        image = image_by_stem.get(stem)
+        if image is None or stem in paired_stems:
+            scan.unpaired_masks.append(mask)
+        else:
+            scan.pairs.append(Pair(image, mask))
+            paired_stems.add(stem)
+    scan.unpaired_images = [p for stem, p in sorted(image_by_stem.items()) if stem not in paired_stems]
+    scan.pairs.sort(key=lambda p: p.image.name)
+    return scan
+
+
+def discover(root: str | Path) -> DataLayout:
+    """Describe a data folder: `root/images + root/masks`, or `root/{train,val,test}/...`."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder '{root}' does not exist: check the path")
+    if not root.is_dir():
+        raise DataError(f"'{root}' is a file; give the data folder that holds images/ and masks/")
+    splits = {name: scan_folder(root / name) for name in SPLIT_NAMES if (root / name).is_dir()}
+    splits = {name: scan for name, scan in splits.items() if scan.image_dir is not None}
+    if not splits:
+        scan = scan_folder(root)
+        if scan.image_dir is None:
+            raise DataError(
+                f"no images/ folder in '{root}': expected {root}/images + {root}/masks "
+                f"(or imgs/, labels/, ...) or train/, val/, test/ subfolders holding them")
+        splits = {"all": scan}
+    return DataLayout(root, splits)
+
+
+@dataclass
+class MaskSurvey:
+    """Mask values seen in a set of masks: pixel counts per value and the first file per value."""
+
+    counts: Counter = field(default_factory=Counter)
+    first_file: dict[int, Path] = field(default_factory=dict)
+    files_read: int = 0
+    rgb_files: list[Path] = field(default_factory=list)
+    distinct_per_file: dict[Path, int] = field(default_factory=dict)
+
+    @property
+    def values(self) -> list[int]:
+        return sorted(self.counts)
+
+
+def survey_masks(masks: list[Path], max_files: int | None = 500) -> MaskSurvey:
+    """Read masks (an evenly spread sample of at most `max_files`) and count their values."""
+    if max_files is not None and len(masks) > max_files:
+        picks = np.linspace(0, len(masks) - 1, max_files).round().astype(int)
+        masks = [masks[i] for i in sorted(set(picks.tolist()))]
+    survey = MaskSurvey()
+    for path in masks:
+        mask = read_mask(path)
+        survey.files_read += 1
+        if mask.ndim == 3:
+            survey.rgb_files.append(path)
+            continue
+        values, counts = np.unique(mask, return_counts=True)
+        survey.distinct_per_file[path] = len(values)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            survey.counts[value] += count
+            survey.first_file.setdefault(value, path)
+    return survey
+
+
+def _format_values(values: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return "{" + shown + (", ..." if len(values) > limit else "") + "}"
+
+
+def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
+                    num_classes: int | None = None, class_names: list[str] | None = None,
+                    ignore_value: int | None = None) -> ClassMap:
+    """Decide which mask value is which class, or raise DataError naming the offending file.
+
+    Rules, in order: explicit `mask_values`; {0,255} or {0,1} binary; class indices 0..K-1
+    (K from `num_classes`, or implied when there are at most MAX_IMPLICIT_CLASSES values).
+    """
+    if survey.rgb_files:
+        path = survey.rgb_files[0]
+        raise DataError(f"mask '{path}' is an RGB colour image: convert the colours to class indices "
+                        "(one gray value per class) or run `seglab check --fix-to` to convert them")
+    seen = [v for v in survey.values if v != ignore_value]
+    if not seen:
+        raise DataError("no mask values found: the masks are empty or all ignored")
+
+    def unexpected(allowed: set[int], expectation: str) -> DataError:
+        bad = [v for v in seen if v not in allowed]
+        path = survey.first_file[bad[0]]
+        count = survey.distinct_per_file.get(path, len(bad))
+        return DataError(f"mask '{path}' has {count} distinct values including {_format_values(bad)}; "
+                         f"expected {expectation}: pass --mask-values or fix the export")
+
+    if mask_values is not None:
+        if not set(seen) <= set(mask_values):
+            raise unexpected(set(mask_values), f"only the --mask-values {_format_values(list(mask_values))}")
+        values = list(mask_values)
+    elif num_classes is not None:
+        if not set(seen) <= set(range(num_classes)):
+            raise unexpected(set(range(num_classes)), f"class indices 0..{num_classes - 1} (--num-classes)")
+        values = list(range(num_classes))
+    elif set(seen) <= {0, 255}:
+        values = [0, 255]
+    elif set(seen) <= {0, 1}:
+        values = [0, 1]
+    elif min(seen) >= 0 and max(seen) < MAX_IMPLICIT_CLASSES:
+        values = list(range(max(seen) + 1))
+    else:
+        raise unexpected(set(range(MAX_IMPLICIT_CLASSES)) | {0, 255},
+                         "{0,255}, {0,1} or class indices 0..K-1")
+    if class_names is not None and len(class_names) != len(values):
+        raise DataError(f"{len(class_names)} class names given for {len(values)} classes "
+                        f"(mask values {_format_values(values)}): pass one name per class")
+    return ClassMap.from_values(values, class_names, ignore_value)

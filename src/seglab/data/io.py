@@ -1,0 +1,212 @@
+"""Read images and masks from disk and write masks back: numpy only, no torch.
+
+Every reader turns a broken or unsupported file into a DataError that names the file, so a
+user sees one line instead of a decoder traceback.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from seglab.errors import DataError, SeglabError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"'{path}' does not exist: check the path")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"'{path}' is not readable (permissions): fix them with chmod or remove the file")
+    if path.stat().st_size == 0:
+        raise DataError(f"'{path}' is empty (0 bytes): re-export or remove it")
+
+
+def _read_pil(path: Path) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()  # decode now, so truncated files fail here with the file's name
+        return image
+    except UnidentifiedImageError:
+        raise DataError(f"'{path}' is not an image Pillow can read (wrong extension or not an image): "
+                        "re-export or remove it") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"'{path}' is corrupt or truncated ({error}): re-export or remove it") from None
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        array = tifffile.imread(path)
+    except Exception as error:  # tifffile raises many types for broken files; all mean "unreadable"
+        raise DataError(f"'{path}' is not a readable TIFF ({type(error).__name__}: {error}): "
+                        "re-export or remove it") from None
+    return array
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as (H, W, C) in its own dtype (uint8, uint16, float32, ...).
+
+    Palette and grayscale-with-alpha images are converted to RGB / L; alpha is dropped.
+    A TIFF stack is refused here (use `read_stack`); a 2-D TIFF page is one image.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        array = _read_tiff(path)
+        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+            array = np.moveaxis(array, 0, -1)  # (C, H, W) planar TIFF -> (H, W, C)
+        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
+            raise DataError(f"'{path}' holds a stack of {array.shape[0]} images; "
+                            "split it into single images or use `read_stack`")
+        if array.ndim == 3 and array.shape[-1] == 4:
+            array = array[..., :3]
+    else:
+        image = _read_pil(path)
+        if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "1"):
+            image = image.convert("RGB" if image.mode not in ("1",) else "L")
+        elif image.mode == "LA":
+            image = image.convert("L")
+        array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise DataError(f"'{path}' has shape {array.shape}; expected a 2-D image with optional channels")
+    return array
+
+
+def image_info(path: str | Path) -> tuple[int, int, int, str]:
+    """(height, width, channels, dtype name) from the file header, without decoding the pixels."""
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                shape, dtype = page.shape, page.dtype
+        except Exception as error:  # any tifffile failure means the header is unreadable
+            raise DataError(f"'{path}' is not a readable TIFF ({error}): re-export or remove it") from None
+        channels = shape[-1] if len(shape) == 3 and shape[-1] in (1, 3, 4) else 1
+        return int(shape[0]), int(shape[1]), min(int(channels), 3), str(dtype)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            mode = image.mode
+    except UnidentifiedImageError:
+        raise DataError(f"'{path}' is not an image Pillow can read (wrong extension or not an image): "
+                        "re-export or remove it") from None
+    except OSError as error:
+        raise DataError(f"'{path}' is corrupt ({error}): re-export or remove it") from None
+    channels = 1 if mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else 3
+    dtype = {"I;16": "uint16", "I;16B": "uint16", "I": "int32", "F": "float32"}.get(mode, "uint8")
+    return height, width, channels, dtype
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """Read a multi-page TIFF as (Z, H, W) or (Z, H, W, C)."""
+    path = Path(path)
+    _check_readable(path)
+    array = _read_tiff(path)
+    return array if array.ndim >= 3 else array[None]
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask as raw values: (H, W) for grayscale, class-index or palette masks (palette
+    indices are kept, not colours); (H, W, 3) uint8 for true-colour masks whose channels differ.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        array = _read_tiff(path)
+    else:
+        image = _read_pil(path)
+        if image.mode == "P":
+            array = np.asarray(image)  # palette index = class index, as VOC/CamVid exports do
+        elif image.mode in ("RGB", "RGBA"):
+            array = np.asarray(image.convert("RGB"))
+        elif image.mode in ("1", "LA", "L"):
+            array = np.asarray(image.convert("L"))
+        else:
+            array = np.asarray(image)
+    if array.ndim == 3:
+        if array.shape[-1] == 4:
+            array = array[..., :3]
+        if array.shape[-1] == 1 or (array[..., 0:1] == array).all():
+            array = array[..., 0]  # gray stored as RGB
+    if not np.issubdtype(array.dtype, np.integer):
+        if np.all(np.mod(array, 1) == 0):
+            array = array.astype(np.int64)
+        else:
+            raise DataError(f"mask '{path}' holds non-integer values; masks must hold class values")
+    return array
+
+
+@contextmanager
+def atomic_output(path: str | Path):
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    A crash midway never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                                            dir=directory)
+    except OSError as error:
+        raise SeglabError(f"cannot write '{path}' ({error.strerror}): choose a writable output folder") from None
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> Path:
+    """Write a (H, W) mask of integer values: 8-bit PNG when it fits, 16-bit PNG, else 32-bit TIFF.
+
+    The suffix of `path` decides the format (.png / .tif / .tiff). Written atomically.
+    """
+    path = Path(path)
+    mask = np.asarray(mask)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        import tifffile
+
+        with atomic_output(path) as tmp:
+            tifffile.imwrite(tmp, mask, compression="zlib", bigtiff=mask.nbytes > 2**31)
+        return path
+    if mask.min(initial=0) < 0 or mask.max(initial=0) > 65535:
+        raise SeglabError(f"values of '{path.name}' do not fit a PNG; write a .tif instead")
+    with atomic_output(path) as tmp:
+        if mask.max(initial=0) <= 255:
+            Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
+        else:
+            Image.fromarray(mask.astype(np.uint16)).save(tmp, format="PNG")
+    return path
+
+
+def write_rgb(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 picture as PNG, atomically."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
+    return path

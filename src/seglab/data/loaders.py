@@ -1,0 +1,79 @@
+"""Batches for training and validation: device-resident tensors when the data fits, else a DataLoader.
+
+Both sources yield (images (B, C, H, W) float32, masks (B, H, W) int64, weights (B, H, W) or None)
+already on the training device, and both split each epoch's images across DDP ranks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from seglab.data.datasets import SegmentationDataset
+
+
+class ResidentBatches:
+    """The whole training set as tensors on the device; an epoch is a seeded permutation of it.
+
+    The permutation depends only on (seed, epoch), so every rank agrees on it and takes its own
+    stride of it, and a resumed run replays the same order.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None,
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.images, self.masks, self.weights = images, masks, weights
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.images) / self.world_size) / self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.images), generator=generator)
+        per_rank = math.ceil(len(order) / self.world_size)
+        order = order.repeat(2)[: per_rank * self.world_size]  # pad so ranks get equal shares
+        mine = order[self.rank::self.world_size].to(self.images.device)
+        for start in range(0, len(mine), self.batch_size):
+            index = mine[start:start + self.batch_size]
+            weights = self.weights[index] if self.weights is not None else None
+            yield self.images[index], self.masks[index], weights
+
+
+class LoaderBatches:
+    """A DataLoader (with a DistributedSampler under DDP) whose batches are moved to the device."""
+
+    def __init__(self, dataset: SegmentationDataset, batch_size: int, device: torch.device,
+                 workers: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.dataset = dataset
+        self.device = device
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=False)
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+                                 pin_memory=device.type == "cuda", drop_last=len(dataset) > batch_size,
+                                 persistent_workers=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, masks in self.loader:
+            yield (images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True), None)
+
+
+def stack_dataset(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """All items as two tensors (N, C, H, W), (N, H, W), or None when their sizes differ."""
+    items = [dataset.load(i) for i in range(len(dataset))]
+    if len({tuple(image.shape) for image, _ in items}) != 1:
+        return None
+    return torch.stack([image for image, _ in items]), torch.stack([mask for _, mask in items])

@@ -1,0 +1,57 @@
+"""Validation: whole-image forward passes, loss and a confusion matrix reduced across ranks."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from seglab.data.classmap import ClassMap
+from seglab.data.datasets import SegmentationDataset
+from seglab.engine.distributed import all_reduce_sum
+from seglab.losses import logits_to_classes
+from seglab.metrics import ConfusionMatrix
+from seglab.models.common import full_size_logits
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    confusion: ConfusionMatrix
+    scores: dict
+    per_image: list[dict] = field(default_factory=list)  # this rank's images only
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: SegmentationDataset, loss_fn: nn.Module, class_map: ClassMap,
+             device: torch.device, threshold: float = 0.5, rank: int = 0, world_size: int = 1,
+             autocast: AbstractContextManager | None = None) -> Evaluation:
+    """Evaluate on whole images, split across ranks (image i on rank i % world_size).
+
+    Counts and loss sums are all-reduced, so every rank returns the global scores.
+    """
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(class_map.num_classes, device=device)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, images)
+    per_image = []
+    for index in range(rank, len(dataset), world_size):
+        image, mask = dataset.load(index)
+        image, mask = image[None].to(device), mask[None].to(device)
+        with autocast or nullcontext():
+            logits = full_size_logits(model, image)
+        loss = loss_fn(logits.float(), mask)
+        loss_sum += torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)])
+        pred = logits_to_classes(logits.float(), threshold)
+        single = ConfusionMatrix(class_map.num_classes, device=device)
+        single.update(pred, mask)
+        confusion.merge(single)
+        scores = single.scores(list(class_map.names))
+        per_image.append({"index": index, "image": str(dataset.pairs[index].image), "loss": loss.item(),
+                          "dice": scores["dice"], "iou": scores["iou"], "pixel_error": scores["pixel_error"]})
+    all_reduce_sum(loss_sum)
+    confusion.all_reduce()
+    model.train(was_training)
+    mean_loss = (loss_sum[0] / loss_sum[1].clamp_min(1)).item()
+    return Evaluation(mean_loss, confusion, confusion.scores(list(class_map.names)), per_image)

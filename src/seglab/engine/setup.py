@@ -1,0 +1,182 @@
+"""Build what a run needs from its config: data split, datasets, model, loss, optimizer, schedule."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from seglab.config import RunConfig
+from seglab.data.classmap import ClassMap
+from seglab.data.discover import DataLayout, Pair, discover, infer_class_map, survey_masks
+from seglab.data.io import image_info
+from seglab.errors import DataError, SeglabError
+from seglab.losses import SegmentationLoss
+from seglab.models import build_model
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULERS = ("cosine", "plateau", "poly", "none")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SeglabError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise SeglabError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DataPlan:
+    """Which files train, which validate, and how their masks map to classes."""
+
+    layout: DataLayout
+    train_pairs: list[Pair]
+    val_pairs: list[Pair]
+    class_map: ClassMap
+    channels: int
+
+
+def split_pairs(pairs: list[Pair], percent: float, seed: int, val_files: list[str] | None = None
+                ) -> tuple[list[Pair], list[Pair]]:
+    """Hold out whole images: the named stems, or `percent` of the pairs chosen by a seeded shuffle."""
+    if val_files:
+        wanted = set(val_files)
+        val = [p for p in pairs if p.image.stem in wanted]
+        missing = wanted - {p.image.stem for p in val}
+        if missing:
+            raise DataError(f"held-out files not found among the pairs: {', '.join(sorted(missing))}")
+        return [p for p in pairs if p.image.stem not in wanted], val
+    if percent <= 0:
+        return list(pairs), []
+    count = max(1, round(len(pairs) * percent / 100))
+    if count >= len(pairs):
+        raise DataError(f"--validation {percent}% of {len(pairs)} pairs leaves nothing to train on")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    held = set(order[:count].tolist())
+    return ([p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held])
+
+
+def plan_data(config: RunConfig) -> DataPlan:
+    data = config.data
+    if not data.root:
+        raise SeglabError("no data folder given: seglab train DATA_DIR")
+    layout = discover(data.root)
+    pairs = layout.training_pairs()
+    if not pairs:
+        raise DataError(f"no image/mask pairs found in '{layout.root}': run `seglab check {layout.root}`")
+    if data.val_dir:
+        val_layout = discover(data.val_dir)
+        val_pairs = val_layout.labelled("val") or val_layout.training_pairs()
+        train_pairs = pairs
+    elif layout.has_named_splits and layout.labelled("val"):
+        train_pairs, val_pairs = pairs, layout.labelled("val")
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, data.validation, config.train.seed, data.val_files)
+    survey = survey_masks([p.mask for p in train_pairs + val_pairs])
+    class_map = infer_class_map(survey, data.mask_values, data.num_classes, data.class_names, data.ignore_value)
+    channels = data.in_channels or image_info(train_pairs[0].image)[2]
+    return DataPlan(layout, train_pairs, val_pairs, class_map, channels)
+
+
+def model_kwargs(config: RunConfig, channels: int, num_outputs: int) -> dict:
+    """Plain keyword arguments for build_model, as stored in checkpoints."""
+    m = config.model
+    if m.name == "unet":
+        return {"in_channels": channels, "num_classes": num_outputs, "base_channels": m.base_channels,
+                "depth": m.depth, "up": m.up, "padding": m.padding, "batch_norm": m.batch_norm}
+    if m.name == "deeplabv3":
+        return {"in_channels": channels, "num_classes": num_outputs, "backbone": m.backbone,
+                "output_stride": m.output_stride, "aux_head": m.aux_head}
+    return {"in_channels": channels, "num_classes": num_outputs}
+
+
+def make_model(config: RunConfig, channels: int, num_outputs: int) -> tuple[nn.Module, dict]:
+    kwargs = model_kwargs(config, channels, num_outputs)
+    build_kwargs = dict(kwargs)
+    if config.model.name == "deeplabv3" and config.model.pretrained_backbone:
+        build_kwargs["pretrained_backbone"] = True  # not stored: the weights travel in the checkpoint
+    return build_model(config.model.name, **build_kwargs), kwargs
+
+
+def make_loss(config: RunConfig, class_map: ClassMap) -> SegmentationLoss:
+    name = config.train.loss
+    if name == "auto":
+        name = "bce+dice" if class_map.is_binary else "ce+dice"
+    elif class_map.is_binary:
+        name = name.replace("ce", "bce").replace("bbce", "bce")  # sigmoid CE is binary CE
+    else:
+        name = name.replace("bce", "ce")
+    return SegmentationLoss(class_map.num_outputs, name)
+
+
+def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=t.learning_rate, weight_decay=t.weight_decay, momentum=t.momentum)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.learning_rate, weight_decay=t.weight_decay, momentum=t.momentum,
+                               nesterov=t.momentum > 0)
+    raise SeglabError(f"unknown optimizer {t.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+
+
+class LearningRateSchedule:
+    """Warm-up then cosine or polynomial decay driven by training progress in [0, 1], or
+    reduce-on-plateau driven by the monitored validation metric. Progress is max(step fraction,
+    time fraction), so time-budgeted runs anneal to the end of their budget."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, monitor_mode: str = "max",
+                 patience: int = 5, factor: float = 0.1, warmup: float = 0.02):
+        if kind not in SCHEDULERS:
+            raise SeglabError(f"unknown scheduler {kind!r}; choose one of: {', '.join(SCHEDULERS)}")
+        self.optimizer = optimizer
+        self.kind = kind
+        self.warmup = warmup
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=monitor_mode, factor=factor, patience=patience) if kind == "plateau" else None)
+
+    def factor(self, progress: float) -> float:
+        progress = min(max(progress, 0.0), 1.0)
+        ramp = min(1.0, progress / self.warmup) if self.warmup > 0 and self.kind != "none" else 1.0
+        if self.kind == "cosine":
+            return ramp * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "poly":
+            return ramp * (1 - progress) ** 0.9
+        return 1.0
+
+    def step_progress(self, progress: float) -> None:
+        if self.plateau is not None:
+            return
+        scale = self.factor(progress)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * scale
+
+    def step_metric(self, value: float) -> None:
+        if self.plateau is not None and value is not None and math.isfinite(value):
+            self.plateau.step(value)
+
+    def state_dict(self) -> dict:
+        return {"plateau": self.plateau.state_dict() if self.plateau else None, "base_lrs": self.base_lrs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lrs = list(state["base_lrs"])
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
+

@@ -1,0 +1,96 @@
+"""Predict many files: resolve inputs and output names, write masks / overlays / figures, skip bad files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seglab.data.io import IMAGE_EXTENSIONS, is_image_file, read_image, write_mask, write_rgb
+from seglab.errors import DataError, SeglabError
+from seglab.inference.predictor import Predictor
+
+
+@dataclass
+class PredictJob:
+    source: Path
+    mask_path: Path | None      # None with --no-save
+    output_dir: Path
+
+
+@dataclass
+class PredictSummary:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, plus the image files inside given folders (sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if is_image_file(p))
+            if not found:
+                raise DataError(f"folder '{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DataError(f"input '{path}' does not exist: check the path")
+    return files
+
+
+def plan_outputs(files: list[Path], outputs: list[str] | None, save: bool, suffix: str = "_mask.png"
+                 ) -> list[PredictJob]:
+    """Output names: one -o per input file, or one -o folder for all (`<stem>_mask.png` inside it),
+    or, with no -o, `<stem>_mask.png` beside each input."""
+    if outputs and len(outputs) == len(files) and len(files) > 0 and all(Path(o).suffix for o in outputs) \
+            and not any(Path(o).is_dir() for o in outputs):
+        return [PredictJob(f, Path(o) if save else None, Path(o).parent) for f, o in zip(files, outputs)]
+    if outputs and len(outputs) == 1:
+        folder = Path(outputs[0])
+        if folder.suffix.lower() in IMAGE_EXTENSIONS and not folder.is_dir():
+            raise SeglabError(f"-o '{folder}' names one file but there are {len(files)} inputs: "
+                              "give an output folder instead")
+        return [PredictJob(f, folder / f"{f.stem}{suffix}" if save else None, folder) for f in files]
+    if outputs:
+        raise SeglabError(f"{len(outputs)} outputs for {len(files)} inputs: give one -o per input file, "
+                          "or a single output folder")
+    return [PredictJob(f, f.parent / f"{f.stem}{suffix}" if save else None, f.parent) for f in files]
+
+
+def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float | None = None,
+                    overlay: bool = False, viz: bool = False, log=print) -> PredictSummary:
+    """Predict every job; a file that cannot be read is skipped and reported, the rest go on."""
+    from seglab.viz.plots import overlay as make_overlay
+    from seglab.viz.plots import save_side_by_side
+
+    summary = PredictSummary()
+    for job in jobs:
+        try:
+            array = read_image(job.source)
+            prediction = predictor.predict(array, scale, name=str(job.source))
+        except DataError as error:
+            log(f"warning: skipped {error}")
+            summary.skipped.append((job.source, str(error)))
+            continue
+        if job.mask_path is not None:
+            summary.written.append(write_mask(job.mask_path, prediction.mask))
+        if overlay:
+            path = job.output_dir / f"{job.source.stem}_overlay.png"
+            highlight = None if prediction.probabilities.shape[0] > 1 else _rare_class(prediction.classes)
+            summary.written.append(write_rgb(path, make_overlay(array, prediction.classes, highlight=highlight)))
+        if viz:
+            path = job.output_dir / f"{job.source.stem}_viz.png"
+            probability = prediction.probabilities[0] if prediction.probabilities.shape[0] == 1 else None
+            summary.written.append(save_side_by_side(array, prediction.classes, path, title=job.source.name,
+                                                     probability=probability))
+        if job.mask_path is not None:
+            log(f"{job.source} -> {job.mask_path}")
+    return summary
+
+
+def _rare_class(classes: np.ndarray) -> int:
+    """For binary masks, colour the less frequent class (membranes in EM, the object in photos)."""
+    return 0 if (classes == 0).mean() < 0.5 else 1
