@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except SeglabError as error:
         print(f"seglab: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("seglab: interrupted", file=sys.stderr)
         return 130
