@@ -49,7 +49,8 @@ def border_weight_map(classes: np.ndarray, cell_class: int, w0: float = 10.0, si
     if w0 > 0:
         nearest, second = two_nearest_cell_distances(classes == cell_class, math.ceil(REACH_SIGMAS * sigma))
         gap = valid & (classes != cell_class)
-        weights[gap] += (w0 * np.exp(-((nearest[gap] + second[gap]) ** 2) / (2 * sigma**2))).astype(np.float32)
+        border = w0 * np.exp(-((nearest[gap] + second[gap]) ** 2) / (2 * sigma**2))
+        weights[gap] += border.astype(np.float32)
     return weights
 
 

@@ -224,8 +224,7 @@ class Trainer:
             for images, masks, weights in self.train_batches:
                 images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
                 with self.autocast():
-                    logits = self.ddp_model(images)
-                    loss = self.loss_fn(logits, masks, weights)
+                    loss = self._training_loss(self.ddp_model(images), masks, weights)
                 if not torch.isfinite(loss):
                     bad_steps += 1
                     self.log(f"warning: non-finite loss at step {self.step}; step skipped")
@@ -272,6 +271,12 @@ class Trainer:
         distributed.barrier()
         return History(self.run_dir, self.history_rows, self.best,
                        next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == self.best), None))
+
+    def _training_loss(self, output, masks: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Loss of the main output, plus half the auxiliary head's loss when the model has one."""
+        if isinstance(output, dict):
+            return self.loss_fn(output["out"], masks, weights) + 0.5 * self.loss_fn(output["aux"], masks, weights)
+        return self.loss_fn(output, masks, weights)
 
     def _validate(self) -> dict:
         cm = self.plan.class_map
