@@ -57,6 +57,15 @@ class TrainConfig:
     border_weight: list[float] | None = None  # [w0, sigma] of the U-Net paper's weight map
     augment: str = "light"
     amp: bool = False
+    precision: str | None = None         # fp32 | bf16 | fp16; None: bf16/fp16 on GPUs with --amp, else fp32
+    compile: bool = False                # torch.compile the model
+    channels_last: bool | None = None    # None: on for CUDA
+    accumulate: int = 1                  # gradient accumulation steps
+    sync_bn: bool = False                # SyncBatchNorm under DDP
+    save_every: int | None = None        # also write last.pt every N optimizer steps
+    early_stop: int | None = None        # stop after N evaluations without improvement
+    max_bad_steps: int = 20              # consecutive non-finite losses before the run stops
+    class_weights: list[float] | str | None = None  # per-class CE weights, or "auto" from frequencies
     device: str = "auto"
     seed: int = 0
     max_time: float | None = None        # seconds of training; stops after the epoch that passes it

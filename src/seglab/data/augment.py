@@ -116,7 +116,7 @@ def augment_config_from_dict(data: dict) -> AugmentConfig:
     base = AUGMENT_PRESETS["none"]
     if "preset" in data:
         preset = data.pop("preset")
-        if preset not in AUGMENT_PRESETS:
+        if not isinstance(preset, str) or preset not in AUGMENT_PRESETS:
             names = ", ".join(AUGMENT_PRESETS)
             raise SeglabError(f"unknown augmentation preset {preset!r}: use one of {names}")
         base = AUGMENT_PRESETS[preset]
@@ -126,14 +126,15 @@ def augment_config_from_dict(data: dict) -> AugmentConfig:
         raise SeglabError(f"unknown augmentation setting(s) {', '.join(unknown)}: use {', '.join(known)}")
     values = {}
     for key, value in data.items():
+        expected = "[low, high], e.g. [0.9, 1.1]" if key in _RANGE_FIELDS else "a number"
         try:
             if key in _RANGE_FIELDS:
                 low, high = value
                 values[key] = (float(low), float(high))
             else:
                 values[key] = int(value) if key == "elastic_grid" else float(value)
-        except (TypeError, ValueError) as error:
-            raise SeglabError(f"augment {key}={value!r} is not a valid value ({error})") from None
+        except (TypeError, ValueError):
+            raise SeglabError(f"augment {key}={value!r} is not valid: give {expected}") from None
     return replace(base, **values)
 
 

@@ -33,34 +33,38 @@ def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float,
     return image, mask
 
 
-def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int],
-                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random (h, w) window; sides smaller than the window are padded (image by reflection,
-    mask with IGNORE_INDEX so the padding never counts)."""
+def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], rng: np.random.Generator,
+                weights: torch.Tensor | None = None):
+    """A random (h, w) window of image (C, H, W), mask (H, W) and optional weights (H, W); sides
+    smaller than the window are padded (image by reflection, mask with IGNORE_INDEX and weights
+    with 0, so the padding never counts). Returns (image, mask) or (image, mask, weights)."""
     height, width = image.shape[-2:]
     pad_h, pad_w = max(0, size[0] - height), max(0, size[1] - width)
     if pad_h or pad_w:
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
         image = F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0]
         mask = F.pad(mask, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        weights = F.pad(weights, (0, pad_w, 0, pad_h), value=0.0) if weights is not None else None
         height, width = image.shape[-2:]
     top = int(rng.integers(0, height - size[0] + 1))
     left = int(rng.integers(0, width - size[1] + 1))
-    return (image[:, top:top + size[0], left:left + size[1]],
-            mask[top:top + size[0], left:left + size[1]])
+    window = (slice(top, top + size[0]), slice(left, left + size[1]))
+    cropped = (image[:, window[0], window[1]], mask[window])
+    return cropped if weights is None else cropped + (weights[window],)
 
 
 class SegmentationDataset(Dataset):
     """Image/mask pairs, mapped through a ClassMap, optionally cropped at random.
 
     Items: image (C, H, W) float32 normalised, mask (H, W) int64 with IGNORE_INDEX for ignored
-    pixels. Crops are drawn from a generator seeded by (seed, epoch, index), so any worker
+    pixels, and with `border_weight=(w0, sigma)` a third item: the U-Net paper's weight map
+    (H, W) float32, computed once per mask. Crops are drawn from a generator seeded by (seed, epoch, index), so any worker
     process, and a resumed run, draws the same crop for the same item and epoch.
     """
 
     def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
                  normalization: str = "per_image", crop: tuple[int, int] | None = None,
-                 cache: bool = False, seed: int = 0):
+                 cache: bool = False, seed: int = 0, border_weight: tuple[float, float] | None = None):
         if not pairs:
             raise DataError("no image/mask pairs to load")
         self.pairs = list(pairs)
@@ -71,7 +75,8 @@ class SegmentationDataset(Dataset):
         self.crop = crop
         self.seed = seed
         self.epoch = 0
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+        self.border_weight = border_weight
+        self._cache: dict[int, tuple] | None = {} if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,21 +84,27 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int) -> tuple:
         """The whole (uncropped) item."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         item = load_pair(self.pairs[index], self.class_map, self.channels, self.scale, self.normalization)
+        if self.border_weight is not None:
+            from seglab.data.weightmap import border_weight_map
+
+            w0, sigma = self.border_weight
+            weights = border_weight_map(item[1].numpy(), cell_class=1, w0=w0, sigma=sigma)
+            item = item + (torch.from_numpy(weights),)
         if self._cache is not None:
             self._cache[index] = item
         return item
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.load(index)
+    def __getitem__(self, index: int) -> tuple:
+        item = self.load(index)
         if self.crop is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            image, mask = crop_or_pad(image, mask, self.crop, rng)
-        return image, mask
+            item = crop_or_pad(item[0], item[1], self.crop, rng, item[2] if len(item) > 2 else None)
+        return item
 
 
 def item_size(pair: Pair, scale: float) -> tuple[int, int]:

@@ -67,13 +67,16 @@ class LoaderBatches:
         return len(self.loader)
 
     def __iter__(self):
-        for images, masks in self.loader:
-            yield (images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True), None)
+        for batch in self.loader:
+            images, masks = batch[0], batch[1]
+            weights = batch[2].to(self.device, non_blocking=True) if len(batch) > 2 else None
+            yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True), weights
 
 
-def stack_dataset(dataset: SegmentationDataset) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """All items as two tensors (N, C, H, W), (N, H, W), or None when their sizes differ."""
+def stack_dataset(dataset: SegmentationDataset) -> tuple[torch.Tensor, ...] | None:
+    """All items stacked: images (N, C, H, W), masks (N, H, W)[, weights (N, H, W)], or None when
+    the images differ in size."""
     items = [dataset.load(i) for i in range(len(dataset))]
-    if len({tuple(image.shape) for image, _ in items}) != 1:
+    if len({tuple(item[0].shape) for item in items}) != 1:
         return None
-    return torch.stack([image for image, _ in items]), torch.stack([mask for _, mask in items])
+    return tuple(torch.stack([item[k] for item in items]) for k in range(len(items[0])))

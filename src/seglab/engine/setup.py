@@ -46,6 +46,7 @@ class DataPlan:
     val_pairs: list[Pair]
     class_map: ClassMap
     channels: int
+    class_counts: list[int] | None = None  # pixels per class in the surveyed masks
 
 
 def split_pairs(pairs: list[Pair], percent: float, seed: int, val_files: list[str] | None = None
@@ -87,7 +88,8 @@ def plan_data(config: RunConfig) -> DataPlan:
     survey = survey_masks([p.mask for p in train_pairs + val_pairs])
     class_map = infer_class_map(survey, data.mask_values, data.num_classes, data.class_names, data.ignore_value)
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
-    return DataPlan(layout, train_pairs, val_pairs, class_map, channels)
+    counts = [survey.counts.get(value, 0) for value in class_map.values]
+    return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts)
 
 
 def model_kwargs(config: RunConfig, channels: int, num_outputs: int) -> dict:
@@ -110,7 +112,23 @@ def make_model(config: RunConfig, channels: int, num_outputs: int) -> tuple[nn.M
     return build_model(config.model.name, **build_kwargs), kwargs
 
 
-def make_loss(config: RunConfig, class_map: ClassMap) -> SegmentationLoss:
+def class_weights_for(config: RunConfig, plan: "DataPlan | None") -> list[float] | None:
+    """--class-weights: explicit numbers, or "auto": median frequency balancing over the training
+    masks (weight_k = median(freq) / freq_k; classes absent from the masks get weight 0)."""
+    weights = config.train.class_weights
+    if weights is None or weights == "none":
+        return None
+    if weights != "auto":
+        return [float(w) for w in weights]
+    if plan is None or plan.class_counts is None:
+        raise SeglabError("--class-weights auto needs the training masks' class counts")
+    counts = np.asarray(plan.class_counts, dtype=np.float64)
+    freq = counts / max(counts.sum(), 1)
+    median = np.median(freq[freq > 0])
+    return [float(median / f) if f > 0 else 0.0 for f in freq]
+
+
+def make_loss(config: RunConfig, class_map: ClassMap, plan: "DataPlan | None" = None) -> SegmentationLoss:
     name = config.train.loss
     if name == "auto":
         name = "bce+dice" if class_map.is_binary else "ce+dice"
@@ -118,16 +136,17 @@ def make_loss(config: RunConfig, class_map: ClassMap) -> SegmentationLoss:
         name = name.replace("ce", "bce").replace("bbce", "bce")  # sigmoid CE is binary CE
     else:
         name = name.replace("bce", "ce")
-    return SegmentationLoss(class_map.num_outputs, name)
+    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, plan))
 
 
-def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer; `fused` (CUDA) runs Adam/AdamW as one kernel, others use foreach kernels."""
     t = config.train
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused or None)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused or None)
     if t.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=t.learning_rate, weight_decay=t.weight_decay, momentum=t.momentum)
     if t.optimizer == "sgd":

@@ -17,6 +17,7 @@ from seglab.data.augment import BatchAugmenter  # noqa: E402
 
 _PAIRS_PER_ROW = 4
 _OUTLINE_RGB = (1.0, 0.15, 0.1)
+_IGNORED_RGB = (0.6, 0.6, 0.6)
 
 
 def save_augment_preview(images: torch.Tensor, masks: torch.Tensor, augmenter: BatchAugmenter,
@@ -53,9 +54,9 @@ def save_augment_preview(images: torch.Tensor, masks: torch.Tensor, augmenter: B
         mask = shown_masks[k]
         image_axis.imshow(_outlined(shown_images[k], mask))
         image_axis.set_title(f"sample {k}", fontsize=8)
-        mask_axis.imshow(np.ma.masked_array(mask, ignored[k]), cmap="viridis", vmin=0, vmax=top_class,
-                         interpolation="nearest")
-        mask_axis.set_facecolor("0.6")  # masked (ignored) pixels show the face colour
+        coloured = plt.get_cmap("viridis")(np.clip(mask, 0, top_class) / top_class)[..., :3]  # (H, W, 3)
+        coloured[ignored[k]] = _IGNORED_RGB
+        mask_axis.imshow(coloured, interpolation="nearest")
         mask_axis.set_title("mask", fontsize=8)
     figure.tight_layout()
     path = Path(path)

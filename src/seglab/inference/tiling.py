@@ -1,0 +1,464 @@
+"""Overlap-tile prediction: tile geometry, Gaussian blending, and row-band streaming for huge images.
+
+Three entry points share one loop (`predict_bands`):
+
+- `predict_tiled(forward, image)`: an in-memory (C, H, W) image -> (K, H, W) probabilities.
+- `predict_bands(forward, read_rows, height, width)`: any row source -> a stream of finished
+  horizontal bands `(y0, y1, probs (K, y1 - y0, W))`; only the tile rows in flight are in memory.
+- `predict_tiff_tiled(forward, in_path, out_path)`: TIFF in (memory-mapped or decoded strip by
+  strip), tiled (Big)TIFF mask out, written band by band.
+
+`forward` maps a batch (B, C, h, w) on `device` to probabilities (B, K, h', w') (apply the sigmoid
+or softmax, and any normalisation, inside it; put the model in eval mode). A test-time-augmented
+forward (`seglab.inference.tta.tta_forward`) plugs in unchanged.
+
+Same-padding models (margin 0): tiles of `tile` pixels overlap by `overlap`; each tile's output is
+weighted by a separable Gaussian (nnU-Net), summed, and divided by the summed weights, which
+hides the weaker predictions near tile edges. Valid-padding models (the paper's U-Net, margin > 0):
+`tile` is the predicted window; its input is that window plus `margin` pixels of context on each
+side, mirrored outside the image (the paper's overlap-tile strategy). Output windows then do not
+need to overlap and are weighted uniformly; their starts are aligned to the network's pooling
+stride, so the tiled prediction equals the whole-image prediction.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import tifffile
+import torch
+
+from seglab.inference.postprocess import atomic_path, threshold_probabilities
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+ReadRows = Callable[[int, int], np.ndarray]
+Band = tuple[int, int, torch.Tensor]
+
+
+# ---- pure geometry ------------------------------------------------------------------------------
+def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> list[int]:
+    """Starts of tiles of side `tile` covering [0, size): evenly spread, the first at 0.
+
+    Consecutive starts are at most `tile * (1 - overlap)` apart, so neighbours overlap by at least
+    `overlap * tile`; positions are rounded half up. With `align` 1 the last start is
+    `size - tile`. With `align` > 1 every start is a multiple of `align` (a pooling stride) and the
+    last tile may reach up to `align - 1` pixels past `size`. A tile as large as the image gives [0].
+
+    >>> tile_starts(size=600, tile=256, overlap=0.5)
+    [0, 115, 229, 344]
+    """
+    if size < 1 or tile < 1 or align < 1:
+        raise ValueError(f"size, tile and align must be positive, got {size}, {tile}, {align}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    span = -(-(size - tile) // align)  # last start, in units of align (ceiling division)
+    if span <= 0:
+        return [0]
+    # The epsilon keeps 256 * (1 - 0.5) = 128 from becoming 127.999... and then 127.
+    max_step = max(1, math.floor(tile * (1.0 - overlap) / align + 1e-9))
+    gaps = -(-span // max_step)
+    # i * span / gaps rounded half up, in integers so no float tie can flip a position.
+    return [align * ((2 * i * span + gaps) // (2 * gaps)) for i in range(gaps + 1)]
+
+
+def gaussian_profile(size: int, sigma_scale: float = 1 / 8, min_weight: float = 1e-3) -> torch.Tensor:
+    """1-D Gaussian (size,) float32 centred at (size - 1) / 2 with sigma = sigma_scale * size,
+    scaled to max 1 and clamped below at `min_weight` (> 0, so every pixel keeps some weight).
+    Exactly symmetric: profile[i] == profile[size - 1 - i]."""
+    if size < 1 or sigma_scale <= 0 or not 0 < min_weight <= 1:
+        raise ValueError(f"bad Gaussian profile: size={size}, sigma_scale={sigma_scale}, min_weight={min_weight}")
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    profile = np.exp(-0.5 * (offsets / (sigma_scale * size)) ** 2)
+    return torch.from_numpy(np.maximum(profile / profile.max(), min_weight).astype(np.float32))
+
+
+def gaussian_weights(height: int, width: int, sigma_scale: float = 1 / 8,
+                     min_weight: float = 1e-3) -> torch.Tensor:
+    """nnU-Net-style importance map (height, width) float32: the outer product of two
+    `gaussian_profile`s, so max 1 (at the centre), symmetric under both flips, and at least
+    `min_weight ** 2` in the corners. Separability lets the blender keep 1-D weight sums."""
+    return torch.outer(gaussian_profile(height, sigma_scale, min_weight),
+                       gaussian_profile(width, sigma_scale, min_weight))
+
+
+def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """Indices into [0, size) for positions start..stop-1 reflected at the borders without
+    repeating the edge (PyTorch/NumPy "reflect"), repeatedly when the range is wider than `size`.
+
+    >>> mirror_indices(-3, 6, 4).tolist()
+    [3, 2, 1, 0, 1, 2, 3, 2, 1]
+    """
+    positions = np.arange(start, stop, dtype=np.int64)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    positions = np.mod(positions, period)
+    return np.where(positions < size, positions, period - positions)
+
+
+def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Mirror-pad the last two dims of x (..., H, W) -> (..., H + top + bottom, W + left + right).
+
+    Unlike `F.pad(mode="reflect")`, a pad may exceed the side: the image is reflected again.
+    """
+    if min(top, bottom, left, right) < 0:
+        raise ValueError("pads must be non-negative")
+    height, width = x.shape[-2:]
+    rows = torch.from_numpy(mirror_indices(-top, height + bottom, height)).to(x.device)
+    cols = torch.from_numpy(mirror_indices(-left, width + right, width)).to(x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+@dataclass(frozen=True, eq=False)
+class TilePlan:
+    """Where the tiles of one (height, width) image go.
+
+    Tile (y, x) for y in `ys`, x in `xs` predicts output rows [y, y + out_tile[0]) and columns
+    [x, x + out_tile[1]) (cropped to the image) from input rows [y - margin, y - margin + in_tile[0])
+    and the matching columns, mirrored where they leave the image. Its output is weighted by
+    outer(row_profile, col_profile).
+    """
+
+    height: int
+    width: int
+    in_tile: tuple[int, int]
+    out_tile: tuple[int, int]
+    margin: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    row_profile: torch.Tensor = field(repr=False)  # (out_tile[0],) float32
+    col_profile: torch.Tensor = field(repr=False)  # (out_tile[1],) float32
+
+
+def plan_tiles(height: int, width: int, tile: int | Sequence[int] = 256, overlap: float = 0.5,
+               margin: int = 0, valid_input: Callable[[int], int] | None = None,
+               align: int | None = None) -> TilePlan:
+    """Tile layout for an image. `tile` (int or (h, w)) is the predicted window, shrunk to the image.
+
+    margin == 0 (same-padding model): input window = output window, starts from `tile_starts`
+    with `overlap` and `align` (default 1), Gaussian weights.
+    margin > 0 (valid-padding model): input side = `valid_input(output side)` (e.g.
+    `model.valid_input_size`) or output + 2 * margin; the output window grows to input - 2 * margin.
+    `overlap` is not used (no seams to hide), weights are uniform, and starts are multiples of
+    `align`, by default the spacing of valid input sizes (2 ** depth for a U-Net), which keeps
+    every max-pooling grid in phase with the whole-image prediction.
+    """
+    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    out_h, out_w = min(tile_h, height), min(tile_w, width)
+    if margin == 0:
+        in_h, in_w = out_h, out_w
+        align = align or 1
+        row_profile, col_profile = gaussian_profile(out_h), gaussian_profile(out_w)
+    else:
+        def input_side(output_side: int) -> int:
+            return valid_input(output_side) if valid_input else output_side + 2 * margin
+
+        in_h, in_w = input_side(out_h), input_side(out_w)
+        out_h, out_w = in_h - 2 * margin, in_w - 2 * margin
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"valid_input gave input tiles {in_h}x{in_w}, "
+                             f"not larger than 2 * margin = {2 * margin}")
+        if align is None:
+            align = input_side(out_h + 1) - in_h if valid_input else 1
+        overlap = 0.0
+        row_profile, col_profile = torch.ones(out_h), torch.ones(out_w)
+    return TilePlan(height, width, (in_h, in_w), (out_h, out_w), margin,
+                    tuple(tile_starts(height, out_h, overlap, align)),
+                    tuple(tile_starts(width, out_w, overlap, align)), row_profile, col_profile)
+
+
+def _summed_profile(starts: Sequence[int], profile: torch.Tensor, size: int) -> np.ndarray:
+    """(size,) float32: the sum over tiles of their 1-D weight, cropped to [0, size)."""
+    total = np.zeros(size, dtype=np.float32)
+    weights = profile.numpy()
+    for start in starts:
+        length = min(len(weights), size - start)
+        total[start:start + length] += weights[:length]
+    return total
+
+
+# ---- blending -----------------------------------------------------------------------------------
+class _RowAccumulator:
+    """Weighted probability sums for the image rows [start, start + rows) not yet handed out.
+
+    The blending weight of a tile is outer(row_profile, col_profile) and the tiles form a grid, so
+    the summed weight at (r, c) is row_total[r] * col_total[c]: two vectors replace a (rows, W)
+    weight buffer. The sums live in NumPy memory so tracemalloc (and the memory test) sees them.
+    """
+
+    def __init__(self, plan: TilePlan):
+        self.plan = plan
+        self.start = 0
+        self.sums: np.ndarray | None = None  # (K, rows, W) float32
+        self.row_total = _summed_profile(plan.ys, plan.row_profile, plan.height)  # (H,)
+        self.col_total = _summed_profile(plan.xs, plan.col_profile, plan.width)  # (W,)
+        self.tile_weight = torch.outer(plan.row_profile, plan.col_profile)  # (out_h, out_w)
+
+    def add(self, probs: torch.Tensor, y: int, x: int) -> None:
+        """Add one tile's probabilities (K, out_h, out_w) predicted at output position (y, x)."""
+        height = min(probs.shape[1], self.plan.height - y)
+        width = min(probs.shape[2], self.plan.width - x)
+        self._ensure_rows(probs.shape[0], y + height)
+        target = torch.from_numpy(self.sums)[:, y - self.start:y - self.start + height, x:x + width]
+        target += probs[:, :height, :width] * self.tile_weight[:height, :width]
+
+    def _ensure_rows(self, channels: int, stop: int) -> None:
+        rows = 0 if self.sums is None else self.sums.shape[1]
+        if stop - self.start <= rows:
+            return
+        grown = np.zeros((channels, stop - self.start, self.plan.width), dtype=np.float32)
+        if self.sums is not None:
+            grown[:, :rows] = self.sums
+        self.sums = grown
+
+    def pop_until(self, stop: int) -> Iterator[Band]:
+        """Yield the finished rows [start, stop) as (start, stop, probs (K, stop - start, W))."""
+        stop = min(stop, self.plan.height)
+        if stop <= self.start or self.sums is None:
+            return
+        count = stop - self.start
+        total = self.row_total[self.start:stop, None] * self.col_total[None, :]  # (count, W)
+        probs = self.sums[:, :count] / total
+        self.sums = self.sums[:, count:]
+        start, self.start = self.start, stop
+        yield start, stop, torch.from_numpy(probs)
+
+
+def _channels_first(pixels: np.ndarray) -> torch.Tensor:
+    """(h, w) or (h, w, C) array -> contiguous float32 tensor (C, h, w)."""
+    pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+
+
+def _run_batch(forward: Forward, pending: list[tuple[torch.Tensor, int, int]], accumulator: _RowAccumulator,
+               device: torch.device | str, num_outputs: int | None) -> None:
+    batch = torch.stack([tile for tile, _, _ in pending]).to(device)  # (B, C, in_h, in_w)
+    with torch.no_grad():
+        probs = forward(batch)
+    expected = accumulator.plan.out_tile
+    if probs.ndim != 4 or probs.shape[0] != len(pending) or tuple(probs.shape[-2:]) != expected:
+        raise ValueError(
+            f"forward returned {tuple(probs.shape)} for input tiles {tuple(batch.shape)}; expected "
+            f"(B, K, {expected[0]}, {expected[1]}). A valid-padding model needs margin=model.margin "
+            f"and valid_input=model.valid_input_size")
+    if num_outputs is not None and probs.shape[1] != num_outputs:
+        raise ValueError(f"forward returned {probs.shape[1]} channels, expected num_outputs={num_outputs}")
+    probs = probs.float().cpu()  # (B, K, out_h, out_w)
+    for (_, y, x), tile_probs in zip(pending, probs):
+        accumulator.add(tile_probs, y, x)
+
+
+def predict_bands(forward: Forward, read_rows: ReadRows, height: int, width: int,
+                  tile: int | Sequence[int] = 256, overlap: float = 0.5, batch_size: int = 4,
+                  device: torch.device | str = "cpu", num_outputs: int | None = None, margin: int = 0,
+                  valid_input: Callable[[int], int] | None = None,
+                  align: int | None = None) -> Iterator[Band]:
+    """Stream a tiled prediction as finished horizontal bands, top to bottom.
+
+    Args:
+        forward: (B, C, h, w) on `device` -> probabilities (B, K, h', w'); see the module doc.
+        read_rows: read_rows(y0, y1) -> array (y1 - y0, width) or (y1 - y0, width, C) of image rows
+            0 <= y0 < y1 <= height, already normalised as the model expects. Called once per row of
+            tiles with the rows that tile row needs.
+        height, width: image size.
+        tile, overlap, margin, valid_input, align: the layout, see `plan_tiles`.
+        batch_size: tiles per forward call; tiles are batched across tile rows.
+        num_outputs: K, if given checked against the forward output.
+
+    Yields:
+        (y0, y1, probs) with probs (K, y1 - y0, width) float32 on the CPU; consecutive bands tile
+        [0, height) exactly. Memory: one input band of about tile + 2 * margin rows per tile row
+        in the pending batch, plus sums for the rows those tiles cover; never the whole image.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    plan = plan_tiles(height, width, tile, overlap, margin, valid_input, align)
+    in_h, in_w = plan.in_tile
+    # Band column 0 is image column -margin, so tile x reads band columns [x, x + in_w).
+    columns = mirror_indices(-margin, plan.xs[-1] - margin + in_w, width)
+    accumulator = _RowAccumulator(plan)
+    pending: list[tuple[torch.Tensor, int, int]] = []  # (input tile (C, in_h, in_w), y, x)
+    for row, y in enumerate(plan.ys):
+        rows = mirror_indices(y - margin, y - margin + in_h, height)
+        first = int(rows.min())
+        pixels = read_rows(first, int(rows.max()) + 1)
+        band = _channels_first(pixels[np.ix_(rows - first, columns)])  # (C, in_h, band width)
+        for x in plan.xs:
+            pending.append((band[:, :, x:x + in_w], y, x))
+            if len(pending) == batch_size:
+                _run_batch(forward, pending, accumulator, device, num_outputs)
+                pending = []
+        # No later tile touches the rows above the first pending tile or the next tile row.
+        next_start = plan.ys[row + 1] if row + 1 < len(plan.ys) else height
+        yield from accumulator.pop_until(pending[0][1] if pending else next_start)
+    if pending:
+        _run_batch(forward, pending, accumulator, device, num_outputs)
+    yield from accumulator.pop_until(height)
+
+
+def predict_tiled(forward: Forward, image: torch.Tensor, tile: int | Sequence[int] = 256,
+                  overlap: float = 0.5, batch_size: int = 4, device: torch.device | str = "cpu",
+                  num_outputs: int | None = None, margin: int = 0,
+                  valid_input: Callable[[int], int] | None = None, align: int | None = None) -> torch.Tensor:
+    """Overlap-tile prediction of one in-memory image.
+
+    Args:
+        image: (C, H, W) float on the CPU, normalised as the model expects.
+        the rest: as `predict_bands`.
+
+    Returns:
+        (K, H, W) float32 probabilities on the CPU. Only `batch_size` tiles are on `device` at once.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
+    pixels = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, C) view, no copy
+    height, width = pixels.shape[:2]
+    result: torch.Tensor | None = None
+    for y0, y1, probs in predict_bands(forward, lambda a, b: pixels[a:b], height, width, tile, overlap,
+                                       batch_size, device, num_outputs, margin, valid_input, align):
+        if result is None:
+            result = torch.empty((probs.shape[0], height, width), dtype=torch.float32)
+        result[:, y0:y1] = probs
+    return result
+
+
+# ---- TIFF in, TIFF out --------------------------------------------------------------------------
+class TiffRows:
+    """Rows of one page of a TIFF file, read without loading the page.
+
+    Uncompressed contiguous pages are memory-mapped; other pages (compressed, tiled or striped,
+    chunky or planar) are decoded segment by segment, only the strips/tiles holding the rows asked
+    for. Use as a context manager; `height`, `width`, `channels`, `dtype` describe the page.
+    """
+
+    def __init__(self, path: str | os.PathLike, page: int = 0):
+        self._file = tifffile.TiffFile(path)
+        self._page = self._file.pages[page]
+        if self._page.imagedepth > 1:
+            self._file.close()
+            raise ValueError(f"{path}: page {page} is a volume; pass 2-D pages one at a time")
+        self.height, self.width = self._page.imagelength, self._page.imagewidth
+        self.channels = self._page.samplesperpixel
+        self.dtype = np.dtype(self._page.dtype)
+        self._planar = self.channels > 1 and self._page.planarconfig == 2
+        self._memmap = tifffile.memmap(path, page=page, mode="r") if self._page.is_memmappable else None
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        """Rows [y0, y1) as (y1 - y0, W) or (y1 - y0, W, C) in the file's dtype."""
+        if self._memmap is not None:
+            rows = self._memmap[:, y0:y1] if self._planar else self._memmap[y0:y1]
+            return np.moveaxis(rows, 0, -1) if self._planar else rows
+        page = self._page
+        seg_h, seg_w = ((page.tilelength, page.tilewidth) if page.is_tiled
+                        else (min(page.rowsperstrip, self.height), self.width))
+        per_row = -(-self.width // seg_w)
+        per_plane = per_row * -(-self.height // seg_h)
+        out = np.empty((y1 - y0, self.width, self.channels), dtype=self.dtype)
+        handle = self._file.filehandle
+        for plane in range(self.channels if self._planar else 1):
+            for seg_y in range(y0 // seg_h, (y1 - 1) // seg_h + 1):
+                for seg_x in range(per_row):
+                    index = plane * per_plane + seg_y * per_row + seg_x
+                    data = None
+                    if page.databytecounts[index]:
+                        handle.seek(page.dataoffsets[index])
+                        data = handle.read(page.databytecounts[index])
+                    segment, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
+                    if segment is None:  # a segment missing from the file reads as the fill value
+                        segment = np.full(shape, page.nodata, dtype=self.dtype)
+                    segment = segment[0]  # (rows, columns, samples); edge segments may be short
+                    top, left = seg_y * seg_h, seg_x * seg_w
+                    r0, r1 = max(y0, top), min(y1, top + segment.shape[0])
+                    c1 = min(self.width, left + segment.shape[1])
+                    out[r0 - y0:r1 - y0, left:c1, plane:plane + segment.shape[2]] = \
+                        segment[r0 - top:r1 - top, :c1 - left]
+        return out[..., 0] if self.channels == 1 else out
+
+    def close(self) -> None:
+        self._memmap = None
+        self._file.close()
+
+    def __enter__(self) -> "TiffRows":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
+    """Integer pixels -> float32 in [0, 1] (divided by the dtype's maximum); floats unchanged."""
+    if np.issubdtype(pixels.dtype, np.integer):
+        return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+    return pixels.astype(np.float32, copy=False)
+
+
+def _tiff_tiles(bands: Iterator[tuple[int, int, np.ndarray]], width: int, tile: int) -> Iterator[np.ndarray]:
+    """Re-cut row bands (h, W[, C]) into row-major (tile, tile[, C]) TIFF tiles (edge tiles smaller:
+    tifffile zero-pads them). Each tile row gets a fresh buffer, as tifffile may still hold tiles."""
+    buffer, filled = None, 0
+    for y0, y1, block in bands:
+        done = 0
+        while done < block.shape[0]:
+            if buffer is None:
+                buffer, filled = np.zeros((tile, width) + block.shape[2:], dtype=block.dtype), 0
+            count = min(tile - filled, block.shape[0] - done)
+            buffer[filled:filled + count] = block[done:done + count]
+            filled, done = filled + count, done + count
+            if filled == tile:
+                yield from (buffer[:, x:x + tile] for x in range(0, width, tile))
+                buffer = None
+    if buffer is not None:
+        yield from (buffer[:filled, x:x + tile] for x in range(0, width, tile))
+
+
+def write_tiff_bands(path: str | os.PathLike, bands: Iterator[tuple[int, int, np.ndarray]], height: int,
+                     width: int, tile: int = 256, compression: str | None = "zlib") -> Path:
+    """Write row bands (y0, y1, array (h, W) or (h, W, C)) top to bottom as one tiled TIFF, atomically.
+
+    BigTIFF when the uncompressed data reach 2 GiB (classic TIFF offsets stop at 4 GiB, and the
+    compressed size is unknown up front). `tile` must be a multiple of 16 (TIFF rule).
+    """
+    bands = iter(bands)
+    first = next(bands)
+    sample = first[2]
+    shape = (height, width) + sample.shape[2:]
+    nbytes = math.prod(shape) * sample.dtype.itemsize
+    with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=nbytes >= 2**31) as tif:
+        tif.write(_tiff_tiles(chain([first], bands), width, tile), shape=shape, dtype=sample.dtype,
+                  tile=(tile, tile), compression=compression, photometric="minisblack", metadata=None)
+    return Path(path)
+
+
+def predict_tiff_tiled(forward: Forward, in_path: str | os.PathLike, out_path: str | os.PathLike,
+                       tile: int | Sequence[int] = 256, overlap: float = 0.5, batch_size: int = 4,
+                       device: torch.device | str = "cpu", num_outputs: int | None = None, margin: int = 0,
+                       valid_input: Callable[[int], int] | None = None, align: int | None = None,
+                       normalize: Callable[[np.ndarray], np.ndarray] = scale_to_unit,
+                       to_output: Callable[[torch.Tensor], np.ndarray] | None = None,
+                       page: int = 0, out_tile: int = 256, compression: str | None = "zlib") -> Path:
+    """Predict a TIFF image of any size into a tiled, compressed (Big)TIFF, one band at a time.
+
+    Args:
+        forward, tile, ..., align: as `predict_bands`.
+        in_path: TIFF whose page `page` is (H, W) or (H, W, C).
+        out_path: output TIFF, replaced atomically.
+        normalize: raw rows (h, W[, C]) -> float32 as the model expects; default `scale_to_unit`.
+        to_output: probs (K, h, W) -> array (h, W) or (h, W, C) to store; default class indices
+            (`threshold_probabilities` at 0.5, uint8). Pass e.g. a class map's decode for mask values.
+        out_tile: output TIFF tile side (multiple of 16).
+
+    Returns:
+        out_path. Memory stays at a few bands of the image whatever its size.
+    """
+    to_output = to_output or threshold_probabilities
+    with TiffRows(in_path, page) as source:
+        bands = predict_bands(forward, lambda a, b: normalize(source.read_rows(a, b)), source.height,
+                              source.width, tile, overlap, batch_size, device, num_outputs, margin,
+                              valid_input, align)
+        stored = ((y0, y1, to_output(probs)) for y0, y1, probs in bands)
+        return write_tiff_bands(out_path, stored, source.height, source.width, out_tile, compression)

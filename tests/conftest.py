@@ -1,0 +1,134 @@
+"""Shared fixtures: real ISBI 2012 files cut into tiny folders, one tiny model trained per session, the CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ISBI = REPO / "data" / "isbi2012"
+# Flags of every tiny training run: small enough for two shared CPU cores.
+TINY_FLAGS = ("--device", "cpu", "--no-progress")
+
+
+@dataclass
+class CliResult:
+    """What a user sees after running `seglab ...`: exit code and the two output streams."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+    def __iter__(self):  # rc, out, err = run_seglab(...)
+        return iter((self.rc, self.stdout, self.stderr))
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 300) -> CliResult:
+    """Run `python -m seglab ARGS` in a fresh process, as a user would, and capture everything."""
+    full_env = dict(os.environ)
+    full_env.pop("SEGLAB_DATA", None)
+    full_env["MPLBACKEND"] = "Agg"
+    full_env.update(env or {})
+    done = subprocess.run([sys.executable, "-m", "seglab", *[str(a) for a in args]], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def assert_clean_failure(result: CliResult) -> None:
+    """A user error: exit code 1, a one-line message, no Python traceback."""
+    assert result.rc == 1, f"expected exit 1, got {result.rc}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.output, result.output
+
+
+def copy_isbi_crop(split: str, kind: str, stem: str, dest: Path, box: tuple[int, int, int, int] | None = None,
+                   name: str | None = None) -> Path:
+    """Copy one bundled ISBI file (optionally cropped to `box` = left, top, right, bottom) to `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with Image.open(ISBI / split / kind / f"{stem}.png") as image:
+        out = image.crop(box) if box else image.copy()
+    path = dest / (name or f"{stem}.png")
+    out.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_seglab():
+    """The CLI runner: run_seglab("check", folder) -> CliResult (rc, stdout, stderr)."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def isbi_dir() -> Path:
+    assert (ISBI / "train" / "images" / "00.png").is_file(), f"bundled data missing at {ISBI}"
+    return ISBI
+
+
+@pytest.fixture(scope="session")
+def isbi_subset(tmp_path_factory, isbi_dir) -> Path:
+    """images/ + masks/ holding ISBI slices 00-04, top-left 128x128 crops of the real files."""
+    root = tmp_path_factory.mktemp("isbi_subset")
+    for i in range(5):
+        for kind in ("images", "masks"):
+            copy_isbi_crop("train", kind, f"{i:02d}", root / kind, (0, 0, 128, 128))
+    return root
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    config_file: Path
+    result: CliResult
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.pt"
+
+
+TRAINED_EPOCHS = 8
+TINY_CONFIG = """\
+data:
+  validation: 20
+  crop: [64, 64]
+model:
+  base_channels: 8
+  depth: 2
+train:
+  epochs: 3
+  batch_size: 2
+  learning_rate: 0.01
+  augment: none
+"""
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, isbi_subset) -> TrainedRun:
+    """ONE tiny U-Net trained through the CLI for the whole session: a YAML config whose epochs and
+    base channels the flags override, 8 epochs on 4 ISBI crops (1 held out), 64x64 training crops."""
+    work = tmp_path_factory.mktemp("trained")
+    config_file = work / "tiny.yaml"
+    config_file.write_text(TINY_CONFIG)
+    run_dir = work / "run"
+    result = run_cli("train", isbi_subset, "--config", config_file, "--out", run_dir,
+                     "--epochs", TRAINED_EPOCHS, "--base-channels", 4, *TINY_FLAGS, cwd=work)
+    return TrainedRun(run_dir, config_file, result)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(trained_run) -> Path:
+    """best.pt of the session's tiny model (binary, mask values {0, 255})."""
+    r = trained_run.result
+    assert r.rc == 0 and trained_run.best.is_file(), f"tiny training failed:\n{r.stdout}\n{r.stderr}"
+    return trained_run.best
