@@ -8,10 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO / "data" / "isbi2012"
+# One intra-op thread per process: on a small machine shared with other jobs, two OpenMP threads
+# spin-wait on each other (a 128x128 U-Net forward measured 1 s with 2 threads, 60 ms with 1).
+torch.set_num_threads(1)
+SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 # Flags of every tiny training run: small enough for two shared CPU cores.
 TINY_FLAGS = ("--device", "cpu", "--no-progress")
 
@@ -36,7 +41,8 @@ def run_cli(*args, cwd: str | Path | None = None, env: dict | None = None, timeo
     """Run `python -m seglab ARGS` in a fresh process, as a user would, and capture everything."""
     full_env = dict(os.environ)
     full_env.pop("SEGLAB_DATA", None)
-    full_env["MPLBACKEND"] = "Agg"
+    for key, value in SUBPROCESS_ENV.items():
+        full_env.setdefault(key, value)
     full_env.update(env or {})
     done = subprocess.run([sys.executable, "-m", "seglab", *[str(a) for a in args]], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

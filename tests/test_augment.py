@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from seglab.data.augment import (AUGMENT_PRESETS, AugmentConfig, BatchAugmenter, ResidentPatchSampler,
-                                 augment_config_from_dict, augment_preset, fits_on_device)
+from seglab.data.augment import (AUGMENT_PRESETS, AugmentConfig, BatchAugmenter,
+                                 augment_config_from_dict, augment_preset)
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.errors import SeglabError
 from seglab.viz.preview import save_augment_preview
@@ -204,26 +204,25 @@ def test_bad_augmentation_settings_raise_errors_that_say_what_to_use():
         augment_config_from_dict({"scale": [1.2, 0.8]})
 
 
-def test_resident_sampler_visits_every_image_once_per_pass_and_resumes():
+def test_resident_batches_visit_every_image_once_per_epoch_split_across_ranks():
+    from seglab.data.loaders import ResidentBatches
+
     images, masks, weights = _batch(n=5)
-    sampler = ResidentPatchSampler(images, masks, weights, seed=3)
-    first_pass = [sampler.sample(1)[0] for _ in range(5)]
-    seen = sorted(int((images == image).all(dim=(1, 2, 3)).nonzero()) for image in first_pass)
-    assert seen == [0, 1, 2, 3, 4]
-    batch_images, batch_masks, batch_weights = sampler.sample(3)
-    assert batch_images.shape == (3, 1, SIZE, SIZE) and batch_masks.shape == (3, SIZE, SIZE)
-    assert batch_weights.shape == (3, SIZE, SIZE)
-    state = sampler.state_dict()
-    expected = sampler.sample(4)
-    resumed = ResidentPatchSampler(images, masks, weights, seed=0)
-    resumed.load_state_dict(state)
-    for a, b in zip(expected, resumed.sample(4)):
-        assert torch.equal(a, b)
-
-
-def test_fits_on_device_compares_with_free_memory():
-    assert fits_on_device(1024, "cpu")
-    assert not fits_on_device(1 << 60, "cpu")
+    index_of = lambda batch: [int((images == image).all(dim=(1, 2, 3)).nonzero()) for image in batch]
+    single = ResidentBatches(images, masks, weights, batch_size=2, seed=3)
+    single.set_epoch(0)
+    order = [i for batch_images, _, _ in single for i in index_of(batch_images)]
+    assert sorted(order) == [0, 1, 2, 3, 4]
+    assert [i for b, _, _ in single for i in index_of(b)] == order  # same (seed, epoch), same order
+    single.set_epoch(1)
+    assert [i for b, _, _ in single for i in index_of(b)] != order
+    ranks = []
+    for rank in range(2):
+        shard = ResidentBatches(images, masks, weights, batch_size=2, seed=3, rank=rank, world_size=2)
+        shard.set_epoch(0)
+        ranks.append([i for b, _, _ in shard for i in index_of(b)])
+    assert len(ranks[0]) == len(ranks[1]) == 3  # padded to equal shares
+    assert set(ranks[0]) | set(ranks[1]) == {0, 1, 2, 3, 4}
 
 
 def test_preview_writes_a_png(tmp_path):

@@ -7,8 +7,9 @@ import tifffile
 import torch
 
 from seglab.inference.postprocess import threshold_probabilities
-from seglab.inference.tiling import (TiffRows, gaussian_weights, mirror_indices, mirror_pad, plan_tiles,
-                                     predict_bands, predict_tiff_tiled, predict_tiled, tile_starts)
+from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
+from seglab.inference.tiling import (gaussian_weights, mirror_indices, mirror_pad, plan_tiles, predict_bands,
+                                     predict_tiled, tile_starts)
 from seglab.models import UNet
 
 

@@ -23,6 +23,10 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}") from None
 
 
+def _class_weights(text: str):
+    return text if text in ("auto", "none") else _floats(text)
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -33,6 +37,26 @@ def _add_mask_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-names", type=_names, help="comma-separated names, one per class")
     parser.add_argument("--ignore-index", type=int, dest="ignore_value",
                         help="mask value that counts nowhere (e.g. 11 for CamVid's void)")
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tile", type=_ints, help="overlap-tile prediction with H[,W] tiles")
+    parser.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)")
+    parser.add_argument("--tta", choices=["none", "flips", "d4"], default="none",
+                        help="test-time augmentation: average over flips or all 8 rotations/flips")
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--membrane-class", type=int, default=0,
+                        help="class index of the boundaries for --instances (ISBI: 0 = membrane)")
+    parser.add_argument("--device", default="auto")
+
+
+def _predictor(args):
+    from seglab.engine.setup import resolve_device
+    from seglab.inference.predictor import Predictor
+
+    tile = (args.tile[0], args.tile[-1]) if args.tile else None
+    return Predictor.from_checkpoint(args.model, resolve_device(args.device), args.mask_threshold, tile=tile,
+                                     overlap=args.overlap, tta=args.tta, batch_size=args.batch_size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-time", type=float, dest="train.max_time", help="stop after this many seconds")
     train.add_argument("--eval-every", type=int, dest="train.eval_every", help="validate every N epochs")
     train.add_argument("--threshold", type=float, dest="train.threshold")
+    train.add_argument("--precision", choices=["fp32", "bf16", "fp16"], dest="train.precision",
+                       help="autocast precision (default: fp32, or with --amp bf16/fp16 on GPUs)")
+    train.add_argument("--compile", action="store_const", const=True, dest="train.compile", help="torch.compile")
+    train.add_argument("--channels-last", action="store_const", const=True, dest="train.channels_last")
+    train.add_argument("--accumulate", type=int, dest="train.accumulate", help="gradient accumulation steps")
+    train.add_argument("--sync-bn", action="store_const", const=True, dest="train.sync_bn",
+                       help="SyncBatchNorm across DDP processes")
+    train.add_argument("--save-every", type=int, dest="train.save_every",
+                       help="also write last.pt every N optimizer steps (bounds the work a crash loses)")
+    train.add_argument("--early-stop", type=int, dest="train.early_stop",
+                       help="stop after N evaluations without improvement of --monitor")
+    train.add_argument("--border-weight", type=_floats, dest="train.border_weight", metavar="W0,SIGMA",
+                       help="U-Net paper border weight map, e.g. 10,5 (binary masks; class 1 = cells)")
+    train.add_argument("--class-weights", type=_class_weights, dest="train.class_weights",
+                       help="comma-separated per-class loss weights, or 'auto' from class frequencies")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     train.add_argument("--mask-values", type=_ints, dest="data.mask_values")
     train.add_argument("--num-classes", type=int, dest="data.num_classes")
@@ -101,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-t", "--mask-threshold", type=float, help="probability threshold (binary models)")
     predict.add_argument("-s", "--scale", type=float, help="resize factor (default: the training scale)")
     predict.add_argument("--overlay", action="store_true", help="write <stem>_overlay.png per image")
-    predict.add_argument("--device", default="auto")
+    _add_inference_options(predict)
+    predict.add_argument("--instances", action="store_true",
+                         help="also write <stem>_instances.png: cells from a seeded watershed of the membrane map")
 
     evaluate = commands.add_parser("evaluate", help="score a model on labelled images")
     evaluate.add_argument("-m", "--model", required=True, help="checkpoint (.pt)")
@@ -110,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("-t", "--mask-threshold", type=float)
     evaluate.add_argument("-s", "--scale", type=float)
-    evaluate.add_argument("--device", default="auto")
+    _add_inference_options(evaluate)
+    evaluate.add_argument("--instances", action="store_true",
+                          help="add the ISBI scores: adapted Rand error and variation of information of cells")
 
     demo = commands.add_parser("demo", help="train, predict and evaluate on the bundled ISBI 2012 slices")
     demo.add_argument("--out", help="run folder (default runs/demo-<time>)")
@@ -157,14 +200,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from seglab.engine.setup import resolve_device
-    from seglab.inference.predictor import Predictor
     from seglab.inference.runner import collect_inputs, plan_outputs, run_predictions
 
-    predictor = Predictor.from_checkpoint(args.model, resolve_device(args.device), args.mask_threshold)
+    predictor = _predictor(args)
     files = collect_inputs(args.input)
     jobs = plan_outputs(files, args.output, save=not args.no_save)
-    summary = run_predictions(predictor, jobs, args.scale, overlay=args.overlay, viz=args.viz)
+    summary = run_predictions(predictor, jobs, args.scale, overlay=args.overlay, viz=args.viz,
+                              instances=args.instances, membrane_class=args.membrane_class)
     if summary.skipped:
         print(f"{len(summary.skipped)} of {len(jobs)} inputs skipped:", file=sys.stderr)
         for path, reason in summary.skipped:
@@ -174,12 +216,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from seglab.engine.setup import resolve_device
     from seglab.evaluation import evaluate_pairs, format_evaluation, labelled_pairs
-    from seglab.inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(args.model, resolve_device(args.device), args.mask_threshold)
-    result = evaluate_pairs(predictor, labelled_pairs(args.data, args.split), args.scale)
+    predictor = _predictor(args)
+    result = evaluate_pairs(predictor, labelled_pairs(args.data, args.split), args.scale,
+                            instances=args.instances, membrane_class=args.membrane_class)
     result = {"model": args.model, "data": args.data, **result}
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -354,76 +353,3 @@ def _check_batch(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tenso
                          f"got {tuple(masks.shape)} {masks.dtype}")
     if weights is not None and tuple(weights.shape) != expected:
         raise ValueError(f"weights must be {expected}, got {tuple(weights.shape)}")
-
-
-class ResidentPatchSampler:
-    """A whole training set kept on one device, handing out random batches of whole images.
-
-    images (M, C, H, W), masks (M, H, W), weights (M, H, W) or None, all on the same device.
-    Indices walk through a fresh random permutation per pass, so each image is seen once per
-    pass; a batch may straddle two passes. The index generator lives on the CPU (its draws
-    are tiny) so a saved state resumes on any device. Crop patches with
-    `BatchAugmenter(..., out_size=...)`.
-    """
-
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None = None,
-                 seed: int = 0):
-        _check_batch(images, masks, weights)
-        if masks.device != images.device or (weights is not None and weights.device != images.device):
-            raise ValueError("images, masks and weights must be on the same device")
-        self.images, self.masks, self.weights = images, masks, weights
-        self.seed = int(seed)
-        self._generator = torch.Generator().manual_seed(self.seed)
-        self._order = torch.empty(0, dtype=torch.long)
-        self._position = 0
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def sample(self, batch_size: int):
-        """Next (images (B, C, H, W), masks (B, H, W), weights (B, H, W) or None) on the data's device."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks, needed = [], batch_size
-        while needed > 0:
-            if self._position >= len(self._order):
-                self._order = torch.randperm(len(self), generator=self._generator)
-                self._position = 0
-            chunk = self._order[self._position:self._position + needed]
-            chunks.append(chunk)
-            self._position += len(chunk)
-            needed -= len(chunk)
-        index = torch.cat(chunks).to(self.images.device)
-        weights = None if self.weights is None else self.weights[index]
-        return self.images[index], self.masks[index], weights
-
-    def state_dict(self) -> dict:
-        """{"seed": int, "rng_state": uint8 tensor, "order": int64 tensor, "position": int}."""
-        return {"seed": self.seed, "rng_state": self._generator.get_state(),
-                "order": self._order.clone(), "position": self._position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self._generator.set_state(state["rng_state"].cpu())
-        self._order = state["order"].cpu().long().clone()
-        self._position = int(state["position"])
-
-
-def fits_on_device(num_bytes: int, device: torch.device | str, fraction: float = 0.25) -> bool:
-    """Whether `num_bytes` fit in `fraction` of the memory now free on `device`.
-
-    CUDA asks the driver (torch.cuda.mem_get_info); CPU uses the free physical RAM (sysconf,
-    which leaves out the page cache, so it errs small). Other devices answer False, which keeps
-    the streaming loader: the safe choice when the free memory cannot be read.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return num_bytes <= fraction * free
-    if device.type == "cpu":
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (AttributeError, ValueError, OSError):
-            return False
-        return num_bytes <= fraction * free
-    return False

@@ -77,10 +77,15 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def prepare_image(array: np.ndarray, channels: int, scale: float = 1.0,
-                  normalization: str = "per_image", name: str = "image") -> torch.Tensor:
-    """Decoded (H, W, C) array -> normalised float32 tensor (channels, h, w) at `scale`."""
-    image = torch.from_numpy(np.ascontiguousarray(to_float(match_channels(array, channels, name))))
-    image = image.permute(2, 0, 1)  # (C, H, W)
+                  normalization: str = "per_image", name: str = "image", raw: bool = False) -> torch.Tensor:
+    """Decoded (H, W, C) array -> normalised float32 tensor (channels, h, w) at `scale`.
+
+    With `raw`, the pixel values are kept as they are (as float32), for exported models that
+    normalise inside their graph.
+    """
+    matched = match_channels(array, channels, name)
+    pixels = matched.astype(np.float32) if raw else to_float(matched)
+    image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)  # (C, H, W)
     if scale != 1.0:
         image = resize_image(image, scaled_size(image.shape[1], image.shape[2], scale))
-    return normalize(image, normalization)
+    return image if raw else normalize(image, normalization)

@@ -1,4 +1,9 @@
-"""Predictor: a checkpoint -> probabilities and masks in the user's own mask values."""
+"""Predictor: a checkpoint (or an exported model) -> probabilities and masks in the user's values.
+
+Whole images go through the network in one pass; large images, or any image with `tile` set, go
+through overlap-tile prediction (Gaussian-blended tiles, mirror padding at the border); `tta`
+averages flips or all eight rotations/flips, with or without tiles.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,26 +17,36 @@ from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
 from seglab.data.preprocess import prepare_image
 from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.engine.state import free_memory
+from seglab.inference.tiling import predict_tiled
+from seglab.inference.tta import tta_forward
 from seglab.losses import logits_to_probabilities
 from seglab.models.common import full_size_logits
+
+# Rough activation memory of a forward pass per input pixel and base channel (bytes), used to
+# decide when an image is too large to predict whole on the current device.
+ACTIVATION_BYTES_PER_PIXEL_CHANNEL = 48
+AUTO_TILE = 512
 
 
 @dataclass
 class Prediction:
-    probabilities: np.ndarray  # (K, H, W) float32; K = 1 (sigmoid) for binary models
+    probabilities: np.ndarray  # (K, H, W) float32; K = 1 (sigmoid, P(class 1)) for binary models
     classes: np.ndarray        # (H, W) int64 class indices
     mask: np.ndarray           # (H, W) the user's mask values (uint8 / uint16)
 
 
 class Predictor:
-    """Runs a trained model on whole images of any size.
+    """Runs a trained model on images of any size.
 
-    `Predictor.from_checkpoint("runs/x/best.pt").predict(array)` applies the same channel
-    handling, scaling and normalisation as training, and resizes the result back to the input.
+    `Predictor.from_checkpoint("runs/x/best.pt").predict(array)` applies the training's channel
+    handling, scale and normalisation, and returns the result at the input's size.
     """
 
     def __init__(self, model: torch.nn.Module, class_map: ClassMap, preprocess: dict,
-                 device: str | torch.device = "cpu", threshold: float | None = None):
+                 device: str | torch.device = "cpu", threshold: float | None = None,
+                 tile: tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none",
+                 batch_size: int = 4, log=print):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.class_map = class_map
@@ -39,19 +54,57 @@ class Predictor:
         self.scale = float(preprocess.get("scale", 1.0))
         self.normalization = preprocess.get("normalization", "per_image")
         self.threshold = float(preprocess.get("threshold", 0.5) if threshold is None else threshold)
+        self.tile, self.overlap, self.tta, self.batch_size = tile, overlap, tta, batch_size
+        self.log = log
+        self.raw_input = False  # exported models normalise inside their graph
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
-                        threshold: float | None = None) -> "Predictor":
+                        threshold: float | None = None, **options) -> "Predictor":
+        """A .pt checkpoint, or an exported .onnx / .ts model (run through its own runtime)."""
+        suffix = Path(path).suffix.lower()
+        if suffix in (".onnx", ".ts", ".torchscript"):
+            from seglab.inference.onnx_backend import load_exported
+
+            exported = load_exported(path, device)
+            predictor = cls(_ExportedModule(exported), exported.class_map,
+                            {"channels": exported.channels, "scale": exported.scale, "normalization": "none",
+                             "threshold": exported.threshold}, "cpu", threshold, **options)
+            predictor.raw_input = True
+            return predictor
         payload = load_checkpoint(path)
         model = model_from_checkpoint(payload, path)
-        return cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, threshold)
+        return cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, threshold,
+                   **options)
 
-    @torch.no_grad()
+    # ---- forward passes -----------------------------------------------------------------------
+    def _tile_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> probabilities (B, K, h', w') straight from the network."""
+        return logits_to_probabilities(self.model(batch).float())
+
+    def _whole_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return logits_to_probabilities(full_size_logits(self.model, batch).float())
+
+    def _auto_tile(self, height: int, width: int) -> tuple[int, int] | None:
+        base = getattr(self.model, "base_channels", None) or 64
+        needed = height * width * base * ACTIVATION_BYTES_PER_PIXEL_CHANNEL
+        if needed <= 0.5 * free_memory(self.device):
+            return None
+        self.log(f"note: a {width}x{height} image is too large to predict whole on {self.device}; "
+                 f"predicting in {AUTO_TILE}x{AUTO_TILE} tiles")
+        return (AUTO_TILE, AUTO_TILE)
+
+    @torch.inference_mode()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Prepared image (C, h, w) -> probabilities (K, h, w) on the CPU."""
-        logits = full_size_logits(self.model, image[None].to(self.device))
-        return logits_to_probabilities(logits.float())[0].cpu()
+        tile = self.tile or self._auto_tile(*image.shape[-2:])
+        if tile is None:
+            forward = tta_forward(self._whole_forward, self.tta)
+            return forward(image[None].to(self.device))[0].float().cpu()
+        margin = getattr(self.model, "margin", 0)
+        return predict_tiled(tta_forward(self._tile_forward, self.tta), image, tile, self.overlap,
+                             self.batch_size, self.device, margin=margin,
+                             valid_input=self.model.valid_input_size if margin else None)
 
     def predict(self, array: np.ndarray, scale: float | None = None, name: str = "image") -> Prediction:
         """Decoded image (H, W[, C]) -> Prediction at the image's own size."""
@@ -59,7 +112,7 @@ class Predictor:
             array = array[..., None]
         height, width = array.shape[:2]
         scale = self.scale if scale is None else scale
-        image = prepare_image(array, self.channels, scale, self.normalization, name=name)
+        image = prepare_image(array, self.channels, scale, self.normalization, name=name, raw=self.raw_input)
         probs = self.probabilities(image)
         if probs.shape[-2:] != (height, width):
             probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
@@ -75,3 +128,75 @@ class Predictor:
 
     def predict_file(self, path: str | Path, scale: float | None = None) -> Prediction:
         return self.predict(read_image(path), scale, name=str(path))
+
+    @torch.inference_mode()
+    def predict_large_tiff(self, in_path: str | Path, out_path: str | Path, tile: int = AUTO_TILE) -> Path:
+        """Stream a TIFF of any size through tiled prediction into a tiled (Big)TIFF mask.
+
+        Only a band of tile rows is in memory at once. Per-image normalisation uses the whole
+        image's statistics, gathered in a first streaming pass.
+        """
+        from seglab.data.preprocess import match_channels, to_float
+        from seglab.errors import SeglabError
+        from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
+
+        if self.scale != 1.0 or self.raw_input:
+            raise SeglabError("streamed TIFF prediction needs a PyTorch checkpoint trained at --scale 1")
+        with TiffRows(in_path) as source:
+            height, width = source.height, source.width
+            total = np.zeros(self.channels)
+            squares = np.zeros(self.channels)
+            low, high = np.full(self.channels, np.inf), np.full(self.channels, -np.inf)
+            for y0 in range(0, height, 1024):
+                rows = to_float(match_channels(_hwc(source.read_rows(y0, min(y0 + 1024, height))), self.channels,
+                                               str(in_path))).astype(np.float64)
+                total += rows.sum(axis=(0, 1))
+                squares += (rows ** 2).sum(axis=(0, 1))
+                low, high = np.minimum(low, rows.min(axis=(0, 1))), np.maximum(high, rows.max(axis=(0, 1)))
+        count = height * width
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean ** 2, 0) * count / max(count - 1, 1))
+        if self.normalization == "per_image":
+            shift, divide = mean, np.maximum(std, 1e-6)
+        elif self.normalization == "minmax":
+            shift, divide = low, np.maximum(high - low, 1e-6)
+        else:
+            shift, divide = np.zeros(self.channels), np.ones(self.channels)
+
+        def normalize(rows: np.ndarray) -> np.ndarray:
+            pixels = to_float(match_channels(_hwc(rows), self.channels, str(in_path)))
+            return ((pixels - shift) / divide).astype(np.float32)
+
+        def to_output(probs: torch.Tensor) -> np.ndarray:
+            return self.finish(probs.numpy()).mask
+
+        margin = getattr(self.model, "margin", 0)
+        return predict_tiff_tiled(tta_forward(self._tile_forward, self.tta), in_path, out_path,
+                                  tile=self.tile or (tile, tile), overlap=self.overlap, batch_size=self.batch_size,
+                                  device=self.device, margin=margin,
+                                  valid_input=self.model.valid_input_size if margin else None,
+                                  normalize=normalize, to_output=to_output)
+
+    def class_probability(self, prediction: Prediction, class_index: int) -> np.ndarray:
+        """(H, W) probability of one class (for binary models P(0) = 1 - P(1))."""
+        probs = prediction.probabilities
+        if probs.shape[0] == 1:
+            return probs[0] if class_index == 1 else 1.0 - probs[0]
+        return probs[class_index]
+
+
+def _hwc(rows: np.ndarray) -> np.ndarray:
+    return rows[..., None] if rows.ndim == 2 else rows
+
+
+class _ExportedModule(torch.nn.Module):
+    """Adapts an exported model (raw pixels -> probabilities) to the Predictor's module calls:
+    it returns logits whose sigmoid/softmax gives back the exported probabilities."""
+
+    def __init__(self, exported):
+        super().__init__()
+        self.exported = exported
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        probs = self.exported.forward(batch).float().clamp(1e-7, 1 - 1e-7)
+        return torch.logit(probs) if probs.shape[1] == 1 else probs.log()

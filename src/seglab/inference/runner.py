@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.io import IMAGE_EXTENSIONS, is_image_file, read_image, write_mask, write_rgb
+from seglab.data.io import (IMAGE_EXTENSIONS, TIFF_EXTENSIONS, image_info, is_image_file, read_image, write_mask,
+                           write_rgb)
 from seglab.errors import DataError, SeglabError
 from seglab.inference.predictor import Predictor
 
@@ -60,15 +61,41 @@ def plan_outputs(files: list[Path], outputs: list[str] | None, save: bool, suffi
     return [PredictJob(f, f.parent / f"{f.stem}{suffix}" if save else None, f.parent) for f in files]
 
 
+# TIFFs with more pixels than this stream through tiled prediction band by band.
+STREAM_PIXELS = 8192 * 8192
+
+
+def _streamed(predictor: Predictor, job: PredictJob, log) -> Path | None:
+    """Predict a huge TIFF without loading it; returns the mask path, or None if not huge."""
+    if job.source.suffix.lower() not in TIFF_EXTENSIONS:
+        return None
+    height, width, _, _ = image_info(job.source)
+    if height * width <= STREAM_PIXELS:
+        return None
+    target = (job.mask_path or job.output_dir / f"{job.source.stem}_mask.tif").with_suffix(".tif")
+    log(f"note: {job.source.name} is {width}x{height}: streaming it through tiled prediction into {target.name}")
+    return predictor.predict_large_tiff(job.source, target)
+
+
 def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float | None = None,
-                    overlay: bool = False, viz: bool = False, log=print) -> PredictSummary:
-    """Predict every job; a file that cannot be read is skipped and reported, the rest go on."""
+                    overlay: bool = False, viz: bool = False, instances: bool = False,
+                    membrane_class: int = 0, log=print) -> PredictSummary:
+    """Predict every job; a file that cannot be read is skipped and reported, the rest go on.
+
+    `instances` also writes `<stem>_instances.png` (16-bit cell labels from a seeded watershed of
+    the probability of `membrane_class`).
+    """
+    from seglab.inference.postprocess import membrane_to_instances, save_instance_labels
     from seglab.viz.plots import overlay as make_overlay
     from seglab.viz.plots import save_side_by_side
 
     summary = PredictSummary()
     for job in jobs:
         try:
+            streamed = _streamed(predictor, job, log)
+            if streamed is not None:
+                summary.written.append(streamed)
+                continue
             array = read_image(job.source)
             prediction = predictor.predict(array, scale, name=str(job.source))
         except DataError as error:
@@ -86,6 +113,10 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
             probability = prediction.probabilities[0] if prediction.probabilities.shape[0] == 1 else None
             summary.written.append(save_side_by_side(array, prediction.classes, path, title=job.source.name,
                                                      probability=probability))
+        if instances:
+            labels = membrane_to_instances(predictor.class_probability(prediction, membrane_class))
+            path = job.output_dir / f"{job.source.stem}_instances.png"
+            summary.written.append(save_instance_labels(path, labels))
         if job.mask_path is not None:
             log(f"{job.source} -> {job.mask_path}")
     return summary

@@ -99,6 +99,7 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self.in_channels = in_channels
+        self.base_channels = base_channels
         self.num_classes = num_classes
         self.depth = depth
         self.padding = padding

@@ -1,0 +1,401 @@
+"""Export a checkpoint to ONNX or TorchScript: raw pixels in, probabilities out, checked for parity.
+
+The exported graph is self-contained. It takes RAW pixels, a float32 batch (B, C, H, W) in the
+value range of the image files (0..255 for 8-bit images, the default `input_max`; pass
+`input_max=65535` for 16-bit files, `1.0` for float images already in [0, 1]), and does what
+`Predictor` does before and after the network:
+
+    pixels / input_max -> the checkpoint's normalisation ("per_image": per image and channel zero
+    mean / unit std with the unbiased std, as `preprocess.normalize`; "minmax"; "none")
+    -> mirror padding to a size the network takes (same-padding U-Net: far sides to a multiple of
+    2 ** depth; valid-padding U-Net: `margin` context on every side, as `full_size_logits`)
+    -> network -> crop to (H, W) -> sigmoid (1 output channel) or softmax (K channels).
+
+Batch, height and width are dynamic. The channels must already match the model (gray repeated for
+RGB models), and a checkpoint trained at `--scale` s expects pixels resized by s first (both are
+stored in the file's metadata: `channels`, `scale`).
+
+Export fails with a SeglabError, leaving no file behind, unless the exported model, run by its own
+runtime (onnxruntime or torch.jit.load), matches the PyTorch model run the Predictor's way within
+`tolerance` (max abs difference of probabilities) on real images of several sizes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seglab import __version__
+from seglab.data.classmap import ClassMap
+from seglab.data.preprocess import NORMALIZATIONS, match_channels, normalize
+from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.errors import SeglabError
+from seglab.inference.onnx_backend import EXPORT_FORMAT, TORCHSCRIPT_METADATA, load_exported
+from seglab.losses import logits_to_probabilities
+from seglab.models.common import full_size_logits
+from seglab.models.unet import UNet
+
+FORMATS = ("onnx", "torchscript")
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+DEFAULT_TOLERANCE = 1e-4
+# Default parity images: (height, width) crops of the bundled ISBI test slices. Odd sizes, none a
+# multiple of 16 or equal to the trace size, prove the dynamic height and width; the pair proves
+# the dynamic batch.
+PARITY_CROPS = ((300, 420), (300, 420), (512, 512), (181, 97))
+TRACE_SIZE = (64, 80)
+
+
+# ---- index arithmetic that stays dynamic when traced ---------------------------------------------
+# Under tracing, sizes must flow through tensor ops (never Python `if`/`min`/`range`) to stay
+# symbolic in the graph, and index vectors must be built from the input tensor (not torch.arange
+# with a device) so that a TorchScript export traced on the CPU also runs on a GPU.
+def _size(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x.shape[dim] as a 0-dim int64 tensor, symbolic under tracing."""
+    return torch._shape_as_tensor(x)[dim]
+
+
+def _positions(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(before + n + after,) int64 positions -before .. n + after - 1, on index's device."""
+    ones = F.pad(torch.ones_like(index), (before, after), value=1)
+    return ones.cumsum(0) - 1 - before
+
+
+def _reflect_once(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """index (n,) -> (before + n + after,) mirrored at both ends without repeating the edge, as
+    F.pad(mode="reflect") does; requires before, after < n (clamped for safety)."""
+    n = _size(index, 0)
+    positions = _positions(index, before, after).abs()
+    positions = torch.where(positions > n - 1, 2 * (n - 1) - positions, positions)
+    return index.index_select(0, positions.clamp(min=0).minimum(n - 1))
+
+
+def _replicate(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """index (n,) -> (before + n + after,) with the edge entries repeated (F.pad "replicate")."""
+    n = _size(index, 0)
+    return index.index_select(0, _positions(index, before, after).clamp(min=0).minimum(n - 1))
+
+
+def _reflect_pad_index(n: torch.Tensor, like: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+                       steps: int) -> torch.Tensor:
+    """Source rows of `models.common.reflect_pad` along one axis of length n: reflect by at most
+    n - 1 per step, `steps` times (unrolled), then replicate what is left (1-pixel sides)."""
+    index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1  # (n,) = 0 .. n - 1
+    for _ in range(steps):
+        length = _size(index, 0)
+        step_before, step_after = before.minimum(length - 1), after.minimum(length - 1)
+        index = _reflect_once(index, step_before, step_after)
+        before, after = before - step_before, after - step_after
+    return _replicate(index, before, after)
+
+
+def _far_side_pad_index(like: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Source rows of UNet's own padding along one axis: `pad` rows after the end, reflected when
+    pad < n, replicated otherwise."""
+    n = _size(like, 0)
+    index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1
+    zero = torch.zeros_like(pad)
+    return torch.where(pad < n, _reflect_once(index, zero, pad), _replicate(index, zero, pad))
+
+
+def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) -> (B, C, len(rows), len(cols))."""
+    return x.index_select(2, rows).index_select(3, cols)
+
+
+def _valid_progression(model: nn.Module) -> tuple[int, int]:
+    """(smallest valid input, spacing) of a valid-padding model whose input side for an output of
+    at least h is the first term of that arithmetic progression >= h + 2 * margin."""
+    margin, valid_input = model.margin, model.valid_input_size
+    first = valid_input(1)
+    stride = valid_input(first - 2 * margin + 1) - first
+    for height in range(1, first + 8 * max(stride, 1)):
+        target = max(height + 2 * margin, first)
+        if stride < 1 or valid_input(height) != first + stride * -(-(target - first) // stride):
+            raise SeglabError(f"cannot export {type(model).__name__}: its valid input sizes are not evenly "
+                              "spaced, so the graph cannot compute its mirror padding; use padding='same'")
+    return first, stride
+
+
+def _reflect_steps(max_pad: int) -> int:
+    """Steps of `reflect_pad` enough for pads up to max_pad on any side of length >= 2 (each step
+    at least doubles the length minus one, so the capacity after k steps is >= 2**k - 1)."""
+    return max(1, math.ceil(math.log2(max_pad + 1)) + 1)
+
+
+class ExportWrapper(nn.Module):
+    """Raw pixels (B, C, H, W) float32 -> probabilities (B, K, H, W): the model with the Predictor's
+    intensity scaling, normalisation, padding and activation around it, in traceable tensor ops.
+
+    Args:
+        model: the network, in eval mode.
+        normalization: one of `preprocess.NORMALIZATIONS`, as stored in the checkpoint.
+        input_max: the pixels are divided by it first (255 for 8-bit files).
+    """
+
+    def __init__(self, model: nn.Module, normalization: str = "per_image", input_max: float = 255.0):
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise SeglabError(f"unknown normalization {normalization!r} in the checkpoint; "
+                              f"expected one of {', '.join(NORMALIZATIONS)}")
+        if not input_max > 0:
+            raise SeglabError(f"input_max must be positive, got {input_max}")
+        self.model = model.eval()
+        self.normalization = normalization
+        self.input_max = float(input_max)
+        self.margin = int(getattr(model, "margin", 0))
+        self.multiple = 2 ** model.depth if isinstance(model, UNet) and not self.margin else 1
+        if self.margin:
+            self.valid_first, self.valid_stride = _valid_progression(model)
+            max_pad = max(self.margin, self.valid_first + self.valid_stride)
+            self.reflect_steps = _reflect_steps(max_pad)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = normalize(pixels.float() / self.input_max, self.normalization)  # (B, C, H, W)
+        return logits_to_probabilities(self.logits(x).float())
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised x (B, C, H, W) -> logits (B, K, H, W); `full_size_logits` in traceable ops."""
+        height, width = _size(x, 2), _size(x, 3)
+        if self.margin:
+            rows = self._valid_index(height, x[0, 0, :, 0])
+            cols = self._valid_index(width, x[0, 0, 0, :])
+        elif self.multiple > 1:
+            # UNet pads by itself only when needed (a Python `if`, frozen by tracing): pad here
+            # exactly as it would, so the size it sees is always a multiple and its branch is moot.
+            rows = _far_side_pad_index(x[0, 0, :, 0], (self.multiple - height % self.multiple) % self.multiple)
+            cols = _far_side_pad_index(x[0, 0, 0, :], (self.multiple - width % self.multiple) % self.multiple)
+        else:
+            return self.model(x)
+        logits = self.model(_gather(x, rows, cols))  # (B, K, >= H, >= W)
+        return logits[:, :, :height, :width]
+
+    def _valid_index(self, size: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """Source rows of the valid-padding input for one axis: `margin` mirrored before, and after
+        the image up to the smallest valid input side whose output covers it."""
+        first, stride = self.valid_first, self.valid_stride
+        target = (size + 2 * self.margin).clamp(min=first)
+        in_size = first + torch.div(target - first + stride - 1, stride, rounding_mode="floor") * stride
+        before = torch.zeros_like(size) + self.margin
+        return _reflect_pad_index(size, line, before, in_size - size - self.margin, self.reflect_steps)
+
+
+# ---- metadata -----------------------------------------------------------------------------------
+def export_metadata(payload: dict, input_max: float) -> dict:
+    """What an exported file carries besides the graph (plain JSON values)."""
+    preprocess = payload["preprocess"]
+    class_map = ClassMap.from_dict(payload["class_map"])
+    return {
+        "format": EXPORT_FORMAT,
+        "seglab_version": __version__,
+        "model": payload["model"],
+        "class_map": class_map.to_dict(),
+        "num_outputs": class_map.num_outputs,
+        "channels": int(preprocess["channels"]),
+        "scale": float(preprocess.get("scale", 1.0)),
+        "normalization": preprocess.get("normalization", "per_image"),
+        "threshold": float(preprocess.get("threshold", 0.5)),
+        "input_max": float(input_max),
+        "input": f"{INPUT_NAME}: raw pixels (B, C, H, W) float32 in 0..input_max; the graph normalises",
+        "output": f"{OUTPUT_NAME}: (B, K, H, W) float32, sigmoid for K = 1, softmax otherwise",
+    }
+
+
+# ---- parity -------------------------------------------------------------------------------------
+def default_parity_images() -> list[np.ndarray]:
+    """Crops (PARITY_CROPS) of the bundled ISBI test slices as uint8 (H, W) arrays, or seeded
+    random uint8 images of the same sizes when the data is not installed."""
+    from seglab.data.io import read_image
+
+    folder = None
+    try:
+        from seglab.demo import locate_isbi
+
+        folder = locate_isbi() / "test" / "images"
+    except SeglabError:
+        pass
+    files = sorted(folder.glob("*.png")) if folder is not None and folder.is_dir() else []
+    rng = np.random.default_rng(0)
+    images = []
+    for i, (height, width) in enumerate(PARITY_CROPS):
+        if files:
+            slice_ = read_image(files[i % len(files)])
+            top = (slice_.shape[0] - height) // 2 if slice_.shape[0] > height else 0
+            images.append(np.ascontiguousarray(slice_[top:top + height, :width]))
+        else:
+            images.append(rng.integers(0, 256, size=(height, width), dtype=np.uint8))
+    return images
+
+
+def _parity_batches(images: list[np.ndarray], channels: int) -> list[torch.Tensor]:
+    """Images (H, W[, C]) -> raw float32 batches (B, C, H, W), images of one size batched together."""
+    by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for i, array in enumerate(images):
+        array = np.asarray(array)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3:
+            raise SeglabError(f"parity image {i} has shape {array.shape}; expected (H, W) or (H, W, C)")
+        pixels = match_channels(array, channels, name=f"parity image {i}").astype(np.float32)
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)  # (C, H, W)
+        by_size.setdefault(tuple(tensor.shape[-2:]), []).append(tensor)
+    return [torch.stack(group) for group in by_size.values()]
+
+
+@torch.inference_mode()
+def reference_probabilities(model: nn.Module, pixels: torch.Tensor, normalization: str,
+                            input_max: float = 255.0) -> torch.Tensor:
+    """What PyTorch gives the Predictor's way: raw (B, C, H, W) -> probabilities (B, K, H, W)."""
+    x = normalize(pixels.float() / input_max, normalization)
+    return logits_to_probabilities(full_size_logits(model, x).float())
+
+
+def check_parity(run_exported: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
+                 batches: list[torch.Tensor], normalization: str, input_max: float,
+                 num_outputs: int | None = None) -> tuple[float, list]:
+    """Max abs difference of probabilities between the exported model and PyTorch over the batches,
+    and the batch shapes checked. `num_outputs` (the class map's K) is checked against PyTorch."""
+    worst, shapes = 0.0, []
+    for batch in batches:
+        expected = reference_probabilities(model, batch, normalization, input_max)
+        if num_outputs is not None and expected.shape[1] != num_outputs:
+            raise SeglabError(f"the model gives {expected.shape[1]} output channels but its class map needs "
+                              f"{num_outputs}: the checkpoint is inconsistent, retrain or fix its class map")
+        got = run_exported(batch)
+        if tuple(got.shape) != tuple(expected.shape):
+            raise SeglabError(f"exported model returned {tuple(got.shape)} for input {tuple(batch.shape)}; "
+                              f"PyTorch gives {tuple(expected.shape)}")
+        worst = max(worst, float((got.float() - expected).abs().max()))
+        shapes.append(list(batch.shape))
+    return worst, shapes
+
+
+# ---- the two formats ----------------------------------------------------------------------------
+@contextmanager
+def _quiet_tracing():
+    """Silence the tracer's warnings about Python values frozen into the graph: the wrapper keeps
+    sizes symbolic on purpose, and the parity check on other sizes proves the graph."""
+    with warnings.catch_warnings():
+        for category in (torch.jit.TracerWarning, UserWarning, DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+def _export_onnx(wrapper: ExportWrapper, example: torch.Tensor, path: Path, opset: int,
+                 metadata: dict) -> str:
+    """Write the ONNX graph with its metadata to `path`; returns which exporter worked."""
+    try:
+        import onnx
+    except ImportError:
+        raise SeglabError("ONNX export needs the onnx and onnxruntime packages: pip install 'seglab[export]'") from None
+    axes = {0: "batch", 2: "height", 3: "width"}
+    errors = []
+    with _quiet_tracing():
+        for dynamo in (False, True):  # the TorchScript-based exporter needs no onnxscript
+            try:
+                options = ({"dynamic_shapes": {"pixels": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"),
+                                                          3: torch.export.Dim("width")}}}
+                           if dynamo else {"dynamic_axes": {INPUT_NAME: axes, OUTPUT_NAME: axes}})
+                torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True,
+                                  dynamo=dynamo, **options)
+                exporter = "torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False)"
+                break
+            except Exception as error:  # noqa: BLE001 - reported below with both exporters' reasons
+                errors.append(f"{'dynamo' if dynamo else 'legacy'}: {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}")
+        else:
+            raise SeglabError(f"ONNX export failed ({'; '.join(errors)})")
+    graph = onnx.load(str(path))
+    graph.doc_string = ("seglab segmentation model. Input 'pixels': raw pixels (B, C, H, W) float32 in "
+                        f"0..{metadata['input_max']:g}; output 'probabilities' (B, K, H, W).")
+    del graph.metadata_props[:]
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(graph, str(path))
+    return exporter
+
+
+def _export_torchscript(wrapper: ExportWrapper, example: torch.Tensor, path: Path, metadata: dict) -> str:
+    with _quiet_tracing(), torch.no_grad():
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+    return "torch.jit.trace"
+
+
+def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str | Path | None = None,
+                 parity_images: list[np.ndarray] | None = None, opset: int = 17,
+                 tolerance: float = DEFAULT_TOLERANCE, input_max: float = 255.0) -> dict:
+    """Export a checkpoint as a raw-pixels-in, probabilities-out graph, after a parity check.
+
+    Args:
+        checkpoint_path: a seglab .pt checkpoint.
+        fmt: "onnx" (onnxruntime) or "torchscript" (torch.jit.load).
+        out_path: the file to write (default: the checkpoint's path with .onnx / .ts); written
+            atomically, and only once parity passed.
+        parity_images: decoded images (H, W) or (H, W, C) in the files' dtype, at the model's scale;
+            default: crops of the bundled ISBI test slices (`PARITY_CROPS`).
+        opset: ONNX opset.
+        tolerance: largest allowed max abs difference of probabilities against PyTorch.
+        input_max: the value range of the raw pixels (255 for 8-bit files): divided out in the graph.
+
+    Returns:
+        a report: path, format, exporter, opset, max_abs_diff, tolerance, parity_shapes,
+        seconds, metadata.
+
+    Raises:
+        SeglabError when the export or the parity check fails; no file is left at out_path.
+    """
+    if fmt not in FORMATS:
+        raise SeglabError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    started = time.perf_counter()
+    payload = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(payload, checkpoint_path).eval()
+    metadata = export_metadata(payload, input_max)
+    out_path = Path(out_path) if out_path else Path(checkpoint_path).with_suffix(".onnx" if fmt == "onnx" else ".ts")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(model, metadata["normalization"], input_max).eval()
+    channels = metadata["channels"]
+    example = torch.rand(1, channels, *TRACE_SIZE, generator=torch.Generator().manual_seed(0)) * input_max
+    batches = _parity_batches(default_parity_images() if parity_images is None else parity_images, channels)
+    if not batches:
+        raise SeglabError("no parity images: pass at least one image, or None for the bundled defaults")
+
+    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "onnx":
+            exporter = _export_onnx(wrapper, example, temporary, opset, metadata)
+        else:
+            exporter = _export_torchscript(wrapper, example, temporary, metadata)
+        exported = load_exported(temporary)
+        worst, shapes = check_parity(exported.forward, model, batches, metadata["normalization"], input_max,
+                                     metadata["num_outputs"])
+        del exported  # release the file before it is renamed
+        if not worst <= tolerance:  # also catches NaN
+            raise SeglabError(f"{fmt} export of '{checkpoint_path}' failed its parity check: probabilities "
+                              f"differ from PyTorch by up to {worst:.3g} (> {tolerance:g}) on images "
+                              f"{shapes}; nothing was written")
+        os.replace(temporary, out_path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return {
+        "path": str(out_path),
+        "format": fmt,
+        "exporter": exporter,
+        "opset": opset if fmt == "onnx" else None,
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "parity_shapes": shapes,
+        "seconds": round(time.perf_counter() - started, 2),
+        "metadata": metadata,
+    }
