@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="describe a data folder and find problems before training")
     check.add_argument("data", help="folder with images/ + masks/, or train/ val/ test/ subfolders")
     _add_mask_options(check)
+    check.add_argument("--preview", metavar="FILE.png", help="write a grid of augmented image/mask pairs")
+    check.add_argument("--augment", choices=["none", "light", "paper", "strong"], default="paper",
+                       help="augmentation preset shown by --preview (default paper)")
+    check.add_argument("--crop", type=_ints, help="crop size shown by --preview, H[,W]")
+    check.add_argument("-n", "--count", type=int, default=8, help="pairs in the preview (default 8)")
 
     train = commands.add_parser("train", help="train a model on a data folder")
     train.add_argument("data", nargs="?", help="data folder (or data.root in --config)")
@@ -131,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--class-names", type=_names, dest="data.class_names")
     train.add_argument("--ignore-index", type=int, dest="data.ignore_value")
 
+    for action in train._actions:
+        if "." in action.dest and action.metavar is None and action.nargs != 0:
+            action.metavar = action.dest.split(".", 1)[1].upper()
+
     predict = commands.add_parser("predict", help="predict masks for images with a trained model")
     predict.add_argument("-m", "--model", required=True, help="checkpoint (.pt)")
     predict.add_argument("-i", "--input", nargs="+", required=True, help="image files or folders")
@@ -168,6 +177,11 @@ def cmd_check(args) -> int:
 
     report = run_preflight(args.data, args.mask_values, args.num_classes, args.class_names, args.ignore_value)
     print(format_preflight(report))
+    if args.preview and report.class_map is not None and not report.errors:
+        from seglab.data.preflight import write_preview
+
+        crop = (args.crop[0], args.crop[-1]) if args.crop else None
+        print(f"preview: {write_preview(report, args.preview, args.augment, args.count, crop)}")
     return 0 if report.ok else 1
 
 

@@ -107,3 +107,22 @@ def format_preflight(report: Preflight) -> str:
         lines.append(f"warning: {warning}")
     lines.append("ok" if report.ok else f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     return "\n".join(lines)
+
+
+def write_preview(report: Preflight, path: str | Path, preset: str = "paper", count: int = 8,
+                  crop: tuple[int, int] | None = None, max_images: int = 16) -> Path:
+    """A PNG grid of `count` augmented pairs, as training would see them (same preset, crop and
+    normalisation), from up to `max_images` pairs of the folder's first size."""
+    import torch
+
+    from seglab.data.augment import BatchAugmenter, augment_preset
+    from seglab.data.datasets import load_pair
+    from seglab.viz.preview import save_augment_preview
+
+    pairs = report.layout.training_pairs() or [p for s in report.layout.splits.values() for p in s.pairs]
+    items = [load_pair(pair, report.class_map, image_info(pairs[0].image)[2], 1.0, "minmax")
+             for pair in pairs[:max_images]]
+    items = [item for item in items if item[0].shape == items[0][0].shape]
+    images = torch.stack([image for image, _ in items])
+    masks = torch.stack([mask for _, mask in items])
+    return save_augment_preview(images, masks, BatchAugmenter(augment_preset(preset), seed=0), path, count, crop)

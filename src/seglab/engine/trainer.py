@@ -120,6 +120,9 @@ class Trainer:
     def _make_train_batches(self):
         c, plan = self.config, self.plan
         border = tuple(c.train.border_weight) if c.train.border_weight else None
+        if border is not None and (len(border) != 2 or not plan.class_map.is_binary):
+            raise SeglabError("--border-weight takes W0,SIGMA (e.g. 10,5) and binary masks whose class 1 is "
+                              "the cells (ISBI: 255 = cell interior)")
         common = dict(class_map=plan.class_map, channels=plan.channels, scale=c.data.scale,
                       normalization=c.data.normalization, seed=c.train.seed, border_weight=border)
         dataset = SegmentationDataset(plan.train_pairs, cache=True, **common)

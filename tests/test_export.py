@@ -1,0 +1,189 @@
+"""Export to ONNX / TorchScript: parity with PyTorch on real images, dynamic sizes, metadata, failures."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from seglab.data.classmap import ClassMap
+from seglab.data.io import read_image
+from seglab.engine.checkpoint import make_checkpoint, save_checkpoint
+from seglab.errors import SeglabError
+from seglab.export import ExportWrapper, export_model, reference_probabilities
+from seglab.inference.onnx_backend import OnnxModel, TorchScriptModel, load_exported
+from seglab.inference.predictor import Predictor
+from seglab.inference.tiling import predict_tiled
+from seglab.inference.tta import tta_forward
+from seglab.models import UNet
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two shared CPU cores: OpenMP threads spinning against other jobs make tiny convolutions
+    # ~50x slower. One thread keeps every test here at a few seconds.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def isbi_slices(isbi_dir) -> list[np.ndarray]:
+    return [read_image(isbi_dir / "test" / "images" / f"{i:02d}.png")[..., 0] for i in range(3)]  # (512, 512) uint8
+
+
+@pytest.fixture(scope="module")
+def parity_images(isbi_slices) -> list[np.ndarray]:
+    """Real EM crops: an odd 300x420 pair (dynamic batch and size), odd small ones, a 1-pixel-high strip."""
+    a, b, c = isbi_slices
+    return [a[:300, :420], b[100:400, 50:470], c[:97, :181], c[200:233, 7:24], a[:1, :40]]
+
+
+def tiny_checkpoint(path, isbi_slices, padding="same", class_map=None, preprocess=None):
+    """A tiny UNet(1, K, 4, depth=2) whose BatchNorm statistics come from real images (not 0/1)."""
+    class_map = class_map or ClassMap.from_values([0, 255], names=["membrane", "cell"])
+    preprocess = {"channels": 1, "scale": 1.0, "normalization": "per_image", "threshold": 0.5, **(preprocess or {})}
+    kwargs = {"in_channels": 1, "num_classes": class_map.num_outputs, "base_channels": 4, "depth": 2,
+              "padding": padding}
+    torch.manual_seed(0)
+    model = UNet(**kwargs)
+    batch = torch.from_numpy(np.stack([s[:96, :96] for s in isbi_slices[:2]])[:, None].astype(np.float32) / 255)
+    with torch.no_grad():
+        model.train()(batch)
+    save_checkpoint(make_checkpoint(model, "unet", kwargs, class_map, preprocess), path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["same", "valid"])
+def checkpoint_path(request, tmp_path_factory, isbi_slices):
+    return tiny_checkpoint(tmp_path_factory.mktemp(request.param) / "best.pt", isbi_slices, request.param)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch_on_real_images_of_any_size(checkpoint_path, parity_images, fmt, tmp_path):
+    out = tmp_path / f"model{SUFFIX[fmt]}"
+    report = export_model(checkpoint_path, fmt, out, parity_images=parity_images)
+    assert out.is_file() and report["path"] == str(out)
+    assert report["max_abs_diff"] <= 1e-4
+    assert [2, 1, 300, 420] in report["parity_shapes"] and [1, 1, 1, 40] in report["parity_shapes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary left
+
+    # Sizes and a batch never seen during export, through the runtime-backed wrapper.
+    exported = load_exported(out)
+    assert isinstance(exported, OnnxModel if fmt == "onnx" else TorchScriptModel)
+    model = UNet(**torch.load(checkpoint_path, weights_only=True)["model"]["kwargs"])
+    model.load_state_dict(torch.load(checkpoint_path, weights_only=True)["state_dict"])
+    model.eval()
+    pixels = torch.from_numpy(np.stack([parity_images[1][:123, :77], parity_images[0][5:128, 9:86]])[:, None]
+                              .astype(np.float32))  # (2, 1, 123, 77) raw 0..255
+    probs = exported.forward(pixels)
+    assert probs.shape == (2, 1, 123, 77) and probs.dtype == torch.float32
+    assert (probs - reference_probabilities(model, pixels, "per_image")).abs().max() <= 1e-4
+
+
+def test_onnx_model_equals_the_predictor(checkpoint_path, isbi_slices, tmp_path):
+    out = tmp_path / "model.onnx"
+    export_model(checkpoint_path, "onnx", out, parity_images=[isbi_slices[0][:64, :80]])
+    image = isbi_slices[2][:211, 150:455]  # uint8 (211, 305)
+    expected = Predictor.from_checkpoint(checkpoint_path).predict(image).probabilities  # (1, H, W)
+    got = OnnxModel(out).forward(torch.from_numpy(image.astype(np.float32))[None, None])[0].numpy()
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_default_parity_images_are_real_crops(checkpoint_path, tmp_path):
+    report = export_model(checkpoint_path, "onnx", tmp_path / "m.onnx")
+    assert [2, 1, 300, 420] in report["parity_shapes"] and [1, 1, 512, 512] in report["parity_shapes"]
+    assert report["max_abs_diff"] <= 1e-4 and report["exporter"].startswith("torch.onnx.export")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_failed_parity_raises_and_keeps_the_previous_file(checkpoint_path, parity_images, fmt, tmp_path,
+                                                           monkeypatch):
+    out = tmp_path / f"model{SUFFIX[fmt]}"
+    out.write_bytes(b"previous export")
+    honest = ExportWrapper.forward
+
+    def noisy(self, pixels):  # a graph that drifts from the model by ~1e-2
+        probs = honest(self, pixels)
+        return probs + 1e-2 * torch.sin(pixels)
+
+    monkeypatch.setattr(ExportWrapper, "forward", noisy)
+    with pytest.raises(SeglabError, match="parity check"):
+        export_model(checkpoint_path, fmt, out, parity_images=parity_images[:2])
+    assert out.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    monkeypatch.undo()
+    with pytest.raises(SeglabError, match="parity check"):  # fresh path, zero tolerance
+        export_model(checkpoint_path, "onnx", tmp_path / "zero.onnx", parity_images=parity_images[:1], tolerance=-1)
+    assert not (tmp_path / "zero.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_metadata_round_trip(isbi_slices, fmt, tmp_path):
+    class_map = ClassMap.from_values([0, 128, 255], names=["background", "membrane", "cell"])
+    checkpoint = tiny_checkpoint(tmp_path / "three.pt", isbi_slices, class_map=class_map,
+                                 preprocess={"threshold": 0.3, "scale": 0.5, "normalization": "minmax"})
+    out = tmp_path / f"three{SUFFIX[fmt]}"
+    report = export_model(checkpoint, fmt, out, parity_images=[isbi_slices[0][:50, :70]])
+    exported = load_exported(out)
+    assert exported.class_map == class_map
+    assert (exported.channels, exported.threshold, exported.scale, exported.num_outputs) == (1, 0.3, 0.5, 3)
+    assert exported.normalization == "minmax" and exported.input_max == 255.0
+    assert exported.metadata["seglab_version"] == report["metadata"]["seglab_version"]
+    probs = exported.forward(torch.full((1, 1, 20, 30), 7.0))
+    assert probs.shape == (1, 3, 20, 30) and torch.allclose(probs.sum(1), torch.ones(1, 20, 30), atol=1e-5)
+    if fmt == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert {"class_map", "channels", "threshold", "normalization", "seglab_version"} <= set(props)
+
+
+def test_exported_forward_plugs_into_tiling_and_tta(isbi_slices, tmp_path):
+    # normalization "none" makes per-tile normalisation inside the graph equal to the whole image's.
+    checkpoint = tiny_checkpoint(tmp_path / "none.pt", isbi_slices, preprocess={"normalization": "none"})
+    out = tmp_path / "none.onnx"
+    export_model(checkpoint, "onnx", out, parity_images=[isbi_slices[0][:64, :64]])
+    exported = OnnxModel(out)
+    payload = torch.load(checkpoint, weights_only=True)
+    model = UNet(**payload["model"]["kwargs"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+
+    def reference(batch):
+        return reference_probabilities(model, batch, "none")
+
+    image = torch.from_numpy(isbi_slices[1][:150, :130].astype(np.float32))[None]  # raw (1, 150, 130)
+    tiled = predict_tiled(tta_forward(exported.forward, "flips"), image, tile=64, overlap=0.25)
+    expected = predict_tiled(tta_forward(reference, "flips"), image, tile=64, overlap=0.25)
+    assert tiled.shape == (1, 150, 130)
+    assert (tiled - expected).abs().max() <= 1e-4
+
+
+def test_missing_onnxruntime_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(SeglabError, match=r"pip install 'seglab\[export\]'"):
+        OnnxModel(tmp_path / "any.onnx")
+
+
+def test_foreign_or_missing_files_are_refused(tmp_path):
+    with pytest.raises(SeglabError, match="does not exist"):
+        load_exported(tmp_path / "missing.onnx")
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(1, 1, 1), (torch.zeros(1, 1, 4, 4),), str(plain), dynamo=False)
+    with pytest.raises(SeglabError, match="not a seglab export"):
+        OnnxModel(plain)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(SeglabError, match="cannot load"):
+        load_exported(garbage)
+
+
+def test_unknown_format_is_refused(checkpoint_path, tmp_path):
+    with pytest.raises(SeglabError, match="unknown export format"):
+        export_model(checkpoint_path, "tflite", tmp_path / "m.tflite")
