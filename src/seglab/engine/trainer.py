@@ -327,6 +327,7 @@ class Trainer:
             self.log(_epoch_line(row, c.train.epochs, improved))
             if stop:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.evals_since_best} evaluations")
+        distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
         return stop
 
     def _tensorboard(self):
