@@ -176,9 +176,6 @@ def test_mask_saved_as_jpeg_is_refused_by_name(tmp_path):
     assert "a.jpg" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="src bug: infer_class_map's last rule finds no 'bad' value for {0, 1, 255} "
-                          "(all inside range(32) | {0, 255}) and crashes with IndexError in unexpected()")
 def test_mixed_0_1_255_masks_raise_data_error(tmp_path):
     mixed = isbi_mask("00").copy()
     mixed[:4] = 1  # a mask that mixes the {0,1} and {0,255} conventions

@@ -9,12 +9,13 @@ from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
 from seglab.engine.checkpoint import make_checkpoint, save_checkpoint
 from seglab.errors import SeglabError
-from seglab.export import ExportWrapper, export_model, reference_probabilities
+from seglab.export import ExportWrapper, export_model, reference_probabilities, reflect_pad_index, reflect_steps
 from seglab.inference.onnx_backend import OnnxModel, TorchScriptModel, load_exported
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
-from seglab.models import UNet
+from seglab.models import UNet, build_model
+from seglab.models.common import full_size_logits, reflect_pad
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -62,6 +63,26 @@ def tiny_checkpoint(path, isbi_slices, padding="same", class_map=None, preproces
 @pytest.fixture(scope="module", params=["same", "valid"])
 def checkpoint_path(request, tmp_path_factory, isbi_slices):
     return tiny_checkpoint(tmp_path_factory.mktemp(request.param) / "best.pt", isbi_slices, request.param)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+@pytest.mark.parametrize("before, after", [(0, 0), (1, 0), (0, 6), (4, 9), (20, 3), (45, 45)])
+def test_graph_mirror_index_equals_reflect_pad(n, before, after):
+    line = torch.arange(n, dtype=torch.float32)
+    expected = reflect_pad(line.view(1, 1, n, 1), before, after, 0, 0).view(-1).long()
+    got = reflect_pad_index(line, torch.tensor(before), torch.tensor(after), reflect_steps(max(before, after)))
+    assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("padding, depth", [("same", 2), ("same", 4), ("valid", 2), ("valid", 3)])
+def test_wrapper_pads_like_full_size_logits_at_every_size(padding, depth):
+    torch.manual_seed(0)
+    model = UNet(1, 2, 2, depth=depth, padding=padding).eval()
+    wrapper = ExportWrapper(model, "none", input_max=1.0)
+    for height, width in [(1, 3), (2, 2), (5, 17), (16, 31), (47, 9)]:
+        x = torch.rand(2, 1, height, width)
+        with torch.no_grad():
+            assert torch.equal(wrapper.logits(x), full_size_logits(model, x)), (height, width)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -191,3 +212,15 @@ def test_foreign_or_missing_files_are_refused(tmp_path):
 def test_unknown_format_is_refused(checkpoint_path, tmp_path):
     with pytest.raises(SeglabError, match="unknown export format"):
         export_model(checkpoint_path, "tflite", tmp_path / "m.tflite")
+
+
+def test_deeplabv3_exports_with_dynamic_sizes(isbi_slices, tmp_path):
+    kwargs = {"in_channels": 1, "num_classes": 3, "backbone": "resnet18", "aspp_channels": 8}
+    torch.manual_seed(0)
+    model = build_model("deeplabv3", **kwargs).eval()
+    checkpoint = tmp_path / "deeplab.pt"
+    save_checkpoint(make_checkpoint(model, "deeplabv3", kwargs, ClassMap.from_values([0, 1, 2]),
+                                    {"channels": 1, "scale": 1.0, "normalization": "per_image"}), checkpoint)
+    report = export_model(checkpoint, "onnx", tmp_path / "deeplab.onnx",
+                          parity_images=[isbi_slices[0][:65, :97], isbi_slices[1][:40, :128]])
+    assert report["max_abs_diff"] <= 1e-4 and report["metadata"]["num_outputs"] == 3

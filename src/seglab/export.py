@@ -85,10 +85,10 @@ def _replicate(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -
     return index.index_select(0, _positions(index, before, after).clamp(min=0).minimum(n - 1))
 
 
-def _reflect_pad_index(n: torch.Tensor, like: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
-                       steps: int) -> torch.Tensor:
-    """Source rows of `models.common.reflect_pad` along one axis of length n: reflect by at most
-    n - 1 per step, `steps` times (unrolled), then replicate what is left (1-pixel sides)."""
+def reflect_pad_index(like: torch.Tensor, before: torch.Tensor, after: torch.Tensor, steps: int) -> torch.Tensor:
+    """Source rows of `models.common.reflect_pad` along one axis, the length of `like` (n,): reflect
+    by at most length - 1 per step, `steps` times (unrolled), then replicate what is left (1-pixel
+    sides)."""
     index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1  # (n,) = 0 .. n - 1
     for _ in range(steps):
         length = _size(index, 0)
@@ -104,7 +104,8 @@ def _far_side_pad_index(like: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     n = _size(like, 0)
     index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1
     zero = torch.zeros_like(pad)
-    return torch.where(pad < n, _reflect_once(index, zero, pad), _replicate(index, zero, pad))
+    reflect = (pad < n).long()  # a CPU scalar: blended arithmetically, as torch.where wants one device
+    return reflect * _reflect_once(index, zero, pad) + (1 - reflect) * _replicate(index, zero, pad)
 
 
 def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -126,7 +127,7 @@ def _valid_progression(model: nn.Module) -> tuple[int, int]:
     return first, stride
 
 
-def _reflect_steps(max_pad: int) -> int:
+def reflect_steps(max_pad: int) -> int:
     """Steps of `reflect_pad` enough for pads up to max_pad on any side of length >= 2 (each step
     at least doubles the length minus one, so the capacity after k steps is >= 2**k - 1)."""
     return max(1, math.ceil(math.log2(max_pad + 1)) + 1)
@@ -157,7 +158,7 @@ class ExportWrapper(nn.Module):
         if self.margin:
             self.valid_first, self.valid_stride = _valid_progression(model)
             max_pad = max(self.margin, self.valid_first + self.valid_stride)
-            self.reflect_steps = _reflect_steps(max_pad)
+            self.pad_steps = reflect_steps(max_pad)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = normalize(pixels.float() / self.input_max, self.normalization)  # (B, C, H, W)
@@ -186,7 +187,7 @@ class ExportWrapper(nn.Module):
         target = (size + 2 * self.margin).clamp(min=first)
         in_size = first + torch.div(target - first + stride - 1, stride, rounding_mode="floor") * stride
         before = torch.zeros_like(size) + self.margin
-        return _reflect_pad_index(size, line, before, in_size - size - self.margin, self.reflect_steps)
+        return reflect_pad_index(line, before, in_size - size - self.margin, self.pad_steps)
 
 
 # ---- metadata -----------------------------------------------------------------------------------

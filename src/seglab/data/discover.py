@@ -195,7 +195,7 @@ def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
         raise DataError("no mask values found: the masks are empty or all ignored")
 
     def unexpected(allowed: set[int], expectation: str) -> DataError:
-        bad = [v for v in seen if v not in allowed]
+        bad = [v for v in seen if v not in allowed] or list(seen)
         path = survey.first_file[bad[0]]
         count = survey.distinct_per_file.get(path, len(bad))
         return DataError(f"mask '{path}' has {count} distinct values including {_format_values(bad)}; "
@@ -216,8 +216,9 @@ def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
     elif min(seen) >= 0 and max(seen) < MAX_IMPLICIT_CLASSES:
         values = list(range(max(seen) + 1))
     else:
-        raise unexpected(set(range(MAX_IMPLICIT_CLASSES)) | {0, 255},
-                         "{0,255}, {0,1} or class indices 0..K-1")
+        # Values that fit no rule: blame those outside the likelier reading of the masks.
+        allowed = {0, 255} if max(seen) == 255 else set(range(MAX_IMPLICIT_CLASSES))
+        raise unexpected(allowed, "{0,255}, {0,1} or class indices 0..K-1")
     if class_names is not None and len(class_names) != len(values):
         raise DataError(f"{len(class_names)} class names given for {len(values)} classes "
                         f"(mask values {_format_values(values)}): pass one name per class")

@@ -260,6 +260,8 @@ class Trainer:
                 self.schedule.step_progress(max(self.step / max(total_steps, 1), time_fraction))
                 if c.train.save_every and self.step % c.train.save_every == 0 and index + 1 < len(self.train_batches):
                     self._save_mid_epoch(epoch, index + 1, started)
+                if c.train.max_time and self._out_of_time(now):
+                    break  # the budget ends mid-epoch; fit() sees it and finishes the run
             if self.progress and (self.tally.steps % 5 == 0 or index + 1 == len(self.train_batches)):
                 seconds = time.perf_counter() - started
                 bar.set_postfix(loss=f"{self.tally.loss_sum / self.tally.steps:.4f}",
@@ -272,6 +274,11 @@ class Trainer:
         loss_sum = distributed.all_reduce_sum(torch.tensor([self.tally.loss_sum, self.tally.steps],
                                                            dtype=torch.float64, device=self.device))
         self.tally.loss_sum, self.tally.steps = loss_sum[0].item(), int(loss_sum[1].item())
+
+    def _out_of_time(self, now: float) -> bool:
+        """All ranks agree (one tiny all-reduce) so they leave the epoch at the same step."""
+        late = torch.tensor(float(now >= self.config.train.max_time), device=self.device)
+        return bool(distributed.all_reduce_sum(late).item() > 0)
 
     def _save_mid_epoch(self, epoch: int, next_batch: int, started: float) -> None:
         seconds = time.perf_counter() - started

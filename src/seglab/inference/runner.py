@@ -12,6 +12,9 @@ from seglab.errors import DataError, SeglabError
 from seglab.inference.predictor import Predictor
 
 
+OUTPUT_TAGS = ("_mask", "_overlay", "_viz", "_instances")
+
+
 @dataclass
 class PredictJob:
     source: Path
@@ -32,6 +35,10 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if is_image_file(p))
+            stems = {p.stem for p in found}
+            # seglab's own outputs beside their inputs are not inputs of a second run
+            found = [p for p in found if not any(p.stem.endswith(tag) and p.stem[: -len(tag)] in stems
+                                                 for tag in OUTPUT_TAGS)]
             if not found:
                 raise DataError(f"folder '{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             files += found

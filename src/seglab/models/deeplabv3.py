@@ -12,7 +12,6 @@ from torchvision.models import (ResNet, ResNet18_Weights, ResNet34_Weights, ResN
                                 ResNet101_Weights, resnet18, resnet34, resnet50, resnet101)
 
 from seglab.errors import SeglabError
-from seglab.models.registry import register_model
 
 # ImageNet weights used by `pretrained_backbone=True`: IMAGENET1K_V1 for every depth, the backbone
 # weights torchvision's own DeepLabV3 models were trained from.
@@ -231,7 +230,6 @@ class FCNHead(nn.Sequential):
 
 
 # ---- model ----------------------------------------------------------------------------------------
-@register_model("deeplabv3")
 class DeepLabV3(nn.Module):
     """DeepLabV3: dilated ResNet, ASPP with image pooling, logits upsampled bilinearly to the input size.
 

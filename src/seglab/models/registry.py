@@ -22,6 +22,21 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return decorator
 
 
+def register_lazy(name: str, target: str) -> None:
+    """Register "package.module:Builder" without importing it until a model is built (DeepLabV3
+    pulls in torchvision, which costs seconds at every command start)."""
+    if name in _BUILDERS:
+        raise ValueError(f"model {name!r} is registered twice")
+
+    def builder(**kwargs) -> nn.Module:
+        import importlib
+
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)(**kwargs)
+
+    _BUILDERS[name] = builder
+
+
 def list_models() -> list[str]:
     """Names accepted by `build_model`, sorted."""
     return sorted(_BUILDERS)
