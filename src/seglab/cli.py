@@ -37,6 +37,7 @@ def _add_mask_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-names", type=_names, help="comma-separated names, one per class")
     parser.add_argument("--ignore-index", type=int, dest="ignore_value",
                         help="mask value that counts nowhere (e.g. 11 for CamVid's void)")
+    parser.add_argument("--mask-colors", metavar="FILE.json", help="colour table for RGB colour masks")
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-classes", type=int, dest="data.num_classes")
     train.add_argument("--class-names", type=_names, dest="data.class_names")
     train.add_argument("--ignore-index", type=int, dest="data.ignore_value")
+    train.add_argument("--mask-colors", dest="data.mask_colors", help="colour table (JSON) for RGB colour masks")
 
     for action in train._actions:
         if "." in action.dest and action.metavar is None and action.nargs != 0:
@@ -149,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-t", "--mask-threshold", type=float, help="probability threshold (binary models)")
     predict.add_argument("-s", "--scale", type=float, help="resize factor (default: the training scale)")
     predict.add_argument("--overlay", action="store_true", help="write <stem>_overlay.png per image")
+    predict.add_argument("--palette", action="store_true",
+                         help="write class indices as palette PNGs (colours for viewers) instead of mask values")
     _add_inference_options(predict)
     predict.add_argument("--instances", action="store_true",
                          help="also write <stem>_instances.png: cells from a seeded watershed of the membrane map")
@@ -175,7 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_check(args) -> int:
     from seglab.data.preflight import format_preflight, run_preflight
 
-    report = run_preflight(args.data, args.mask_values, args.num_classes, args.class_names, args.ignore_value)
+    from seglab.config import DataConfig
+    from seglab.engine.setup import mask_rules
+
+    rules = mask_rules(DataConfig(mask_values=args.mask_values, num_classes=args.num_classes,
+                                  class_names=args.class_names, ignore_value=args.ignore_value,
+                                  mask_colors=args.mask_colors))
+    report = run_preflight(args.data, *rules)
     print(format_preflight(report))
     if args.preview and report.class_map is not None and not report.errors:
         from seglab.data.preflight import write_preview
@@ -202,8 +212,10 @@ def cmd_train(args) -> int:
     config = override(config, updates)
     if not config.data.root:
         raise SeglabError("no data folder: seglab train DATA_DIR (or data.root in --config)")
+    from seglab.engine.setup import mask_rules
+
+    report = run_preflight(config.data.root, *mask_rules(config.data))
     d = config.data
-    report = run_preflight(d.root, d.mask_values, d.num_classes, d.class_names, d.ignore_value)
     if report.errors:
         raise SeglabError(report.errors[0] + (f" (and {len(report.errors) - 1} more problems: run "
                                               f"`seglab check {d.root}`)" if len(report.errors) > 1 else ""))
@@ -220,7 +232,7 @@ def cmd_predict(args) -> int:
     files = collect_inputs(args.input)
     jobs = plan_outputs(files, args.output, save=not args.no_save)
     summary = run_predictions(predictor, jobs, args.scale, overlay=args.overlay, viz=args.viz,
-                              instances=args.instances, membrane_class=args.membrane_class)
+                              instances=args.instances, membrane_class=args.membrane_class, palette=args.palette)
     if summary.skipped:
         print(f"{len(summary.skipped)} of {len(jobs)} inputs skipped:", file=sys.stderr)
         for path, reason in summary.skipped:

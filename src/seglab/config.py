@@ -24,6 +24,7 @@ class DataConfig:
     num_classes: int | None = None
     class_names: list[str] | None = None
     ignore_value: int | None = None
+    mask_colors: str | None = None       # JSON colour table for RGB colour masks
     normalization: str = "per_image"
     workers: int = 0
 

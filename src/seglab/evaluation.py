@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seglab.data.classmap import pack_rgb
 from seglab.data.discover import Pair, discover
 from seglab.data.io import read_mask
 from seglab.errors import DataError
@@ -48,6 +49,8 @@ def evaluate_pairs(predictor: Predictor, pairs: list[Pair], scale: float | None 
     for pair in pairs:
         prediction = predictor.predict_file(pair.image, scale)
         raw = read_mask(pair.mask)
+        if raw.ndim == 3 and class_map.rgb:
+            raw = pack_rgb(raw)
         if raw.shape[:2] != prediction.classes.shape:
             raise DataError(f"mask '{pair.mask}' is {raw.shape[1]}x{raw.shape[0]} but its image is "
                             f"{prediction.classes.shape[1]}x{prediction.classes.shape[0]}")

@@ -20,6 +20,7 @@ class ClassMap:
     values: tuple[int, ...]
     names: tuple[str, ...]
     ignore_value: int | None = None
+    rgb: bool = False  # values are packed colours (r << 16 | g << 8 | b) of RGB colour masks
 
     def __post_init__(self):
         if len(self.values) < 2:
@@ -70,20 +71,72 @@ class ClassMap:
         return out
 
     def decode(self, classes: np.ndarray) -> np.ndarray:
-        """Class indices (H, W) -> the user's mask values (H, W), uint8 when they fit, else uint16."""
+        """Class indices (H, W) -> the user's mask values: (H, W) uint8 when they fit, else uint16;
+        (H, W, 3) uint8 colours for colour masks."""
+        index = np.clip(classes, 0, self.num_classes - 1)
+        if self.rgb:
+            return unpack_rgb(np.asarray(self.values, dtype=np.int64)[index])
         dtype = np.uint8 if max(self.values) <= 255 and min(self.values) >= 0 else np.uint16
-        table = np.asarray(self.values, dtype=dtype)
-        return table[np.clip(classes, 0, self.num_classes - 1)]
+        return np.asarray(self.values, dtype=dtype)[index]
 
     def to_dict(self) -> dict:
-        return {"values": list(self.values), "names": list(self.names), "ignore_value": self.ignore_value}
+        return {"values": list(self.values), "names": list(self.names), "ignore_value": self.ignore_value,
+                "rgb": self.rgb}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassMap":
         return cls(tuple(int(v) for v in data["values"]), tuple(str(n) for n in data["names"]),
-                   None if data.get("ignore_value") is None else int(data["ignore_value"]))
+                   None if data.get("ignore_value") is None else int(data["ignore_value"]), bool(data.get("rgb")))
+
+    def _show(self, value: int) -> str:
+        return "rgb(%d,%d,%d)" % tuple(unpack_rgb(np.asarray(value))) if self.rgb else str(value)
 
     def describe(self) -> str:
-        pairs = ", ".join(f"{v} -> {k} ({n})" for k, (v, n) in enumerate(zip(self.values, self.names)))
-        extra = f"; {self.ignore_value} -> ignored" if self.ignore_value is not None else ""
+        pairs = ", ".join(f"{self._show(v)} -> {k} ({n})" for k, (v, n) in enumerate(zip(self.values, self.names)))
+        extra = f"; {self._show(self.ignore_value)} -> ignored" if self.ignore_value is not None else ""
         return pairs + extra
+
+
+def pack_rgb(mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours -> (H, W) int64 codes r << 16 | g << 8 | b, so colours map like values."""
+    mask = mask.astype(np.int64)
+    return (mask[..., 0] << 16) | (mask[..., 1] << 8) | mask[..., 2]
+
+
+def unpack_rgb(codes: np.ndarray) -> np.ndarray:
+    """(...) codes -> (..., 3) uint8 colours."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
+
+
+def load_color_table(path) -> tuple[list[int], list[str], int | None]:
+    """A JSON colour table -> (packed colour codes in class order, names, ignored colour code).
+
+    Accepted: {"classes": [{"name": "sky", "color": [128, 128, 128]}, ...], "ignore": [0, 0, 0]}
+    or {"sky": [128, 128, 128], ...} (class order = file order; a class named "void" or
+    "ignore" is the ignored colour).
+    """
+    import json
+    from pathlib import Path
+
+    from seglab.errors import SeglabError
+
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise SeglabError(f"cannot read the colour table '{path}' ({error}): give a JSON file") from None
+    ignore = None
+    if isinstance(table, dict) and "classes" in table:
+        entries = [(entry["name"], entry["color"]) for entry in table["classes"]]
+        ignore = table.get("ignore")
+    elif isinstance(table, dict):
+        entries = [(name, color) for name, color in table.items() if name.lower() not in ("void", "ignore")]
+        ignore = next((color for name, color in table.items() if name.lower() in ("void", "ignore")), None)
+    else:
+        raise SeglabError(f"colour table '{path}' must map class names to [r, g, b] colours")
+    try:
+        codes = [int(pack_rgb(np.asarray(color, dtype=np.int64).reshape(1, 3))[0]) for _, color in entries]
+        ignore_code = None if ignore is None else int(pack_rgb(np.asarray(ignore).reshape(1, 3))[0])
+    except (ValueError, TypeError):
+        raise SeglabError(f"colour table '{path}': every colour must be three integers [r, g, b]") from None
+    return codes, [str(name) for name, _ in entries], ignore_code

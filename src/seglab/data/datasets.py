@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from seglab.data.classmap import IGNORE_INDEX, ClassMap
+from seglab.data.classmap import IGNORE_INDEX, ClassMap, pack_rgb
 from seglab.data.discover import Pair
 from seglab.data.io import read_image, read_mask
 from seglab.data.preprocess import prepare_image, resize_mask, scaled_size
@@ -22,8 +22,10 @@ def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float,
         raise DataError(f"image '{pair.image}' is {array.shape[1]}x{array.shape[0]} but its mask "
                         f"'{pair.mask}' is {raw_mask.shape[1]}x{raw_mask.shape[0]}: "
                         "masks must have their image's size")
-    if raw_mask.ndim != 2:
-        raise DataError(f"mask '{pair.mask}' is an RGB colour image: convert it to class indices")
+    if raw_mask.ndim == 3:
+        if not class_map.rgb:
+            raise DataError(f"mask '{pair.mask}' is an RGB colour image: pass --mask-colors FILE.json")
+        raw_mask = pack_rgb(raw_mask)
     try:
         classes = class_map.encode(raw_mask)
     except ValueError as error:

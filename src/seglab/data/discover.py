@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.classmap import ClassMap
+from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
 from seglab.data.io import is_image_file, read_mask
 from seglab.errors import DataError
 
@@ -164,7 +164,7 @@ def survey_masks(masks: list[Path], max_files: int | None = 500) -> MaskSurvey:
         survey.files_read += 1
         if mask.ndim == 3:
             survey.rgb_files.append(path)
-            continue
+            mask = pack_rgb(mask)
         values, counts = np.unique(mask, return_counts=True)
         survey.distinct_per_file[path] = len(values)
         for value, count in zip(values.tolist(), counts.tolist()):
@@ -180,16 +180,21 @@ def _format_values(values: list[int], limit: int = 10) -> str:
 
 def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
                     num_classes: int | None = None, class_names: list[str] | None = None,
-                    ignore_value: int | None = None) -> ClassMap:
+                    ignore_value: int | None = None, rgb: bool = False) -> ClassMap:
     """Decide which mask value is which class, or raise DataError naming the offending file.
 
     Rules, in order: explicit `mask_values`; {0,255} or {0,1} binary; class indices 0..K-1
     (K from `num_classes`, or implied when there are at most MAX_IMPLICIT_CLASSES values).
     """
-    if survey.rgb_files:
-        path = survey.rgb_files[0]
-        raise DataError(f"mask '{path}' is an RGB colour image: convert the colours to class indices "
-                        "(one gray value per class) or run `seglab check --fix-to` to convert them")
+    if survey.rgb_files and not rgb:
+        path, colours = survey.rgb_files[0], survey.values
+        if len(colours) <= MAX_IMPLICIT_CLASSES:
+            table = ", ".join(f'"class{k}": [%d, %d, %d]' % tuple(unpack_rgb(c)) for k, c in enumerate(colours))
+            raise DataError(f"mask '{path}' is an RGB colour mask with {len(colours)} colours: save this colour "
+                            f"table as colors.json, rename the classes, and pass --mask-colors colors.json: "
+                            f"{{{table}}}")
+        raise DataError(f"mask '{path}' is an RGB image with {len(colours)} colours (too many for classes; "
+                        "a photo or a JPEG-compressed mask?): export masks as class indices or exact colours")
     seen = [v for v in survey.values if v != ignore_value]
     if not seen:
         raise DataError("no mask values found: the masks are empty or all ignored")
@@ -222,4 +227,5 @@ def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
     if class_names is not None and len(class_names) != len(values):
         raise DataError(f"{len(class_names)} class names given for {len(values)} classes "
                         f"(mask values {_format_values(values)}): pass one name per class")
-    return ClassMap.from_values(values, class_names, ignore_value)
+    return ClassMap(tuple(int(v) for v in values),
+                    tuple(class_names) if class_names else tuple(str(v) for v in values), ignore_value, rgb)

@@ -181,8 +181,10 @@ def atomic_output(path: str | Path):
         raise
 
 
-def write_mask(path: str | Path, mask: np.ndarray) -> Path:
-    """Write a (H, W) mask of integer values: 8-bit PNG when it fits, 16-bit PNG, else 32-bit TIFF.
+def write_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray | None = None) -> Path:
+    """Write a mask: (H, W) integer values as an 8-bit PNG when they fit, 16-bit PNG, or TIFF;
+    (H, W, 3) uint8 colours as an RGB PNG. With `palette` ((K, 3) uint8), an (H, W) class-index
+    mask becomes a palette PNG (indices kept, colours shown by viewers).
 
     The suffix of `path` decides the format (.png / .tif / .tiff). Written atomically.
     """
@@ -194,10 +196,16 @@ def write_mask(path: str | Path, mask: np.ndarray) -> Path:
         with atomic_output(path) as tmp:
             tifffile.imwrite(tmp, mask, compression="zlib", bigtiff=mask.nbytes > 2**31)
         return path
+    if mask.ndim == 3:
+        return write_rgb(path, mask)
     if mask.min(initial=0) < 0 or mask.max(initial=0) > 65535:
         raise SeglabError(f"values of '{path.name}' do not fit a PNG; write a .tif instead")
     with atomic_output(path) as tmp:
-        if mask.max(initial=0) <= 255:
+        if palette is not None and mask.max(initial=0) < 256:
+            image = Image.fromarray(mask.astype(np.uint8)).convert("P")
+            image.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())
+            image.save(tmp, format="PNG")
+        elif mask.max(initial=0) <= 255:
             Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
         else:
             Image.fromarray(mask.astype(np.uint16)).save(tmp, format="PNG")

@@ -34,7 +34,8 @@ def _listing(paths: list[Path], root: Path) -> str:
 
 
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
-                  class_names: list[str] | None = None, ignore_value: int | None = None) -> Preflight:
+                  class_names: list[str] | None = None, ignore_value: int | None = None,
+                  rgb: bool = False) -> Preflight:
     report = Preflight()
     try:
         layout = discover(root)
@@ -87,7 +88,7 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
     sampled = f" (sampled {survey.files_read} of {len(masks)})" if survey.files_read < len(masks) else ""
     report.lines.append(f"mask values{sampled}: {survey.values}")
     try:
-        class_map = infer_class_map(survey, mask_values, num_classes, class_names, ignore_value)
+        class_map = infer_class_map(survey, mask_values, num_classes, class_names, ignore_value, rgb)
     except DataError as error:
         report.errors.append(str(error))
         return report

@@ -86,10 +86,21 @@ def plan_data(config: RunConfig) -> DataPlan:
     else:
         train_pairs, val_pairs = split_pairs(pairs, data.validation, config.train.seed, data.val_files)
     survey = survey_masks([p.mask for p in train_pairs + val_pairs])
-    class_map = infer_class_map(survey, data.mask_values, data.num_classes, data.class_names, data.ignore_value)
+    class_map = infer_class_map(survey, *mask_rules(data))
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
     counts = [survey.counts.get(value, 0) for value in class_map.values]
     return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts)
+
+
+def mask_rules(data) -> tuple:
+    """(mask_values, num_classes, class_names, ignore_value, rgb) for infer_class_map, with a
+    --mask-colors table turned into packed colour values."""
+    if data.mask_colors:
+        from seglab.data.classmap import load_color_table
+
+        codes, names, ignore = load_color_table(data.mask_colors)
+        return codes, None, data.class_names or names, ignore, True
+    return data.mask_values, data.num_classes, data.class_names, data.ignore_value, False
 
 
 def model_kwargs(config: RunConfig, channels: int, num_outputs: int) -> dict:

@@ -86,10 +86,10 @@ def _streamed(predictor: Predictor, job: PredictJob, log) -> Path | None:
 
 def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float | None = None,
                     overlay: bool = False, viz: bool = False, instances: bool = False,
-                    membrane_class: int = 0, log=print) -> PredictSummary:
+                    membrane_class: int = 0, palette: bool = False, log=print) -> PredictSummary:
     """Predict every job; a file that cannot be read is skipped and reported, the rest go on.
 
-    `instances` also writes `<stem>_instances.png` (16-bit cell labels from a seeded watershed of
+    `palette` writes class indices as palette PNGs (multi-class models); `instances` also writes `<stem>_instances.png` (16-bit cell labels from a seeded watershed of
     the probability of `membrane_class`).
     """
     from seglab.inference.postprocess import membrane_to_instances, save_instance_labels
@@ -110,7 +110,12 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
             summary.skipped.append((job.source, str(error)))
             continue
         if job.mask_path is not None:
-            summary.written.append(write_mask(job.mask_path, prediction.mask))
+            if palette:
+                from seglab.viz.plots import PALETTE
+
+                summary.written.append(write_mask(job.mask_path, prediction.classes, palette=_palette(PALETTE)))
+            else:
+                summary.written.append(write_mask(job.mask_path, prediction.mask))
         if overlay:
             path = job.output_dir / f"{job.source.stem}_overlay.png"
             highlight = None if prediction.probabilities.shape[0] > 1 else _rare_class(prediction.classes)
@@ -127,6 +132,11 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
         if job.mask_path is not None:
             log(f"{job.source} -> {job.mask_path}")
     return summary
+
+
+def _palette(colours: np.ndarray) -> np.ndarray:
+    """(256, 3): the overlay colours, class 0 included, repeated to fill the table."""
+    return np.resize(colours, (256, 3)).astype(np.uint8)
 
 
 def _rare_class(classes: np.ndarray) -> int:
