@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--instances", action="store_true",
                           help="add the ISBI scores: adapted Rand error and variation of information of cells")
 
+    export = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript (parity-checked)")
+    export.add_argument("-m", "--model", required=True, help="checkpoint (.pt)")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("-o", "--output", help="file to write (default: beside the checkpoint)")
+    export.add_argument("--parity-images", nargs="+", metavar="IMAGE",
+                        help="real images for the parity check (default: crops of the bundled ISBI slices)")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed probability difference")
+
     demo = commands.add_parser("demo", help="train, predict and evaluate on the bundled ISBI 2012 slices")
     demo.add_argument("--out", help="run folder (default runs/demo-<time>)")
     demo.add_argument("--device", default="auto")
@@ -252,6 +260,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from seglab.data.io import read_image
+    from seglab.export import export_model
+
+    images = [read_image(path) for path in args.parity_images] if args.parity_images else None
+    report = export_model(args.model, args.format, args.output, images, tolerance=args.tolerance)
+    print(f"wrote {report['path']} ({report['format']}); parity on {len(report['parity_shapes'])} inputs: "
+          f"max |p - p_torch| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from seglab.demo import run_demo
 
@@ -260,7 +279,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"check": cmd_check, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-            "demo": cmd_demo}
+            "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ def normalize(image: torch.Tensor, mode: str) -> torch.Tensor:
     dims = (-2, -1)
     if mode == "per_image":
         mean = image.mean(dim=dims, keepdim=True)
-        std = image.std(dim=dims, keepdim=True)
+        std = image.std(dim=dims, keepdim=True).nan_to_num(0.0)  # one-pixel images have no spread
         return (image - mean) / std.clamp_min(1e-6)
     if mode == "minmax":
         low = image.amin(dim=dims, keepdim=True)
@@ -77,14 +77,16 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def prepare_image(array: np.ndarray, channels: int, scale: float = 1.0,
-                  normalization: str = "per_image", name: str = "image", raw: bool = False) -> torch.Tensor:
+                  normalization: str = "per_image", name: str = "image",
+                  raw_max: float | None = None) -> torch.Tensor:
     """Decoded (H, W, C) array -> normalised float32 tensor (channels, h, w) at `scale`.
 
-    With `raw`, the pixel values are kept as they are (as float32), for exported models that
-    normalise inside their graph.
+    With `raw_max`, pixels are not normalised but rescaled to [0, raw_max] (e.g. 255), the raw
+    input of exported models, which normalise inside their graph; 16-bit files are rescaled too.
     """
     matched = match_channels(array, channels, name)
-    pixels = matched.astype(np.float32) if raw else to_float(matched)
+    pixels = to_float(matched) * raw_max if raw_max else to_float(matched)
+    raw = raw_max is not None
     image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)  # (C, H, W)
     if scale != 1.0:
         image = resize_image(image, scaled_size(image.shape[1], image.shape[2], scale))

@@ -36,7 +36,12 @@ def setup(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        # torchrun keeps one key-value store across restarts: give every attempt its own key space,
+        # or a restarted worker can read its peers' addresses from the attempt that died.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"seglab/attempt{attempt}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return info
 
 

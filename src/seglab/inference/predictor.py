@@ -56,7 +56,7 @@ class Predictor:
         self.threshold = float(preprocess.get("threshold", 0.5) if threshold is None else threshold)
         self.tile, self.overlap, self.tta, self.batch_size = tile, overlap, tta, batch_size
         self.log = log
-        self.raw_input = False  # exported models normalise inside their graph
+        self.raw_input: float | None = None  # exported models take pixels in [0, raw_input]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -70,7 +70,7 @@ class Predictor:
             predictor = cls(_ExportedModule(exported), exported.class_map,
                             {"channels": exported.channels, "scale": exported.scale, "normalization": "none",
                              "threshold": exported.threshold}, "cpu", threshold, **options)
-            predictor.raw_input = True
+            predictor.raw_input = float(exported.input_max)
             return predictor
         payload = load_checkpoint(path)
         model = model_from_checkpoint(payload, path)
@@ -112,7 +112,7 @@ class Predictor:
             array = array[..., None]
         height, width = array.shape[:2]
         scale = self.scale if scale is None else scale
-        image = prepare_image(array, self.channels, scale, self.normalization, name=name, raw=self.raw_input)
+        image = prepare_image(array, self.channels, scale, self.normalization, name=name, raw_max=self.raw_input)
         probs = self.probabilities(image)
         if probs.shape[-2:] != (height, width):
             probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
