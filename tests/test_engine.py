@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,19 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-3, atol=1e-4)
 
 
+def _run_group(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run torchrun in its own process group; on a timeout kill the launcher AND its workers."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"torchrun did not finish in {timeout} s:\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 CRASH_SCRIPT = """
 import os, signal, sys
 from seglab.cli import main
@@ -112,8 +126,7 @@ def test_worker_killed_under_max_restarts_resumes_and_finishes(tmp_path, isbi_di
             "-e", "3", "-b", "2", "--device", "cpu", "--augment", "none", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for _ in range(2):
-        done = subprocess.run([*TORCHRUN, "--max-restarts", "1", str(script), *args], env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = _run_group([*TORCHRUN, "--max-restarts", "1", str(script), *args], env=env, timeout=200)
         # On a loaded 2-core machine gloo's reconnection after the restart can time out; that is the
         # launcher's network set-up, not seglab's resume, so one fresh attempt is allowed for it.
         if done.returncode == 0 or "connectFullMesh" not in done.stderr:
