@@ -80,6 +80,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def free_everything(device: torch.device) -> None:
+    torch.compiler.reset()  # compiled graphs hold the model: drop them so the next measurement starts empty
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -256,7 +257,7 @@ def time_seglab(folder: Path, run_dir: Path, batch: int, args, device: torch.dev
     result = {"seconds_per_image": seconds / images, "peak_bytes": peak, "resident": resident,
               "resident_bytes": resident_bytes, "precision": _precision_name(trainer),
               "channels_last": trainer.channels_last, "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    del trainer, source
+    del trainer, source, loss
     free_everything(device)
     return result
 

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="augmentation preset shown by --preview (default paper)")
     check.add_argument("--crop", type=_ints, help="crop size shown by --preview, H[,W]")
     check.add_argument("-n", "--count", type=int, default=8, help="pairs in the preview (default 8)")
+    check.add_argument("--fix-to", metavar="DIR", help="write a clean copy into DIR (new or empty): class-index PNG "
+                       "masks, blurred edges snapped to the nearest class, paired names; originals untouched")
 
     train = commands.add_parser("train", help="train a model on a data folder")
     train.add_argument("data", nargs="?", help="data folder (or data.root in --config)")
@@ -200,6 +202,12 @@ def cmd_check(args) -> int:
 
         crop = (args.crop[0], args.crop[-1]) if args.crop else None
         print(f"preview: {write_preview(report, args.preview, args.augment, args.count, crop)}")
+    if args.fix_to:
+        from seglab.data.preflight import fix_and_recheck
+
+        text, fixed_ok = fix_and_recheck(report, args.fix_to)
+        print(text)
+        return 0 if fixed_ok else 1
     return 0 if report.ok else 1
 
 
@@ -240,7 +248,8 @@ def cmd_predict(args) -> int:
     files = collect_inputs(args.input)
     jobs = plan_outputs(files, args.output, save=not args.no_save)
     summary = run_predictions(predictor, jobs, args.scale, overlay=args.overlay, viz=args.viz,
-                              instances=args.instances, membrane_class=args.membrane_class, palette=args.palette)
+                              instances=args.instances, membrane_class=args.membrane_class, palette=args.palette,
+                              stop_on_error=len(jobs) == 1)  # a single named input that fails is an error
     if summary.skipped:
         print(f"{len(summary.skipped)} of {len(jobs)} inputs skipped:", file=sys.stderr)
         for path, reason in summary.skipped:

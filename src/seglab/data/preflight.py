@@ -1,16 +1,62 @@
-"""`seglab check`: what a data folder holds and what is wrong with it, before any training."""
+"""`seglab check`: what a data folder holds and what is wrong with it, before any training; `--fix-to`
+writes a clean copy (class-index PNG masks, paired names) without touching the originals."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seglab.data.classmap import ClassMap
-from seglab.data.discover import DataLayout, discover, infer_class_map, survey_masks
-from seglab.data.io import image_info
-from seglab.errors import DataError
+import numpy as np
+from PIL import Image
+
+from seglab.data.classmap import IGNORE_INDEX, ClassMap, pack_rgb, unpack_rgb
+from seglab.data.discover import (MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map)
+from seglab.data.io import image_info, read_image, read_mask, write_mask
+from seglab.errors import DataError, SeglabError
 
 MAX_LISTED = 5
+MAX_SURVEYED = 500          # masks (and their images) decoded by the check, evenly spread
+RARE_CLASS_SHARE = 0.01     # a class under this share of the pixels gets a warning
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+BLUR_MESSAGE = ("JPEG compression blurred the edges: re-export as PNG or use --fix-to which snaps values to "
+                "the nearest class")
+
+
+@dataclass
+class MaskFacts:
+    """What one mask file holds: its raw values (packed colours for RGB) and how they look."""
+
+    path: Path
+    kind: str                        # "gray", "palette" or "rgb"
+    counts: dict[int, int]
+    blurred: tuple[int, int] | None  # the two dominant values, when the rest looks like blurred edges
+    stray_share: float = 0.0         # pixels that are neither dominant value
+    palette: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+    @property
+    def values(self) -> list[int]:
+        return sorted(self.counts)
+
+    @property
+    def convention(self) -> str | None:
+        """"{0,1}" or "{0,255}" for binary masks (after blur), else None."""
+        values = set(self.blurred or self.values)
+        if values <= {0, 1} and 1 in values:
+            return "{0,1}"
+        if values <= {0, 255} and 255 in values:
+            return "{0,255}"
+        return None
+
+
+@dataclass
+class MaskFix:
+    """How --fix-to turns each mask into class indices."""
+
+    class_map: ClassMap
+    unify_binary: bool = False  # {0,1} and {0,255} masks mixed: 1 means 255
 
 
 @dataclass
@@ -22,6 +68,9 @@ class Preflight:
     lines: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    colour_table: dict[str, list[int]] | None = None  # found in RGB masks, for --mask-colors
+    fix: MaskFix | None = None                        # what --fix-to writes masks through
+    bad_files: set[Path] = field(default_factory=set)  # unreadable, or sized unlike their image
 
     @property
     def ok(self) -> bool:
@@ -31,6 +80,83 @@ class Preflight:
 def _listing(paths: list[Path], root: Path) -> str:
     names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths[:MAX_LISTED]]
     return ", ".join(names) + (f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else "")
+
+
+def _format_values(values: list[int], limit: int = 8) -> str:
+    return "{" + ", ".join(str(v) for v in values[:limit]) + (", ..." if len(values) > limit else "") + "}"
+
+
+def _spread(items: list, limit: int) -> list:
+    if len(items) <= limit:
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in sorted(set(picks.tolist()))]
+
+
+def _blur(mask: np.ndarray, values: np.ndarray, counts: np.ndarray, jpeg: bool) -> tuple[tuple[int, int] | None, float]:
+    """(dominant pair, stray share) when a mask looks like two values with blurred edges between them.
+
+    JPEG and antialiased resizing leave scattered in-between values, each pixel unlike its
+    neighbours; real classes form regions whose pixels share the value of their neighbours.
+    """
+    if len(values) < 3 or mask.ndim != 2 or mask.shape[0] < 2 or mask.shape[1] < 2:
+        return None, 0.0
+    first = int(values[np.argmax(counts)])
+    far = np.abs(values.astype(np.int64) - first) >= max((values.max() - values.min()) / 2, 1)
+    if not far.any():
+        return None, 0.0
+    second = int(values[far][np.argmax(counts[far])])
+    dominant = np.isin(mask, (first, second))
+    stray_share = 1.0 - dominant.mean()
+    if stray_share == 0 or stray_share > 0.5:
+        return None, float(stray_share)
+    stray = ~dominant[:-1, :-1]
+    inner = mask[:-1, :-1]
+    like_neighbours = (inner == mask[1:, :-1]) & (inner == mask[:-1, 1:])
+    scattered = like_neighbours[stray].mean() < 0.5 if stray.any() else False
+    distinct_stray = len(values) - 2
+    if scattered and (distinct_stray >= 3 or jpeg):
+        return (min(first, second), max(first, second)), float(stray_share)
+    return None, float(stray_share)
+
+
+def mask_facts(path: Path, mask: np.ndarray | None = None) -> MaskFacts:
+    """Describe one mask, read from `path` unless given (raises DataError naming an unreadable file)."""
+    mask = read_mask(path) if mask is None else mask
+    kind, palette = "gray", {}
+    if mask.ndim == 3:
+        kind, mask = "rgb", pack_rgb(mask)
+    elif path.suffix.lower() in (".png", ".gif", ".bmp"):
+        with Image.open(path) as image:
+            if image.mode == "P":
+                kind = "palette"
+                colours = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+                palette = {i: tuple(int(c) for c in colours[i]) for i in range(len(colours))}
+    values, counts = np.unique(mask, return_counts=True)
+    blurred, stray = (None, 0.0) if kind == "rgb" else _blur(mask, values, counts, path.suffix.lower() in JPEG_SUFFIXES)
+    used = {int(v) for v in values}
+    return MaskFacts(path, kind, dict(zip(values.tolist(), counts.tolist())), blurred, stray,
+                     {i: c for i, c in palette.items() if i in used})
+
+
+def _survey(facts: list[MaskFacts], clean: bool = False, unify_binary: bool = False) -> MaskSurvey:
+    """The MaskSurvey infer_class_map takes; `clean`: as --fix-to will write the masks (blurred
+    edges snapped to the dominant values, {0,1} masks read as {0,255} when conventions are mixed)."""
+    survey = MaskSurvey()
+    for fact in facts:
+        counts = dict(fact.counts)
+        if clean and fact.blurred:
+            counts = {v: counts[v] for v in fact.blurred}
+        if clean and unify_binary and fact.convention == "{0,1}":
+            counts = {v * 255: c for v, c in counts.items()}
+        survey.files_read += 1
+        survey.distinct_per_file[fact.path] = len(counts)
+        if fact.kind == "rgb":
+            survey.rgb_files.append(fact.path)
+        for value, count in counts.items():
+            survey.counts[value] += count
+            survey.first_file.setdefault(value, fact.path)
+    return survey
 
 
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
@@ -44,7 +170,7 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
         return report
     report.layout = layout
     root = layout.root
-    masks = []
+    pairs = []
     for split, scan in layout.splits.items():
         where = "" if split == "all" else f"{split}: "
         suffix = f" (mask suffix '{scan.mask_suffix}')" if scan.mask_suffix else ""
@@ -62,52 +188,344 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
         for pair_image, pair_mask in [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]:
             try:
                 height, width, channels, dtype = image_info(pair_image)
-                sizes[(width, height, channels, dtype)] += 1
-                if pair_mask is not None:
-                    mask_h, mask_w, _, _ = image_info(pair_mask)
-                    if (mask_h, mask_w) != (height, width):
-                        report.errors.append(f"image '{pair_image}' is {width}x{height} but its mask '{pair_mask}' "
-                                             f"is {mask_w}x{mask_h}: masks must have their image's size")
             except DataError as error:
                 report.errors.append(str(error))
+                report.bad_files.add(pair_image)
+                continue
+            sizes[(width, height, channels, dtype)] += 1
+            if pair_mask is None:
+                continue
+            try:
+                mask_h, mask_w, _, _ = image_info(pair_mask)
+            except DataError as error:
+                report.errors.append(str(error))
+                report.bad_files.add(pair_mask)
+                continue
+            if (mask_h, mask_w) != (height, width):
+                report.errors.append(f"image '{pair_image}' is {width}x{height} but its mask '{pair_mask}' "
+                                     f"is {mask_w}x{mask_h}: masks must have their image's size")
+                report.bad_files.add(pair_mask)
         for (width, height, channels, dtype), count in sorted(sizes.items(), key=lambda kv: -kv[1]):
             report.lines.append(f"  {count} x {width}x{height}, {channels} channel{'s' if channels > 1 else ''}, {dtype}")
         if len({key[2] for key in sizes}) > 1:
             report.warnings.append(f"{where}images have mixed channel counts; they are converted to the first "
                                    "image's channel count, or pass --in-channels")
-        masks += [p.mask for p in scan.pairs]
-    if not masks:
-        report.errors.append(f"no image/mask pairs in '{root}': put images in images/ and masks in masks/ "
-                             "with matching names")
+        sixteen = sum(count for key, count in sizes.items() if key[3] == "uint16")
+        if sixteen:
+            report.lines.append(f"note: {where}{sixteen} images are 16-bit: handled, scaled to [0, 1] by 65535")
+        pairs += [p for p in scan.pairs if p.image not in report.bad_files and p.mask not in report.bad_files]
+    if not pairs:
+        if not report.errors:
+            report.errors.append(f"no image/mask pairs in '{root}': put images in images/ and masks in masks/ "
+                                 "with matching names")
         return report
-    try:
-        survey = survey_masks(masks)
-    except DataError as error:
-        report.errors.append(str(error))
-        return report
-    sampled = f" (sampled {survey.files_read} of {len(masks)})" if survey.files_read < len(masks) else ""
-    report.lines.append(f"mask values{sampled}: {survey.values}")
-    try:
-        class_map = infer_class_map(survey, mask_values, num_classes, class_names, ignore_value, rgb)
-    except DataError as error:
-        report.errors.append(str(error))
-        return report
-    report.class_map = class_map
-    report.lines.append(f"class map: {class_map.describe()}")
-    total = sum(count for value, count in survey.counts.items() if value != ignore_value)
-    shares = [f"{name} {survey.counts.get(value, 0) / total:.1%}" for value, name in zip(class_map.values, class_map.names)]
-    report.lines.append("class shares: " + ", ".join(shares))
+    facts = _read_sample(report, pairs, root)
+    if facts:
+        _check_masks(report, facts, root, mask_values, num_classes, class_names, ignore_value, rgb)
     return report
+
+
+def _read_sample(report: Preflight, pairs: list, root: Path) -> list[MaskFacts]:
+    """Decode an evenly spread sample of pairs (catches truncated files the headers hide)."""
+    facts, unreadable = [], []
+    for pair in _spread(pairs, MAX_SURVEYED):
+        try:
+            read_image(pair.image)
+        except DataError as error:
+            unreadable.append(str(error))
+            report.bad_files.add(pair.image)
+        try:
+            facts.append(mask_facts(pair.mask))
+        except DataError as error:
+            unreadable.append(str(error))
+            report.bad_files.add(pair.mask)
+    report.errors += unreadable[:MAX_LISTED]
+    if len(unreadable) > MAX_LISTED:
+        report.errors.append(f"{len(unreadable) - MAX_LISTED} more unreadable files: run with fewer files "
+                             "or remove the broken ones")
+    return facts
+
+
+def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, mask_values, num_classes, class_names,
+                 ignore_value, rgb: bool) -> None:
+    total_masks = sum(len(s.pairs) for s in report.layout.splits.values())
+    survey = _survey(facts)
+    sampled = f" (sampled {survey.files_read} of {total_masks})" if survey.files_read < total_masks else ""
+    if rgb or any(f.kind == "rgb" for f in facts):
+        shown = ["rgb(%d,%d,%d)" % tuple(unpack_rgb(v)) for v in survey.values]
+        report.lines.append(f"mask colours{sampled}: [{', '.join(shown[:12])}{', ...' if len(shown) > 12 else ''}]")
+    else:
+        report.lines.append(f"mask values{sampled}: {survey.values}")
+    explicit = mask_values is not None or num_classes is not None
+    explained = False
+
+    palettes = [f for f in facts if f.kind == "palette" and f.palette]
+    if palettes:
+        colours = {i: c for f in palettes for i, c in f.palette.items()}
+        table = ", ".join("%d = rgb(%d,%d,%d)" % ((i,) + colours[i]) for i in sorted(colours)[:12])
+        report.lines.append(f"note: {len(palettes)} masks are palette images ({_listing([f.path for f in palettes], root)}): "
+                            f"the palette index is the class value; colours {table}")
+
+    rgb_facts = [f for f in facts if f.kind == "rgb"]
+    if rgb_facts and not rgb:
+        explained = True
+        colours = sorted({v for f in rgb_facts for v in f.counts})
+        jpeg = [f.path for f in rgb_facts if f.path.suffix.lower() in JPEG_SUFFIXES]
+        if len(colours) <= MAX_IMPLICIT_CLASSES:
+            report.colour_table = {f"class{k}": [int(c) for c in unpack_rgb(v)] for k, v in enumerate(colours)}
+            table = ", ".join(f'"{name}": {rgb_list}' for name, rgb_list in report.colour_table.items())
+            report.errors.append(f"{len(rgb_facts)} masks are RGB colour masks with {len(colours)} colours "
+                                 f"({_listing([f.path for f in rgb_facts], root)}): save this colour table as "
+                                 f"colors.json, rename the classes, and pass --mask-colors colors.json: {{{table}}}")
+        elif jpeg:
+            report.errors.append(f"{len(jpeg)} RGB masks are JPEG files with {len(colours)} colours "
+                                 f"({_listing(jpeg, root)}): {BLUR_MESSAGE} (with --mask-colors)")
+        else:
+            report.errors.append(f"{len(rgb_facts)} masks are RGB images with {len(colours)} colours, too many for "
+                                 f"classes ({_listing([f.path for f in rgb_facts], root)}): export masks as class "
+                                 "indices or exact colours")
+
+    blurred = [f for f in facts if f.blurred]
+    if blurred:
+        explained = True
+        low, high = blurred[0].blurred
+        share = np.mean([f.stray_share for f in blurred])
+        jpeg = all(f.path.suffix.lower() in JPEG_SUFFIXES for f in blurred)
+        how = "look JPEG-compressed" if jpeg else "have blurred edges (JPEG compression or antialiased resizing)"
+        report.errors.append(f"{len(blurred)} masks {how}: {share:.1%} of their pixels lie between {low} and {high} "
+                             f"({_listing([f.path for f in blurred], root)}): {BLUR_MESSAGE}")
+    clean_jpeg = [f.path for f in facts if f.path.suffix.lower() in JPEG_SUFFIXES and not f.blurred and f.kind != "rgb"]
+    if clean_jpeg:
+        report.warnings.append(f"{len(clean_jpeg)} masks are saved as JPEG ({_listing(clean_jpeg, root)}): their values "
+                               "are exact now, but JPEG is lossy and blurs edges when masks are edited and saved "
+                               "again: save masks as PNG (--fix-to does)")
+
+    conventions = {name: [f.path for f in facts if f.convention == name] for name in ("{0,1}", "{0,255}")}
+    mixed = bool(conventions["{0,1}"] and conventions["{0,255}"]) and not explicit and not rgb
+    if mixed:
+        explained = True
+        report.errors.append(f"masks mix two binary conventions: {len(conventions['{0,1}'])} are {{0,1}} "
+                             f"({_listing(conventions['{0,1}'], root)}) and {len(conventions['{0,255}'])} are "
+                             f"{{0,255}} ({_listing(conventions['{0,255}'], root)}): re-export them one way, or use "
+                             "--fix-to which maps 1 and 255 both to class 1")
+    elif not rgb:
+        for (name, paths), positive in zip(conventions.items(), (1, 255)):
+            if paths:
+                report.lines.append(f"note: {len(paths)} masks are binary {name}: 0 -> class 0, {positive} -> class 1")
+
+    if num_classes is not None:
+        outside = [f for f in facts if any(v < 0 or v >= num_classes for v in f.counts if v != ignore_value)]
+        if outside:
+            explained = True
+            shown = "; ".join(f"{_listing([f.path], root)} has {_format_values(f.values)}" for f in outside[:3])
+            report.errors.append(f"{len(outside)} masks hold more values than the {num_classes} classes of "
+                                 f"--num-classes {num_classes} (expected 0..{num_classes - 1}): {shown}"
+                                 f"{' ...' if len(outside) > 3 else ''}: fix these masks or pass the right "
+                                 "--num-classes (or --ignore-index for a void value)")
+
+    try:
+        report.class_map = infer_class_map(survey, mask_values, num_classes, class_names, ignore_value, rgb)
+    except DataError as error:
+        if not explained:
+            report.errors.append(str(error))
+    report.fix = _fix_plan(report, facts, mask_values, num_classes, class_names, ignore_value, rgb, mixed)
+    class_map = report.class_map or (report.fix.class_map if report.fix else None)
+    if class_map is None:
+        return
+    fixed = " (after --fix-to)" if report.class_map is None else ""
+    report.lines.append(f"class map{fixed}: {class_map.describe()}")
+    clean = _survey(facts, clean=True, unify_binary=mixed) if report.class_map is None else survey
+    total = sum(count for value, count in clean.counts.items() if value != ignore_value) or 1
+    shares = [clean.counts.get(value, 0) / total for value in class_map.values]
+    report.lines.append("class shares: " + ", ".join(f"{name} {s:.1%}" for name, s in zip(class_map.names, shares)))
+    rare = [f"'{name}' ({share:.2%})" for name, share in zip(class_map.names, shares) if share < RARE_CLASS_SHARE]
+    if rare:
+        report.warnings.append(f"very unbalanced classes: {', '.join(rare)} under {RARE_CLASS_SHARE:.0%} of the "
+                               "pixels: the model may never predict them; weight them with --class-weights auto "
+                               "(the default loss already adds Dice), or collect more examples")
+
+
+def _fix_plan(report: Preflight, facts: list[MaskFacts], mask_values, num_classes, class_names, ignore_value,
+              rgb: bool, mixed: bool) -> MaskFix | None:
+    """The class map --fix-to writes masks through: the folder's own, or one inferred from cleaned values."""
+    if report.class_map is not None:
+        return MaskFix(report.class_map)
+    if report.colour_table is not None:
+        codes = [int(pack_rgb(np.asarray(c).reshape(1, 3))[0]) for c in report.colour_table.values()]
+        return MaskFix(ClassMap(tuple(codes), tuple(report.colour_table), None, True))
+    try:
+        class_map = infer_class_map(_survey(facts, clean=True, unify_binary=mixed), mask_values, num_classes,
+                                    class_names, ignore_value, rgb)
+    except DataError as error:
+        if not report.errors:
+            report.errors.append(str(error))
+        return None
+    return MaskFix(class_map, mixed)
 
 
 def format_preflight(report: Preflight) -> str:
     lines = list(report.lines)
     for error in report.errors:
         lines.append(f"error: {error}")
+    if report.colour_table:
+        lines.append("colour table found in the masks (save as colors.json, name the classes, pass --mask-colors "
+                     "colors.json):")
+        entries = [f'  "{name}": [{", ".join(str(c) for c in colour)}]' for name, colour in report.colour_table.items()]
+        lines += ["{"] + [entry + ("," if i < len(entries) - 1 else "") for i, entry in enumerate(entries)] + ["}"]
     for warning in report.warnings:
         lines.append(f"warning: {warning}")
     lines.append("ok" if report.ok else f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     return "\n".join(lines)
+
+
+# ---- --fix-to -------------------------------------------------------------------------------------
+@dataclass
+class FixResult:
+    dest: Path
+    pairs: int = 0
+    images_only: int = 0
+    snapped: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    ignore_code: int | None = None
+
+
+def fixed_classes(mask: np.ndarray, fix: MaskFix, name: str, snap: bool = False) -> np.ndarray:
+    """Raw mask values -> class indices (H, W) int64 (IGNORE_INDEX for ignored pixels).
+
+    Blurred masks (`snap`) have values outside the class map moved to the nearest class value;
+    other masks with such values raise DataError.
+    """
+    cm = fix.class_map
+    if mask.ndim == 3:
+        if not cm.rgb:
+            raise DataError(f"'{name}' is an RGB mask among gray ones: export all masks the same way")
+        mask = pack_rgb(mask)
+    elif cm.rgb:
+        raise DataError(f"'{name}' is a gray mask among RGB colour masks: export all masks the same way")
+    values = np.unique(mask)
+    if fix.unify_binary and set(values.tolist()) <= {0, 1}:
+        mask = mask * 255
+    known = list(cm.values) + ([cm.ignore_value] if cm.ignore_value is not None else [])
+    unknown = ~np.isin(mask, known)
+    if unknown.any():
+        if not snap:
+            raise DataError(f"'{name}' holds values {_format_values(np.unique(mask[unknown]).tolist())} outside "
+                            f"the class map {_format_values(list(cm.values))}")
+        targets = np.asarray(cm.values, dtype=np.int64)
+        odd = mask[unknown].astype(np.int64)
+        if cm.rgb:
+            distance = np.abs(unpack_rgb(odd)[:, None, :].astype(np.int64)
+                              - unpack_rgb(targets)[None].astype(np.int64)).sum(-1)
+        else:
+            distance = np.abs(odd[:, None] - targets[None])
+        mask = mask.astype(np.int64, copy=True)
+        mask[unknown] = targets[np.argmin(distance, axis=1)]
+    return cm.encode(mask)
+
+
+def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
+    """Write a clean copy of the checked folder into `dest` (which must be new or empty): images
+    copied as they are, masks as class-index PNGs named like their image, same splits. Pairs that
+    cannot be fixed are left out and listed. The copy appears under `dest` only when complete."""
+    dest = Path(dest)
+    if report.layout is None or report.fix is None:
+        raise SeglabError("--fix-to needs masks whose classes can be worked out: fix the errors above first")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise SeglabError(f"--fix-to '{dest}' already exists and is not empty: choose a new folder")
+    source = report.layout.root.resolve()
+    if dest.resolve() == source or any(dest.resolve().is_relative_to(d.resolve()) for s in report.layout.splits.values()
+                                       for d in (s.image_dir, s.mask_dir) if d is not None):
+        raise SeglabError(f"--fix-to '{dest}' is inside the folder being checked: choose a folder outside it")
+    cm = report.fix.class_map
+    ignore_code = None
+    if cm.ignore_value is not None:
+        ignore_code = cm.ignore_value if cm.num_classes <= cm.ignore_value <= 255 and not cm.rgb else 255
+    result = FixResult(dest, ignore_code=ignore_code)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        for split, scan in report.layout.splits.items():
+            out = staging if split == "all" else staging / split
+            (out / "images").mkdir(parents=True, exist_ok=True)
+            if scan.mask_dir is None:
+                for image in scan.unpaired_images:
+                    if _copy_image(image, out / "images", result):
+                        result.images_only += 1
+                continue
+            (out / "masks").mkdir(exist_ok=True)
+            for image in scan.unpaired_images:
+                result.skipped.append((image, "no mask"))
+            for mask in scan.unpaired_masks:
+                result.skipped.append((mask, "no image"))
+            for pair in scan.pairs:
+                _fix_pair(pair, out, report, result)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def fix_and_recheck(report: Preflight, dest: str | Path) -> tuple[str, bool]:
+    """Write the clean copy, check it, and say what was done: (text to print, copy passes the check)."""
+    result = write_fixed_copy(report, dest)
+    cm = report.fix.class_map
+    lines = [f"wrote a clean copy to {result.dest}: {result.pairs} pairs"
+             + (f" and {result.images_only} images without masks" if result.images_only else "")
+             + f"; masks hold class indices 0..{cm.num_classes - 1} ({', '.join(cm.names)})"
+             + (f", {result.ignore_code} = ignored" if result.ignore_code is not None else "")]
+    if result.snapped:
+        lines.append(f"  {len(result.snapped)} masks snapped to the nearest class: "
+                     f"{_listing(result.snapped, report.layout.root)}")
+    for path, reason in result.skipped[:MAX_LISTED]:
+        lines.append(f"  left out {path}: {reason}")
+    if len(result.skipped) > MAX_LISTED:
+        lines.append(f"  left out {len(result.skipped) - MAX_LISTED} more files")
+    names = None if all(n == str(v) for n, v in zip(cm.names, cm.values)) else list(cm.names)
+    recheck = run_preflight(result.dest, class_names=names, ignore_value=result.ignore_code)
+    flags = "".join([f" --ignore-index {result.ignore_code}" if result.ignore_code is not None else "",
+                     f" --class-names {','.join(names)}" if names else ""])
+    lines.append(f"check of the copy (seglab check {result.dest}{flags}):")
+    lines += ["  " + line for line in format_preflight(recheck).splitlines()]
+    return "\n".join(lines), recheck.ok
+
+
+def _copy_image(image: Path, folder: Path, result: FixResult) -> bool:
+    try:
+        read_image(image)
+    except DataError as error:
+        result.skipped.append((image, str(error)))
+        return False
+    shutil.copyfile(image, folder / image.name)
+    return True
+
+
+def _fix_pair(pair, out: Path, report: Preflight, result: FixResult) -> None:
+    try:
+        image_h, image_w = read_image(pair.image).shape[:2]
+    except DataError as error:
+        result.skipped.append((pair.image, str(error)))
+        return
+    try:
+        raw = read_mask(pair.mask)
+        if raw.shape[:2] != (image_h, image_w):
+            raise DataError(f"'{pair.mask}' is {raw.shape[1]}x{raw.shape[0]} but its image is {image_w}x{image_h}")
+        facts = mask_facts(pair.mask, raw) if raw.ndim == 2 else None
+        snap = pair.mask.suffix.lower() in JPEG_SUFFIXES or bool(facts and facts.blurred)
+        classes = fixed_classes(raw, report.fix, str(pair.mask), snap)
+    except DataError as error:
+        result.skipped.append((pair.mask, str(error)))
+        return
+    out_mask = classes.astype(np.uint8)
+    if result.ignore_code is not None:
+        out_mask[classes == IGNORE_INDEX] = result.ignore_code
+    shutil.copyfile(pair.image, out / "images" / pair.image.name)
+    write_mask(out / "masks" / f"{pair.image.stem}.png", out_mask)
+    if snap:
+        result.snapped.append(pair.mask)
+    result.pairs += 1
 
 
 def write_preview(report: Preflight, path: str | Path, preset: str = "paper", count: int = 8,

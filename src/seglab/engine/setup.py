@@ -144,9 +144,9 @@ def make_loss(config: RunConfig, class_map: ClassMap, plan: "DataPlan | None" = 
     if name == "auto":
         name = "bce+dice" if class_map.is_binary else "ce+dice"
     elif class_map.is_binary:
-        name = name.replace("ce", "bce").replace("bbce", "bce")  # sigmoid CE is binary CE
+        name = {"ce": "bce", "ce+dice": "bce+dice"}.get(name, name)  # sigmoid CE is binary CE
     else:
-        name = name.replace("bce", "ce")
+        name = {"bce": "ce", "bce+dice": "ce+dice"}.get(name, name)
     return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, plan))
 
 

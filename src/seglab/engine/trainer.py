@@ -97,6 +97,7 @@ class Trainer:
         self.history_rows: list[dict] = []
         self.best: float | None = None
         self.evals_since_best = 0
+        self.bad_steps = 0  # consecutive non-finite losses, across epochs
         run_dir = resume_from or default_run_dir(config)
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
         if resume_from is None and (self.run_dir / "last.pt").exists():
@@ -192,7 +193,13 @@ class Trainer:
                  f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
                  f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
         for epoch in range(self.start_epoch, c.train.epochs):
-            self._train_epoch(epoch)
+            try:
+                self._train_epoch(epoch)
+            except torch.OutOfMemoryError:
+                crop = f" and --crop {self.crop[0]},{self.crop[1]}" if self.crop else ""
+                raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}{crop}: "
+                                  f"try --batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or "
+                                  f"--amp; --resume {self.run_dir} keeps the work done so far") from None
             row = {"epoch": epoch + 1, "step": self.step, "time": round(self.elapsed, 2),
                    "train_loss": self.tally.loss_sum / max(self.tally.steps, 1),
                    "lr": self.optimizer.param_groups[0]["lr"],
@@ -225,7 +232,6 @@ class Trainer:
         bar = tqdm(total=len(self.train_batches), initial=skip, desc=f"epoch {epoch + 1}/{c.train.epochs}",
                    unit="batch", disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
         started = time.perf_counter() - self.tally.seconds
-        bad_steps = 0
         for index, (images, masks, weights) in enumerate(self.train_batches):
             if index < skip:
                 continue  # trained before the interruption; the order is a function of (seed, epoch)
@@ -238,14 +244,14 @@ class Trainer:
                 with self.autocast():
                     loss = self._training_loss(self.ddp_model(images), masks, weights)
                 if not torch.isfinite(loss):
-                    bad_steps += 1
+                    self.bad_steps += 1
                     self.log(f"warning: non-finite loss at step {self.step}; step skipped")
-                    if bad_steps >= c.train.max_bad_steps:
-                        raise SeglabError(f"{bad_steps} non-finite losses in a row: training diverged; lower "
+                    if self.bad_steps >= c.train.max_bad_steps:
+                        raise SeglabError(f"{self.bad_steps} non-finite losses in a row: training diverged; lower "
                                           f"--learning-rate and --resume {self.run_dir} (last.pt is intact)")
                     self.optimizer.zero_grad(set_to_none=True)
                     continue
-                bad_steps = 0
+                self.bad_steps = 0
                 self.scaler.scale(loss / accumulate).backward()
             self.tally.loss_sum += loss.item()
             self.tally.steps += 1

@@ -113,7 +113,14 @@ class Predictor:
         height, width = array.shape[:2]
         scale = self.scale if scale is None else scale
         image = prepare_image(array, self.channels, scale, self.normalization, name=name, raw_max=self.raw_input)
-        probs = self.probabilities(image)
+        try:
+            probs = self.probabilities(image)
+        except torch.OutOfMemoryError:
+            from seglab.errors import SeglabError
+
+            tile = self.tile[0] if self.tile else AUTO_TILE
+            raise SeglabError(f"out of memory on {self.device} predicting '{name}' ({width}x{height}): try "
+                              f"--tile {max(64, tile // 2)} and --batch-size 1, or --device cpu") from None
         if probs.shape[-2:] != (height, width):
             probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         return self.finish(probs.numpy())

@@ -49,6 +49,14 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+def safe_join(folder: Path, name: str) -> Path:
+    """folder / name, refusing names that would land outside `folder` (e.g. "../x")."""
+    target = (folder / name).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise SeglabError(f"output name '{name}' would escape the output folder '{folder}': rename the input")
+    return folder / name
+
+
 def plan_outputs(files: list[Path], outputs: list[str] | None, save: bool, suffix: str = "_mask.png"
                  ) -> list[PredictJob]:
     """Output names: one -o per input file, or one -o folder for all (`<stem>_mask.png` inside it),
@@ -61,7 +69,7 @@ def plan_outputs(files: list[Path], outputs: list[str] | None, save: bool, suffi
         if folder.suffix.lower() in IMAGE_EXTENSIONS and not folder.is_dir():
             raise SeglabError(f"-o '{folder}' names one file but there are {len(files)} inputs: "
                               "give an output folder instead")
-        return [PredictJob(f, folder / f"{f.stem}{suffix}" if save else None, folder) for f in files]
+        return [PredictJob(f, safe_join(folder, f"{f.stem}{suffix}") if save else None, folder) for f in files]
     if outputs:
         raise SeglabError(f"{len(outputs)} outputs for {len(files)} inputs: give one -o per input file, "
                           "or a single output folder")
@@ -79,14 +87,15 @@ def _streamed(predictor: Predictor, job: PredictJob, log) -> Path | None:
     height, width, _, _ = image_info(job.source)
     if height * width <= STREAM_PIXELS:
         return None
-    target = (job.mask_path or job.output_dir / f"{job.source.stem}_mask.tif").with_suffix(".tif")
+    target = (job.mask_path or safe_join(job.output_dir, f"{job.source.stem}_mask.tif")).with_suffix(".tif")
     log(f"note: {job.source.name} is {width}x{height}: streaming it through tiled prediction into {target.name}")
     return predictor.predict_large_tiff(job.source, target)
 
 
 def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float | None = None,
                     overlay: bool = False, viz: bool = False, instances: bool = False,
-                    membrane_class: int = 0, palette: bool = False, log=print) -> PredictSummary:
+                    membrane_class: int = 0, palette: bool = False, stop_on_error: bool = False,
+                    log=print) -> PredictSummary:
     """Predict every job; a file that cannot be read is skipped and reported, the rest go on.
 
     `palette` writes class indices as palette PNGs (multi-class models); `instances` also writes `<stem>_instances.png` (16-bit cell labels from a seeded watershed of
@@ -106,6 +115,8 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
             array = read_image(job.source)
             prediction = predictor.predict(array, scale, name=str(job.source))
         except DataError as error:
+            if stop_on_error:
+                raise
             log(f"warning: skipped {error}")
             summary.skipped.append((job.source, str(error)))
             continue
@@ -117,17 +128,17 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
             else:
                 summary.written.append(write_mask(job.mask_path, prediction.mask))
         if overlay:
-            path = job.output_dir / f"{job.source.stem}_overlay.png"
+            path = safe_join(job.output_dir, f"{job.source.stem}_overlay.png")
             highlight = None if prediction.probabilities.shape[0] > 1 else _rare_class(prediction.classes)
             summary.written.append(write_rgb(path, make_overlay(array, prediction.classes, highlight=highlight)))
         if viz:
-            path = job.output_dir / f"{job.source.stem}_viz.png"
+            path = safe_join(job.output_dir, f"{job.source.stem}_viz.png")
             probability = prediction.probabilities[0] if prediction.probabilities.shape[0] == 1 else None
             summary.written.append(save_side_by_side(array, prediction.classes, path, title=job.source.name,
                                                      probability=probability))
         if instances:
             labels = membrane_to_instances(predictor.class_probability(prediction, membrane_class))
-            path = job.output_dir / f"{job.source.stem}_instances.png"
+            path = safe_join(job.output_dir, f"{job.source.stem}_instances.png")
             summary.written.append(save_instance_labels(path, labels))
         if job.mask_path is not None:
             log(f"{job.source} -> {job.mask_path}")
