@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fix-to", metavar="DIR", help="write a clean copy into DIR (new or empty): class-index PNG "
                        "masks, blurred edges snapped to the nearest class, paired names; originals untouched")
 
+    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, per-class scores, best and "
+                                 "worst validation predictions, speed, environment, config (one self-contained file)")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `seglab train --out`")
+    report.add_argument("--device", default="cpu", help="device for the validation predictions (default cpu)")
+
+    data = commands.add_parser("data", help="download a public data set into the seglab layout and check it")
+    data.add_argument("name", choices=["carvana"], help="carvana: Kaggle's Carvana Image Masking Challenge")
+    data.add_argument("--dest", required=True, metavar="DIR", help="folder for images/ and masks/ (new or empty)")
+    data.add_argument("--train-zip", metavar="ZIP", help="an already downloaded train_hq.zip (skips the download)")
+    data.add_argument("--masks-zip", metavar="ZIP", help="an already downloaded train_masks.zip")
+
     train = commands.add_parser("train", help="train a model on a data folder")
     train.add_argument("data", nargs="?", help="data folder (or data.root in --config)")
     train.add_argument("--config", help="YAML file with data/model/train sections; flags override it")
@@ -211,6 +222,20 @@ def cmd_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_report(args) -> int:
+    from seglab.engine.setup import resolve_device
+    from seglab.viz.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, str(resolve_device(args.device)))}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from seglab.data.carvana import fetch_carvana
+
+    return 0 if fetch_carvana(args.dest, args.train_zip, args.masks_zip) else 1
+
+
 def cmd_train(args) -> int:
     from seglab.config import RunConfig, load_config, override
     from seglab.data.preflight import run_preflight
@@ -287,7 +312,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
+COMMANDS = {"check": cmd_check, "report": cmd_report, "data": cmd_data, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
             "export": cmd_export, "demo": cmd_demo}
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     monitor: str = "val_dice"
     loss: str = "auto"
     border_weight: list[float] | None = None  # [w0, sigma] of the U-Net paper's weight map
-    augment: str = "light"
+    augment: str | dict = "light"        # preset name, or {"preset": "paper", "elastic_sigma": 8, ...}
     amp: bool = False
     precision: str | None = None         # fp32 | bf16 | fp16; None: bf16/fp16 on GPUs with --amp, else fp32
     compile: bool = False                # torch.compile the model

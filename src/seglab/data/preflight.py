@@ -82,6 +82,11 @@ def _listing(paths: list[Path], root: Path) -> str:
     return ", ".join(names) + (f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else "")
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    """_plural(1, "mask is", "masks are") -> "1 mask is"; _plural(3, ...) -> "3 masks are"."""
+    return f"{count} {one if count == 1 else many}"
+
+
 def _format_values(values: list[int], limit: int = 8) -> str:
     return "{" + ", ".join(str(v) for v in values[:limit]) + (", ..." if len(values) > limit else "") + "}"
 
@@ -221,7 +226,8 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
         return report
     facts = _read_sample(report, pairs, root)
     if facts:
-        _check_masks(report, facts, root, mask_values, num_classes, class_names, ignore_value, rgb)
+        readable = sum(1 for p in pairs if p.mask not in report.bad_files)
+        _check_masks(report, facts, root, readable, mask_values, num_classes, class_names, ignore_value, rgb)
     return report
 
 
@@ -246,16 +252,17 @@ def _read_sample(report: Preflight, pairs: list, root: Path) -> list[MaskFacts]:
     return facts
 
 
-def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, mask_values, num_classes, class_names,
-                 ignore_value, rgb: bool) -> None:
-    total_masks = sum(len(s.pairs) for s in report.layout.splits.values())
+def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_masks: int, mask_values, num_classes,
+                 class_names, ignore_value, rgb: bool) -> None:
     survey = _survey(facts)
     sampled = f" (sampled {survey.files_read} of {total_masks})" if survey.files_read < total_masks else ""
     if rgb or any(f.kind == "rgb" for f in facts):
         shown = ["rgb(%d,%d,%d)" % tuple(unpack_rgb(v)) for v in survey.values]
         report.lines.append(f"mask colours{sampled}: [{', '.join(shown[:12])}{', ...' if len(shown) > 12 else ''}]")
     else:
-        report.lines.append(f"mask values{sampled}: {survey.values}")
+        values = survey.values
+        shown = str(values) if len(values) <= 16 else f"[{', '.join(map(str, values[:8]))}, ..., {values[-1]}] ({len(values)} values)"
+        report.lines.append(f"mask values{sampled}: {shown}")
     explicit = mask_values is not None or num_classes is not None
     explained = False
 
@@ -263,8 +270,9 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, mask_val
     if palettes:
         colours = {i: c for f in palettes for i, c in f.palette.items()}
         table = ", ".join("%d = rgb(%d,%d,%d)" % ((i,) + colours[i]) for i in sorted(colours)[:12])
-        report.lines.append(f"note: {len(palettes)} masks are palette images ({_listing([f.path for f in palettes], root)}): "
-                            f"the palette index is the class value; colours {table}")
+        report.lines.append(f"note: palette masks ({_plural(len(palettes), 'file', 'files')}: "
+                            f"{_listing([f.path for f in palettes], root)}): the palette index is the class value; "
+                            f"colours {table}")
 
     rgb_facts = [f for f in facts if f.kind == "rgb"]
     if rgb_facts and not rgb:
@@ -274,15 +282,15 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, mask_val
         if len(colours) <= MAX_IMPLICIT_CLASSES:
             report.colour_table = {f"class{k}": [int(c) for c in unpack_rgb(v)] for k, v in enumerate(colours)}
             table = ", ".join(f'"{name}": {rgb_list}' for name, rgb_list in report.colour_table.items())
-            report.errors.append(f"{len(rgb_facts)} masks are RGB colour masks with {len(colours)} colours "
+            report.errors.append(f"RGB colour masks with {len(colours)} colours "
                                  f"({_listing([f.path for f in rgb_facts], root)}): save this colour table as "
                                  f"colors.json, rename the classes, and pass --mask-colors colors.json: {{{table}}}")
         elif jpeg:
-            report.errors.append(f"{len(jpeg)} RGB masks are JPEG files with {len(colours)} colours "
+            report.errors.append(f"RGB masks saved as JPEG, with {len(colours)} colours "
                                  f"({_listing(jpeg, root)}): {BLUR_MESSAGE} (with --mask-colors)")
         else:
-            report.errors.append(f"{len(rgb_facts)} masks are RGB images with {len(colours)} colours, too many for "
-                                 f"classes ({_listing([f.path for f in rgb_facts], root)}): export masks as class "
+            report.errors.append(f"RGB masks with {len(colours)} colours, too many for classes "
+                                 f"({_listing([f.path for f in rgb_facts], root)}): export masks as class "
                                  "indices or exact colours")
 
     blurred = [f for f in facts if f.blurred]
@@ -291,34 +299,36 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, mask_val
         low, high = blurred[0].blurred
         share = np.mean([f.stray_share for f in blurred])
         jpeg = all(f.path.suffix.lower() in JPEG_SUFFIXES for f in blurred)
-        how = "look JPEG-compressed" if jpeg else "have blurred edges (JPEG compression or antialiased resizing)"
-        report.errors.append(f"{len(blurred)} masks {how}: {share:.1%} of their pixels lie between {low} and {high} "
+        how = "JPEG-compressed" if jpeg else "blurred at the edges (JPEG compression or antialiased resizing)"
+        report.errors.append(f"{_plural(len(blurred), 'mask is', 'masks are')} {how}: {share:.1%} of their pixels lie between {low} and {high} "
                              f"({_listing([f.path for f in blurred], root)}): {BLUR_MESSAGE}")
     clean_jpeg = [f.path for f in facts if f.path.suffix.lower() in JPEG_SUFFIXES and not f.blurred and f.kind != "rgb"]
     if clean_jpeg:
-        report.warnings.append(f"{len(clean_jpeg)} masks are saved as JPEG ({_listing(clean_jpeg, root)}): their values "
+        report.warnings.append(f"{_plural(len(clean_jpeg), 'mask is', 'masks are')} saved as JPEG ({_listing(clean_jpeg, root)}): their values "
                                "are exact now, but JPEG is lossy and blurs edges when masks are edited and saved "
                                "again: save masks as PNG (--fix-to does)")
 
     conventions = {name: [f.path for f in facts if f.convention == name] for name in ("{0,1}", "{0,255}")}
-    mixed = bool(conventions["{0,1}"] and conventions["{0,255}"]) and not explicit and not rgb
+    mixed = (bool(conventions["{0,1}"] and conventions["{0,255}"]) and not explicit and not rgb
+             and ignore_value not in (0, 1, 255))
+    clean_values = set(_survey(facts, clean=True).values) - {ignore_value}
     if mixed:
         explained = True
-        report.errors.append(f"masks mix two binary conventions: {len(conventions['{0,1}'])} are {{0,1}} "
-                             f"({_listing(conventions['{0,1}'], root)}) and {len(conventions['{0,255}'])} are "
-                             f"{{0,255}} ({_listing(conventions['{0,255}'], root)}): re-export them one way, or use "
-                             "--fix-to which maps 1 and 255 both to class 1")
-    elif not rgb:
-        for (name, paths), positive in zip(conventions.items(), (1, 255)):
-            if paths:
-                report.lines.append(f"note: {len(paths)} masks are binary {name}: 0 -> class 0, {positive} -> class 1")
+        ones, high = conventions["{0,1}"], conventions["{0,255}"]
+        report.errors.append(f"masks mix two binary conventions: {_plural(len(ones), 'is', 'are')} {{0,1}} "
+                             f"({_listing(ones, root)}) and {_plural(len(high), 'is', 'are')} {{0,255}} "
+                             f"({_listing(high, root)}): re-export them one way, or use --fix-to which maps 1 and "
+                             "255 both to class 1")
+    elif not rgb and len(clean_values) == 2 and clean_values in ({0, 1}, {0, 255}):
+        positive = max(clean_values)
+        report.lines.append(f"note: masks are binary {{0,{positive}}}: 0 -> class 0, {positive} -> class 1")
 
     if num_classes is not None:
         outside = [f for f in facts if any(v < 0 or v >= num_classes for v in f.counts if v != ignore_value)]
         if outside:
             explained = True
             shown = "; ".join(f"{_listing([f.path], root)} has {_format_values(f.values)}" for f in outside[:3])
-            report.errors.append(f"{len(outside)} masks hold more values than the {num_classes} classes of "
+            report.errors.append(f"{_plural(len(outside), 'mask holds', 'masks hold')} more values than the {num_classes} classes of "
                                  f"--num-classes {num_classes} (expected 0..{num_classes - 1}): {shown}"
                                  f"{' ...' if len(outside) > 3 else ''}: fix these masks or pass the right "
                                  "--num-classes (or --ignore-index for a void value)")
@@ -462,6 +472,7 @@ def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
         if dest.exists():
             dest.rmdir()
         os.replace(staging, dest)
+        os.chmod(dest, 0o777 & ~_umask())  # mkdtemp made the staging folder private
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -490,6 +501,12 @@ def fix_and_recheck(report: Preflight, dest: str | Path) -> tuple[str, bool]:
     lines.append(f"check of the copy (seglab check {result.dest}{flags}):")
     lines += ["  " + line for line in format_preflight(recheck).splitlines()]
     return "\n".join(lines), recheck.ok
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _copy_image(image: Path, folder: Path, result: FixResult) -> bool:
@@ -522,7 +539,7 @@ def _fix_pair(pair, out: Path, report: Preflight, result: FixResult) -> None:
     if result.ignore_code is not None:
         out_mask[classes == IGNORE_INDEX] = result.ignore_code
     shutil.copyfile(pair.image, out / "images" / pair.image.name)
-    write_mask(out / "masks" / f"{pair.image.stem}.png", out_mask)
+    os.chmod(write_mask(out / "masks" / f"{pair.image.stem}.png", out_mask), 0o666 & ~_umask())
     if snap:
         result.snapped.append(pair.mask)
     result.pairs += 1

@@ -151,7 +151,8 @@ def make_loss(config: RunConfig, class_map: ClassMap, plan: "DataPlan | None" = 
 
 
 def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
-    """The optimizer; `fused` (CUDA) runs Adam/AdamW as one kernel, others use foreach kernels."""
+    """The optimizer; `fused` runs Adam/AdamW/SGD as one kernel per step (CPU and CUDA), which also
+    lets a GradScaler skip non-finite steps without a host synchronisation."""
     t = config.train
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "adam":
@@ -162,7 +163,7 @@ def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False) -> 
         return torch.optim.RMSprop(params, lr=t.learning_rate, weight_decay=t.weight_decay, momentum=t.momentum)
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.learning_rate, weight_decay=t.weight_decay, momentum=t.momentum,
-                               nesterov=t.momentum > 0)
+                               nesterov=t.momentum > 0, fused=fused or None)
     raise SeglabError(f"unknown optimizer {t.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
 

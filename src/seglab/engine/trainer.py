@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from seglab.config import RunConfig, dump_config, load_config, override
-from seglab.data.augment import BatchAugmenter, augment_preset
+from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
 from seglab.engine import distributed
@@ -26,6 +26,7 @@ from seglab.errors import SeglabError
 
 # Keep the training set on the device when it takes at most this share of free memory.
 RESIDENT_FRACTION = 0.25
+LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, NaN checks)
 
 
 @dataclass
@@ -77,15 +78,21 @@ class Trainer:
         if t.compile:
             self.ddp_model = torch.compile(self.ddp_model)
         self.loss_fn = make_loss(config, cm, self.plan).to(device)
-        self.optimizer = make_optimizer(config, self.model, fused=device.type == "cuda")
+        self.optimizer = make_optimizer(config, self.model, fused=True)
         self.monitor_mode = "min" if t.monitor.endswith(("loss", "error")) else "max"
         self.schedule = LearningRateSchedule(self.optimizer, t.scheduler, self.monitor_mode, t.patience)
         amp_dtype = resolve_precision(t.precision, t.amp, device)
         if t.amp and amp_dtype is None and device.type != "cuda":
             self.log("note: --amp has no effect on the CPU; training in float32 (or pass --precision bf16)")
         self.autocast = autocast_factory(device, amp_dtype)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        self.augmenter = BatchAugmenter(augment_preset(t.augment), seed=t.seed * 1000 + self.dist.rank)
+        # Always on: besides fp16 loss scaling, the scaler skips updates with non-finite gradients
+        # without a host sync. Outside fp16 its scale starts at 1 and only ever halves (after a
+        # skipped step): scaling by powers of two is exact, so it changes no number.
+        fp16 = amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0,
+                                           growth_interval=2000 if fp16 else 2**30)
+        augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
+        self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
         crop = config.data.crop
         self.crop = None if not crop else (crop[0], crop[-1])
         self.train_batches = self._make_train_batches()
@@ -97,7 +104,7 @@ class Trainer:
         self.history_rows: list[dict] = []
         self.best: float | None = None
         self.evals_since_best = 0
-        self.bad_steps = 0  # consecutive non-finite losses, across epochs
+        self._reset_tallies()
         run_dir = resume_from or default_run_dir(config)
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
         if resume_from is None and (self.run_dir / "last.pt").exists():
@@ -243,20 +250,17 @@ class Trainer:
             with sync():
                 with self.autocast():
                     loss = self._training_loss(self.ddp_model(images), masks, weights)
-                if not torch.isfinite(loss):
-                    self.bad_steps += 1
-                    self.log(f"warning: non-finite loss at step {self.step}; step skipped")
-                    if self.bad_steps >= c.train.max_bad_steps:
-                        raise SeglabError(f"{self.bad_steps} non-finite losses in a row: training diverged; lower "
-                                          f"--learning-rate and --resume {self.run_dir} (last.pt is intact)")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    continue
-                self.bad_steps = 0
                 self.scaler.scale(loss / accumulate).backward()
-            self.tally.loss_sum += loss.item()
-            self.tally.steps += 1
+            # Tallies stay on the device: the host reads them only at log and checkpoint points.
+            finite = torch.isfinite(loss.detach())
+            self._loss_sum += torch.where(finite, loss.detach().float(), 0.0)
+            self._finite_steps += finite
+            self._bad_run = (self._bad_run + 1) * (~finite)  # consecutive non-finite losses
+            self._bad_total += ~finite
             self.tally.images += images.shape[0] * self.dist.world_size
             if boundary:
+                # The scaler skips the update when any gradient is not finite (inside the fused
+                # optimizer kernel on the device, so no host synchronisation).
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -264,16 +268,20 @@ class Trainer:
                 now = self.elapsed + time.perf_counter() - started - self.tally.seconds
                 time_fraction = now / c.train.max_time if c.train.max_time else 0.0
                 self.schedule.step_progress(max(self.step / max(total_steps, 1), time_fraction))
+                if self.step % LOG_EVERY == 0:
+                    self._read_tallies()
                 if c.train.save_every and self.step % c.train.save_every == 0 and index + 1 < len(self.train_batches):
+                    self._read_tallies()
                     self._save_mid_epoch(epoch, index + 1, started)
                 if c.train.max_time and self._out_of_time(now):
                     break  # the budget ends mid-epoch; fit() sees it and finishes the run
-            if self.progress and (self.tally.steps % 5 == 0 or index + 1 == len(self.train_batches)):
+            if self.progress and (self.step % LOG_EVERY == 0 or index + 1 == len(self.train_batches)):
                 seconds = time.perf_counter() - started
-                bar.set_postfix(loss=f"{self.tally.loss_sum / self.tally.steps:.4f}",
+                bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
                                 img_s=f"{self.tally.images / max(seconds, 1e-9):.1f}")
             bar.update(1)
         bar.close()
+        self._read_tallies()
         epoch_seconds = time.perf_counter() - started
         self.elapsed += epoch_seconds - self.tally.seconds
         self.tally.seconds = epoch_seconds
@@ -281,8 +289,33 @@ class Trainer:
                                                            dtype=torch.float64, device=self.device))
         self.tally.loss_sum, self.tally.steps = loss_sum[0].item(), int(loss_sum[1].item())
 
+    def _reset_tallies(self) -> None:
+        zero = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        self._loss_sum, self._finite_steps = zero(torch.float64), zero(torch.int64)
+        self._bad_run, self._bad_total = zero(torch.int64), zero(torch.int64)
+
+    def _read_tallies(self) -> None:
+        """Move the device-side sums into the epoch tally (one host sync); warn about skipped
+        steps and stop a run whose losses stay non-finite."""
+        loss_sum, steps, bad_run, bad_total = (t.item() for t in
+                                               (self._loss_sum, self._finite_steps, self._bad_run, self._bad_total))
+        run_continues = self._bad_run  # the consecutive count spans reads
+        self._reset_tallies()
+        self._bad_run = run_continues
+        self.tally.loss_sum += loss_sum
+        self.tally.steps += steps
+        if bad_total:
+            self.log(f"warning: {bad_total} non-finite loss(es) up to step {self.step}; those updates were skipped")
+        if bad_run >= self.config.train.max_bad_steps:
+            raise SeglabError(f"{bad_run} non-finite losses in a row: training diverged; lower --learning-rate "
+                              f"and --resume {self.run_dir} (last.pt is intact)")
+
     def _out_of_time(self, now: float) -> bool:
-        """All ranks agree (one tiny all-reduce) so they leave the epoch at the same step."""
+        """Under DDP all ranks agree (a tiny all-reduce every LOG_EVERY steps) to stop together."""
+        if not self.dist.enabled:
+            return now >= self.config.train.max_time
+        if self.step % LOG_EVERY:
+            return False
         late = torch.tensor(float(now >= self.config.train.max_time), device=self.device)
         return bool(distributed.all_reduce_sum(late).item() > 0)
 

@@ -1,0 +1,158 @@
+"""`seglab report`: one self-contained report.html for a real (tiny) training run, rendered by headless Chromium."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import assert_clean_failure, run_cli
+from seglab.config import load_config
+from seglab.engine.setup import plan_data
+from seglab.viz.report import write_report
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync")
+
+
+class PageParts(HTMLParser):
+    """Tags, image sources, ids and link targets of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.image_sources: list[str] = []
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.image_sources.append(attrs.get("src", ""))
+        for key in ("href", "src", "action"):
+            if key in attrs and tag != "img":
+                self.links.append(attrs[key])
+
+
+@pytest.fixture(scope="module")
+def report_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the session's trained run (so the shared folder stays as it was) with its report."""
+    assert trained_run.result.rc == 0, trained_run.result.output
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(trained_run.run_dir, run_dir)
+    result = run_cli("report", run_dir)
+    assert result.rc == 0, result.output
+    assert result.stdout.strip() == f"wrote {run_dir / 'report.html'}"
+    return run_dir
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def run_chromium(tmp_path: Path, *args) -> subprocess.CompletedProcess:
+    profile = tmp_path / "profile"
+    profile.mkdir(exist_ok=True)
+    return subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_report_is_one_self_contained_file(report_run):
+    page = (report_run / "report.html").read_text(encoding="utf-8")
+    parts = PageParts()
+    parts.feed(page)
+    assert "script" not in parts.tags and "link" not in parts.tags and "iframe" not in parts.tags
+    assert parts.links == [], "the report must not point anywhere"
+    assert "http://" not in page and "https://" not in page and "<style>" in page
+    held_out = plan_data(load_config(report_run / "config.yaml")).val_pairs
+    shown = 1 if len(held_out) == 1 else 2 * min(3, len(held_out) // 2)  # best and worst, or the only one
+    assert len(parts.image_sources) == 1 + 4 * shown  # the curves, then image/truth/prediction/errors of each
+    for source in parts.image_sources:
+        assert source.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 32
+
+
+def test_report_shows_curves_table_overlays_speed_environment_and_config(report_run):
+    page = (report_run / "report.html").read_text(encoding="utf-8")
+    parts = PageParts()
+    parts.feed(page)
+    assert {"curves", "metrics-table", "overlays"} <= parts.ids
+    assert "alt='loss and metric curves'" in page
+    table = page[page.index("id='metrics-table'"):page.index("</table>", page.index("id='metrics-table'"))]
+    assert "<td>0</td>" in table and "<td>255</td>" in table and "mean" in table  # ISBI classes 0 and 255
+    assert "the only validation image:" in page or ("best #1:" in page and "worst #1:" in page)
+    for caption in ("image", "truth", "prediction", "errors"):
+        assert f"<figcaption>{caption}</figcaption>" in page
+    assert "images/s" in page and "total training time" in page
+    import torch
+
+    from seglab import __version__
+    assert f">{__version__}</td>" in page and f">{torch.__version__}</td>" in page
+    config = yaml.safe_load((report_run / "config.yaml").read_text())
+    assert f"base_channels: {config['model']['base_channels']}" in page
+
+
+def test_chromium_renders_the_report_from_disk(report_run, tmp_path):
+    shot = tmp_path / "report.png"
+    url = (report_run / "report.html").resolve().as_uri()
+    done = run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", url)
+    assert shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 20, "the screenshot is blank"
+    assert (pixels < 200).mean() > 0.05, "too little drawn: the images did not render"
+    dom = run_chromium(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'id="metrics-table"' in dom.stdout and "<td>255</td>" in dom.stdout
+
+
+def edit_config(run_dir: Path, section: str, key: str, value) -> None:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config[section][key] = value
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_best_and_worst_images_are_ranked_by_dice(report_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(report_run, run_dir)
+    edit_config(run_dir, "data", "validation", 60.0)  # hold out 3 of the 5 crops: best #1, worst #1
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    dice = [float(page[i:page.index("</h3>", i)].rsplit("Dice ", 1)[1])
+            for i in (page.index("best #1:"), page.index("worst #1:"))]
+    assert dice[0] >= dice[1]
+    assert page.count("<figcaption>truth</figcaption>") == 2
+
+
+def test_report_of_a_run_whose_data_moved_still_has_curves_and_table(report_run, tmp_path):
+    moved = tmp_path / "run"
+    shutil.copytree(report_run, moved)
+    edit_config(moved, "data", "root", str(tmp_path / "gone"))
+    (moved / "curves.png").unlink()  # re-plotted from metrics.jsonl
+    page = write_report(moved).read_text(encoding="utf-8")
+    assert "id='metrics-table'" in page and "alt='loss and metric curves'" in page
+    assert "no predictions shown" in page and "gone" in page
+
+
+def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
+    result = run_cli("report", tmp_path)
+    assert_clean_failure(result)
+    assert "not a run folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "report.html").exists()
