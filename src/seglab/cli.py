@@ -9,6 +9,11 @@ from seglab import __version__
 from seglab.errors import SeglabError
 
 
+# Seeds of the watershed: interiors whose membrane probability is below this. Lower values merge
+# fewer cells until seeds go missing; 0.05-0.07 scored best on ISBI slices 25-29 (BENCHMARKS.md).
+SEED_THRESHOLD = 0.07
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
@@ -48,6 +53,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--membrane-class", type=int, default=0,
                         help="class index of the boundaries for --instances (ISBI: 0 = membrane)")
+    parser.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD,
+                        help=f"--instances: membrane probability below which pixels seed a cell (default {SEED_THRESHOLD})")
     parser.add_argument("--device", default="auto")
 
 
@@ -274,6 +281,7 @@ def cmd_predict(args) -> int:
     jobs = plan_outputs(files, args.output, save=not args.no_save)
     summary = run_predictions(predictor, jobs, args.scale, overlay=args.overlay, viz=args.viz,
                               instances=args.instances, membrane_class=args.membrane_class, palette=args.palette,
+                              seed_threshold=args.seed_threshold,
                               stop_on_error=len(jobs) == 1)  # a single named input that fails is an error
     if summary.skipped:
         print(f"{len(summary.skipped)} of {len(jobs)} inputs skipped:", file=sys.stderr)
@@ -288,7 +296,8 @@ def cmd_evaluate(args) -> int:
 
     predictor = _predictor(args)
     result = evaluate_pairs(predictor, labelled_pairs(args.data, args.split), args.scale,
-                            instances=args.instances, membrane_class=args.membrane_class)
+                            instances=args.instances, membrane_class=args.membrane_class,
+                            seed_threshold=args.seed_threshold)
     result = {"model": args.model, "data": args.data, **result}
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
@@ -312,8 +321,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"check": cmd_check, "report": cmd_report, "data": cmd_data, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-            "export": cmd_export, "demo": cmd_demo}
+COMMANDS = {"check": cmd_check, "report": cmd_report, "data": cmd_data, "train": cmd_train, "predict": cmd_predict,
+            "evaluate": cmd_evaluate, "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ def _mean(values) -> float | None:
 
 
 def evaluate_pairs(predictor: Predictor, pairs: list[Pair], scale: float | None = None,
-                   instances: bool = False, membrane_class: int = 0) -> dict:
+                   instances: bool = False, membrane_class: int = 0, seed_threshold: float = 0.07) -> dict:
     """Predict each pair's image and compare with its mask, through the checkpoint's class map.
 
     With `instances`, cells are also segmented (seeded watershed of the `membrane_class`
@@ -66,7 +66,7 @@ def evaluate_pairs(predictor: Predictor, pairs: list[Pair], scale: float | None 
         row = {"image": str(pair.image), "dice": scores["dice"], "iou": scores["iou"],
                "pixel_error": scores["pixel_error"], "miou": scores["miou"]}
         if instances:
-            row.update(_instance_scores(predictor, prediction, truth, membrane_class))
+            row.update(_instance_scores(predictor, prediction, truth, membrane_class, seed_threshold))
         images.append(row)
     overall = pooled.scores(names)
     mean = {"dice": {n: _mean(r["dice"][n] for r in images) for n in names},
@@ -83,11 +83,12 @@ def evaluate_pairs(predictor: Predictor, pairs: list[Pair], scale: float | None 
 INSTANCE_KEYS = ("rand_error", "vi_split", "vi_merge", "vi")
 
 
-def _instance_scores(predictor: Predictor, prediction, truth: np.ndarray, membrane_class: int) -> dict:
+def _instance_scores(predictor: Predictor, prediction, truth: np.ndarray, membrane_class: int,
+                     seed_threshold: float) -> dict:
     from seglab.inference.postprocess import membrane_to_instances
     from seglab.metrics.instances import instance_scores
 
-    labels = membrane_to_instances(predictor.class_probability(prediction, membrane_class))
+    labels = membrane_to_instances(predictor.class_probability(prediction, membrane_class), seed_threshold)
     cells = (truth != membrane_class) & (truth >= 0)  # every non-boundary class is cell interior
     scores = instance_scores(cells.astype(np.int64), labels, cell_class=1)
     return {key: float(scores[key]) for key in INSTANCE_KEYS}

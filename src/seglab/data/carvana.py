@@ -195,5 +195,6 @@ def fetch_carvana(dest: str | Path, train_zip: str | Path | None = None, masks_z
     log(format_preflight(report))
     if report.errors:
         return False
-    log(f"train with: seglab train --config configs/carvana.yaml{'' if dest == Path('data/carvana') else ' ' + str(dest)}")
+    where = "" if dest == Path("data/carvana") else f" {dest}"
+    log(f"train with: seglab train --config configs/carvana.yaml{where}")
     return report.ok

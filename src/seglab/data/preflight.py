@@ -247,8 +247,8 @@ def _read_sample(report: Preflight, pairs: list, root: Path) -> list[MaskFacts]:
             report.bad_files.add(pair.mask)
     report.errors += unreadable[:MAX_LISTED]
     if len(unreadable) > MAX_LISTED:
-        report.errors.append(f"{len(unreadable) - MAX_LISTED} more unreadable files: run with fewer files "
-                             "or remove the broken ones")
+        report.errors.append(f"{len(unreadable) - MAX_LISTED} more unreadable files: re-export or remove them "
+                             "too (the first five are named above)")
     return facts
 
 
@@ -261,7 +261,8 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
         report.lines.append(f"mask colours{sampled}: [{', '.join(shown[:12])}{', ...' if len(shown) > 12 else ''}]")
     else:
         values = survey.values
-        shown = str(values) if len(values) <= 16 else f"[{', '.join(map(str, values[:8]))}, ..., {values[-1]}] ({len(values)} values)"
+        shown = (str(values) if len(values) <= 16
+                 else f"[{', '.join(map(str, values[:8]))}, ..., {values[-1]}] ({len(values)} values)")
         report.lines.append(f"mask values{sampled}: {shown}")
     explicit = mask_values is not None or num_classes is not None
     explained = False
@@ -300,11 +301,13 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
         share = np.mean([f.stray_share for f in blurred])
         jpeg = all(f.path.suffix.lower() in JPEG_SUFFIXES for f in blurred)
         how = "JPEG-compressed" if jpeg else "blurred at the edges (JPEG compression or antialiased resizing)"
-        report.errors.append(f"{_plural(len(blurred), 'mask is', 'masks are')} {how}: {share:.1%} of their pixels lie between {low} and {high} "
+        report.errors.append(f"{_plural(len(blurred), 'mask is', 'masks are')} {how}: {share:.1%} of their pixels "
+                             f"lie between {low} and {high} "
                              f"({_listing([f.path for f in blurred], root)}): {BLUR_MESSAGE}")
     clean_jpeg = [f.path for f in facts if f.path.suffix.lower() in JPEG_SUFFIXES and not f.blurred and f.kind != "rgb"]
     if clean_jpeg:
-        report.warnings.append(f"{_plural(len(clean_jpeg), 'mask is', 'masks are')} saved as JPEG ({_listing(clean_jpeg, root)}): their values "
+        report.warnings.append(f"{_plural(len(clean_jpeg), 'mask is', 'masks are')} saved as JPEG "
+                               f"({_listing(clean_jpeg, root)}): their values "
                                "are exact now, but JPEG is lossy and blurs edges when masks are edited and saved "
                                "again: save masks as PNG (--fix-to does)")
 
@@ -328,7 +331,8 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
         if outside:
             explained = True
             shown = "; ".join(f"{_listing([f.path], root)} has {_format_values(f.values)}" for f in outside[:3])
-            report.errors.append(f"{_plural(len(outside), 'mask holds', 'masks hold')} more values than the {num_classes} classes of "
+            report.errors.append(f"{_plural(len(outside), 'mask holds', 'masks hold')} more values than the "
+                                 f"{num_classes} classes of "
                                  f"--num-classes {num_classes} (expected 0..{num_classes - 1}): {shown}"
                                  f"{' ...' if len(outside) > 3 else ''}: fix these masks or pass the right "
                                  "--num-classes (or --ignore-index for a void value)")

@@ -95,6 +95,7 @@ def _streamed(predictor: Predictor, job: PredictJob, log) -> Path | None:
 def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float | None = None,
                     overlay: bool = False, viz: bool = False, instances: bool = False,
                     membrane_class: int = 0, palette: bool = False, stop_on_error: bool = False,
+                    seed_threshold: float = 0.07,
                     log=print) -> PredictSummary:
     """Predict every job; a file that cannot be read is skipped and reported, the rest go on.
 
@@ -137,7 +138,7 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
             summary.written.append(save_side_by_side(array, prediction.classes, path, title=job.source.name,
                                                      probability=probability))
         if instances:
-            labels = membrane_to_instances(predictor.class_probability(prediction, membrane_class))
+            labels = membrane_to_instances(predictor.class_probability(prediction, membrane_class), seed_threshold)
             path = safe_join(job.output_dir, f"{job.source.stem}_instances.png")
             summary.written.append(save_instance_labels(path, labels))
         if job.mask_path is not None:

@@ -295,7 +295,8 @@ def build_report(run_dir: Path, device: str = "cpu") -> str:
 
     e = html.escape
     body = [f"<h1>seglab run: {e(run_dir.name)}</h1>",
-            f"<p class='sub'>{e(str(run_dir.resolve()))} · data: {e(str(config.data.root))} · model: {e(config.model.name)} · "
+            f"<p class='sub'>{e(str(run_dir.resolve()))} · data: {e(str(config.data.root))} · "
+            f"model: {e(config.model.name)} · "
             f"report written {time.strftime('%Y-%m-%d %H:%M')}</p>",
             "<div class='cards'>" + "".join(f"<div class='card'><b>{e(value)}</b><span>{e(label)}</span></div>"
                                             for label, value in cards) + "</div>"]
