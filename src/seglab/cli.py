@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fix-to", metavar="DIR", help="write a clean copy into DIR (new or empty): class-index PNG "
                        "masks, blurred edges snapped to the nearest class, paired names; originals untouched")
 
-    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, per-class scores, best and "
-                                 "worst validation predictions, speed, environment, config (one self-contained file)")
+    report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, scores, best and worst "
+                                 "predictions (one self-contained file)")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `seglab train --out`")
     report.add_argument("--device", default="cpu", help="device for the validation predictions (default cpu)")
 
@@ -213,6 +213,10 @@ def cmd_check(args) -> int:
     rules = mask_rules(DataConfig(mask_values=args.mask_values, num_classes=args.num_classes,
                                   class_names=args.class_names, ignore_value=args.ignore_value,
                                   mask_colors=args.mask_colors))
+    if args.fix_to:
+        from seglab.data.preflight import require_empty_folder
+
+        require_empty_folder(args.fix_to)  # before a long check, not after it
     report = run_preflight(args.data, *rules)
     print(format_preflight(report))
     if args.preview and report.class_map is not None and not report.errors:

@@ -437,6 +437,12 @@ def fixed_classes(mask: np.ndarray, fix: MaskFix, name: str, snap: bool = False)
     return cm.encode(mask)
 
 
+def require_empty_folder(dest: str | Path) -> None:
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise SeglabError(f"--fix-to '{dest}' already exists and is not empty: choose a new folder")
+
+
 def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
     """Write a clean copy of the checked folder into `dest` (which must be new or empty): images
     copied as they are, masks as class-index PNGs named like their image, same splits. Pairs that
@@ -444,8 +450,7 @@ def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
     dest = Path(dest)
     if report.layout is None or report.fix is None:
         raise SeglabError("--fix-to needs masks whose classes can be worked out: fix the errors above first")
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise SeglabError(f"--fix-to '{dest}' already exists and is not empty: choose a new folder")
+    require_empty_folder(dest)
     source = report.layout.root.resolve()
     if dest.resolve() == source or any(dest.resolve().is_relative_to(d.resolve()) for s in report.layout.splits.values()
                                        for d in (s.image_dir, s.mask_dir) if d is not None):
