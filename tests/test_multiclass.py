@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import torch
 from conftest import REPO, TINY_FLAGS, run_cli
 from PIL import Image
 
-from seglab.config import config_from_dict
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.engine.setup import LearningRateSchedule
 from seglab.losses import SegmentationLoss

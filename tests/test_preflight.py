@@ -282,3 +282,18 @@ def test_train_refuses_a_folder_with_a_fatal_problem(tmp_path):
     assert "masks/00.jpg" in result.stderr and "JPEG compression blurred the edges" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_class_under_one_percent_is_noted_but_check_still_passes(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[:20] = 1
+    mask[0, 0] = 2  # 1 pixel of 1600: 0.06%
+    Image.fromarray((mask * 60).astype(np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    result = run_cli("check", tmp_path)
+    assert result.rc == 0, result.output
+    assert "very unbalanced classes" in result.stdout and "'2'" in result.stdout

@@ -19,8 +19,8 @@ from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi
 from PIL import Image
 
 from seglab.config import config_from_dict
-from seglab.engine.checkpoint import load_checkpoint, save_checkpoint
-from seglab.errors import CheckpointError, DataError, SeglabError
+from seglab.engine.checkpoint import load_checkpoint
+from seglab.errors import DataError, SeglabError
 
 TINY_TRAIN = ("--base-channels", "4", "--depth", "2", "--augment", "none", *TINY_FLAGS)
 

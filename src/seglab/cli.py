@@ -214,18 +214,18 @@ def cmd_check(args) -> int:
                                   class_names=args.class_names, ignore_value=args.ignore_value,
                                   mask_colors=args.mask_colors))
     if args.fix_to:
-        from seglab.data.preflight import require_empty_folder
+        from seglab.data.fixer import require_empty_folder
 
         require_empty_folder(args.fix_to)  # before a long check, not after it
     report = run_preflight(args.data, *rules)
     print(format_preflight(report))
     if args.preview and report.class_map is not None and not report.errors:
-        from seglab.data.preflight import write_preview
+        from seglab.viz.preview import write_preview
 
         crop = (args.crop[0], args.crop[-1]) if args.crop else None
         print(f"preview: {write_preview(report, args.preview, args.augment, args.count, crop)}")
     if args.fix_to:
-        from seglab.data.preflight import fix_and_recheck
+        from seglab.data.fixer import fix_and_recheck
 
         text, fixed_ok = fix_and_recheck(report, args.fix_to)
         print(text)

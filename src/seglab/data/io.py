@@ -157,6 +157,12 @@ def read_mask(path: str | Path) -> np.ndarray:
     return array
 
 
+def current_umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_output(path: str | Path):
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
@@ -173,6 +179,7 @@ def atomic_output(path: str | Path):
         raise SeglabError(f"cannot write '{path}' ({error.strerror}): choose a writable output folder") from None
     os.close(handle)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

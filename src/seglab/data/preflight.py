@@ -2,9 +2,6 @@
 writes a clean copy (class-index PNG masks, paired names) without touching the originals."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +9,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seglab.data.classmap import IGNORE_INDEX, ClassMap, pack_rgb, unpack_rgb
+from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
 from seglab.data.discover import (MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map)
-from seglab.data.io import image_info, read_image, read_mask, write_mask
-from seglab.errors import DataError, SeglabError
+from seglab.data.io import image_info, read_image, read_mask
+from seglab.errors import DataError
 
 MAX_LISTED = 5
 MAX_SURVEYED = 500          # masks (and their images) decoded by the check, evenly spread
-RARE_CLASS_SHARE = 0.01     # a class under this share of the pixels gets a warning
+RARE_CLASS_SHARE = 0.01     # a class under this share of the pixels gets a note
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 BLUR_MESSAGE = ("JPEG compression blurred the edges: re-export as PNG or use --fix-to which snaps values to "
                 "the nearest class")
@@ -77,7 +74,7 @@ class Preflight:
         return not self.errors and not self.warnings
 
 
-def _listing(paths: list[Path], root: Path) -> str:
+def list_files(paths: list[Path], root: Path) -> str:
     names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths[:MAX_LISTED]]
     return ", ".join(names) + (f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else "")
 
@@ -87,7 +84,7 @@ def _plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
-def _format_values(values: list[int], limit: int = 8) -> str:
+def format_values(values: list[int], limit: int = 8) -> str:
     return "{" + ", ".join(str(v) for v in values[:limit]) + (", ..." if len(values) > limit else "") + "}"
 
 
@@ -185,10 +182,10 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
             report.lines.append(f"{where}{len(scan.pairs)} image/mask pairs{suffix}")
             if scan.unpaired_images:
                 report.warnings.append(f"{where}{len(scan.unpaired_images)} images without a mask: "
-                                       f"{_listing(scan.unpaired_images, root)}; add their masks or move them out")
+                                       f"{list_files(scan.unpaired_images, root)}; add their masks or move them out")
             if scan.unpaired_masks:
                 report.warnings.append(f"{where}{len(scan.unpaired_masks)} masks without an image: "
-                                       f"{_listing(scan.unpaired_masks, root)}; check the names")
+                                       f"{list_files(scan.unpaired_masks, root)}; check the names")
         sizes: Counter[tuple] = Counter()
         for pair_image, pair_mask in [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]:
             try:
@@ -272,7 +269,7 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
         colours = {i: c for f in palettes for i, c in f.palette.items()}
         table = ", ".join("%d = rgb(%d,%d,%d)" % ((i,) + colours[i]) for i in sorted(colours)[:12])
         report.lines.append(f"note: palette masks ({_plural(len(palettes), 'file', 'files')}: "
-                            f"{_listing([f.path for f in palettes], root)}): the palette index is the class value; "
+                            f"{list_files([f.path for f in palettes], root)}): the palette index is the class value; "
                             f"colours {table}")
 
     rgb_facts = [f for f in facts if f.kind == "rgb"]
@@ -284,14 +281,14 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
             report.colour_table = {f"class{k}": [int(c) for c in unpack_rgb(v)] for k, v in enumerate(colours)}
             table = ", ".join(f'"{name}": {rgb_list}' for name, rgb_list in report.colour_table.items())
             report.errors.append(f"RGB colour masks with {len(colours)} colours "
-                                 f"({_listing([f.path for f in rgb_facts], root)}): save this colour table as "
+                                 f"({list_files([f.path for f in rgb_facts], root)}): save this colour table as "
                                  f"colors.json, rename the classes, and pass --mask-colors colors.json: {{{table}}}")
         elif jpeg:
             report.errors.append(f"RGB masks saved as JPEG, with {len(colours)} colours "
-                                 f"({_listing(jpeg, root)}): {BLUR_MESSAGE} (with --mask-colors)")
+                                 f"({list_files(jpeg, root)}): {BLUR_MESSAGE} (with --mask-colors)")
         else:
             report.errors.append(f"RGB masks with {len(colours)} colours, too many for classes "
-                                 f"({_listing([f.path for f in rgb_facts], root)}): export masks as class "
+                                 f"({list_files([f.path for f in rgb_facts], root)}): export masks as class "
                                  "indices or exact colours")
 
     blurred = [f for f in facts if f.blurred]
@@ -303,11 +300,11 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
         how = "JPEG-compressed" if jpeg else "blurred at the edges (JPEG compression or antialiased resizing)"
         report.errors.append(f"{_plural(len(blurred), 'mask is', 'masks are')} {how}: {share:.1%} of their pixels "
                              f"lie between {low} and {high} "
-                             f"({_listing([f.path for f in blurred], root)}): {BLUR_MESSAGE}")
+                             f"({list_files([f.path for f in blurred], root)}): {BLUR_MESSAGE}")
     clean_jpeg = [f.path for f in facts if f.path.suffix.lower() in JPEG_SUFFIXES and not f.blurred and f.kind != "rgb"]
     if clean_jpeg:
         report.warnings.append(f"{_plural(len(clean_jpeg), 'mask is', 'masks are')} saved as JPEG "
-                               f"({_listing(clean_jpeg, root)}): their values "
+                               f"({list_files(clean_jpeg, root)}): their values "
                                "are exact now, but JPEG is lossy and blurs edges when masks are edited and saved "
                                "again: save masks as PNG (--fix-to does)")
 
@@ -319,8 +316,8 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
         explained = True
         ones, high = conventions["{0,1}"], conventions["{0,255}"]
         report.errors.append(f"masks mix two binary conventions: {_plural(len(ones), 'is', 'are')} {{0,1}} "
-                             f"({_listing(ones, root)}) and {_plural(len(high), 'is', 'are')} {{0,255}} "
-                             f"({_listing(high, root)}): re-export them one way, or use --fix-to which maps 1 and "
+                             f"({list_files(ones, root)}) and {_plural(len(high), 'is', 'are')} {{0,255}} "
+                             f"({list_files(high, root)}): re-export them one way, or use --fix-to which maps 1 and "
                              "255 both to class 1")
     elif not rgb and len(clean_values) == 2 and clean_values in ({0, 1}, {0, 255}):
         positive = max(clean_values)
@@ -330,7 +327,7 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
         outside = [f for f in facts if any(v < 0 or v >= num_classes for v in f.counts if v != ignore_value)]
         if outside:
             explained = True
-            shown = "; ".join(f"{_listing([f.path], root)} has {_format_values(f.values)}" for f in outside[:3])
+            shown = "; ".join(f"{list_files([f.path], root)} has {format_values(f.values)}" for f in outside[:3])
             report.errors.append(f"{_plural(len(outside), 'mask holds', 'masks hold')} more values than the "
                                  f"{num_classes} classes of "
                                  f"--num-classes {num_classes} (expected 0..{num_classes - 1}): {shown}"
@@ -354,7 +351,8 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
     report.lines.append("class shares: " + ", ".join(f"{name} {s:.1%}" for name, s in zip(class_map.names, shares)))
     rare = [f"'{name}' ({share:.2%})" for name, share in zip(class_map.names, shares) if share < RARE_CLASS_SHARE]
     if rare:
-        report.warnings.append(f"very unbalanced classes: {', '.join(rare)} under {RARE_CLASS_SHARE:.0%} of the "
+        # A fact about the data, not a mistake in it: reported, but `check` still passes.
+        report.lines.append(f"note: very unbalanced classes: {', '.join(rare)} under {RARE_CLASS_SHARE:.0%} of the "
                                "pixels: the model may never predict them; weight them with --class-weights auto "
                                "(the default loss already adds Dice), or collect more examples")
 
@@ -390,184 +388,3 @@ def format_preflight(report: Preflight) -> str:
         lines.append(f"warning: {warning}")
     lines.append("ok" if report.ok else f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     return "\n".join(lines)
-
-
-# ---- --fix-to -------------------------------------------------------------------------------------
-@dataclass
-class FixResult:
-    dest: Path
-    pairs: int = 0
-    images_only: int = 0
-    snapped: list[Path] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    ignore_code: int | None = None
-
-
-def fixed_classes(mask: np.ndarray, fix: MaskFix, name: str, snap: bool = False) -> np.ndarray:
-    """Raw mask values -> class indices (H, W) int64 (IGNORE_INDEX for ignored pixels).
-
-    Blurred masks (`snap`) have values outside the class map moved to the nearest class value;
-    other masks with such values raise DataError.
-    """
-    cm = fix.class_map
-    if mask.ndim == 3:
-        if not cm.rgb:
-            raise DataError(f"'{name}' is an RGB mask among gray ones: export all masks the same way")
-        mask = pack_rgb(mask)
-    elif cm.rgb:
-        raise DataError(f"'{name}' is a gray mask among RGB colour masks: export all masks the same way")
-    values = np.unique(mask)
-    if fix.unify_binary and set(values.tolist()) <= {0, 1}:
-        mask = mask * 255
-    known = list(cm.values) + ([cm.ignore_value] if cm.ignore_value is not None else [])
-    unknown = ~np.isin(mask, known)
-    if unknown.any():
-        if not snap:
-            raise DataError(f"'{name}' holds values {_format_values(np.unique(mask[unknown]).tolist())} outside "
-                            f"the class map {_format_values(list(cm.values))}")
-        targets = np.asarray(cm.values, dtype=np.int64)
-        odd = mask[unknown].astype(np.int64)
-        if cm.rgb:
-            distance = np.abs(unpack_rgb(odd)[:, None, :].astype(np.int64)
-                              - unpack_rgb(targets)[None].astype(np.int64)).sum(-1)
-        else:
-            distance = np.abs(odd[:, None] - targets[None])
-        mask = mask.astype(np.int64, copy=True)
-        mask[unknown] = targets[np.argmin(distance, axis=1)]
-    return cm.encode(mask)
-
-
-def require_empty_folder(dest: str | Path) -> None:
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise SeglabError(f"--fix-to '{dest}' already exists and is not empty: choose a new folder")
-
-
-def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
-    """Write a clean copy of the checked folder into `dest` (which must be new or empty): images
-    copied as they are, masks as class-index PNGs named like their image, same splits. Pairs that
-    cannot be fixed are left out and listed. The copy appears under `dest` only when complete."""
-    dest = Path(dest)
-    if report.layout is None or report.fix is None:
-        raise SeglabError("--fix-to needs masks whose classes can be worked out: fix the errors above first")
-    require_empty_folder(dest)
-    source = report.layout.root.resolve()
-    if dest.resolve() == source or any(dest.resolve().is_relative_to(d.resolve()) for s in report.layout.splits.values()
-                                       for d in (s.image_dir, s.mask_dir) if d is not None):
-        raise SeglabError(f"--fix-to '{dest}' is inside the folder being checked: choose a folder outside it")
-    cm = report.fix.class_map
-    ignore_code = None
-    if cm.ignore_value is not None:
-        ignore_code = cm.ignore_value if cm.num_classes <= cm.ignore_value <= 255 and not cm.rgb else 255
-    result = FixResult(dest, ignore_code=ignore_code)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        for split, scan in report.layout.splits.items():
-            out = staging if split == "all" else staging / split
-            (out / "images").mkdir(parents=True, exist_ok=True)
-            if scan.mask_dir is None:
-                for image in scan.unpaired_images:
-                    if _copy_image(image, out / "images", result):
-                        result.images_only += 1
-                continue
-            (out / "masks").mkdir(exist_ok=True)
-            for image in scan.unpaired_images:
-                result.skipped.append((image, "no mask"))
-            for mask in scan.unpaired_masks:
-                result.skipped.append((mask, "no image"))
-            for pair in scan.pairs:
-                _fix_pair(pair, out, report, result)
-        if dest.exists():
-            dest.rmdir()
-        os.replace(staging, dest)
-        os.chmod(dest, 0o777 & ~_umask())  # mkdtemp made the staging folder private
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return result
-
-
-def fix_and_recheck(report: Preflight, dest: str | Path) -> tuple[str, bool]:
-    """Write the clean copy, check it, and say what was done: (text to print, copy passes the check)."""
-    result = write_fixed_copy(report, dest)
-    cm = report.fix.class_map
-    lines = [f"wrote a clean copy to {result.dest}: {result.pairs} pairs"
-             + (f" and {result.images_only} images without masks" if result.images_only else "")
-             + f"; masks hold class indices 0..{cm.num_classes - 1} ({', '.join(cm.names)})"
-             + (f", {result.ignore_code} = ignored" if result.ignore_code is not None else "")]
-    if result.snapped:
-        lines.append(f"  {len(result.snapped)} masks snapped to the nearest class: "
-                     f"{_listing(result.snapped, report.layout.root)}")
-    for path, reason in result.skipped[:MAX_LISTED]:
-        lines.append(f"  left out {path}: {reason}")
-    if len(result.skipped) > MAX_LISTED:
-        lines.append(f"  left out {len(result.skipped) - MAX_LISTED} more files")
-    names = None if all(n == str(v) for n, v in zip(cm.names, cm.values)) else list(cm.names)
-    recheck = run_preflight(result.dest, class_names=names, ignore_value=result.ignore_code)
-    flags = "".join([f" --ignore-index {result.ignore_code}" if result.ignore_code is not None else "",
-                     f" --class-names {','.join(names)}" if names else ""])
-    lines.append(f"check of the copy (seglab check {result.dest}{flags}):")
-    lines += ["  " + line for line in format_preflight(recheck).splitlines()]
-    return "\n".join(lines), recheck.ok
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _copy_image(image: Path, folder: Path, result: FixResult) -> bool:
-    try:
-        read_image(image)
-    except DataError as error:
-        result.skipped.append((image, str(error)))
-        return False
-    shutil.copyfile(image, folder / image.name)
-    return True
-
-
-def _fix_pair(pair, out: Path, report: Preflight, result: FixResult) -> None:
-    try:
-        image_h, image_w = read_image(pair.image).shape[:2]
-    except DataError as error:
-        result.skipped.append((pair.image, str(error)))
-        return
-    try:
-        raw = read_mask(pair.mask)
-        if raw.shape[:2] != (image_h, image_w):
-            raise DataError(f"'{pair.mask}' is {raw.shape[1]}x{raw.shape[0]} but its image is {image_w}x{image_h}")
-        facts = mask_facts(pair.mask, raw) if raw.ndim == 2 else None
-        snap = pair.mask.suffix.lower() in JPEG_SUFFIXES or bool(facts and facts.blurred)
-        classes = fixed_classes(raw, report.fix, str(pair.mask), snap)
-    except DataError as error:
-        result.skipped.append((pair.mask, str(error)))
-        return
-    out_mask = classes.astype(np.uint8)
-    if result.ignore_code is not None:
-        out_mask[classes == IGNORE_INDEX] = result.ignore_code
-    shutil.copyfile(pair.image, out / "images" / pair.image.name)
-    os.chmod(write_mask(out / "masks" / f"{pair.image.stem}.png", out_mask), 0o666 & ~_umask())
-    if snap:
-        result.snapped.append(pair.mask)
-    result.pairs += 1
-
-
-def write_preview(report: Preflight, path: str | Path, preset: str = "paper", count: int = 8,
-                  crop: tuple[int, int] | None = None, max_images: int = 16) -> Path:
-    """A PNG grid of `count` augmented pairs, as training would see them (same preset, crop and
-    normalisation), from up to `max_images` pairs of the folder's first size."""
-    import torch
-
-    from seglab.data.augment import BatchAugmenter, augment_preset
-    from seglab.data.datasets import load_pair
-    from seglab.viz.preview import save_augment_preview
-
-    pairs = report.layout.training_pairs() or [p for s in report.layout.splits.values() for p in s.pairs]
-    items = [load_pair(pair, report.class_map, image_info(pairs[0].image)[2], 1.0, "minmax")
-             for pair in pairs[:max_images]]
-    items = [item for item in items if item[0].shape == items[0][0].shape]
-    images = torch.stack([image for image, _ in items])
-    masks = torch.stack([mask for _, mask in items])
-    return save_augment_preview(images, masks, BatchAugmenter(augment_preset(preset), seed=0), path, count, crop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -85,3 +86,30 @@ def set_rng_state(state: dict) -> None:
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class History:
+    run_dir: Path
+    epochs: list[dict] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+
+
+@dataclass
+class EpochTally:
+    """Running sums of one epoch; saved in mid-epoch checkpoints so a resumed epoch reports right."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+
+def epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
+    if "val_loss" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"dice {row['val_dice']:.4f}", f"iou {row['val_iou']:.4f}",
+                  f"pixel_error {row['val_pixel_error']:.4f}"]
+    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.1f} img/s", f"{row['time']:.1f}s"]
+    return "  ".join(parts) + ("  *best*" if improved else "")

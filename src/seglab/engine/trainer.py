@@ -5,7 +5,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -20,31 +20,13 @@ from seglab.engine.checkpoint import load_checkpoint, make_checkpoint, save_chec
 from seglab.engine.evaluate import evaluate
 from seglab.engine.setup import (LearningRateSchedule, make_loss, make_model, make_optimizer, plan_data,
                                  resolve_device, seed_everything)
-from seglab.engine.state import (autocast_factory, default_run_dir, free_memory, resolve_precision,
-                                 restarted_by_torchrun, rng_state, set_rng_state)
+from seglab.engine.state import (EpochTally, History, autocast_factory, default_run_dir, epoch_line, free_memory,
+                                 resolve_precision, restarted_by_torchrun, rng_state, set_rng_state)
 from seglab.errors import SeglabError
 
 # Keep the training set on the device when it takes at most this share of free memory.
 RESIDENT_FRACTION = 0.25
 LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, NaN checks)
-
-
-@dataclass
-class History:
-    run_dir: Path
-    epochs: list[dict] = field(default_factory=list)
-    best_metric: float | None = None
-    best_epoch: int | None = None
-
-
-@dataclass
-class EpochTally:
-    """Running sums of one epoch; saved in mid-epoch checkpoints so a resumed epoch reports right."""
-
-    loss_sum: float = 0.0
-    steps: int = 0
-    images: int = 0
-    seconds: float = 0.0
 
 
 class Trainer:
@@ -222,9 +204,7 @@ class Trainer:
         if writer is not None:
             writer.close()
         if self.dist.is_main and self.history_rows:
-            from seglab.viz.plots import plot_curves
-
-            plot_curves(self.history_rows, self.run_dir / "curves.png")
+            self._write_pictures()
         distributed.barrier()
         best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == self.best), None)
         return History(self.run_dir, self.history_rows, self.best, best_epoch)
@@ -246,7 +226,7 @@ class Trainer:
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             boundary = (index + 1) % accumulate == 0 or index + 1 == len(self.train_batches)
-            sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else _nullcontext
+            sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
             with sync():
                 with self.autocast():
                     loss = self._training_loss(self.ddp_model(images), masks, weights)
@@ -327,6 +307,17 @@ class Trainer:
             self._save("last.pt", epoch, {}, {"epoch": epoch, "batch": next_batch, "tally": vars(tally)})
             self.elapsed = elapsed
 
+    def _write_pictures(self) -> None:
+        """curves.png and report.html; a report that cannot be drawn never fails the run."""
+        from seglab.viz.plots import plot_curves
+        from seglab.viz.report import write_report
+
+        plot_curves(self.history_rows, self.run_dir / "curves.png")
+        try:
+            self.log(f"report: {write_report(self.run_dir, device=str(self.device))}")
+        except SeglabError as error:
+            self.log(f"note: no report.html ({error})")
+
     def _training_loss(self, output, masks: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Loss of the main output, plus half the auxiliary head's loss when the model has one."""
         if isinstance(output, dict):
@@ -370,7 +361,7 @@ class Trainer:
                 for key, value in metrics.items():
                     if key not in ("epoch", "step", "time"):
                         writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value, row["step"])
-            self.log(_epoch_line(row, c.train.epochs, improved))
+            self.log(epoch_line(row, c.train.epochs, improved))
             if stop:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.evals_since_best} evaluations")
         distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
@@ -385,21 +376,6 @@ class Trainer:
             self.log("note: tensorboard is not installed; no event files are written")
             return None
         return SummaryWriter(log_dir=str(self.run_dir))
-
-
-def _nullcontext():
-    from contextlib import nullcontext
-
-    return nullcontext()
-
-
-def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
-    if "val_loss" in row:
-        parts += [f"val_loss {row['val_loss']:.4f}", f"dice {row['val_dice']:.4f}", f"iou {row['val_iou']:.4f}",
-                  f"pixel_error {row['val_pixel_error']:.4f}"]
-    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.1f} img/s", f"{row['time']:.1f}s"]
-    return "  ".join(parts) + ("  *best*" if improved else "")
 
 
 def fit(config: RunConfig, progress: bool = True, log=print, stop_after_epoch: int | None = None) -> History:

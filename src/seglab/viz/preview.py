@@ -79,3 +79,20 @@ def _outlined(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     rgb = ((shown - low) / max(high - low, 1e-6)).transpose(1, 2, 0).copy()  # (H, W, 3)
     rgb[find_boundaries(mask, mode="inner")] = _OUTLINE_RGB
     return rgb
+
+
+def write_preview(report, path: str | Path, preset: str = "paper", count: int = 8,
+                  crop: tuple[int, int] | None = None, max_images: int = 16) -> Path:
+    """A PNG grid of `count` augmented pairs of a checked data folder (a `Preflight` report), as
+    training would see them (same preset and crop), from up to `max_images` pairs of one size."""
+    from seglab.data.augment import augment_preset
+    from seglab.data.datasets import load_pair
+    from seglab.data.io import image_info
+
+    pairs = report.layout.training_pairs() or [p for s in report.layout.splits.values() for p in s.pairs]
+    items = [load_pair(pair, report.class_map, image_info(pairs[0].image)[2], 1.0, "minmax")
+             for pair in pairs[:max_images]]
+    items = [item for item in items if item[0].shape == items[0][0].shape]
+    images = torch.stack([image for image, _ in items])
+    masks = torch.stack([mask for _, mask in items])
+    return save_augment_preview(images, masks, BatchAugmenter(augment_preset(preset), seed=0), path, count, crop)

@@ -7,7 +7,6 @@ import html
 import io
 import json
 import math
-import os
 import platform
 import tempfile
 import time
@@ -332,7 +331,4 @@ def write_report(run_dir: Path, device: str = "cpu") -> Path:
     path = run_dir / "report.html"
     with atomic_output(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # readable like any other file the user writes (mkstemp makes it 0600)
     return path
