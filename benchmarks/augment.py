@@ -12,8 +12,6 @@ step at batch 8.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from seglab.data.augment import BatchAugmenter, augment_preset
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 
 ISBI_TRAIN = Path(__file__).resolve().parents[1] / "data" / "isbi2012" / "train"
 BATCH = 8
@@ -84,19 +83,6 @@ def read_isbi(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = np.stack([np.asarray(Image.open(ISBI_TRAIN / "images" / name)) for name in names])
     masks = np.stack([np.asarray(Image.open(ISBI_TRAIN / "masks" / name)) == 255 for name in names])
     return torch.from_numpy(images)[:, None], torch.from_numpy(masks).long()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    processor = platform.processor() or platform.machine()
-    return f"{processor} CPU ({cores} cores, {torch.get_num_threads()} torch threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_seglab(images: torch.Tensor, masks: torch.Tensor, device: torch.device, iters: int,

@@ -24,8 +24,6 @@ training) and real ISBI 2012 slices, in one run:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -45,21 +43,9 @@ from seglab.inference.tiling import predict_tiled
 from seglab.losses import logits_to_probabilities
 from seglab.models import UNet
 from seglab.models.common import full_size_logits
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 
 ISBI = Path(__file__).resolve().parents[1] / "data" / "isbi2012"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    processor = platform.processor() or platform.machine()
-    return f"{processor} CPU ({cores} cores, {torch.get_num_threads()} torch threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def read_slices(count: int) -> np.ndarray:

@@ -35,8 +35,6 @@ import argparse
 import ctypes
 import gc
 import itertools
-import os
-import platform
 import resource
 import tempfile
 import time
@@ -57,6 +55,7 @@ from seglab.engine.setup import resolve_device
 from seglab.engine.state import resolve_precision
 from seglab.engine.trainer import EpochTally, Trainer
 from seglab.models import UNet
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 
 DEPTH = 4
 REFERENCE_WORKERS_CUDA = 2
@@ -66,19 +65,6 @@ PEAK_MATMUL_SIDE = {"cuda": 8192, "cpu": 2048}
 
 
 # ---- device helpers ---------------------------------------------------------------------------
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    processor = platform.processor() or platform.machine()
-    return f"{processor} CPU ({cores} cores, {torch.get_num_threads()} torch threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def free_everything(device: torch.device) -> None:
     torch.compiler.reset()  # compiled graphs hold the model: drop them so the next measurement starts empty
     gc.collect()

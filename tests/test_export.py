@@ -23,16 +23,6 @@ pytest.importorskip("onnxruntime")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two shared CPU cores: OpenMP threads spinning against other jobs make tiny convolutions
-    # ~50x slower. One thread keeps every test here at a few seconds.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def isbi_slices(isbi_dir) -> list[np.ndarray]:
     return [read_image(isbi_dir / "test" / "images" / f"{i:02d}.png")[..., 0] for i in range(3)]  # (512, 512) uint8

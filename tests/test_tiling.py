@@ -13,16 +13,6 @@ from seglab.inference.tiling import (gaussian_weights, mirror_indices, mirror_pa
 from seglab.models import UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two shared CPU cores: OpenMP threads spinning against other jobs make tiny convolutions
-    # ~50x slower. One thread keeps every test here at a few seconds.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---- geometry -----------------------------------------------------------------------------------
 def test_tile_starts_known_answers():
     # 600 - 256 = 344 to cover in steps of at most 128: ceil(344 / 128) = 3 gaps of 114.67.

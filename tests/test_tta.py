@@ -7,15 +7,6 @@ from seglab.inference.tta import TRANSFORMS, apply_transform, invert_transform, 
 from seglab.models import UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two shared CPU cores: spinning OpenMP threads make tiny convolutions far slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _symmetric_conv() -> torch.nn.Conv2d:
     """3x3 convolution whose kernels are invariant under all 8 dihedral transforms
     (centre, edge and corner weights only), so conv(T(x)) == T(conv(x)) for every T."""
