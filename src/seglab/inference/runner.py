@@ -139,6 +139,9 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
                                                      probability=probability))
         if instances:
             labels = membrane_to_instances(predictor.class_probability(prediction, membrane_class), seed_threshold)
+            if labels.max() == 0:
+                log(f"warning: {job.source.name}: no pixel is below --seed-threshold {seed_threshold}, so no cell "
+                    "was seeded; raise --seed-threshold")
             path = safe_join(job.output_dir, f"{job.source.stem}_instances.png")
             summary.written.append(save_instance_labels(path, labels))
         if job.mask_path is not None:
