@@ -9,7 +9,8 @@ from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
 from seglab.engine.checkpoint import make_checkpoint, save_checkpoint
 from seglab.errors import SeglabError
-from seglab.export import ExportWrapper, export_model, reference_probabilities, reflect_pad_index, reflect_steps
+from seglab.export import export_model, reference_probabilities
+from seglab.export_graph import ExportWrapper, reflect_pad_index, reflect_steps
 from seglab.inference.onnx_backend import OnnxModel, TorchScriptModel, load_exported
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ EXPORT_FORMAT = "seglab-export"
 TORCHSCRIPT_METADATA = "seglab.json"
 
 
-class ExportedModel:
+class ExportedModel(ABC):
     """What every exported model knows from its metadata; subclasses implement `forward`.
 
     Attributes: class_map (ClassMap), channels, scale, threshold, normalization (applied inside the
@@ -47,8 +48,9 @@ class ExportedModel:
         self.input_max = float(metadata.get("input_max", 255.0))
         self.num_outputs = int(metadata.get("num_outputs", self.class_map.num_outputs))
 
+    @abstractmethod
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Raw pixels (B, C, h, w) float32 -> probabilities (B, K, h, w), run by the file's runtime."""
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         return self.forward(batch)

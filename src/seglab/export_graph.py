@@ -1,0 +1,152 @@
+"""The exported graph: a model wrapped with normalisation, mirror padding and its activation, built
+from index arithmetic that stays dynamic (batch, height, width) when traced for ONNX/TorchScript."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seglab.data.preprocess import NORMALIZATIONS, normalize
+from seglab.errors import SeglabError
+from seglab.losses import logits_to_probabilities
+from seglab.models.unet import UNet
+
+
+# ---- index arithmetic that stays dynamic when traced ---------------------------------------------
+# Under tracing, sizes must flow through tensor ops (never Python `if`/`min`/`range`) to stay
+# symbolic in the graph, and index vectors must be built from the input tensor (not torch.arange
+# with a device) so that a TorchScript export traced on the CPU also runs on a GPU.
+def _size(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x.shape[dim] as a 0-dim int64 tensor, symbolic under tracing."""
+    return torch._shape_as_tensor(x)[dim]
+
+
+def _positions(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(before + n + after,) int64 positions -before .. n + after - 1, on index's device."""
+    ones = F.pad(torch.ones_like(index), (before, after), value=1)
+    return ones.cumsum(0) - 1 - before
+
+
+def _reflect_once(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """index (n,) -> (before + n + after,) mirrored at both ends without repeating the edge, as
+    F.pad(mode="reflect") does; requires before, after < n (clamped for safety)."""
+    n = _size(index, 0)
+    positions = _positions(index, before, after).abs()
+    positions = torch.where(positions > n - 1, 2 * (n - 1) - positions, positions)
+    return index.index_select(0, positions.clamp(min=0).minimum(n - 1))
+
+
+def _replicate(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """index (n,) -> (before + n + after,) with the edge entries repeated (F.pad "replicate")."""
+    n = _size(index, 0)
+    return index.index_select(0, _positions(index, before, after).clamp(min=0).minimum(n - 1))
+
+
+def reflect_pad_index(like: torch.Tensor, before: torch.Tensor, after: torch.Tensor, steps: int) -> torch.Tensor:
+    """Source rows of `models.common.reflect_pad` along one axis, the length of `like` (n,): reflect
+    by at most length - 1 per step, `steps` times (unrolled), then replicate what is left (1-pixel
+    sides)."""
+    index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1  # (n,) = 0 .. n - 1
+    for _ in range(steps):
+        length = _size(index, 0)
+        step_before, step_after = before.minimum(length - 1), after.minimum(length - 1)
+        index = _reflect_once(index, step_before, step_after)
+        before, after = before - step_before, after - step_after
+    return _replicate(index, before, after)
+
+
+def _far_side_pad_index(like: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Source rows of UNet's own padding along one axis: `pad` rows after the end, reflected when
+    pad < n, replicated otherwise."""
+    n = _size(like, 0)
+    index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1
+    zero = torch.zeros_like(pad)
+    reflect = (pad < n).long()  # a CPU scalar: blended arithmetically, as torch.where wants one device
+    return reflect * _reflect_once(index, zero, pad) + (1 - reflect) * _replicate(index, zero, pad)
+
+
+def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) -> (B, C, len(rows), len(cols))."""
+    return x.index_select(2, rows).index_select(3, cols)
+
+
+def _valid_progression(model: nn.Module) -> tuple[int, int]:
+    """(smallest valid input, spacing) of a valid-padding model whose input side for an output of
+    at least h is the first term of that arithmetic progression >= h + 2 * margin."""
+    margin, valid_input = model.margin, model.valid_input_size
+    first = valid_input(1)
+    stride = valid_input(first - 2 * margin + 1) - first
+    for height in range(1, first + 8 * max(stride, 1)):
+        target = max(height + 2 * margin, first)
+        if stride < 1 or valid_input(height) != first + stride * -(-(target - first) // stride):
+            raise SeglabError(f"cannot export {type(model).__name__}: its valid input sizes are not evenly "
+                              "spaced, so the graph cannot compute its mirror padding; use padding='same'")
+    return first, stride
+
+
+def reflect_steps(max_pad: int) -> int:
+    """Steps of `reflect_pad` enough for pads up to max_pad on any side of length >= 2 (each step
+    at least doubles the length minus one, so the capacity after k steps is >= 2**k - 1)."""
+    return max(1, math.ceil(math.log2(max_pad + 1)) + 1)
+
+
+class ExportWrapper(nn.Module):
+    """Raw pixels (B, C, H, W) float32 -> probabilities (B, K, H, W): the model with the Predictor's
+    intensity scaling, normalisation, padding and activation around it, in traceable tensor ops.
+
+    Args:
+        model: the network, in eval mode.
+        normalization: one of `preprocess.NORMALIZATIONS`, as stored in the checkpoint.
+        input_max: the pixels are divided by it first (255 for 8-bit files).
+    """
+
+    def __init__(self, model: nn.Module, normalization: str = "per_image", input_max: float = 255.0):
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise SeglabError(f"unknown normalization {normalization!r} in the checkpoint; "
+                              f"expected one of {', '.join(NORMALIZATIONS)}")
+        if not input_max > 0:
+            raise SeglabError(f"input_max must be positive, got {input_max}")
+        self.model = model.eval()
+        self.normalization = normalization
+        self.input_max = float(input_max)
+        self.margin = int(getattr(model, "margin", 0))
+        self.multiple = 2 ** model.depth if isinstance(model, UNet) and not self.margin else 1
+        if self.margin:
+            self.valid_first, self.valid_stride = _valid_progression(model)
+            max_pad = max(self.margin, self.valid_first + self.valid_stride)
+            self.pad_steps = reflect_steps(max_pad)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = normalize(pixels.float() / self.input_max, self.normalization)  # (B, C, H, W)
+        return logits_to_probabilities(self.logits(x).float())
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised x (B, C, H, W) -> logits (B, K, H, W); `full_size_logits` in traceable ops."""
+        height, width = _size(x, 2), _size(x, 3)
+        if self.margin:
+            rows = self._valid_index(height, x[0, 0, :, 0])
+            cols = self._valid_index(width, x[0, 0, 0, :])
+        elif self.multiple > 1:
+            # UNet pads by itself only when needed (a Python `if`, frozen by tracing): pad here
+            # exactly as it would, so the size it sees is always a multiple and its branch is moot.
+            rows = _far_side_pad_index(x[0, 0, :, 0], (self.multiple - height % self.multiple) % self.multiple)
+            cols = _far_side_pad_index(x[0, 0, 0, :], (self.multiple - width % self.multiple) % self.multiple)
+        else:
+            return self.model(x)
+        logits = self.model(_gather(x, rows, cols))  # (B, K, >= H, >= W)
+        return logits[:, :, :height, :width]
+
+    def _valid_index(self, size: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """Source rows of the valid-padding input for one axis: `margin` mirrored before, and after
+        the image up to the smallest valid input side whose output covers it."""
+        first, stride = self.valid_first, self.valid_stride
+        target = (size + 2 * self.margin).clamp(min=first)
+        in_size = first + torch.div(target - first + stride - 1, stride, rounding_mode="floor") * stride
+        before = torch.zeros_like(size) + self.margin
+        return reflect_pad_index(line, before, in_size - size - self.margin, self.pad_steps)
+
+
+# ---- metadata -----------------------------------------------------------------------------------
