@@ -64,3 +64,22 @@ def test_export_of_a_corrupt_checkpoint_fails_cleanly_and_writes_nothing(tmp_pat
     assert_clean_failure(result)
     assert "broken.pt" in result.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_folder_prediction_in_batches_matches_one_image_at_a_time(checkpoint, isbi_subset, tmp_path):
+    from conftest import copy_isbi_crop
+
+    folder = tmp_path / "in"
+    for stem in ("00", "01", "02"):
+        copy_isbi_crop("test", "images", stem, folder, (0, 0, 96, 96))
+    copy_isbi_crop("test", "images", "03", folder, (0, 0, 80, 112))  # another size: its own pass
+    (folder / "04.png").write_bytes(b"")                               # unreadable: skipped, listed
+    batched = run_cli("predict", "-m", checkpoint, "-i", folder, "-o", tmp_path / "batched", "--batch-size", "3",
+                      "--device", "cpu")
+    single = run_cli("predict", "-m", checkpoint, "-i", folder, "-o", tmp_path / "single", "--batch-size", "1",
+                     "--device", "cpu")
+    for result in (batched, single):
+        assert result.rc == 1 and "04.png" in result.stderr and "Traceback" not in result.output
+    for stem in ("00", "01", "02", "03"):
+        a, b = _mask(tmp_path / "batched" / f"{stem}_mask.png"), _mask(tmp_path / "single" / f"{stem}_mask.png")
+        assert a.shape == b.shape and (a == b).mean() > 0.999  # BN in eval mode: batching changes nothing

@@ -18,6 +18,7 @@ from seglab.data.io import read_image
 from seglab.data.preprocess import prepare_image
 from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from seglab.engine.state import free_memory
+from seglab.errors import DataError, SeglabError
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
 from seglab.losses import logits_to_probabilities
@@ -116,14 +117,51 @@ class Predictor:
         try:
             probs = self.probabilities(image)
         except torch.OutOfMemoryError:
-            from seglab.errors import SeglabError
-
             tile = self.tile[0] if self.tile else AUTO_TILE
             raise SeglabError(f"out of memory on {self.device} predicting '{name}' ({width}x{height}): try "
                               f"--tile {max(64, tile // 2)} and --batch-size 1, or --device cpu") from None
         if probs.shape[-2:] != (height, width):
             probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
         return self.finish(probs.numpy())
+
+    @torch.inference_mode()
+    def predict_batch(self, arrays: list[np.ndarray], names: list[str], scale: float | None = None
+                      ) -> list["Prediction | DataError"]:
+        """Several decoded images -> one Prediction each (or the DataError that image raised).
+
+        Images that go through the network whole and share a size after preparation are stacked
+        into one forward pass; tiled or odd-sized ones are predicted one by one.
+        """
+        scale = self.scale if scale is None else scale
+        results: list = [None] * len(arrays)
+        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        for index, (array, name) in enumerate(zip(arrays, names)):
+            array = array[..., None] if array.ndim == 2 else array
+            try:
+                image = prepare_image(array, self.channels, scale, self.normalization, name=name,
+                                      raw_max=self.raw_input)
+            except DataError as error:
+                results[index] = error
+                continue
+            if self.tile or self._auto_tile(*image.shape[-2:]):
+                results[index] = self.predict(array, scale, name)
+                continue
+            groups.setdefault(tuple(image.shape), []).append((index, image))
+        forward = tta_forward(self._whole_forward, self.tta)
+        for members in groups.values():
+            batch = torch.stack([image for _, image in members]).to(self.device)  # (B, C, h, w)
+            try:
+                probs = forward(batch).float().cpu()
+            except torch.OutOfMemoryError:
+                raise SeglabError(f"out of memory on {self.device} predicting {len(members)} images at once: "
+                                  "try --batch-size 1, --tile 512, or --device cpu") from None
+            for (index, _), image_probs in zip(members, probs):
+                height, width = arrays[index].shape[:2]
+                if image_probs.shape[-2:] != (height, width):
+                    image_probs = F.interpolate(image_probs[None], size=(height, width), mode="bilinear",
+                                                align_corners=False)[0]
+                results[index] = self.finish(image_probs.numpy())
+        return results
 
     def finish(self, probs: np.ndarray) -> Prediction:
         """Probabilities (K, H, W) -> classes and mask values."""
@@ -144,7 +182,6 @@ class Predictor:
         image's statistics, gathered in a first streaming pass.
         """
         from seglab.data.preprocess import match_channels, to_float
-        from seglab.errors import SeglabError
         from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
 
         if self.scale != 1.0 or self.raw_input:

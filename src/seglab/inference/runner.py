@@ -1,6 +1,8 @@
 """Predict many files: resolve inputs and output names, write masks / overlays / figures, skip bad files."""
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,19 +109,12 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
     from seglab.viz.plots import save_side_by_side
 
     summary = PredictSummary()
-    for job in jobs:
-        try:
-            streamed = _streamed(predictor, job, log)
-            if streamed is not None:
-                summary.written.append(streamed)
-                continue
-            array = read_image(job.source)
-            prediction = predictor.predict(array, scale, name=str(job.source))
-        except DataError as error:
+    for job, array, prediction in _predicted(predictor, jobs, scale, log, summary):
+        if isinstance(prediction, DataError):
             if stop_on_error:
-                raise
-            log(f"warning: skipped {error}")
-            summary.skipped.append((job.source, str(error)))
+                raise prediction
+            log(f"warning: skipped {prediction}")
+            summary.skipped.append((job.source, str(prediction)))
             continue
         if job.mask_path is not None:
             if palette:
@@ -147,6 +142,48 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
         if job.mask_path is not None:
             log(f"{job.source} -> {job.mask_path}")
     return summary
+
+
+def _predicted(predictor: Predictor, jobs: list[PredictJob], scale: float | None, log, summary: PredictSummary):
+    """(job, image, Prediction or DataError) in job order. A reader thread decodes the next files
+    while the network runs, and same-size images go through it `predictor.batch_size` at a time.
+    Huge TIFFs are streamed (and yield nothing here)."""
+    def load(job: PredictJob):
+        try:
+            return read_image(job.source)
+        except DataError as error:
+            return error
+
+    window = max(1, predictor.batch_size)
+    upcoming = iter(jobs)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        queue: deque = deque()
+
+        def refill() -> None:  # keep at most two batches decoded or decoding ahead
+            while len(queue) < 2 * window:
+                job = next(upcoming, None)
+                if job is None:
+                    return
+                try:
+                    streamed = _streamed(predictor, job, log)
+                except DataError as error:
+                    queue.append((job, None, error))
+                    continue
+                if streamed is not None:
+                    summary.written.append(streamed)
+                    continue
+                queue.append((job, reader.submit(load, job), None))
+
+        refill()
+        while queue:
+            chunk = [queue.popleft() for _ in range(min(window, len(queue)))]
+            refill()  # the next files decode while this batch is predicted
+            loaded = [(job, future.result() if future is not None else error) for job, future, error in chunk]
+            readable = [(job, array) for job, array in loaded if not isinstance(array, DataError)]
+            predictions = iter(predictor.predict_batch([array for _, array in readable],
+                                                       [str(job.source) for job, _ in readable], scale))
+            for job, array in loaded:
+                yield (job, None, array) if isinstance(array, DataError) else (job, array, next(predictions))
 
 
 def _palette(colours: np.ndarray) -> np.ndarray:
