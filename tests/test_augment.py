@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -234,3 +235,21 @@ def test_preview_writes_a_png(tmp_path):
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 1000
     assert [p.name for p in path.parent.iterdir()] == ["augment.png"]  # no temporary file left
+
+
+def test_paper_augmentation_and_the_border_weighted_loss_train_through_the_cli(tmp_path):
+    import json
+
+    from conftest import TINY_FLAGS, copy_isbi_crop, run_cli
+
+    for stem in ("00", "01", "02", "03", "04"):
+        copy_isbi_crop("train", "images", stem, tmp_path / "data" / "images", (0, 0, 128, 128))
+        copy_isbi_crop("train", "masks", stem, tmp_path / "data" / "masks", (0, 0, 128, 128))
+    run = tmp_path / "run"
+    result = run_cli("train", tmp_path / "data", "--augment", "paper", "--border-weight", "10,5", "--crop", "64",
+                     "-e", "2", "-b", "2", "--base-channels", "4", "--depth", "2", "--out", run, *TINY_FLAGS)
+    assert result.rc == 0, result.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["train_loss"]) for r in rows)
+    refused = run_cli("train", tmp_path / "data", "--border-weight", "10", "--out", tmp_path / "bad", *TINY_FLAGS)
+    assert refused.rc == 1 and "W0,SIGMA" in refused.stderr and "Traceback" not in refused.output
