@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import tifffile
@@ -13,6 +10,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential, watershed
+
+from seglab.data.io import atomic_output
 
 
 def threshold_probabilities(probs: torch.Tensor | np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -93,22 +92,6 @@ def membrane_to_instances(membrane_prob: np.ndarray | torch.Tensor, seed_thresho
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in `path`'s folder; when the block succeeds it replaces `path` in one
-    `os.replace`, so a reader never sees a half-written file. On error the temporary is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def save_instance_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     """Write an instance label image (H, W) of non-negative ints atomically; return the path written.
 
@@ -128,11 +111,11 @@ def save_instance_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
         raise ValueError(f"save instance labels as .png or .tif, not {path.name!r}")
     fits_16_bit = labels.size == 0 or labels.max() < 65536
     if suffix == ".png" and fits_16_bit:
-        with atomic_path(path) as temporary:
+        with atomic_output(path) as temporary:
             Image.fromarray(labels.astype(np.uint16)).save(temporary, format="PNG")
         return path
     target = path.with_suffix(".tif") if suffix == ".png" else path
-    with atomic_path(target) as temporary:
+    with atomic_output(target) as temporary:
         tifffile.imwrite(temporary, labels.astype(np.uint16 if fits_16_bit else np.uint32),
                          compression="zlib", photometric="minisblack", metadata=None)
     return target

@@ -16,7 +16,8 @@ import numpy as np
 import tifffile
 import torch
 
-from seglab.inference.postprocess import atomic_path, threshold_probabilities
+from seglab.data.io import atomic_output
+from seglab.inference.postprocess import threshold_probabilities
 from seglab.inference.tiling import Forward, predict_bands
 
 
@@ -120,7 +121,7 @@ def write_tiff_bands(path: str | os.PathLike, bands: Iterator[tuple[int, int, np
     sample = first[2]
     shape = (height, width) + sample.shape[2:]
     nbytes = math.prod(shape) * sample.dtype.itemsize
-    with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=nbytes >= 2**31) as tif:
+    with atomic_output(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=nbytes >= 2**31) as tif:
         tif.write(_tiff_tiles(chain([first], bands), width, tile), shape=shape, dtype=sample.dtype,
                   tile=(tile, tile), compression=compression, photometric="minisblack", metadata=None)
     return Path(path)
