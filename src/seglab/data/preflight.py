@@ -161,6 +161,16 @@ def _survey(facts: list[MaskFacts], clean: bool = False, unify_binary: bool = Fa
     return survey
 
 
+def _header(report: Preflight, path: Path) -> tuple[int, int, int, str] | None:
+    """image_info(path), or None after recording the unreadable file as an error."""
+    try:
+        return image_info(path)
+    except DataError as error:
+        report.errors.append(str(error))
+        report.bad_files.add(path)
+        return None
+
+
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
                   class_names: list[str] | None = None, ignore_value: int | None = None,
                   rgb: bool = False) -> Preflight:
@@ -188,21 +198,15 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
                                        f"{list_files(scan.unpaired_masks, root)}; check the names")
         sizes: Counter[tuple] = Counter()
         for pair_image, pair_mask in [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]:
-            try:
-                height, width, channels, dtype = image_info(pair_image)
-            except DataError as error:
-                report.errors.append(str(error))
-                report.bad_files.add(pair_image)
+            info = _header(report, pair_image)
+            if info is None:
                 continue
+            height, width, channels, dtype = info
             sizes[(width, height, channels, dtype)] += 1
-            if pair_mask is None:
+            mask_info = _header(report, pair_mask) if pair_mask is not None else None
+            if mask_info is None:
                 continue
-            try:
-                mask_h, mask_w, _, _ = image_info(pair_mask)
-            except DataError as error:
-                report.errors.append(str(error))
-                report.bad_files.add(pair_mask)
-                continue
+            mask_h, mask_w = mask_info[:2]
             if (mask_h, mask_w) != (height, width):
                 report.errors.append(f"image '{pair_image}' is {width}x{height} but its mask '{pair_mask}' "
                                      f"is {mask_w}x{mask_h}: masks must have their image's size")
