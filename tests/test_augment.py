@@ -133,6 +133,29 @@ def test_same_seed_gives_the_same_output_and_different_seeds_differ():
     assert not torch.equal(first[0], other[0])
 
 
+def test_augmenting_a_batch_never_moves_values_between_host_and_device(monkeypatch):
+    """On a GPU each host->device copy of a Python list (torch.tensor(..., device="cuda")) and each
+    device->host read (.item(), bool(), .tolist()) stalls the stream. The augmenter runs once per
+    step, so it must make neither: all randomness and constants are made on the batch's device."""
+    images, masks, weights = _batch(n=5, height=48, width=56)
+    augmenter = BatchAugmenter(augment_preset("strong"), seed=3)
+    augmenter(images, masks, weights, out_size=(32, 40))  # the generator is created on the first batch
+
+    def refuse(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"the augmenter called {name} while augmenting a batch")
+        return call
+
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, refuse(f"torch.{name}"))
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse(f"Tensor.{name}"))
+    sizes = [(32, 40), (48, 56), (60, 60)]
+    shapes = [tuple(tensor.shape) for size in sizes for tensor in augmenter(images, masks, weights, out_size=size)]
+    monkeypatch.undo()
+    assert shapes == [shape for h, w in sizes for shape in ((5, 1, h, w), (5, h, w), (5, h, w))]
+
+
 def test_state_dict_round_trip_continues_the_same_stream():
     images, masks, weights = _batch()
     config = augment_preset("strong")

@@ -210,7 +210,7 @@ class BatchAugmenter:
             # rotation @ [[1, shear], [0, 1]] / zoom: zoom > 1 samples a smaller region (zooms in)
             matrix = torch.stack([torch.stack([cos, cos * shear - sin], -1),
                                   torch.stack([sin, sin * shear + cos], -1)], -2)
-            size = torch.tensor([width, height], device=device, dtype=torch.float32)
+            size = _xy(width, height, device)
             shift = (2 * torch.rand(n, 2, generator=generator, device=device) - 1) * cfg.translate * size
             shift = shift * apply[:, None]
         quarter_turns = torch.zeros(n, dtype=torch.long, device=device)
@@ -219,8 +219,9 @@ class BatchAugmenter:
             # A non-square batch turned sideways would change shape or leave the window: 180 only.
             turns = 1 + (rand() * 3).long().clamp(max=2) if sideways_fits else quarter_turns + 2
             quarter_turns = torch.where(rand() < cfg.rot90_p, turns, 0)
-            cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=device)[quarter_turns]
-            sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=device)[quarter_turns]
+            # cos/sin of k quarter turns (k = 0..3: 1, 0, -1, 0 and 0, 1, 0, -1), computed exactly.
+            cos = torch.where(quarter_turns % 2 == 0, 1 - quarter_turns, 0).float()
+            sin = torch.where(quarter_turns % 2 == 1, 2 - quarter_turns, 0).float()
             matrix = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) @ matrix
         flips = torch.ones(n, 2, 1, device=device)  # (N, 2, 1) sign of x and y
         if cfg.hflip_p > 0:
@@ -234,8 +235,8 @@ class BatchAugmenter:
                               _window_starts(canvas[:, 1], out_h, rand)], -1)  # (N, 2) window's top-left
         # Output pixel p -> input pixel matrix @ (p + corner - canvas centre) + shift + input centre,
         # then normalised: one (N, 2, 3) affine map applied to all pixels with one matmul.
-        to_unit = torch.tensor([2.0 / (width - 1), 2.0 / (height - 1)], device=device)  # px -> grid units
-        centre_in = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=device)
+        to_unit = _xy(2.0 / (width - 1), 2.0 / (height - 1), device)  # px -> grid units
+        centre_in = _xy((width - 1) / 2, (height - 1) / 2, device)
         offset = (matrix @ (corner - (canvas - 1) / 2)[..., None])[..., 0] + shift + centre_in  # (N, 2) px
         theta = torch.cat([to_unit[:, None] * matrix, (to_unit * offset - 1)[..., None]], -1)  # (N, 2, 3)
         rows, cols = torch.meshgrid(torch.arange(out_h, device=device, dtype=torch.float32),
@@ -317,6 +318,12 @@ class BatchAugmenter:
         self._generator = None
         saved = state["rng_state"]
         self._pending_state = (str(state["device"]), saved.cpu().clone()) if state["device"] else None
+
+
+def _xy(x: float, y: float, device: torch.device) -> torch.Tensor:
+    """The vector (x, y) (2,) float32 made on the device by fill kernels. torch.tensor([x, y],
+    device="cuda") would copy from pageable host memory, which synchronises the stream."""
+    return torch.stack([torch.full((), float(x), device=device), torch.full((), float(y), device=device)])
 
 
 def _window_starts(canvas: torch.Tensor, out: int, rand) -> torch.Tensor:
