@@ -153,6 +153,14 @@ def test_train_on_a_folder_with_a_bad_mask_exits_1_without_traceback(run_seglab,
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_train_refuses_an_eval_interval_it_cannot_read(run_seglab, isbi_subset, tmp_path):
+    result = run_seglab("train", isbi_subset, "--out", tmp_path / "run", "--eval-every", "10 minutes",
+                        *TINY_FLAGS, cwd=tmp_path)
+    assert_clean_failure(result)
+    assert "--eval-every" in result.stderr and "500 steps" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_resume_continues_a_finished_run_for_more_epochs(run_seglab, checkpoint, trained_run, tmp_path):
     run_dir = tmp_path / "resumed"
     shutil.copytree(trained_run.run_dir, run_dir)

@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from seglab.config import config_from_dict
+from seglab.config import config_from_dict, parse_eval_every
 from seglab.engine.trainer import fit, resume
+from seglab.errors import SeglabError
 
 QUIET = lambda *args, **kwargs: None  # noqa: E731
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -32,6 +34,19 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_eval_every_reads_epochs_or_steps_and_refuses_anything_else():
+    assert parse_eval_every(5) == parse_eval_every("5") == parse_eval_every("5 epochs") == (5, "epoch")
+    assert parse_eval_every("500steps") == parse_eval_every("500 Steps") == (500, "step")
+    assert parse_eval_every("1it") == parse_eval_every("1 step") == (1, "step")
+    for bad in ("0", "0 steps", "5 minutes", "steps", "-3", "2.5", True):
+        with pytest.raises(SeglabError, match="--eval-every"):
+            parse_eval_every(bad)
+
+
 def test_resume_after_an_interruption_gives_bit_identical_weights(tmp_path, isbi_dir):
     paper = {"augment": "paper", "loss": "auto", "save_every": 3}
     fit(config_from_dict(_config(tmp_path / "straight", isbi_dir, epochs=3, **paper)), progress=False, log=QUIET)
@@ -40,8 +55,29 @@ def test_resume_after_an_interruption_gives_bit_identical_weights(tmp_path, isbi
     resume(tmp_path / "stopped", progress=False, log=QUIET)
     straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "stopped" / "last.pt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    rows = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in _rows(tmp_path / "stopped")] == [1, 2, 3]
+
+
+def test_eval_every_n_steps_validates_mid_epoch_and_resumes_bit_identically(tmp_path, isbi_dir):
+    # 24 training slices at batch 4: 6 steps per epoch, 18 in 3 epochs; evaluations fall inside epochs
+    steps = {"epochs": 3, "eval_every": "4 steps", "augment": "paper", "loss": "auto"}
+    fit(config_from_dict(_config(tmp_path / "straight", isbi_dir, **steps)), progress=False, log=QUIET)
+    rows = _rows(tmp_path / "straight")
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 8), (2, 12), (3, 16), (3, 18)]
+    assert all("val_dice" in r and r["images_per_s"] > 0 for r in rows)  # the last row closes the run
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
+    report = (tmp_path / "straight" / "report.html").read_text()
+    assert "best val_dice (step " in report and (tmp_path / "straight" / "curves.png").stat().st_size > 0
+    # Stopped at the end of epoch 1, the run resumes from its step-4 evaluation, mid-epoch.
+    fit(config_from_dict(_config(tmp_path / "stopped", isbi_dir, **steps)), progress=False, log=QUIET,
+        stop_after_epoch=1)
+    assert [r["step"] for r in _rows(tmp_path / "stopped")] == [4]
+    resume(tmp_path / "stopped", progress=False, log=QUIET)
+    straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "stopped" / "last.pt")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    again = _rows(tmp_path / "stopped")
+    assert [r["step"] for r in again] == [4, 8, 12, 16, 18]
+    assert [r["val_loss"] for r in again] == [r["val_loss"] for r in rows]
 
 
 def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(tmp_path, isbi_dir):

@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, dest="train.seed")
     train.add_argument("--workers", type=int, dest="data.workers", help="DataLoader worker processes")
     train.add_argument("--max-time", type=float, dest="train.max_time", help="stop after this many seconds")
-    train.add_argument("--eval-every", type=int, dest="train.eval_every", help="validate every N epochs")
+    train.add_argument("--eval-every", dest="train.eval_every", metavar="N[steps]",
+                       help="validate every N epochs (5), or every N optimizer steps (500steps)")
     train.add_argument("--threshold", type=float, dest="train.threshold")
     train.add_argument("--precision", choices=["fp32", "bf16", "fp16"], dest="train.precision",
                        help="autocast precision (default: fp32, or with --amp bf16/fp16 on GPUs)")
@@ -248,7 +249,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from seglab.config import RunConfig, load_config, override
+    from seglab.config import RunConfig, load_config, override, parse_eval_every
     from seglab.data.preflight import run_preflight
     from seglab.engine.trainer import fit, resume
 
@@ -264,6 +265,7 @@ def cmd_train(args) -> int:
     config = override(config, updates)
     if not config.data.root:
         raise SeglabError("no data folder: seglab train DATA_DIR (or data.root in --config)")
+    parse_eval_every(config.train.eval_every)  # a bad interval fails now, not after the data checks
     from seglab.engine.setup import mask_rules
 
     report = run_preflight(config.data.root, *mask_rules(config.data))

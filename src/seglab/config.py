@@ -70,7 +70,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     max_time: float | None = None        # seconds of training; stops after the epoch that passes it
-    eval_every: int = 1                  # epochs
+    eval_every: int | str = 1            # N epochs: 5 or "5 epochs"; N optimizer steps: "500 steps"
     load: str | None = None              # initial weights
     threshold: float = 0.5
 
@@ -81,6 +81,19 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str | None = None
+
+
+def parse_eval_every(value: int | str) -> tuple[int, str]:
+    """--eval-every value -> (count, "epoch" | "step"): 5, "5", "5epochs" and "5 epochs" mean every
+    5 epochs; "500steps" or "500 steps" every 500 optimizer steps."""
+    text = str(value).strip().lower().replace(" ", "")
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = {"": "epoch", "e": "epoch", "epoch": "epoch", "epochs": "epoch",
+            "step": "step", "steps": "step", "it": "step", "iter": "step", "iters": "step"}.get(text[len(digits):])
+    if isinstance(value, bool) or not digits.isdigit() or int(digits) < 1 or unit is None:
+        raise SeglabError(f"--eval-every {value!r} is not an interval: give N epochs (5 or '5 epochs') "
+                          f"or N optimizer steps ('500 steps')")
+    return int(digits), unit
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

@@ -98,7 +98,8 @@ class History:
 
 @dataclass
 class EpochTally:
-    """Running sums of one epoch; saved in mid-epoch checkpoints so a resumed epoch reports right."""
+    """Running sums since the last metrics row (an epoch, or the steps since the last evaluation);
+    saved in mid-epoch checkpoints so a resumed run reports right."""
 
     loss_sum: float = 0.0
     steps: int = 0
@@ -106,8 +107,44 @@ class EpochTally:
     seconds: float = 0.0
 
 
-def epoch_line(row: dict, epochs: int, improved: bool) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
+class DeviceLossTally:
+    """Sums of training losses kept on the device, so a training step never waits for the host.
+
+    add() takes each micro-batch's loss (a 0-dim tensor); read() brings the sums to the host (one
+    synchronisation) and restarts them, except the count of consecutive non-finite losses, which
+    spans reads.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._bad_run = self._zero(torch.int64)
+        self._restart()
+
+    def _zero(self, dtype: torch.dtype) -> torch.Tensor:
+        return torch.zeros((), dtype=dtype, device=self.device)
+
+    def _restart(self) -> None:
+        self._loss_sum, self._finite = self._zero(torch.float64), self._zero(torch.int64)
+        self._bad_total = self._zero(torch.int64)
+
+    def add(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss)
+        self._loss_sum += torch.where(finite, loss.float(), 0.0)
+        self._finite += finite
+        self._bad_run = (self._bad_run + 1) * (~finite)
+        self._bad_total += ~finite
+
+    def read(self) -> tuple[float, int, int, int]:
+        """(sum of finite losses, their count, non-finite losses in a row, non-finite since last read)."""
+        values = (self._loss_sum.item(), int(self._finite.item()), int(self._bad_run.item()),
+                  int(self._bad_total.item()))
+        self._restart()
+        return values
+
+
+def epoch_line(row: dict, epochs: int, improved: bool, by_step: bool = False) -> str:
+    where = f"step {row['step']} (epoch {row['epoch']}/{epochs})" if by_step else f"epoch {row['epoch']}/{epochs}"
+    parts = [where, f"train_loss {row['train_loss']:.4f}"]
     if "val_loss" in row:
         parts += [f"val_loss {row['val_loss']:.4f}", f"dice {row['val_dice']:.4f}", f"iou {row['val_iou']:.4f}",
                   f"pixel_error {row['val_pixel_error']:.4f}"]

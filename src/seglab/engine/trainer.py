@@ -1,7 +1,6 @@
 """fit(config) -> History: the training loop, validation, checkpoints, logs and curves."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from seglab.config import RunConfig, dump_config, load_config, override
+from seglab.config import RunConfig, load_config, override, parse_eval_every
 from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
@@ -20,8 +19,9 @@ from seglab.engine.checkpoint import load_checkpoint, make_checkpoint, save_chec
 from seglab.engine.evaluate import evaluate
 from seglab.engine.setup import (LearningRateSchedule, make_loss, make_model, make_optimizer, plan_data,
                                  resolve_device, seed_everything)
-from seglab.engine.state import (EpochTally, History, autocast_factory, default_run_dir, epoch_line, free_memory,
-                                 resolve_precision, restarted_by_torchrun, rng_state, set_rng_state)
+from seglab.engine.runlog import RunLog
+from seglab.engine.state import (DeviceLossTally, EpochTally, History, autocast_factory, default_run_dir,
+                                 free_memory, resolve_precision, restarted_by_torchrun, rng_state, set_rng_state)
 from seglab.errors import SeglabError
 
 # Keep the training set on the device when it takes at most this share of free memory.
@@ -30,7 +30,13 @@ LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, 
 
 
 class Trainer:
-    """One training run. Only rank 0 writes files, logs and draws progress bars."""
+    """One training run. Only rank 0 writes files, logs and draws progress bars.
+
+    A run is a sequence of periods, each closed by a metrics row, the schedule's and early
+    stopping's look at the monitored metric, and best.pt/last.pt: with `--eval-every N` a period
+    is an epoch (validated every N epochs); with `--eval-every "N steps"` it is N optimizer steps,
+    each validated, whatever the epoch boundaries.
+    """
 
     def __init__(self, config: RunConfig, resume_from: Path | None = None, progress: bool = True, log=print):
         t = config.train
@@ -40,6 +46,7 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
         self.device, self.config = device, config
         self.log = log if self.dist.is_main else (lambda *a, **k: None)
+        self.eval_count, self.eval_unit = parse_eval_every(t.eval_every)
         self.progress = progress and self.dist.is_main
         seed_everything(t.seed)
         self.plan = plan_data(config)
@@ -83,12 +90,14 @@ class Trainer:
                             if self.plan.val_pairs else None)
         self.start_epoch, self.skip_batches, self.step, self.elapsed = 0, 0, 0, 0.0
         self.tally = EpochTally()
+        self.losses = DeviceLossTally(device)
         self.history_rows: list[dict] = []
         self.best: float | None = None
         self.evals_since_best = 0
-        self._reset_tallies()
+        self._clock_started = 0.0  # perf_counter() when the current stretch of training began
         run_dir = resume_from or default_run_dir(config)
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
+        self.runlog = RunLog(self.run_dir, self.dist.is_main, self.eval_unit, self.log)
         if resume_from is None and (self.run_dir / "last.pt").exists():
             if not restarted_by_torchrun():
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
@@ -173,70 +182,59 @@ class Trainer:
         """Train to the end of the schedule, or stop after epoch `stop_after_epoch` (1-based) as a
         preempted job would; `resume` then continues to the bit-identical result on the CPU."""
         c = self.config
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(c))
-        writer = self._tensorboard()
+        self.runlog.start(c)
         self.log(f"run {self.run_dir}: {len(self.plan.train_pairs)} train / {len(self.plan.val_pairs)} val images, "
                  f"classes {self.plan.class_map.describe()}, "
                  f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
                  f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
         for epoch in range(self.start_epoch, c.train.epochs):
             try:
-                self._train_epoch(epoch)
+                stop = self._train_epoch(epoch)
             except torch.OutOfMemoryError:
                 crop = f" and --crop {self.crop[0]},{self.crop[1]}" if self.crop else ""
                 raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}{crop}: "
                                   f"try --batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or "
                                   f"--amp; --resume {self.run_dir} keeps the work done so far") from None
-            row = {"epoch": epoch + 1, "step": self.step, "time": round(self.elapsed, 2),
-                   "train_loss": self.tally.loss_sum / max(self.tally.steps, 1),
-                   "lr": self.optimizer.param_groups[0]["lr"],
-                   "images_per_s": self.tally.images / max(self.tally.seconds, 1e-9)}
             out_of_time = bool(c.train.max_time and self.elapsed >= c.train.max_time)
             last_epoch = epoch + 1 == c.train.epochs or out_of_time
-            if self.val_dataset is not None and ((epoch + 1) % c.train.eval_every == 0 or last_epoch):
-                row.update(self._validate(writer))
-            self.tally = EpochTally()
-            stop_early = self._end_epoch(epoch, row, writer)
-            if last_epoch or stop_early or (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch):
+            by_epoch = self.eval_unit == "epoch"
+            if not stop and (by_epoch or (last_epoch and self.tally.images)):
+                validate = not by_epoch or (epoch + 1) % self.eval_count == 0 or last_epoch
+                stop = self._close_period(epoch, validate, {"epoch": epoch + 1, "batch": 0})
+            if last_epoch or stop or (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch):
                 break
-        if writer is not None:
-            writer.close()
-        if self.dist.is_main and self.history_rows:
-            self._write_pictures()
+        self.runlog.finish(self.history_rows, str(self.device))
         distributed.barrier()
         best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == self.best), None)
         return History(self.run_dir, self.history_rows, self.best, best_epoch)
 
-    def _train_epoch(self, epoch: int) -> None:
+    def _train_epoch(self, epoch: int) -> bool:
+        """One pass over the training batches. Returns True when early stopping (judged at a
+        step-based evaluation) ends the run."""
         c = self.config
         accumulate = max(1, c.train.accumulate)
         self.train_batches.set_epoch(epoch)
         self.model.train()
         skip, self.skip_batches = self.skip_batches, 0
-        total_steps = c.train.epochs * math.ceil(len(self.train_batches) / accumulate)
-        bar = tqdm(total=len(self.train_batches), initial=skip, desc=f"epoch {epoch + 1}/{c.train.epochs}",
+        batches = len(self.train_batches)
+        total_steps = c.train.epochs * math.ceil(batches / accumulate)
+        bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{c.train.epochs}",
                    unit="batch", disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
-        started = time.perf_counter() - self.tally.seconds
+        stop = False
+        self._start_clock()
         for index, (images, masks, weights) in enumerate(self.train_batches):
             if index < skip:
                 continue  # trained before the interruption; the order is a function of (seed, epoch)
             images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            boundary = (index + 1) % accumulate == 0 or index + 1 == len(self.train_batches)
+            boundary = (index + 1) % accumulate == 0 or index + 1 == batches
             sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
             with sync():
                 with self.autocast():
                     loss = self._training_loss(self.ddp_model(images), masks, weights)
                 self.scaler.scale(loss / accumulate).backward()
-            # Tallies stay on the device: the host reads them only at log and checkpoint points.
-            finite = torch.isfinite(loss.detach())
-            self._loss_sum += torch.where(finite, loss.detach().float(), 0.0)
-            self._finite_steps += finite
-            self._bad_run = (self._bad_run + 1) * (~finite)  # consecutive non-finite losses
-            self._bad_total += ~finite
+            self.losses.add(loss.detach())  # stays on the device until a log or checkpoint point
             self.tally.images += images.shape[0] * self.dist.world_size
             if boundary:
                 # The scaler skips the update when any gradient is not finite (inside the fused
@@ -245,43 +243,55 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                now = self.elapsed + time.perf_counter() - started - self.tally.seconds
+                now = self._training_seconds()
                 time_fraction = now / c.train.max_time if c.train.max_time else 0.0
                 self.schedule.step_progress(max(self.step / max(total_steps, 1), time_fraction))
                 if self.step % LOG_EVERY == 0:
-                    self._read_tallies()
-                if c.train.save_every and self.step % c.train.save_every == 0 and index + 1 < len(self.train_batches):
-                    self._read_tallies()
-                    self._save_mid_epoch(epoch, index + 1, started)
-                if c.train.max_time and self._out_of_time(now):
-                    break  # the budget ends mid-epoch; fit() sees it and finishes the run
-            if self.progress and (self.step % LOG_EVERY == 0 or index + 1 == len(self.train_batches)):
-                seconds = time.perf_counter() - started
+                    self._read_losses()
+                at_end = index + 1 == batches
+                position = {"epoch": epoch + 1, "batch": 0} if at_end else {"epoch": epoch, "batch": index + 1}
+                if self.eval_unit == "step" and self.step % self.eval_count == 0:
+                    self._stop_clock()
+                    stop = self._close_period(epoch, True, position)
+                    self.model.train()
+                    self._start_clock()
+                elif c.train.save_every and self.step % c.train.save_every == 0 and not at_end:
+                    self._stop_clock()
+                    self._read_losses()
+                    if self.dist.is_main:
+                        self._save("last.pt", epoch, {}, {**position, "tally": vars(self.tally)})
+                    self._start_clock()
+                if stop or (c.train.max_time and self._out_of_time(now)):
+                    break  # fit() sees the early stop, or the spent budget, and finishes the run
+            if self.progress and (self.step % LOG_EVERY == 0 or index + 1 == batches):
                 bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
-                                img_s=f"{self.tally.images / max(seconds, 1e-9):.1f}")
+                                img_s=f"{self.tally.images / max(self.tally.seconds + self._clock(), 1e-9):.1f}")
             bar.update(1)
         bar.close()
-        self._read_tallies()
-        epoch_seconds = time.perf_counter() - started
-        self.elapsed += epoch_seconds - self.tally.seconds
-        self.tally.seconds = epoch_seconds
-        loss_sum = distributed.all_reduce_sum(torch.tensor([self.tally.loss_sum, self.tally.steps],
-                                                           dtype=torch.float64, device=self.device))
-        self.tally.loss_sum, self.tally.steps = loss_sum[0].item(), int(loss_sum[1].item())
+        self._stop_clock()
+        self._read_losses()
+        return stop
 
-    def _reset_tallies(self) -> None:
-        zero = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
-        self._loss_sum, self._finite_steps = zero(torch.float64), zero(torch.int64)
-        self._bad_run, self._bad_total = zero(torch.int64), zero(torch.int64)
+    # ---- training time: validation and checkpoint writing do not count --------------------------
+    def _clock(self) -> float:
+        return time.perf_counter() - self._clock_started
 
-    def _read_tallies(self) -> None:
-        """Move the device-side sums into the epoch tally (one host sync); warn about skipped
-        steps and stop a run whose losses stay non-finite."""
-        loss_sum, steps, bad_run, bad_total = (t.item() for t in
-                                               (self._loss_sum, self._finite_steps, self._bad_run, self._bad_total))
-        run_continues = self._bad_run  # the consecutive count spans reads
-        self._reset_tallies()
-        self._bad_run = run_continues
+    def _start_clock(self) -> None:
+        self._clock_started = time.perf_counter()
+
+    def _stop_clock(self) -> None:
+        seconds = self._clock()
+        self.elapsed += seconds
+        self.tally.seconds += seconds
+        self._start_clock()
+
+    def _training_seconds(self) -> float:
+        return self.elapsed + self._clock()
+
+    def _read_losses(self) -> None:
+        """Move the device-side loss sums into the tally (one host sync); warn about skipped steps
+        and stop a run whose losses stay non-finite."""
+        loss_sum, steps, bad_run, bad_total = self.losses.read()
         self.tally.loss_sum += loss_sum
         self.tally.steps += steps
         if bad_total:
@@ -299,46 +309,38 @@ class Trainer:
         late = torch.tensor(float(now >= self.config.train.max_time), device=self.device)
         return bool(distributed.all_reduce_sum(late).item() > 0)
 
-    def _save_mid_epoch(self, epoch: int, next_batch: int, started: float) -> None:
-        seconds = time.perf_counter() - started
-        if self.dist.is_main:
-            tally = EpochTally(self.tally.loss_sum, self.tally.steps, self.tally.images, seconds)
-            elapsed, self.elapsed = self.elapsed, self.elapsed + seconds - self.tally.seconds
-            self._save("last.pt", epoch, {}, {"epoch": epoch, "batch": next_batch, "tally": vars(tally)})
-            self.elapsed = elapsed
-
-    def _write_pictures(self) -> None:
-        """curves.png and report.html; a report that cannot be drawn never fails the run."""
-        from seglab.viz.plots import plot_curves
-        from seglab.viz.report import write_report
-
-        plot_curves(self.history_rows, self.run_dir / "curves.png")
-        try:
-            self.log(f"report: {write_report(self.run_dir, device=str(self.device))}")
-        except SeglabError as error:
-            self.log(f"note: no report.html ({error})")
-
     def _training_loss(self, output, masks: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Loss of the main output, plus half the auxiliary head's loss when the model has one."""
         if isinstance(output, dict):
             return self.loss_fn(output["out"], masks, weights) + 0.5 * self.loss_fn(output["aux"], masks, weights)
         return self.loss_fn(output, masks, weights)
 
-    def _validate(self, writer) -> dict:
+    def _validate(self) -> dict:
         cm = self.plan.class_map
         result = evaluate(self.model, self.val_dataset, self.loss_fn, cm, self.device, self.config.train.threshold,
                           self.dist.rank, self.dist.world_size, self.autocast())
         s = result.scores
-        if writer is not None and result.overlays:
-            for k, picture in enumerate(result.overlays):
-                writer.add_image(f"val/prediction_{k}", picture, self.step, dataformats="HWC")
+        self.runlog.add_overlays(result.overlays or [], self.step)
         return {"val_loss": result.loss, "val_dice": s["mdice"], "val_iou": s["miou"], "val_miou": s["miou"],
                 "val_pixel_accuracy": s["pixel_accuracy"], "val_pixel_error": s["pixel_error"],
                 "val_dice_per_class": s["dice"], "val_iou_per_class": s["iou"]}
 
-    def _end_epoch(self, epoch: int, row: dict, writer) -> bool:
-        """Schedule, best/last checkpoints, logs. Returns True when early stopping ends the run."""
+    def _close_period(self, epoch: int, validate: bool, position: dict) -> bool:
+        """The metrics row of the training since the last one (validated if `validate` and there is
+        a validation set); then the schedule, best/last checkpoints and logs. `position` is where a
+        resumed run starts: {"epoch": e, "batch": b}, 0-based. Returns True when early stopping ends
+        the run."""
         c = self.config
+        self._read_losses()
+        totals = distributed.all_reduce_sum(torch.tensor([self.tally.loss_sum, self.tally.steps],
+                                                         dtype=torch.float64, device=self.device))
+        row = {"epoch": epoch + 1, "step": self.step, "time": round(self.elapsed, 2),
+               "train_loss": totals[0].item() / max(totals[1].item(), 1),
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "images_per_s": self.tally.images / max(self.tally.seconds, 1e-9)}
+        if validate and self.val_dataset is not None:
+            row.update(self._validate())
+        self.tally = EpochTally()
         monitored = row.get(c.train.monitor)
         if monitored is not None:
             self.schedule.step_metric(monitored)
@@ -354,28 +356,12 @@ class Trainer:
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
             if improved or self.val_dataset is None:
                 self._save("best.pt", epoch, metrics, None)
-            self._save("last.pt", epoch, metrics, {"epoch": epoch + 1, "batch": 0, "tally": vars(EpochTally())})
-            with open(self.run_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            if writer is not None:
-                for key, value in metrics.items():
-                    if key not in ("epoch", "step", "time"):
-                        writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value, row["step"])
-            self.log(epoch_line(row, c.train.epochs, improved))
+            self._save("last.pt", epoch, metrics, {**position, "tally": vars(EpochTally())})
+            self.runlog.add_row(row, c.train.epochs, improved)
             if stop:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.evals_since_best} evaluations")
         distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
         return stop
-
-    def _tensorboard(self):
-        if not self.dist.is_main:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.log("note: tensorboard is not installed; no event files are written")
-            return None
-        return SummaryWriter(log_dir=str(self.run_dir))
 
 
 def fit(config: RunConfig, progress: bool = True, log=print, stop_after_epoch: int | None = None) -> History:

@@ -27,20 +27,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(rows: list[dict], path: str | Path) -> Path:
-    """Loss curves (train, val) and validation metric curves against the epoch."""
-    epochs = [r["epoch"] for r in rows]
+def plot_curves(rows: list[dict], path: str | Path, x: str = "epoch") -> Path:
+    """Loss curves (train, val) and validation metric curves against `x`: "epoch", or "step" for
+    runs evaluated every N optimizer steps (several rows may fall in one epoch)."""
+    positions = [r[x] for r in rows]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train loss")
+    ax_loss.plot(positions, [r["train_loss"] for r in rows], label="train loss")
     val_rows = [r for r in rows if "val_loss" in r]
     if val_rows:
-        val_epochs = [r["epoch"] for r in val_rows]
-        ax_loss.plot(val_epochs, [r["val_loss"] for r in val_rows], label="val loss")
+        val_positions = [r[x] for r in val_rows]
+        ax_loss.plot(val_positions, [r["val_loss"] for r in val_rows], label="val loss")
         for key, label in (("val_dice", "Dice"), ("val_iou", "IoU"), ("val_pixel_error", "pixel error")):
-            ax_metric.plot(val_epochs, [r[key] for r in val_rows], marker=".", label=label)
+            ax_metric.plot(val_positions, [r[key] for r in val_rows], marker=".", label=label)
         ax_metric.legend()
-    ax_metric.set(xlabel="epoch", title="validation")
-    ax_loss.set(xlabel="epoch", title="loss", yscale="log" if min(r["train_loss"] for r in rows) > 0 else "linear")
+    ax_metric.set(xlabel=x, title="validation")
+    ax_loss.set(xlabel=x, title="loss", yscale="log" if min(r["train_loss"] for r in rows) > 0 else "linear")
     ax_loss.legend()
     for axis in (ax_loss, ax_metric):
         axis.grid(alpha=0.3)

@@ -114,7 +114,7 @@ def _resolve(path_text: str | None, run_dir: Path) -> str | None:
     return path_text
 
 
-def _curves_uri(run_dir: Path, rows: list[dict]) -> str | None:
+def _curves_uri(run_dir: Path, rows: list[dict], unit: str) -> str | None:
     if (run_dir / "curves.png").is_file():
         return _file_data_uri(run_dir / "curves.png")
     if not rows or not all("train_loss" in r for r in rows):
@@ -122,7 +122,7 @@ def _curves_uri(run_dir: Path, rows: list[dict]) -> str | None:
     from seglab.viz.plots import plot_curves
 
     with tempfile.TemporaryDirectory() as folder:
-        return _file_data_uri(plot_curves(rows, Path(folder) / "curves.png"))
+        return _file_data_uri(plot_curves(rows, Path(folder) / "curves.png", x=unit))
 
 
 def _mean_dice(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
@@ -191,7 +191,7 @@ def _metrics_table(row: dict | None) -> str:
                      f"<td style='text-align:left'>{bar}</td></tr>")
     lines.append(f"<tr class='mean'><td>mean</td><td>{_number(row.get('val_dice'))}</td>"
                  f"<td>{_number(row.get('val_iou'))}</td><td></td></tr></tbody></table>")
-    lines.append(f"<p class='sub'>epoch {row.get('epoch')}; pixel error {_number(row.get('val_pixel_error'))}</p>")
+    lines.append(f"<p class='sub'>epoch {row.get('epoch')}, step {row.get('step')}; pixel error {_number(row.get('val_pixel_error'))}</p>")
     return "\n".join(lines)
 
 
@@ -199,7 +199,7 @@ def _epochs_table(rows: list[dict]) -> str:
     if len(rows) > MAX_EPOCH_ROWS:
         picks = sorted(set(np.linspace(0, len(rows) - 1, MAX_EPOCH_ROWS).round().astype(int).tolist()))
         rows = [rows[i] for i in picks]
-    columns = [("epoch", 0), ("train_loss", 4), ("val_loss", 4), ("val_dice", 4), ("val_iou", 4),
+    columns = [("epoch", 0), ("step", 0), ("train_loss", 4), ("val_loss", 4), ("val_dice", 4), ("val_iou", 4),
                ("val_pixel_error", 4), ("lr", None), ("images_per_s", 1), ("time", 1)]
     head = "".join(f"<th>{name}</th>" for name, _ in columns)
     body = []
@@ -251,7 +251,7 @@ def _environment(device: str) -> list[tuple[str, str]]:
 
 def build_report(run_dir: Path, device: str = "cpu") -> str:
     """The report page of `run_dir` as one HTML string."""
-    from seglab.config import load_config
+    from seglab.config import load_config, parse_eval_every
 
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
@@ -261,6 +261,10 @@ def build_report(run_dir: Path, device: str = "cpu") -> str:
         raise SeglabError(f"'{run_dir}' is not a run folder (no config.yaml): give the folder `seglab train --out` "
                           "wrote")
     config = load_config(config_file)
+    try:
+        eval_count, unit = parse_eval_every(config.train.eval_every)
+    except SeglabError:
+        eval_count, unit = 1, "epoch"
     rows = read_metrics(run_dir / "metrics.jsonl")
     val_rows = [r for r in rows if r.get("val_dice_per_class")]
     last_val = val_rows[-1] if val_rows else None
@@ -275,18 +279,19 @@ def build_report(run_dir: Path, device: str = "cpu") -> str:
         examples, scored, example_note = _validation_examples(run_dir, config, device)
     except SeglabError as error:  # data moved or checkpoint unreadable: the rest of the report still helps
         examples, scored, example_note = [], 0, f"no predictions shown: {error}"
-    curves = _curves_uri(run_dir, rows)
+    curves = _curves_uri(run_dir, rows, unit)
     speeds = [r["images_per_s"] for r in rows if isinstance(r.get("images_per_s"), (int, float))]
     total_time = rows[-1].get("time") if rows else None
 
     cards = [("epochs", f"{rows[-1]['epoch']} / {config.train.epochs}" if rows else "0")]
     if best_row is not None:
-        cards.append((f"best {monitor} (epoch {best_row['epoch']})", _number(best_row[monitor])))
+        cards.append((f"best {monitor} ({unit} {best_row[unit]})", _number(best_row[monitor])))
     if last_val is not None:
         cards.append(("last val Dice / IoU", f"{_number(last_val.get('val_dice'), 3)} / "
                                              f"{_number(last_val.get('val_iou'), 3)}"))
     if speeds:
-        cards.append(("images / s (median epoch)", f"{float(np.median(speeds)):.1f}"))
+        cards.append((f"images / s (median {'epoch' if unit == 'epoch' else 'period'})",
+                      f"{float(np.median(speeds)):.1f}"))
     if total_time is not None:
         cards.append(("training time", _duration(total_time)))
     if not rows:
@@ -309,7 +314,8 @@ def build_report(run_dir: Path, device: str = "cpu") -> str:
     body.append(_examples_html(examples, scored, example_note))
     body.append("<h2>Training speed</h2>")
     if speeds:
-        body.append(f"<p>{len(speeds)} epochs, median {float(np.median(speeds)):.1f} images/s (last epoch "
+        periods = "epochs" if unit == "epoch" else f"periods of {eval_count} steps"
+        body.append(f"<p>{len(speeds)} {periods}, median {float(np.median(speeds)):.1f} images/s (last "
                     f"{speeds[-1]:.1f}, fastest {max(speeds):.1f}); total training time "
                     f"{_duration(total_time or 0)}; batch size {config.train.batch_size}"
                     f"{', accumulate ' + str(config.train.accumulate) if config.train.accumulate > 1 else ''}.</p>")

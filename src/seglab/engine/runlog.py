@@ -1,0 +1,70 @@
+"""RunLog: what a run writes besides checkpoints. config.yaml, metrics.jsonl, TensorBoard events and
+the log line while it trains; curves.png and report.html at the end. Only rank 0 writes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seglab.config import RunConfig, dump_config
+from seglab.engine.state import epoch_line
+from seglab.errors import SeglabError
+
+
+class RunLog:
+    """Rank 0's record of one run in `run_dir`; on other ranks (`enabled` False) every call does nothing.
+
+    `unit` is "epoch" or "step": the x axis of the curves and what each metrics.jsonl row closes.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, unit: str, log=print):
+        self.run_dir, self.enabled, self.unit, self.log = run_dir, enabled, unit, log
+        self._writer = None
+
+    def start(self, config: RunConfig) -> None:
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(config))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("note: tensorboard is not installed; no event files are written")
+            return
+        self._writer = SummaryWriter(log_dir=str(self.run_dir))
+
+    def add_overlays(self, pictures: list, step: int) -> None:
+        """pictures: (H, W, 3) uint8 arrays of validation predictions drawn over their images."""
+        if self._writer is not None:
+            for k, picture in enumerate(pictures):
+                self._writer.add_image(f"val/prediction_{k}", picture, step, dataformats="HWC")
+
+    def add_row(self, row: dict, epochs: int, improved: bool) -> None:
+        """Append one row (a finished epoch, or the steps since the last evaluation) to
+        metrics.jsonl and TensorBoard, and print its line."""
+        if not self.enabled:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step", "time"):
+                    self._writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value,
+                                            row["step"])
+        self.log(epoch_line(row, epochs, improved, by_step=self.unit == "step"))
+
+    def finish(self, rows: list[dict], device: str) -> None:
+        """Close TensorBoard; draw curves.png and report.html (a report that cannot be drawn never
+        fails the run)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self.enabled or not rows:
+            return
+        from seglab.viz.plots import plot_curves
+        from seglab.viz.report import write_report
+
+        plot_curves(rows, self.run_dir / "curves.png", x=self.unit)
+        try:
+            self.log(f"report: {write_report(self.run_dir, device=device)}")
+        except SeglabError as error:
+            self.log(f"note: no report.html ({error})")
