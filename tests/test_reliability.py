@@ -309,13 +309,13 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_keeping_the_last_good_c
 
     trainer.loss_fn.forward = poisoned
     snapshots = {}
-    real_end_epoch = trainer._end_epoch
+    real_close_period = trainer._close_period
 
-    def remember(epoch, row, writer):
+    def remember(epoch, validate, position):
         snapshots[epoch] = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
-        return real_end_epoch(epoch, row, writer)
+        return real_close_period(epoch, validate, position)
 
-    trainer._end_epoch = remember
+    trainer._close_period = remember
     with pytest.raises(SeglabError, match="non-finite losses in a row"):
         trainer.fit()
     assert any("non-finite loss" in m and "skipped" in m for m in messages)
