@@ -6,20 +6,21 @@
     python benchmarks/huge_tiff.py --device cpu --base-channels 4 --depth 3
 
 The input is a tiled uint8 TIFF (BigTIFF past 4 GiB) of real ISBI 2012 slices laid side by side,
-written band by band so this script never holds it whole. A U-Net checkpoint with random weights
-(speed and memory do not depend on training) predicts it through the real CLI in a child process:
+written one row of tiles at a time, so this script never holds it whole. A U-Net checkpoint with
+random weights (speed and memory do not depend on training) predicts it through the real CLI in a
+child process:
 `seglab predict -m CKPT -i huge.tif -o huge_mask.tif --tile T --overlap F --batch-size B --device D`.
 
-Printed: wall time, megapixels/s, and the child's peak resident memory (ru_maxrss) against what
-whole-image prediction would hold at least (the image as uint8 plus its float32 probabilities), with
-the ratio of the two. On a GPU the device side is bounded the same way (a batch of tiles at a time);
-this script measures the host side.
+Printed: wall time, megapixels/s, and the child's peak resident memory (ru_maxrss), next to the
+peak of the same command on an image of half the side (a quarter of the pixels) and to what
+whole-image prediction would hold at least (the image as uint8 plus its float32 probabilities).
+On a GPU the device side is bounded the same way (a batch of tiles at a time); this script measures
+the host side.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,22 @@ def write_mosaic(path: Path, size: int, tile: int = 256) -> None:
                      bigtiff=size * size > 2**32 - 2**25)
 
 
+def predict(checkpoint: Path, image: Path, mask: Path, args, device: torch.device, show: bool = False) -> int:
+    """Run `seglab predict` in a child process; returns the child's peak resident memory in bytes."""
+    command = [sys.executable, "-m", "seglab", "predict", "-m", str(checkpoint), "-i", str(image),
+               "-o", str(mask), "--tile", str(args.tile), "--overlap", str(args.overlap),
+               "--batch-size", str(args.batch), "--device", str(device)]
+    if show:
+        print("$ " + " ".join(command), flush=True)
+    child = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                             stdout=None if show else subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        sys.exit(f"seglab predict failed with exit code {child.returncode}")
+    return usage.ru_maxrss * 1024  # KiB on Linux
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=20000)
@@ -101,14 +118,16 @@ def main() -> None:
         save_checkpoint(make_checkpoint(build_model("unet", **kwargs), "unet", kwargs, ClassMap.from_values([0, 255]),
                                         {"channels": 1, "scale": 1.0, "normalization": "per_image",
                                          "threshold": 0.5}), checkpoint)
-        command = [sys.executable, "-m", "seglab", "predict", "-m", str(checkpoint), "-i", str(image),
-                   "-o", str(mask), "--tile", str(args.tile), "--overlap", str(args.overlap),
-                   "--batch-size", str(args.batch), "--device", str(device)]
-        print("$ " + " ".join(command), flush=True)
+        # The same command on an image of half the side first (a quarter of the pixels): if memory
+        # followed the image it would grow 4x from there; bands of tiles grow only with the width.
+        half, half_mask = folder / "half.tif", folder / "half_mask.tif"
+        write_mosaic(half, args.size // 2)
+        baseline = predict(checkpoint, half, half_mask, args, device)
+        half.unlink()
+        half_mask.unlink()
         started = time.perf_counter()
-        subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        peak = predict(checkpoint, image, mask, args, device, show=True)
         seconds = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
         whole = args.size * args.size * (1 + 4)  # the uint8 image and its float32 probabilities
         with tifffile.TiffFile(mask) as tif:
             page = tif.pages[0]
@@ -118,8 +137,11 @@ def main() -> None:
         print(f"mask {shape[1]}x{shape[0]} ({'tiled' if tiled else 'striped'}), "
               f"{mask.stat().st_size / 2**20:.0f} MiB; foreground share of the middle row {(middle > 0).mean():.2f}")
         print(f"prediction: {seconds:.0f} s, {args.size**2 / 1e6 / seconds:.2f} megapixels/s")
-        print(f"peak resident memory of the predicting process: {peak / 2**20:.0f} MiB; whole-image prediction "
-              f"holds at least {whole / 2**20:.0f} MiB; ratio {peak / whole:.3f}")
+        print(f"peak resident memory of the predicting process: {peak / 2**20:.0f} MiB; at half the side "
+              f"({args.size // 2}x{args.size // 2}) {baseline / 2**20:.0f} MiB; growth {peak / baseline:.2f}x for "
+              f"4x the pixels")
+        print(f"whole-image prediction would hold at least {whole / 2**20:.0f} MiB (uint8 image + float32 "
+              f"probabilities); ratio peak / that {peak / whole:.3f}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from seglab.models.common import full_size_logits
 # decide when an image is too large to predict whole on the current device.
 ACTIVATION_BYTES_PER_PIXEL_CHANNEL = 48
 AUTO_TILE = 512
+STATS_PIXELS = 2**22  # pixels per band of the statistics pass over a streamed TIFF (32 MiB as float64)
 
 
 @dataclass
@@ -191,8 +192,9 @@ class Predictor:
             total = np.zeros(self.channels)
             squares = np.zeros(self.channels)
             low, high = np.full(self.channels, np.inf), np.full(self.channels, -np.inf)
-            for y0 in range(0, height, 1024):
-                rows = to_float(match_channels(_hwc(source.read_rows(y0, min(y0 + 1024, height))), self.channels,
+            band = max(16, STATS_PIXELS // max(width, 1))  # rows per read: the band's size is bounded
+            for y0 in range(0, height, band):
+                rows = to_float(match_channels(_hwc(source.read_rows(y0, min(y0 + band, height))), self.channels,
                                                str(in_path))).astype(np.float64)
                 total += rows.sum(axis=(0, 1))
                 squares += (rows ** 2).sum(axis=(0, 1))
