@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from seglab.config import config_from_dict, parse_eval_every
-from seglab.engine.trainer import fit, resume
+from seglab.engine.trainer import LOG_EVERY, Trainer, fit, resume
 from seglab.errors import SeglabError
 
 QUIET = lambda *args, **kwargs: None  # noqa: E731
@@ -78,6 +78,32 @@ def test_eval_every_n_steps_validates_mid_epoch_and_resumes_bit_identically(tmp_
     again = _rows(tmp_path / "stopped")
     assert [r["step"] for r in again] == [4, 8, 12, 16, 18]
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in rows]
+
+
+def test_training_steps_read_nothing_back_to_the_host_between_log_points(tmp_path, isbi_dir, monkeypatch):
+    """On a GPU every .item(), bool(tensor) or torch.tensor(list) in the step waits for the device.
+    The step (batches, augmentation, forward, loss, backward, scaler, optimizer, schedule) makes
+    none: the loss tally is read once every LOG_EVERY steps and at the end of the epoch."""
+    config = _config(tmp_path / "run", isbi_dir, epochs=1, batch_size=2, augment="paper", loss="auto")
+    trainer = Trainer(config_from_dict(config), progress=False, log=QUIET)
+    callers = []
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            frame = sys._getframe(1)
+            callers.append(f"{name} in {Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}")
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(f"Tensor.{name}", getattr(torch.Tensor, name)))
+    for name in ("tensor", "as_tensor"):
+        monkeypatch.setattr(torch, name, spy(f"torch.{name}", getattr(torch, name)))
+    trainer._train_epoch(0)
+    monkeypatch.undo()
+    assert trainer.step == 12 > LOG_EVERY  # 24 training slices at batch 2
+    reads = 2  # at step 10 and at the end of the epoch, four sums each
+    assert callers == ["Tensor.item in state.py:read"] * 4 * reads
 
 
 def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(tmp_path, isbi_dir):
