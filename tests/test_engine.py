@@ -132,20 +132,27 @@ torch.save(trainer.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.envir
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, isbi_dir):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    ddp = _config(tmp_path / "ddp", isbi_dir, batch_size=2)
+    # Evaluations every 5 steps fall inside epochs: all ranks must validate and save together there.
+    ddp = _config(tmp_path / "ddp", isbi_dir, batch_size=2, eval_every="5 steps")
     done = subprocess.run([*TORCHRUN, str(script), json.dumps(ddp), str(tmp_path)], capture_output=True,
                           text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert "global batch 4" in done.stdout + done.stderr
-    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 2  # one writer: rank 0
+    rows = _rows(tmp_path / "ddp")
+    assert [r["step"] for r in rows] == [5, 10, 12]  # one writer (rank 0); 6 steps per epoch
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp"]
-    fit(config_from_dict(_config(tmp_path / "single", isbi_dir, batch_size=4)), progress=False, log=QUIET)
+    fit(config_from_dict(_config(tmp_path / "single", isbi_dir, batch_size=4, eval_every="5 steps")),
+        progress=False, log=QUIET)
     single = _weights(tmp_path / "single" / "last.pt")
     for key in single:
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-3, atol=1e-4)
+    # Validation split across the ranks, counts summed: the same scores as one process.
+    for split, whole in zip(rows, _rows(tmp_path / "single")):
+        assert split["val_dice"] == pytest.approx(whole["val_dice"], abs=1e-3)
+        assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-3)
+        assert split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-3)
 
 
 def _run_group(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
