@@ -77,6 +77,7 @@ def test_wrapper_pads_like_full_size_logits_at_every_size(padding, depth):
             assert torch.equal(wrapper.logits(x), full_size_logits(model, x)), (height, width)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, as seglab.export uses it
 @pytest.mark.parametrize("mode", ["per_image", "minmax"])
 def test_graph_normalisation_in_onnx_runtime_matches_float64_on_whole_slices(isbi_slices, mode, tmp_path):
     """A trained model turns input error into probability error: ONNX Runtime's float32 ReduceMean
