@@ -264,6 +264,8 @@ class Trainer:
                 if stop or (c.train.max_time and self._out_of_time(now)):
                     break  # fit() sees the early stop, or the spent budget, and finishes the run
             if self.progress and (self.step % LOG_EVERY == 0 or index + 1 == batches):
+                if index + 1 == batches:
+                    self._read_losses()  # else a period that began after the last read shows loss 0
                 bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
                                 img_s=f"{self.tally.images / max(self.tally.seconds + self._clock(), 1e-9):.1f}")
             bar.update(1)
