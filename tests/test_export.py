@@ -143,8 +143,8 @@ def test_failed_parity_raises_and_keeps_the_previous_file(checkpoint_path, parit
     out.write_bytes(b"previous export")
     honest = ExportWrapper.forward
 
-    def noisy(self, pixels):  # a graph that drifts from the model by ~1e-2
-        probs = honest(self, pixels)
+    def noisy(self, pixels, stats=None):  # a graph that drifts from the model by ~1e-2
+        probs = honest(self, pixels, stats)
         return probs + 1e-2 * torch.sin(pixels)
 
     monkeypatch.setattr(ExportWrapper, "forward", noisy)
@@ -201,6 +201,25 @@ def test_exported_forward_plugs_into_tiling_and_tta(isbi_slices, tmp_path):
     expected = predict_tiled(tta_forward(reference, "flips"), image, tile=64, overlap=0.25)
     assert tiled.shape == (1, 150, 130)
     assert (tiled - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_tiles_through_an_export_are_normalised_as_the_whole_image(isbi_slices, fmt, tmp_path):
+    """Per-image normalisation inside the graph would see each tile alone; the Predictor passes the
+    whole image's statistics, so tiled exported predictions equal tiled checkpoint predictions."""
+    checkpoint = tiny_checkpoint(tmp_path / "per_image.pt", isbi_slices)
+    out = tmp_path / f"model{SUFFIX[fmt]}"
+    export_model(checkpoint, fmt, out, parity_images=[isbi_slices[0][:64, :80]])
+    image = isbi_slices[2][:200, :170]
+    options = {"tile": (64, 64), "overlap": 0.5, "tta": "flips", "log": lambda *args: None}
+    expected = Predictor.from_checkpoint(checkpoint, **options).predict(image).probabilities
+    got = Predictor.from_checkpoint(out, **options).predict(image).probabilities
+    assert np.abs(got - expected).max() <= 1e-4
+    # Without the statistics each tile is normalised alone: the test can tell the two apart.
+    exported = load_exported(out)
+    pixels = torch.from_numpy(image.astype(np.float32))[None]
+    alone = predict_tiled(tta_forward(exported.forward, "flips"), pixels, tile=64, overlap=0.5)
+    assert np.abs(alone.numpy() - expected).max() > 1e-3
 
 
 def test_missing_onnxruntime_says_what_to_install(monkeypatch, tmp_path):

@@ -11,6 +11,11 @@ value range of the image files (0..255 for 8-bit images, the default `input_max`
     2 ** depth; valid-padding U-Net: `margin` context on every side, as `full_size_logits`)
     -> network -> crop to (H, W) -> sigmoid (1 output channel) or softmax (K channels).
 
+A second, optional input `stats` (B or 1, C, 2) carries a whole image's normalisation statistics
+(shift, divide) for inputs that are tiles of it; left out (or NaN), the graph uses the input's own.
+In ONNX it is an input with a NaN default (an overridable initializer); in TorchScript an optional
+argument of `forward`.
+
 Batch, height and width are dynamic. The channels must already match the model (gray repeated for
 RGB models), and a checkpoint trained at `--scale` s expects pixels resized by s first (both are
 stored in the file's metadata: `channels`, `scale`).
@@ -27,7 +32,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -35,7 +40,7 @@ import torch.nn as nn
 
 from seglab import __version__
 from seglab.data.classmap import ClassMap
-from seglab.data.preprocess import match_channels, normalize
+from seglab.data.preprocess import match_channels, normalization_statistics, normalize
 from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from seglab.errors import SeglabError
 from seglab.export_graph import ExportWrapper
@@ -44,7 +49,7 @@ from seglab.losses import logits_to_probabilities
 from seglab.models.common import full_size_logits
 
 FORMATS = ("onnx", "torchscript")
-INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+INPUT_NAME, STATS_NAME, OUTPUT_NAME = "pixels", "stats", "probabilities"
 DEFAULT_TOLERANCE = 1e-4
 # Default parity images: (height, width) crops of the bundled ISBI test slices. Odd sizes, none a
 # multiple of 16 or equal to the trace size, prove the dynamic height and width; the pair proves
@@ -69,6 +74,8 @@ def export_metadata(payload: dict, input_max: float) -> dict:
         "threshold": float(preprocess.get("threshold", 0.5)),
         "input_max": float(input_max),
         "input": f"{INPUT_NAME}: raw pixels (B, C, H, W) float32 in 0..input_max; the graph normalises",
+        "stats_input": f"{STATS_NAME} (optional): (B or 1, C, 2) float32 (shift, divide) of the whole image in "
+                       "units of pixels / input_max, for tiles; NaN or absent: the input's own",
         "output": f"{OUTPUT_NAME}: (B, K, H, W) float32, sigmoid for K = 1, softmax otherwise",
     }
 
@@ -122,22 +129,32 @@ def reference_probabilities(model: nn.Module, pixels: torch.Tensor, normalizatio
     return logits_to_probabilities(full_size_logits(model, x).float())
 
 
-def check_parity(run_exported: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
+def image_stats(pixels: torch.Tensor, normalization: str, input_max: float) -> torch.Tensor | None:
+    """Raw pixels (B, C, H, W) -> the exported graph's `stats` input (B, C, 2) float32 for them
+    (None for "none" normalisation, which has no statistics)."""
+    if normalization == "none":
+        return None
+    shift, divide = normalization_statistics(pixels.double() / input_max, normalization)  # (B, C, 1, 1)
+    return torch.stack([shift[..., 0, 0], divide[..., 0, 0]], -1).float()
+
+
+def check_parity(run_exported: Callable[..., torch.Tensor], model: nn.Module,
                  batches: list[torch.Tensor], normalization: str, input_max: float,
                  num_outputs: int | None = None) -> tuple[float, list]:
     """Max abs difference of probabilities between the exported model and PyTorch over the batches,
-    and the batch shapes checked. `num_outputs` (the class map's K) is checked against PyTorch."""
+    with and without the optional statistics input, and the batch shapes checked. `num_outputs`
+    (the class map's K) is checked against PyTorch."""
     worst, shapes = 0.0, []
     for batch in batches:
         expected = reference_probabilities(model, batch, normalization, input_max)
         if num_outputs is not None and expected.shape[1] != num_outputs:
             raise SeglabError(f"the model gives {expected.shape[1]} output channels but its class map needs "
                               f"{num_outputs}: the checkpoint is inconsistent, retrain or fix its class map")
-        got = run_exported(batch)
-        if tuple(got.shape) != tuple(expected.shape):
-            raise SeglabError(f"exported model returned {tuple(got.shape)} for input {tuple(batch.shape)}; "
-                              f"PyTorch gives {tuple(expected.shape)}")
-        worst = max(worst, float((got.float() - expected).abs().max()))
+        for got in (run_exported(batch), run_exported(batch, image_stats(batch, normalization, input_max))):
+            if tuple(got.shape) != tuple(expected.shape):
+                raise SeglabError(f"exported model returned {tuple(got.shape)} for input {tuple(batch.shape)}; "
+                                  f"PyTorch gives {tuple(expected.shape)}")
+            worst = max(worst, float((got.float() - expected).abs().max()))
         shapes.append(list(batch.shape))
     return worst, shapes
 
@@ -158,17 +175,21 @@ def _export_onnx(wrapper: ExportWrapper, example: torch.Tensor, path: Path, opse
     """Write the ONNX graph with its metadata to `path`; returns which exporter worked."""
     try:
         import onnx
+        from onnx import numpy_helper
     except ImportError:
         raise SeglabError("ONNX export needs the onnx and onnxruntime packages: pip install 'seglab[export]'") from None
     axes = {0: "batch", 2: "height", 3: "width"}
+    no_stats = _nan_stats(example.shape[1])
     errors = []
     with _quiet_tracing():
         for dynamo in (False, True):  # the TorchScript-based exporter needs no onnxscript
             try:
                 options = ({"dynamic_shapes": {"pixels": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"),
-                                                          3: torch.export.Dim("width")}}}
-                           if dynamo else {"dynamic_axes": {INPUT_NAME: axes, OUTPUT_NAME: axes}})
-                torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME],
+                                                          3: torch.export.Dim("width")},
+                                               "stats": {0: torch.export.Dim("stats_batch")}}}
+                           if dynamo else {"dynamic_axes": {INPUT_NAME: axes, STATS_NAME: {0: "stats_batch"},
+                                                            OUTPUT_NAME: axes}})
+                torch.onnx.export(wrapper, (example, no_stats), str(path), input_names=[INPUT_NAME, STATS_NAME],
                                   output_names=[OUTPUT_NAME], opset_version=opset, do_constant_folding=True,
                                   dynamo=dynamo, **options)
                 exporter = "torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False)"
@@ -179,8 +200,12 @@ def _export_onnx(wrapper: ExportWrapper, example: torch.Tensor, path: Path, opse
         else:
             raise SeglabError(f"ONNX export failed ({'; '.join(errors)})")
     graph = onnx.load(str(path))
+    if any(entry.name == STATS_NAME for entry in graph.graph.input):
+        # An input that is also an initializer may be left out by the caller: raw pixels alone work.
+        graph.graph.initializer.append(numpy_helper.from_array(no_stats.numpy(), STATS_NAME))
     graph.doc_string = ("seglab segmentation model. Input 'pixels': raw pixels (B, C, H, W) float32 in "
-                        f"0..{metadata['input_max']:g}; output 'probabilities' (B, K, H, W).")
+                        f"0..{metadata['input_max']:g}; optional input 'stats': a whole image's normalisation "
+                        "statistics for tiles of it; output 'probabilities' (B, K, H, W).")
     del graph.metadata_props[:]
     for key, value in metadata.items():
         entry = graph.metadata_props.add()
@@ -189,10 +214,30 @@ def _export_onnx(wrapper: ExportWrapper, example: torch.Tensor, path: Path, opse
     return exporter
 
 
+def _nan_stats(channels: int) -> torch.Tensor:
+    """The `stats` input (1, C, 2) that means "use the input's own statistics"."""
+    return torch.full((1, channels, 2), float("nan"))
+
+
+class _OptionalStats(nn.Module):
+    """TorchScript entry point: forward(pixels, stats=None) around the traced two-input graph."""
+
+    def __init__(self, traced: nn.Module, channels: int):
+        super().__init__()
+        self.traced = traced
+        self.channels = channels
+
+    def forward(self, pixels: torch.Tensor, stats: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        if stats is None:
+            stats = torch.full((1, self.channels, 2), float("nan"), dtype=torch.float32, device=pixels.device)
+        return self.traced(pixels, stats)
+
+
 def _export_torchscript(wrapper: ExportWrapper, example: torch.Tensor, path: Path, metadata: dict) -> str:
     with _quiet_tracing(), torch.no_grad():
-        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
+        traced = torch.jit.trace(wrapper, (example, _nan_stats(example.shape[1])), check_trace=False)
+        scripted = torch.jit.script(_OptionalStats(traced, example.shape[1]))
+        torch.jit.save(scripted, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
     return "torch.jit.trace"
 
 

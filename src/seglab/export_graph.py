@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seglab.data.preprocess import NORMALIZATIONS, normalize
+from seglab.data.preprocess import NORMALIZATIONS, normalization_statistics
 from seglab.errors import SeglabError
 from seglab.losses import logits_to_probabilities
 from seglab.models.unet import UNet
@@ -67,11 +67,26 @@ def _far_side_pad_index(like: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     return reflect * _reflect_once(index, zero, pad) + (1 - reflect) * _replicate(index, zero, pad)
 
 
-def graph_normalize(pixels: torch.Tensor, input_max: float, mode: str) -> torch.Tensor:
-    """Raw pixels (B, C, H, W) -> float32 normalised as `preprocess.normalize` does, with the image
-    statistics in float64: ONNX Runtime sums a ReduceMean in order, which in float32 drifts by
-    ~4e-5 over a 512x512 image (PyTorch sums pairwise) and alone broke the 1e-4 parity."""
-    return normalize(pixels.double() / input_max, mode).float()
+def graph_normalize(pixels: torch.Tensor, input_max: float, mode: str,
+                    stats: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw pixels (B, C, H, W) -> float32 normalised as `preprocess.normalize` does.
+
+    The statistics are computed in float64: ONNX Runtime sums a ReduceMean in order, which in
+    float32 drifts by ~4e-5 over a 512x512 image (PyTorch sums pairwise) and alone broke the 1e-4
+    parity. `stats` (B or 1, C, 2), when given, holds (shift, divide) in units of pixels / input_max
+    (`preprocess.normalization_statistics` of a whole image) to use instead of this input's own;
+    NaN entries fall back to the input's own. Tiles of a large image pass the image's statistics,
+    so that they are normalised as the whole image is.
+    """
+    x = pixels.double() / input_max
+    if mode == "none":
+        return x.float()
+    shift, divide = normalization_statistics(x, mode)  # (B, C, 1, 1)
+    if stats is not None:
+        given = stats.double()[..., None, None]  # (B or 1, C, 2, 1, 1)
+        shift = torch.where(torch.isnan(given[:, :, 0]), shift, given[:, :, 0])
+        divide = torch.where(torch.isnan(given[:, :, 1]), divide, given[:, :, 1])
+    return ((x - shift) / divide).float()
 
 
 def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -126,8 +141,10 @@ class ExportWrapper(nn.Module):
             max_pad = max(self.margin, self.valid_first + self.valid_stride)
             self.pad_steps = reflect_steps(max_pad)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = graph_normalize(pixels, self.input_max, self.normalization)  # (B, C, H, W)
+    def forward(self, pixels: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw pixels (B, C, H, W) [and whole-image statistics (B or 1, C, 2), see `graph_normalize`]
+        -> probabilities (B, K, H, W)."""
+        x = graph_normalize(pixels, self.input_max, self.normalization, stats)  # (B, C, H, W)
         return logits_to_probabilities(self.logits(x).float())
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,21 @@ def match_channels(array: np.ndarray, channels: int, name: str = "image") -> np.
     raise DataError(f"'{name}' has {have} channels but the model takes {channels}")
 
 
+def normalization_statistics(image: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, divide) of "per_image" (mean, std) or "minmax" (low, high - low) normalisation, per
+    image and channel: (..., C, 1, 1) for images (..., C, H, W); `divide` is at least 1e-6."""
+    dims = (-2, -1)
+    if mode == "per_image":
+        mean = image.mean(dim=dims, keepdim=True)
+        std = image.std(dim=dims, keepdim=True).nan_to_num(0.0)  # one-pixel images have no spread
+        return mean, std.clamp_min(1e-6)
+    if mode == "minmax":
+        low = image.amin(dim=dims, keepdim=True)
+        high = image.amax(dim=dims, keepdim=True)
+        return low, (high - low).clamp_min(1e-6)
+    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {mode!r}")
+
+
 def normalize(image: torch.Tensor, mode: str) -> torch.Tensor:
     """Intensity normalisation of (C, H, W) or (N, C, H, W) float images, per image and channel.
 
@@ -44,16 +59,8 @@ def normalize(image: torch.Tensor, mode: str) -> torch.Tensor:
     """
     if mode == "none":
         return image
-    dims = (-2, -1)
-    if mode == "per_image":
-        mean = image.mean(dim=dims, keepdim=True)
-        std = image.std(dim=dims, keepdim=True).nan_to_num(0.0)  # one-pixel images have no spread
-        return (image - mean) / std.clamp_min(1e-6)
-    if mode == "minmax":
-        low = image.amin(dim=dims, keepdim=True)
-        high = image.amax(dim=dims, keepdim=True)
-        return (image - low) / (high - low).clamp_min(1e-6)
-    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {mode!r}")
+    shift, divide = normalization_statistics(image, mode)
+    return (image - shift) / divide
 
 
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:

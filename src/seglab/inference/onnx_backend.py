@@ -6,9 +6,11 @@ files' value range (0..255 for 8-bit images; see `input_max`) to probabilities (
 are inside the exported graph (`seglab.export`), so do NOT normalise the pixels first. The caller
 still matches the channels (`channels`) and resizes by `scale` as training did.
 
-`forward` plugs into `tiling.predict_tiled` and `tta.tta_forward`. Note that a graph with
-"per_image" or "minmax" normalisation normalises each tile with that tile's own statistics, not
-the whole image's as `Predictor` does for a checkpoint.
+`forward` plugs into `tiling.predict_tiled` and `tta.tta_forward`. A graph with "per_image" or
+"minmax" normalisation normalises each input with its own statistics; for tiles of a larger image
+pass the whole image's as `stats` (`seglab.export.image_stats`), as `Predictor` does, so that tiles
+are normalised as the whole image is. Files exported before seglab had the `stats` input
+(`has_stats` False) ignore it.
 """
 from __future__ import annotations
 
@@ -47,13 +49,15 @@ class ExportedModel(ABC):
         self.normalization = str(metadata.get("normalization", "per_image"))
         self.input_max = float(metadata.get("input_max", 255.0))
         self.num_outputs = int(metadata.get("num_outputs", self.class_map.num_outputs))
+        self.has_stats = "stats_input" in metadata  # the optional whole-image statistics input
 
     @abstractmethod
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw pixels (B, C, h, w) float32 -> probabilities (B, K, h, w), run by the file's runtime."""
+    def forward(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw pixels (B, C, h, w) float32 [and whole-image statistics (B or 1, C, 2)] ->
+        probabilities (B, K, h, w), run by the file's runtime."""
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.forward(batch)
+    def __call__(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward(batch, stats)
 
     @staticmethod
     def _check_batch(batch: torch.Tensor, channels: int) -> None:
@@ -106,12 +110,18 @@ class OnnxModel(ExportedModel):
         self.device = device
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        # The statistics input has a default, so onnxruntime lists it as an overridable initializer.
+        self.has_stats = self.has_stats and any(entry.name == "stats"
+                                                for entry in self.session.get_overridable_initializers())
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw pixels (B, C, h, w) -> probabilities (B, K, h, w) float32, on the batch's device."""
+    def forward(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw pixels (B, C, h, w) [and stats (B or 1, C, 2)] -> probabilities (B, K, h, w) float32,
+        on the batch's device."""
         self._check_batch(batch, self.channels)
-        pixels = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        (probs,) = self.session.run([self.output_name], {self.input_name: pixels})
+        feeds = {self.input_name: batch.detach().to("cpu", torch.float32).contiguous().numpy()}
+        if stats is not None and self.has_stats:
+            feeds["stats"] = stats.detach().to("cpu", torch.float32).contiguous().numpy()
+        (probs,) = self.session.run([self.output_name], feeds)
         return torch.from_numpy(probs).to(batch.device)
 
 
@@ -135,11 +145,15 @@ class TorchScriptModel(ExportedModel):
             metadata = {}
         super().__init__(path, metadata)
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Raw pixels (B, C, h, w) -> probabilities (B, K, h, w) float32, on the batch's device."""
+    def forward(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw pixels (B, C, h, w) [and stats (B or 1, C, 2)] -> probabilities (B, K, h, w) float32,
+        on the batch's device."""
         self._check_batch(batch, self.channels)
+        pixels = batch.to(self.device, torch.float32)
         with torch.inference_mode():
-            return self.module(batch.to(self.device, torch.float32)).to(batch.device)
+            if stats is not None and self.has_stats:
+                return self.module(pixels, stats.to(self.device, torch.float32)).to(batch.device)
+            return self.module(pixels).to(batch.device)
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> ExportedModel:

@@ -104,9 +104,15 @@ class Predictor:
             forward = tta_forward(self._whole_forward, self.tta)
             return forward(image[None].to(self.device))[0].float().cpu()
         margin = getattr(self.model, "margin", 0)
-        return predict_tiled(tta_forward(self._tile_forward, self.tta), image, tile, self.overlap,
-                             self.batch_size, self.device, margin=margin,
-                             valid_input=self.model.valid_input_size if margin else None)
+        if isinstance(self.model, _ExportedModule):
+            self.model.image_stats = self.model.stats_of(image[None])  # tiles normalised as the image
+        try:
+            return predict_tiled(tta_forward(self._tile_forward, self.tta), image, tile, self.overlap,
+                                 self.batch_size, self.device, margin=margin,
+                                 valid_input=self.model.valid_input_size if margin else None)
+        finally:
+            if isinstance(self.model, _ExportedModule):
+                self.model.image_stats = None
 
     def predict(self, array: np.ndarray, scale: float | None = None, name: str = "image") -> Prediction:
         """Decoded image (H, W[, C]) -> Prediction at the image's own size."""
@@ -242,7 +248,14 @@ class _ExportedModule(torch.nn.Module):
     def __init__(self, exported):
         super().__init__()
         self.exported = exported
+        self.image_stats: torch.Tensor | None = None  # (1, C, 2) of the image being tiled, if any
+
+    def stats_of(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """Raw pixels (1, C, H, W) of a whole image -> its `stats` input (1, C, 2)."""
+        from seglab.export import image_stats
+
+        return image_stats(pixels, self.exported.normalization, self.exported.input_max)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        probs = self.exported.forward(batch).float().clamp(1e-7, 1 - 1e-7)
+        probs = self.exported.forward(batch, self.image_stats).float().clamp(1e-7, 1 - 1e-7)
         return torch.logit(probs) if probs.shape[1] == 1 else probs.log()
