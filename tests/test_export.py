@@ -222,6 +222,27 @@ def test_tiles_through_an_export_are_normalised_as_the_whole_image(isbi_slices, 
     assert np.abs(alone.numpy() - expected).max() > 1e-3
 
 
+def test_streamed_tiffs_predict_as_in_memory_through_checkpoints_and_exports(isbi_slices, tmp_path):
+    """`predict_large_tiff` reads the image twice in bands (statistics, then tiles); it must give the
+    mask that tiled prediction of the decoded image gives, for a checkpoint and for its export."""
+    import tifffile
+
+    checkpoint = tiny_checkpoint(tmp_path / "per_image.pt", isbi_slices)
+    exported = tmp_path / "model.onnx"
+    export_model(checkpoint, "onnx", exported, parity_images=[isbi_slices[0][:64, :80]])
+    image = isbi_slices[1][:300, :260]
+    source = tmp_path / "big.tif"
+    tifffile.imwrite(source, image, tile=(64, 64))
+    options = {"tile": (64, 64), "overlap": 0.5, "log": lambda *args: None}
+    for model in (checkpoint, exported):
+        predictor = Predictor.from_checkpoint(model, **options)
+        expected = predictor.predict(image).mask
+        written = predictor.predict_large_tiff(source, tmp_path / f"{model.stem}_mask.tif")
+        streamed = tifffile.imread(written)
+        assert streamed.shape == image.shape and 0.05 < (streamed > 0).mean() < 0.95
+        assert (streamed == expected).mean() > 0.999, model.name
+
+
 def test_missing_onnxruntime_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(SeglabError, match=r"pip install 'seglab\[export\]'"):

@@ -191,8 +191,10 @@ class Predictor:
         from seglab.data.preprocess import match_channels, to_float
         from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
 
-        if self.scale != 1.0 or self.raw_input:
-            raise SeglabError("streamed TIFF prediction needs a PyTorch checkpoint trained at --scale 1")
+        if self.scale != 1.0:
+            raise SeglabError("streamed TIFF prediction needs a model trained at --scale 1")
+        exported = self.model if isinstance(self.model, _ExportedModule) else None
+        mode = exported.exported.normalization if exported is not None else self.normalization
         with TiffRows(in_path) as source:
             height, width = source.height, source.width
             total = np.zeros(self.channels)
@@ -208,26 +210,34 @@ class Predictor:
         count = height * width
         mean = total / count
         std = np.sqrt(np.maximum(squares / count - mean ** 2, 0) * count / max(count - 1, 1))
-        if self.normalization == "per_image":
+        if mode == "per_image":
             shift, divide = mean, np.maximum(std, 1e-6)
-        elif self.normalization == "minmax":
+        elif mode == "minmax":
             shift, divide = low, np.maximum(high - low, 1e-6)
         else:
             shift, divide = np.zeros(self.channels), np.ones(self.channels)
 
         def normalize(rows: np.ndarray) -> np.ndarray:
             pixels = to_float(match_channels(_hwc(rows), self.channels, str(in_path)))
+            if exported is not None:  # the graph normalises raw pixels with the stats it is given
+                return pixels * np.float32(self.raw_input)
             return ((pixels - shift) / divide).astype(np.float32)
 
         def to_output(probs: torch.Tensor) -> np.ndarray:
             return self.finish(probs.numpy()).mask
 
         margin = getattr(self.model, "margin", 0)
-        return predict_tiff_tiled(tta_forward(self._tile_forward, self.tta), in_path, out_path,
-                                  tile=self.tile or (tile, tile), overlap=self.overlap, batch_size=self.batch_size,
-                                  device=self.device, margin=margin,
-                                  valid_input=self.model.valid_input_size if margin else None,
-                                  normalize=normalize, to_output=to_output)
+        if exported is not None and mode != "none":
+            exported.image_stats = torch.from_numpy(np.stack([shift, divide], -1)[None].astype(np.float32))
+        try:
+            return predict_tiff_tiled(tta_forward(self._tile_forward, self.tta), in_path, out_path,
+                                      tile=self.tile or (tile, tile), overlap=self.overlap,
+                                      batch_size=self.batch_size, device=self.device, margin=margin,
+                                      valid_input=self.model.valid_input_size if margin else None,
+                                      normalize=normalize, to_output=to_output)
+        finally:
+            if exported is not None:
+                exported.image_stats = None
 
     def class_probability(self, prediction: Prediction, class_index: int) -> np.ndarray:
         """(H, W) probability of one class (for binary models P(0) = 1 - P(1))."""
