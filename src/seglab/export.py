@@ -227,7 +227,8 @@ class _OptionalStats(nn.Module):
         self.traced = traced
         self.channels = channels
 
-    def forward(self, pixels: torch.Tensor, stats: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    # TorchScript compiles this method: it reads Optional[...], not "X | None".
+    def forward(self, pixels: torch.Tensor, stats: Optional[torch.Tensor] = None) -> torch.Tensor:
         if stats is None:
             stats = torch.full((1, self.channels, 2), float("nan"), dtype=torch.float32, device=pixels.device)
         return self.traced(pixels, stats)
