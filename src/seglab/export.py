@@ -40,16 +40,16 @@ import torch.nn as nn
 
 from seglab import __version__
 from seglab.data.classmap import ClassMap
-from seglab.data.preprocess import match_channels, normalization_statistics, normalize
+from seglab.data.preprocess import match_channels, normalize
 from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from seglab.errors import SeglabError
-from seglab.export_graph import ExportWrapper
-from seglab.inference.onnx_backend import EXPORT_FORMAT, TORCHSCRIPT_METADATA, load_exported
+from seglab.export_graph import ExportWrapper, image_stats
+from seglab.inference.onnx_backend import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
 from seglab.losses import logits_to_probabilities
 from seglab.models.common import full_size_logits
 
 FORMATS = ("onnx", "torchscript")
-INPUT_NAME, STATS_NAME, OUTPUT_NAME = "pixels", "stats", "probabilities"
+INPUT_NAME, STATS_NAME, OUTPUT_NAME = "pixels", STATS_INPUT, "probabilities"
 DEFAULT_TOLERANCE = 1e-4
 # Default parity images: (height, width) crops of the bundled ISBI test slices. Odd sizes, none a
 # multiple of 16 or equal to the trace size, prove the dynamic height and width; the pair proves
@@ -127,15 +127,6 @@ def reference_probabilities(model: nn.Module, pixels: torch.Tensor, normalizatio
     """What PyTorch gives the Predictor's way: raw (B, C, H, W) -> probabilities (B, K, H, W)."""
     x = normalize(pixels.float() / input_max, normalization)
     return logits_to_probabilities(full_size_logits(model, x).float())
-
-
-def image_stats(pixels: torch.Tensor, normalization: str, input_max: float) -> torch.Tensor | None:
-    """Raw pixels (B, C, H, W) -> the exported graph's `stats` input (B, C, 2) float32 for them
-    (None for "none" normalisation, which has no statistics)."""
-    if normalization == "none":
-        return None
-    shift, divide = normalization_statistics(pixels.double() / input_max, normalization)  # (B, C, 1, 1)
-    return torch.stack([shift[..., 0, 0], divide[..., 0, 0]], -1).float()
 
 
 def check_parity(run_exported: Callable[..., torch.Tensor], model: nn.Module,

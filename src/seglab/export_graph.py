@@ -89,6 +89,15 @@ def graph_normalize(pixels: torch.Tensor, input_max: float, mode: str,
     return ((x - shift) / divide).float()
 
 
+def image_stats(pixels: torch.Tensor, normalization: str, input_max: float) -> torch.Tensor | None:
+    """Raw pixels (B, C, H, W) -> the exported graph's `stats` input (B, C, 2) float32 for them
+    (None for "none" normalisation, which has no statistics)."""
+    if normalization == "none":
+        return None
+    shift, divide = normalization_statistics(pixels.double() / input_max, normalization)  # (B, C, 1, 1)
+    return torch.stack([shift[..., 0, 0], divide[..., 0, 0]], -1).float()
+
+
 def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """x (B, C, H, W) -> (B, C, len(rows), len(cols))."""
     return x.index_select(2, rows).index_select(3, cols)

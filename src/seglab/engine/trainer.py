@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -251,28 +251,30 @@ class Trainer:
                 at_end = index + 1 == batches
                 position = {"epoch": epoch + 1, "batch": 0} if at_end else {"epoch": epoch, "batch": index + 1}
                 if self.eval_unit == "step" and self.step % self.eval_count == 0:
-                    self._stop_clock()
-                    stop = self._close_period(epoch, True, position)
-                    self.model.train()
-                    self._start_clock()
+                    with self._clock_paused():
+                        stop = self._close_period(epoch, True, position)
+                        self.model.train()
                 elif c.train.save_every and self.step % c.train.save_every == 0 and not at_end:
-                    self._stop_clock()
-                    self._read_losses()
-                    if self.dist.is_main:
-                        self._save("last.pt", epoch, {}, {**position, "tally": vars(self.tally)})
-                    self._start_clock()
+                    with self._clock_paused():
+                        self._read_losses()
+                        if self.dist.is_main:
+                            self._save("last.pt", epoch, {}, {**position, "tally": vars(self.tally)})
                 if stop or (c.train.max_time and self._out_of_time(now)):
                     break  # fit() sees the early stop, or the spent budget, and finishes the run
-            if self.progress and (self.step % LOG_EVERY == 0 or index + 1 == batches):
-                if index + 1 == batches:
-                    self._read_losses()  # else a period that began after the last read shows loss 0
-                bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
-                                img_s=f"{self.tally.images / max(self.tally.seconds + self._clock(), 1e-9):.1f}")
+            if self.step % LOG_EVERY == 0:
+                self._show_progress(bar, self._clock())
             bar.update(1)
-        bar.close()
         self._stop_clock()
         self._read_losses()
+        self._show_progress(bar, 0.0)  # the epoch's final numbers, after the last read
+        bar.close()
         return stop
+
+    def _show_progress(self, bar, running_seconds: float) -> None:
+        if self.progress:
+            seconds = self.tally.seconds + running_seconds
+            bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
+                            img_s=f"{self.tally.images / max(seconds, 1e-9):.1f}")
 
     # ---- training time: validation and checkpoint writing do not count --------------------------
     def _clock(self) -> float:
@@ -285,7 +287,15 @@ class Trainer:
         seconds = self._clock()
         self.elapsed += seconds
         self.tally.seconds += seconds
-        self._start_clock()
+
+    @contextmanager
+    def _clock_paused(self):
+        """Validation and checkpoint writing inside an epoch do not count as training time."""
+        self._stop_clock()
+        try:
+            yield
+        finally:
+            self._start_clock()
 
     def _training_seconds(self) -> float:
         return self.elapsed + self._clock()

@@ -8,7 +8,7 @@ still matches the channels (`channels`) and resizes by `scale` as training did.
 
 `forward` plugs into `tiling.predict_tiled` and `tta.tta_forward`. A graph with "per_image" or
 "minmax" normalisation normalises each input with its own statistics; for tiles of a larger image
-pass the whole image's as `stats` (`seglab.export.image_stats`), as `Predictor` does, so that tiles
+pass the whole image's as `stats` (`seglab.export_graph.image_stats`), as `Predictor` does, so that tiles
 are normalised as the whole image is. Files exported before seglab had the `stats` input
 (`has_stats` False) ignore it.
 """
@@ -27,6 +27,7 @@ from seglab.errors import SeglabError
 
 EXPORT_FORMAT = "seglab-export"
 TORCHSCRIPT_METADATA = "seglab.json"
+STATS_INPUT = "stats"  # the optional whole-image statistics input of exported graphs
 
 
 class ExportedModel(ABC):
@@ -111,7 +112,7 @@ class OnnxModel(ExportedModel):
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         # The statistics input has a default, so onnxruntime lists it as an overridable initializer.
-        self.has_stats = self.has_stats and any(entry.name == "stats"
+        self.has_stats = self.has_stats and any(entry.name == STATS_INPUT
                                                 for entry in self.session.get_overridable_initializers())
 
     def forward(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,7 +121,7 @@ class OnnxModel(ExportedModel):
         self._check_batch(batch, self.channels)
         feeds = {self.input_name: batch.detach().to("cpu", torch.float32).contiguous().numpy()}
         if stats is not None and self.has_stats:
-            feeds["stats"] = stats.detach().to("cpu", torch.float32).contiguous().numpy()
+            feeds[STATS_INPUT] = stats.detach().to("cpu", torch.float32).contiguous().numpy()
         (probs,) = self.session.run([self.output_name], feeds)
         return torch.from_numpy(probs).to(batch.device)
 

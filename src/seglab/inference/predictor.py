@@ -6,6 +6,7 @@ averages flips or all eight rotations/flips, with or without tiles.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from seglab.data.io import read_image
 from seglab.data.preprocess import prepare_image
 from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from seglab.engine.state import free_memory
+from seglab.export_graph import image_stats
 from seglab.errors import DataError, SeglabError
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
@@ -104,15 +106,30 @@ class Predictor:
             forward = tta_forward(self._whole_forward, self.tta)
             return forward(image[None].to(self.device))[0].float().cpu()
         margin = getattr(self.model, "margin", 0)
-        if isinstance(self.model, _ExportedModule):
-            self.model.image_stats = self.model.stats_of(image[None])  # tiles normalised as the image
-        try:
+        with self._tiles_normalised_as(self._exported_stats(image[None])):
             return predict_tiled(tta_forward(self._tile_forward, self.tta), image, tile, self.overlap,
                                  self.batch_size, self.device, margin=margin,
                                  valid_input=self.model.valid_input_size if margin else None)
+
+    def _exported_stats(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """Raw pixels (1, C, H, W) of a whole image -> an exported model's `stats` input (1, C, 2);
+        None for checkpoints, whose inputs come normalised."""
+        if not isinstance(self.model, _ExportedModule):
+            return None
+        return image_stats(pixels, self.model.exported.normalization, self.model.exported.input_max)
+
+    @contextmanager
+    def _tiles_normalised_as(self, stats: torch.Tensor | None):
+        """While an image's tiles go through an exported model, it normalises them with `stats`
+        (1, C, 2), the whole image's, instead of each tile's own. A no-op when stats is None."""
+        if stats is None:
+            yield
+            return
+        self.model.image_stats = stats
+        try:
+            yield
         finally:
-            if isinstance(self.model, _ExportedModule):
-                self.model.image_stats = None
+            self.model.image_stats = None
 
     def predict(self, array: np.ndarray, scale: float | None = None, name: str = "image") -> Prediction:
         """Decoded image (H, W[, C]) -> Prediction at the image's own size."""
@@ -227,17 +244,14 @@ class Predictor:
             return self.finish(probs.numpy()).mask
 
         margin = getattr(self.model, "margin", 0)
-        if exported is not None and mode != "none":
-            exported.image_stats = torch.from_numpy(np.stack([shift, divide], -1)[None].astype(np.float32))
-        try:
+        stats = (torch.from_numpy(np.stack([shift, divide], -1)[None].astype(np.float32))
+                 if exported is not None and mode != "none" else None)  # (1, C, 2)
+        with self._tiles_normalised_as(stats):
             return predict_tiff_tiled(tta_forward(self._tile_forward, self.tta), in_path, out_path,
                                       tile=self.tile or (tile, tile), overlap=self.overlap,
                                       batch_size=self.batch_size, device=self.device, margin=margin,
                                       valid_input=self.model.valid_input_size if margin else None,
                                       normalize=normalize, to_output=to_output)
-        finally:
-            if exported is not None:
-                exported.image_stats = None
 
     def class_probability(self, prediction: Prediction, class_index: int) -> np.ndarray:
         """(H, W) probability of one class (for binary models P(0) = 1 - P(1))."""
@@ -259,12 +273,6 @@ class _ExportedModule(torch.nn.Module):
         super().__init__()
         self.exported = exported
         self.image_stats: torch.Tensor | None = None  # (1, C, 2) of the image being tiled, if any
-
-    def stats_of(self, pixels: torch.Tensor) -> torch.Tensor | None:
-        """Raw pixels (1, C, H, W) of a whole image -> its `stats` input (1, C, 2)."""
-        from seglab.export import image_stats
-
-        return image_stats(pixels, self.exported.normalization, self.exported.input_max)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         probs = self.exported.forward(batch, self.image_stats).float().clamp(1e-7, 1 - 1e-7)
