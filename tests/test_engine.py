@@ -80,6 +80,44 @@ def test_eval_every_n_steps_validates_mid_epoch_and_resumes_bit_identically(tmp_
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in rows]
 
 
+def test_checkpoints_are_written_at_most_every_interval_and_a_crash_resumes_from_the_last_one(
+        tmp_path, isbi_dir, monkeypatch):
+    """With a long --checkpoint-interval only the first period and the end of the run reach the disk.
+    A run that dies in between resumes from the first period: metrics.jsonl drops the rows logged
+    after that checkpoint, and the weights come out bit-identical to an uninterrupted run."""
+    from seglab.engine import trainer as trainer_module
+
+    writes = []
+    real_save = trainer_module.save_checkpoint
+
+    def counting_save(payload, path):
+        writes.append((Path(path).name, payload["epoch"]))
+        return real_save(payload, path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", counting_save)
+    slow = {"epochs": 4, "augment": "paper", "loss": "auto", "checkpoint_interval": 1e9}
+    fit(config_from_dict(_config(tmp_path / "straight", isbi_dir, **slow)), progress=False, log=QUIET)
+    assert sorted(writes) == [("best.pt", 0), ("best.pt", 3), ("last.pt", 0), ("last.pt", 3)]
+
+    crashing = Trainer(config_from_dict(_config(tmp_path / "crashed", isbi_dir, **slow)), progress=False, log=QUIET)
+    real_epoch = crashing._train_epoch
+
+    def dies_in_epoch_3(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process ends here; only what is on disk survives
+        return real_epoch(epoch)
+
+    crashing._train_epoch = dies_in_epoch_3
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit()
+    assert [r["epoch"] for r in _rows(tmp_path / "crashed")] == [1, 2]
+    assert torch.load(tmp_path / "crashed" / "last.pt", weights_only=True)["epoch"] == 0
+    resume(tmp_path / "crashed", progress=False, log=QUIET)
+    assert [r["epoch"] for r in _rows(tmp_path / "crashed")] == [1, 2, 3, 4]
+    straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "crashed" / "last.pt")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_training_steps_read_nothing_back_to_the_host_between_log_points(tmp_path, isbi_dir, monkeypatch):
     """On a GPU every .item(), bool(tensor) or torch.tensor(list) in the step waits for the device.
     The step (batches, augmentation, forward, loss, backward, scaler, optimizer, schedule) makes

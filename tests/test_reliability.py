@@ -298,7 +298,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_keeping_the_last_good_c
                                "data": {"root": str(isbi_subset), "crop": [64, 64], "validation": 20},
                                "model": {"base_channels": 4, "depth": 2},
                                "train": {"epochs": 3, "batch_size": 2, "device": "cpu", "augment": "none",
-                                         "max_bad_steps": 3}})
+                                         "max_bad_steps": 3, "checkpoint_interval": 0}})
     messages = []
     trainer = Trainer(config, progress=False, log=messages.append)
     real_loss = trainer.loss_fn.forward

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SyncBatchNorm across DDP processes")
     train.add_argument("--save-every", type=int, dest="train.save_every",
                        help="also write last.pt every N optimizer steps (bounds the work a crash loses)")
+    train.add_argument("--checkpoint-interval", type=float, dest="train.checkpoint_interval", metavar="SECONDS",
+                       help="write best.pt/last.pt at most every SECONDS of wall time, and at the end "
+                            "(default 60; 0 = at every metrics row)")
     train.add_argument("--early-stop", type=int, dest="train.early_stop",
                        help="stop after N evaluations without improvement of --monitor")
     train.add_argument("--border-weight", type=_floats, dest="train.border_weight", metavar="W0,SIGMA",
@@ -200,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train, predict and evaluate on the bundled ISBI 2012 slices")
     demo.add_argument("--out", help="run folder (default runs/demo-<time>)")
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--time-budget", type=float, help="seconds of training (default: 420 on CPU, 300 on GPU)")
+    demo.add_argument("--time-budget", type=float, help="seconds of training (default: 420 on CPU, 60 on GPU)")
     demo.add_argument("--no-progress", action="store_true")
     return parser
 

@@ -64,6 +64,7 @@ class TrainConfig:
     accumulate: int = 1                  # gradient accumulation steps
     sync_bn: bool = False                # SyncBatchNorm under DDP
     save_every: int | None = None        # also write last.pt every N optimizer steps
+    checkpoint_interval: float = 60.0    # write best.pt/last.pt at most every N s of wall time; 0: every row
     early_stop: int | None = None        # stop after N evaluations without improvement
     max_bad_steps: int = 20              # consecutive non-finite losses before the run stops
     class_weights: list[float] | str | None = None  # per-class CE weights, or "auto" from frequencies

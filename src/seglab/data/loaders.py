@@ -39,7 +39,9 @@ class ResidentBatches:
         order = torch.randperm(len(self.images), generator=generator)
         per_rank = math.ceil(len(order) / self.world_size)
         order = order.repeat(2)[: per_rank * self.world_size]  # pad so ranks get equal shares
-        mine = order[self.rank::self.world_size].to(self.images.device)
+        mine = order[self.rank::self.world_size]
+        if self.images.is_cuda:  # a pageable copy would make the host wait for the GPU's queue
+            mine = mine.pin_memory().to(self.images.device, non_blocking=True)
         for start in range(0, len(mine), self.batch_size):
             index = mine[start:start + self.batch_size]
             weights = self.weights[index] if self.weights is not None else None

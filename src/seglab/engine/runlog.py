@@ -20,17 +20,21 @@ class RunLog:
         self.run_dir, self.enabled, self.unit, self.log = run_dir, enabled, unit, log
         self._writer = None
 
-    def start(self, config: RunConfig) -> None:
+    def start(self, config: RunConfig, rows: list[dict]) -> None:
+        """Begin (rows empty) or continue a run whose checkpoint holds `rows`. A crashed run may
+        have logged periods after its last checkpoint; they are dropped here and trained again."""
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(dump_config(config))
+        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             self.log("note: tensorboard is not installed; no event files are written")
             return
-        self._writer = SummaryWriter(log_dir=str(self.run_dir))
+        # purge_step hides the dropped periods' events from TensorBoard too
+        self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=rows[-1]["step"] + 1 if rows else None)
 
     def add_overlays(self, pictures: list, step: int) -> None:
         """pictures: (H, W, 3) uint8 arrays of validation predictions drawn over their images."""
