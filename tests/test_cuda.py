@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-import seglab.engine.trainer as trainer_module
+import seglab.engine.setup as setup_module
 from seglab.config import config_from_dict
 from seglab.data.augment import BatchAugmenter, augment_preset
 from seglab.data.classmap import IGNORE_INDEX
@@ -49,7 +49,7 @@ def test_a_gpu_training_epoch_synchronises_only_to_read_the_loss_tally(tmp_path,
     fused AdamW and the schedule run under it for a whole epoch; only the end of the epoch may sync
     (the training clock waits for the queued steps, then the loss tally is read)."""
     if not resident:  # force the DataLoader path: pinned batches copied without blocking
-        monkeypatch.setattr(trainer_module, "free_memory", lambda device: 0)
+        monkeypatch.setattr(setup_module, "free_memory", lambda device: 0)
     config = {"out": str(tmp_path / "run"), "data": {"root": str(isbi_dir), "validation": 20, "crop": [256, 256],
                        "workers": 2},
               "model": {"base_channels": 16, "depth": 4},

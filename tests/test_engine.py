@@ -85,16 +85,16 @@ def test_checkpoints_are_written_at_most_every_interval_and_a_crash_resumes_from
     """With a long --checkpoint-interval only the first period and the end of the run reach the disk.
     A run that dies in between resumes from the first period: metrics.jsonl drops the rows logged
     after that checkpoint, and the weights come out bit-identical to an uninterrupted run."""
-    from seglab.engine import trainer as trainer_module
+    from seglab.engine import checkpoint_schedule
 
     writes = []
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpoint_schedule.save_checkpoint
 
     def counting_save(payload, path):
         writes.append((Path(path).name, payload["epoch"]))
         return real_save(payload, path)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", counting_save)
+    monkeypatch.setattr(checkpoint_schedule, "save_checkpoint", counting_save)
     slow = {"epochs": 4, "augment": "paper", "loss": "auto", "checkpoint_interval": 1e9}
     fit(config_from_dict(_config(tmp_path / "straight", isbi_dir, **slow)), progress=False, log=QUIET)
     assert sorted(writes) == [("best.pt", 0), ("best.pt", 3), ("last.pt", 0), ("last.pt", 3)]
@@ -116,6 +116,25 @@ def test_checkpoints_are_written_at_most_every_interval_and_a_crash_resumes_from
     assert [r["epoch"] for r in _rows(tmp_path / "crashed")] == [1, 2, 3, 4]
     straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "crashed" / "last.pt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_prediction_pictures_go_to_tensorboard_at_most_once_an_interval(tmp_path, isbi_dir, monkeypatch):
+    import time
+
+    import numpy as np
+
+    from seglab.engine import runlog as runlog_module
+
+    log = runlog_module.RunLog(tmp_path / "run", enabled=True, unit="epoch", log=QUIET)
+    log.start(config_from_dict(_config(tmp_path / "run", isbi_dir)), [])
+    assert log.overlays_due()  # the first evaluation draws
+    log.add_overlays([np.zeros((8, 16, 3), np.uint8)], step=1)
+    assert not log.overlays_due()  # the next ones within the interval do not
+    monkeypatch.setattr(runlog_module, "OVERLAY_INTERVAL_S", 0.05)
+    time.sleep(0.1)
+    assert log.overlays_due()
+    log.finish([], "cpu")
+    assert not runlog_module.RunLog(tmp_path / "other", enabled=False, unit="epoch").overlays_due()  # rank > 0
 
 
 def test_training_steps_read_nothing_back_to_the_host_between_log_points(tmp_path, isbi_dir, monkeypatch):

@@ -1,4 +1,4 @@
-"""Build what a run needs from its config: data split, datasets, model, loss, optimizer, schedule."""
+"""Build what a run needs from its config: data split, training batches, model, loss, optimizer, schedule."""
 from __future__ import annotations
 
 import math
@@ -11,13 +11,18 @@ import torch.nn as nn
 
 from seglab.config import RunConfig
 from seglab.data.classmap import ClassMap
+from seglab.data.datasets import SegmentationDataset
 from seglab.data.discover import DataLayout, Pair, discover, infer_class_map, survey_masks
 from seglab.data.io import image_info
+from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
+from seglab.engine.state import free_memory
 from seglab.errors import DataError, SeglabError
 from seglab.losses import SegmentationLoss
 from seglab.models import build_model
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+# Keep the training set on the device when it takes at most this share of free memory.
+RESIDENT_FRACTION = 0.25
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
 
 
@@ -101,6 +106,34 @@ def mask_rules(data) -> tuple:
         codes, names, ignore = load_color_table(data.mask_colors)
         return codes, None, data.class_names or names, ignore, True
     return data.mask_values, data.num_classes, data.class_names, data.ignore_value, False
+
+
+def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, dist, log=print):
+    """The training batches and the size the augmenter cuts them to: (ResidentBatches, crop) when the
+    training set fits on the device, else (LoaderBatches, None) with the dataset cropping. `dist`
+    gives rank and world_size; crop is (H, W) or None."""
+    c = config
+    crop = (c.data.crop[0], c.data.crop[-1]) if c.data.crop else None
+    border = tuple(c.train.border_weight) if c.train.border_weight else None
+    if border is not None and (len(border) != 2 or not plan.class_map.is_binary):
+        raise SeglabError("--border-weight takes W0,SIGMA (e.g. 10,5) and binary masks whose class 1 is "
+                          "the cells (ISBI: 255 = cell interior)")
+    common = dict(class_map=plan.class_map, channels=plan.channels, scale=c.data.scale,
+                  normalization=c.data.normalization, seed=c.train.seed, border_weight=border)
+    dataset = SegmentationDataset(plan.train_pairs, cache=True, **common)
+    first_image = dataset.load(0)[0]
+    estimate = first_image[0].numel() * (first_image.shape[0] + 3) * 4 * len(dataset)
+    if estimate < RESIDENT_FRACTION * free_memory(device):
+        stacked = stack_dataset(dataset)
+        if stacked is not None:
+            images, masks = stacked[0].to(device), stacked[1].to(device)
+            weights = stacked[2].to(device) if len(stacked) > 2 else None
+            log(f"training set resident on {device.type}: {tuple(images.shape)}")
+            return ResidentBatches(images, masks, weights, c.train.batch_size, c.train.seed,
+                                   dist.rank, dist.world_size), crop
+    dataset = SegmentationDataset(plan.train_pairs, crop=crop, **common)
+    return LoaderBatches(dataset, c.train.batch_size, device, c.data.workers, c.train.seed,
+                         dist.rank, dist.world_size), None
 
 
 def model_kwargs(config: RunConfig, channels: int, num_outputs: int) -> dict:

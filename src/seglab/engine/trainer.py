@@ -13,21 +13,18 @@ from tqdm import tqdm
 from seglab.config import RunConfig, load_config, override, parse_eval_every
 from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
 from seglab.data.datasets import SegmentationDataset
-from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
 from seglab.engine import distributed
-from seglab.engine.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from seglab.engine.checkpoint import load_checkpoint, make_checkpoint
+from seglab.engine.checkpoint_schedule import CheckpointSchedule
 from seglab.engine.evaluate import evaluate
-from seglab.engine.setup import (LearningRateSchedule, make_loss, make_model, make_optimizer, plan_data,
-                                 resolve_device, seed_everything)
+from seglab.engine.setup import (LearningRateSchedule, make_loss, make_model, make_optimizer,
+                                 make_train_batches, plan_data, resolve_device, seed_everything)
 from seglab.engine.runlog import RunLog
 from seglab.engine.state import (DeviceLossTally, EpochTally, History, autocast_factory, default_run_dir,
-                                 free_memory, resolve_precision, restarted_by_torchrun, rng_state, set_rng_state)
+                                 resolve_precision, restarted_by_torchrun, rng_state, set_rng_state)
 from seglab.errors import SeglabError
 
-# Keep the training set on the device when it takes at most this share of free memory.
-RESIDENT_FRACTION = 0.25
 LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, NaN checks)
-OVERLAY_INTERVAL_S = 60.0  # wall seconds between prediction pictures sent to TensorBoard
 
 
 class Trainer:
@@ -83,9 +80,8 @@ class Trainer:
                                            growth_interval=2000 if fp16 else 2**30)
         augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
         self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
-        crop = config.data.crop
-        self.crop = None if not crop else (crop[0], crop[-1])
-        self.train_batches = self._make_train_batches()
+        # crop: the augmenter's output size, None where the loader's dataset already crops
+        self.train_batches, self.crop = make_train_batches(config, self.plan, device, self.dist, self.log)
         self.val_dataset = (SegmentationDataset(self.plan.val_pairs, cm, self.plan.channels, config.data.scale,
                                                 config.data.normalization, cache=True)
                             if self.plan.val_pairs else None)
@@ -96,16 +92,10 @@ class Trainer:
         self.best: float | None = None
         self.evals_since_best = 0
         self._clock_started = 0.0  # perf_counter() when the current stretch of training began
-        if config.train.checkpoint_interval < 0:
-            raise SeglabError("--checkpoint-interval takes seconds >= 0 (0 writes checkpoints at every metrics row)")
-        # Checkpoints of closed periods not yet on disk (written at most every checkpoint_interval s).
-        self._unwritten_best: dict | None = None  # a best.pt payload: weights copied when they were best
-        self._unwritten_last: tuple | None = None  # (epoch, metrics, position) of the current weights
-        self._last_write: float | None = None  # monotonic() of the last write
-        self._last_overlays: float | None = None  # monotonic() when TensorBoard last got prediction pictures
         run_dir = resume_from or default_run_dir(config)
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
         self.runlog = RunLog(self.run_dir, self.dist.is_main, self.eval_unit, self.log)
+        self.checkpoints = CheckpointSchedule(self.run_dir, t.checkpoint_interval, self.dist.is_main)
         if resume_from is None and (self.run_dir / "last.pt").exists():
             if not restarted_by_torchrun():
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
@@ -123,30 +113,6 @@ class Trainer:
                               f"{payload['model']['kwargs']} vs {self.model_kwargs}): train a matching model")
         self.model.load_state_dict(state)
         self.log(f"initial weights from {path}")
-
-    def _make_train_batches(self):
-        c, plan = self.config, self.plan
-        border = tuple(c.train.border_weight) if c.train.border_weight else None
-        if border is not None and (len(border) != 2 or not plan.class_map.is_binary):
-            raise SeglabError("--border-weight takes W0,SIGMA (e.g. 10,5) and binary masks whose class 1 is "
-                              "the cells (ISBI: 255 = cell interior)")
-        common = dict(class_map=plan.class_map, channels=plan.channels, scale=c.data.scale,
-                      normalization=c.data.normalization, seed=c.train.seed, border_weight=border)
-        dataset = SegmentationDataset(plan.train_pairs, cache=True, **common)
-        first_image = dataset.load(0)[0]
-        estimate = first_image[0].numel() * (first_image.shape[0] + 3) * 4 * len(dataset)
-        if estimate < RESIDENT_FRACTION * free_memory(self.device):
-            stacked = stack_dataset(dataset)
-            if stacked is not None:
-                images, masks = stacked[0].to(self.device), stacked[1].to(self.device)
-                weights = stacked[2].to(self.device) if len(stacked) > 2 else None
-                self.log(f"training set resident on {self.device.type}: {tuple(images.shape)}")
-                return ResidentBatches(images, masks, weights, c.train.batch_size, c.train.seed,
-                                       self.dist.rank, self.dist.world_size)
-        dataset = SegmentationDataset(plan.train_pairs, crop=self.crop, **common)
-        self.crop = None  # the dataset crops; the augmenter keeps the size
-        return LoaderBatches(dataset, c.train.batch_size, self.device, c.data.workers, c.train.seed,
-                             self.dist.rank, self.dist.world_size)
 
     def _resume(self, run_dir: Path) -> None:
         payload = load_checkpoint(run_dir / "last.pt")
@@ -169,15 +135,14 @@ class Trainer:
         self.log(f"resuming {run_dir} at {where} (step {self.step})")
 
     # ---- checkpoints --------------------------------------------------------------------------
-    def _save_last(self, epoch: int, metrics: dict, position: dict) -> None:
-        """Rank 0 writes last.pt: the weights with everything a resume at `position` needs."""
+    def _last_payload(self, epoch: int, metrics: dict, position: dict) -> dict:
+        """last.pt: the weights with everything a resume at `position` needs."""
         train_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                        "scaler": self.scaler.state_dict(), "augmenter": self.augmenter.state_dict(),
                        "rng": rng_state(), "elapsed": self.elapsed, "best": self.best,
                        "evals_since_best": self.evals_since_best, "history": self.history_rows,
                        "position": position}
-        save_checkpoint(self._checkpoint_payload(epoch, metrics, train_state), self.run_dir / "last.pt")
-        self._unwritten_last, self._last_write = None, time.monotonic()
+        return self._checkpoint_payload(epoch, metrics, train_state)
 
     def _checkpoint_payload(self, epoch: int, metrics: dict, train_state: dict | None) -> dict:
         c = self.config
@@ -185,21 +150,6 @@ class Trainer:
                       "normalization": c.data.normalization, "threshold": c.train.threshold}
         return make_checkpoint(self.model, c.model.name, self.model_kwargs, self.plan.class_map, preprocess,
                                epoch, self.step, metrics, train_state)
-
-    def _write_checkpoints(self, force: bool = False) -> None:
-        """Rank 0 writes the pending best.pt and last.pt when checkpoint_interval seconds have passed
-        since the last write, or when `force`d at the end of the run. A paper-sized U-Net's last.pt
-        is 355 MB and takes about a second to write and fsync; on a GPU an ISBI epoch trains in
-        0.15 s, so writing every epoch would spend most of the run on the disk."""
-        due = (self._last_write is None
-               or time.monotonic() - self._last_write >= self.config.train.checkpoint_interval)
-        if not self.dist.is_main or not (force or due):
-            return
-        if self._unwritten_best is not None:
-            save_checkpoint(self._unwritten_best, self.run_dir / "best.pt")
-            self._unwritten_best = None
-        if self._unwritten_last is not None:
-            self._save_last(*self._unwritten_last)
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> History:
@@ -228,7 +178,7 @@ class Trainer:
             if last_epoch or stop or (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch):
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
-        self._write_checkpoints(force=True)
+        self.checkpoints.flush()
         self.runlog.finish(self.history_rows, str(self.device))
         distributed.barrier()
         best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == self.best), None)
@@ -284,7 +234,8 @@ class Trainer:
                     with self._clock_paused():
                         self._read_losses()
                         if self.dist.is_main:
-                            self._save_last(epoch, {}, {**position, "tally": vars(self.tally)})
+                            self.checkpoints.write_last(
+                                self._last_payload(epoch, {}, {**position, "tally": vars(self.tally)}))
                 if stop or (c.train.max_time and self._out_of_time(now)):
                     break  # fit() sees the early stop, or the spent budget, and finishes the run
             if self.step % LOG_EVERY == 0:
@@ -359,15 +310,12 @@ class Trainer:
 
     def _validate(self) -> dict:
         cm = self.plan.class_map
-        # Prediction pictures for TensorBoard at most once a minute: drawn at every evaluation of a
-        # 5-minute GPU run on ISBI they took 426 MB of event files.
-        draw = self._last_overlays is None or time.monotonic() - self._last_overlays >= OVERLAY_INTERVAL_S
+        draw = self.runlog.overlays_due()
         result = evaluate(self.model, self.val_dataset, self.loss_fn, cm, self.device, self.config.train.threshold,
                           self.dist.rank, self.dist.world_size, self.autocast(), num_overlays=2 if draw else 0)
         s = result.scores
         if draw:
             self.runlog.add_overlays(result.overlays or [], self.step)
-            self._last_overlays = time.monotonic()
         return {"val_loss": result.loss, "val_dice": s["mdice"], "val_iou": s["miou"], "val_miou": s["miou"],
                 "val_pixel_accuracy": s["pixel_accuracy"], "val_pixel_error": s["pixel_error"],
                 "val_dice_per_class": s["dice"], "val_iou_per_class": s["iou"]}
@@ -402,9 +350,9 @@ class Trainer:
         if self.dist.is_main:
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
             if improved or self.val_dataset is None:
-                self._unwritten_best = self._checkpoint_payload(epoch, metrics, None)  # copies the weights
-            self._unwritten_last = (epoch, metrics, {**position, "tally": vars(EpochTally())})
-            self._write_checkpoints()
+                self.checkpoints.hold_best(self._checkpoint_payload(epoch, metrics, None))  # copies the weights
+            resume_at = {**position, "tally": vars(EpochTally())}
+            self.checkpoints.period_closed(lambda: self._last_payload(epoch, metrics, resume_at))
             self.runlog.add_row(row, c.train.epochs, improved)
             if stop:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.evals_since_best} evaluations")
