@@ -17,7 +17,7 @@ training) and real ISBI 2012 slices, in one run:
     `seglab.inference.tiling.predict_tiled` (`--tile`, `--overlap`, `--batch` tiles per forward)
     over the fast path: megapixels/s.
 (c) CPU latency per `--size` image (batch 1, median of `--iters`): seglab PyTorch (`Predictor` on a
-    normalised image), ONNX Runtime (the model exported with `seglab.export.export_model` to a
+    normalised image), ONNX Runtime (the model exported with `seglab.inference.export.export_model` to a
     temporary folder; raw pixels in, normalisation inside the graph) and the plain loop
     (pre-normalised input), with the same number of threads.
 """
@@ -36,13 +36,12 @@ from PIL import Image
 
 from seglab.data.classmap import ClassMap
 from seglab.data.preprocess import normalize
-from seglab.engine.checkpoint import make_checkpoint, save_checkpoint
-from seglab.engine.state import resolve_precision
+from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint
+from seglab.runtime.device import resolve_precision
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled
-from seglab.losses import logits_to_probabilities
 from seglab.models import UNet
-from seglab.models.common import full_size_logits
+from seglab.models.outputs import full_size_logits, logits_to_probabilities
 from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 
 ISBI = Path(__file__).resolve().parents[1] / "data" / "isbi2012"
@@ -155,8 +154,8 @@ def tiled(args, device: torch.device, slices: np.ndarray) -> None:
 
 
 def cpu_latency(args, slices: np.ndarray) -> None:
-    from seglab.export import export_model
-    from seglab.inference.onnx_backend import OnnxModel
+    from seglab.inference.export import export_model
+    from seglab.inference.exported import OnnxModel
 
     cpu = torch.device("cpu")
     threads = torch.get_num_threads()

@@ -51,8 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seglab.data.loaders import ResidentBatches
-from seglab.engine.setup import resolve_device
-from seglab.engine.state import resolve_precision
+from seglab.runtime.device import resolve_device, resolve_precision
 from seglab.engine.trainer import EpochTally, Trainer
 from seglab.models import UNet
 from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import TINY_FLAGS, TRAINED_EPOCHS, assert_clean_failure, copy_isbi_crop
 from seglab.data.io import read_image, read_mask
-from seglab.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from seglab.data.classmap import ClassMap
 from seglab.inference.predictor import Predictor
 from seglab.models import UNet

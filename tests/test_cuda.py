@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-import seglab.engine.setup as setup_module
+import seglab.engine.builders as setup_module
 from seglab.config import config_from_dict
 from seglab.data.augment import BatchAugmenter, augment_preset
 from seglab.data.classmap import IGNORE_INDEX
-from seglab.engine.state import DeviceLossTally
+from seglab.engine.tallies import DeviceLossTally
 from seglab.engine.trainer import LOG_EVERY, Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

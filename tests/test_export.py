@@ -8,16 +8,17 @@ import torch
 from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
 from seglab.data.preprocess import normalize
-from seglab.engine.checkpoint import make_checkpoint, save_checkpoint
+from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint
 from seglab.errors import SeglabError
-from seglab.export import export_model, reference_probabilities
-from seglab.export_graph import ExportWrapper, graph_normalize, reflect_pad_index, reflect_steps
-from seglab.inference.onnx_backend import OnnxModel, TorchScriptModel, load_exported
+from seglab.inference.export import export_model, reference_probabilities
+from seglab.inference.export_graph import ExportWrapper, graph_normalize, reflect_pad_index, reflect_steps
+from seglab.inference.exported import OnnxModel, TorchScriptModel, load_exported
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
 from seglab.models import UNet, build_model
-from seglab.models.common import full_size_logits, reflect_pad
+from seglab.models.outputs import full_size_logits
+from seglab.models.padding import mirror_pad
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -61,7 +62,7 @@ def checkpoint_path(request, tmp_path_factory, isbi_slices):
 @pytest.mark.parametrize("before, after", [(0, 0), (1, 0), (0, 6), (4, 9), (20, 3), (45, 45)])
 def test_graph_mirror_index_equals_reflect_pad(n, before, after):
     line = torch.arange(n, dtype=torch.float32)
-    expected = reflect_pad(line.view(1, 1, n, 1), before, after, 0, 0).view(-1).long()
+    expected = mirror_pad(line.view(1, 1, n, 1), before, after, 0, 0).view(-1).long()
     got = reflect_pad_index(line, torch.tensor(before), torch.tensor(after), reflect_steps(max(before, after)))
     assert got.tolist() == expected.tolist()
 
@@ -77,7 +78,7 @@ def test_wrapper_pads_like_full_size_logits_at_every_size(padding, depth):
             assert torch.equal(wrapper.logits(x), full_size_logits(model, x)), (height, width)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, as seglab.export uses it
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, as seglab.inference.export uses it
 @pytest.mark.parametrize("mode", ["per_image", "minmax"])
 def test_graph_normalisation_in_onnx_runtime_matches_float64_on_whole_slices(isbi_slices, mode, tmp_path):
     """A trained model turns input error into probability error: ONNX Runtime's float32 ReduceMean

@@ -12,7 +12,7 @@ from conftest import REPO, TINY_FLAGS, run_cli
 from PIL import Image
 
 from seglab.data.classmap import IGNORE_INDEX
-from seglab.engine.setup import LearningRateSchedule
+from seglab.engine.schedule import LearningRateSchedule
 from seglab.losses import SegmentationLoss
 from seglab.metrics import ConfusionMatrix
 

@@ -19,7 +19,7 @@ from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi
 from PIL import Image
 
 from seglab.config import config_from_dict
-from seglab.engine.checkpoint import load_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint
 from seglab.errors import DataError, SeglabError
 
 TINY_TRAIN = ("--base-channels", "4", "--depth", "2", "--augment", "none", *TINY_FLAGS)
@@ -212,7 +212,7 @@ def test_out_of_memory_stops_with_the_batch_or_tile_size_to_try(checkpoint, tmp_
 # ---- faults during training --------------------------------------------------------------------
 SAVER_SCRIPT = """
 import sys, torch
-from seglab.engine.checkpoint import save_checkpoint
+from seglab.runtime.checkpoint import save_checkpoint
 path, n = sys.argv[1], 0
 while True:
     n += 1
@@ -262,7 +262,7 @@ def test_a_killed_training_run_resumes_losing_at_most_save_every_steps(tmp_path,
 DISK_FULL_SCRIPT = """
 import errno, sys, torch
 from seglab.cli import main
-from seglab.engine import checkpoint
+from seglab.runtime import checkpoint
 
 real_save, calls = torch.save, []
 

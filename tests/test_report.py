@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import assert_clean_failure, run_cli
 from seglab.config import load_config
-from seglab.engine.setup import plan_data
+from seglab.engine.data_plan import plan_data
 from seglab.viz.report import write_report
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

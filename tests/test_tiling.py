@@ -8,7 +8,8 @@ import torch
 
 from seglab.inference.postprocess import threshold_probabilities
 from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
-from seglab.inference.tiling import (gaussian_weights, mirror_indices, mirror_pad, plan_tiles, predict_bands,
+from seglab.models.padding import mirror_indices, mirror_pad
+from seglab.inference.tiling import (gaussian_weights, plan_tiles, predict_bands,
                                      predict_tiled, tile_starts)
 from seglab.models import UNet
 

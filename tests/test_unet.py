@@ -6,7 +6,7 @@ import torch
 
 from seglab.errors import SeglabError
 from seglab.models import UNet, build_model, list_models
-from seglab.models.common import full_size_logits
+from seglab.models.outputs import full_size_logits
 
 
 def tiny_unet(**kwargs) -> UNet:

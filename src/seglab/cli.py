@@ -59,7 +59,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _predictor(args):
-    from seglab.engine.setup import resolve_device
+    from seglab.runtime.device import resolve_device
     from seglab.inference.predictor import Predictor
 
     tile = (args.tile[0], args.tile[-1]) if args.tile else None
@@ -212,13 +212,13 @@ def cmd_check(args) -> int:
     from seglab.data.preflight import format_preflight, run_preflight
 
     from seglab.config import DataConfig
-    from seglab.engine.setup import mask_rules
+    from seglab.engine.data_plan import mask_rules
 
     rules = mask_rules(DataConfig(mask_values=args.mask_values, num_classes=args.num_classes,
                                   class_names=args.class_names, ignore_value=args.ignore_value,
                                   mask_colors=args.mask_colors))
     if args.fix_to:
-        from seglab.data.fixer import require_empty_folder
+        from seglab.data.mask_repair import require_empty_folder
 
         require_empty_folder(args.fix_to)  # before a long check, not after it
     report = run_preflight(args.data, *rules)
@@ -229,7 +229,7 @@ def cmd_check(args) -> int:
         crop = (args.crop[0], args.crop[-1]) if args.crop else None
         print(f"preview: {write_preview(report, args.preview, args.augment, args.count, crop)}")
     if args.fix_to:
-        from seglab.data.fixer import fix_and_recheck
+        from seglab.data.mask_repair import fix_and_recheck
 
         text, fixed_ok = fix_and_recheck(report, args.fix_to)
         print(text)
@@ -238,7 +238,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from seglab.engine.setup import resolve_device
+    from seglab.runtime.device import resolve_device
     from seglab.viz.report import write_report
 
     print(f"wrote {write_report(args.run_dir, str(resolve_device(args.device)))}")
@@ -269,7 +269,7 @@ def cmd_train(args) -> int:
     if not config.data.root:
         raise SeglabError("no data folder: seglab train DATA_DIR (or data.root in --config)")
     parse_eval_every(config.train.eval_every)  # a bad interval fails now, not after the data checks
-    from seglab.engine.setup import mask_rules
+    from seglab.engine.data_plan import mask_rules
 
     report = run_preflight(config.data.root, *mask_rules(config.data))
     d = config.data
@@ -314,7 +314,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from seglab.data.io import read_image
-    from seglab.export import export_model
+    from seglab.inference.export import export_model
 
     images = [read_image(path) for path in args.parity_images] if args.parity_images else None
     report = export_model(args.model, args.format, args.output, images, tolerance=args.tolerance)

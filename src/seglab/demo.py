@@ -7,16 +7,15 @@ paper-sized U-Net (64 base channels) on a GPU.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from seglab.config import RunConfig, config_from_dict
-from seglab.engine.setup import resolve_device
+from seglab.runtime.device import resolve_device
 from seglab.engine.trainer import fit
-from seglab.errors import SeglabError
+from seglab.data.bundled import locate_isbi
 from seglab.evaluation import evaluate_pairs, format_evaluation
 from seglab.data.discover import discover
 from seglab.inference.predictor import Predictor
@@ -27,17 +26,6 @@ CPU_TIME_BUDGET = 420.0  # seconds of training: leaves room for prediction withi
 # On an H100 the paper-sized U-Net overfits the 25 slices after about a minute (validation loss
 # climbs from there); 60 s scored better on 25-29 than 300 s (BENCHMARKS.md).
 GPU_TIME_BUDGET = 60.0
-
-
-def locate_isbi() -> Path:
-    """The bundled data: $SEGLAB_DATA, ./data/isbi2012, or data/isbi2012 of the source checkout."""
-    candidates = [Path(os.environ["SEGLAB_DATA"])] if os.environ.get("SEGLAB_DATA") else []
-    candidates += [Path.cwd() / "data" / "isbi2012", Path(__file__).resolve().parents[2] / "data" / "isbi2012"]
-    for candidate in candidates:
-        if (candidate / "train" / "images").is_dir():
-            return candidate
-    raise SeglabError("the bundled ISBI 2012 data was not found: run the demo from the seglab checkout "
-                      "or set SEGLAB_DATA to the isbi2012 folder")
 
 
 def demo_config(device: torch.device, out: Path, time_budget: float | None, data: Path) -> RunConfig:

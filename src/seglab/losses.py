@@ -7,15 +7,9 @@ import torch.nn.functional as F
 
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.errors import SeglabError
+from seglab.models.padding import center_crop
 
 LOSSES = ("ce", "ce+dice", "dice", "bce", "bce+dice")
-
-
-def center_crop_target(target: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Crop (N, H, W) targets to the centre (height, width) window, for unpadded networks."""
-    top = (target.shape[-2] - height) // 2
-    left = (target.shape[-1] - width) // 2
-    return target[..., top:top + height, left:left + width]
 
 
 def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, valid: torch.Tensor,
@@ -58,9 +52,9 @@ class SegmentationLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
         if logits.shape[-2:] != target.shape[-2:]:
-            target = center_crop_target(target, *logits.shape[-2:])
+            target = center_crop(target, *logits.shape[-2:])
             if pixel_weights is not None:
-                pixel_weights = center_crop_target(pixel_weights, *logits.shape[-2:])
+                pixel_weights = center_crop(pixel_weights, *logits.shape[-2:])
         logits = logits.float()  # losses in fp32 even under autocast
         valid = target != self.ignore_index  # (N, H, W)
         safe_target = torch.where(valid, target, torch.zeros_like(target))
@@ -87,15 +81,3 @@ class SegmentationLoss(nn.Module):
             onehot = F.one_hot(safe_target, self.num_outputs).permute(0, 3, 1, 2).float()
             loss = loss + self.dice_weight * soft_dice_loss(probs, onehot, valid[:, None].float())
         return loss
-
-
-def logits_to_classes(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(N, K, H, W) logits -> (N, H, W) int64 classes (sigmoid > threshold for one channel)."""
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0]) > threshold).long()
-    return logits.argmax(dim=1)
-
-
-def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) logits -> probabilities (sigmoid for K = 1, softmax otherwise)."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)

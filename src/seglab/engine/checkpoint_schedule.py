@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from seglab.engine.checkpoint import save_checkpoint
+from seglab.runtime.checkpoint import save_checkpoint
 from seglab.errors import SeglabError
 
 

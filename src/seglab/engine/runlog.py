@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from seglab.config import RunConfig, dump_config
-from seglab.engine.state import epoch_line
 from seglab.errors import SeglabError
 
 OVERLAY_INTERVAL_S = 60.0  # wall seconds between prediction pictures sent to TensorBoard
@@ -83,3 +82,13 @@ class RunLog:
             self.log(f"report: {write_report(self.run_dir, device=device)}")
         except SeglabError as error:
             self.log(f"note: no report.html ({error})")
+
+
+def epoch_line(row: dict, epochs: int, improved: bool, by_step: bool = False) -> str:
+    where = f"step {row['step']} (epoch {row['epoch']}/{epochs})" if by_step else f"epoch {row['epoch']}/{epochs}"
+    parts = [where, f"train_loss {row['train_loss']:.4f}"]
+    if "val_loss" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"dice {row['val_dice']:.4f}", f"iou {row['val_iou']:.4f}",
+                  f"pixel_error {row['val_pixel_error']:.4f}"]
+    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.1f} img/s", f"{row['time']:.1f}s"]
+    return "  ".join(parts) + ("  *best*" if improved else "")

@@ -14,14 +14,17 @@ from seglab.config import RunConfig, load_config, override, parse_eval_every
 from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
 from seglab.data.datasets import SegmentationDataset
 from seglab.engine import distributed
-from seglab.engine.checkpoint import load_checkpoint, make_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
-from seglab.engine.evaluate import evaluate
-from seglab.engine.setup import (LearningRateSchedule, make_loss, make_model, make_optimizer,
-                                 make_train_batches, plan_data, resolve_device, seed_everything)
+from seglab.engine.validation import evaluate
+from seglab.engine.builders import make_loss, make_model, make_optimizer, make_train_batches
+from seglab.engine.data_plan import plan_data
+from seglab.engine.rng import rng_state, seed_everything, set_rng_state
+from seglab.engine.run_folder import default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
-from seglab.engine.state import (DeviceLossTally, EpochTally, History, autocast_factory, default_run_dir,
-                                 resolve_precision, restarted_by_torchrun, rng_state, set_rng_state)
+from seglab.engine.schedule import LearningRateSchedule
+from seglab.engine.tallies import DeviceLossTally, EpochTally, History
+from seglab.runtime.device import autocast_factory, resolve_device, resolve_precision
 from seglab.errors import SeglabError
 
 LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, NaN checks)

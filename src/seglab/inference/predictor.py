@@ -17,14 +17,13 @@ import torch.nn.functional as F
 from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
 from seglab.data.preprocess import prepare_image
-from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from seglab.engine.state import free_memory
-from seglab.export_graph import image_stats
+from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.inference.export_graph import image_stats
 from seglab.errors import DataError, SeglabError
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
-from seglab.losses import logits_to_probabilities
-from seglab.models.common import full_size_logits
+from seglab.models.outputs import full_size_logits, logits_to_probabilities
+from seglab.runtime.device import free_memory
 
 # Rough activation memory of a forward pass per input pixel and base channel (bytes), used to
 # decide when an image is too large to predict whole on the current device.
@@ -68,7 +67,7 @@ class Predictor:
         """A .pt checkpoint, or an exported .onnx / .ts model (run through its own runtime)."""
         suffix = Path(path).suffix.lower()
         if suffix in (".onnx", ".ts", ".torchscript"):
-            from seglab.inference.onnx_backend import load_exported
+            from seglab.inference.exported import load_exported
 
             exported = load_exported(path, device)
             predictor = cls(_ExportedModule(exported), exported.class_map,

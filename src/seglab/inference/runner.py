@@ -105,7 +105,7 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
     the probability of `membrane_class`).
     """
     from seglab.inference.postprocess import membrane_to_instances, save_instance_labels
-    from seglab.viz.plots import overlay as make_overlay
+    from seglab.data.overlay import overlay as make_overlay
     from seglab.viz.plots import save_side_by_side
 
     summary = PredictSummary()
@@ -118,7 +118,7 @@ def run_predictions(predictor: Predictor, jobs: list[PredictJob], scale: float |
             continue
         if job.mask_path is not None:
             if palette:
-                from seglab.viz.plots import PALETTE
+                from seglab.data.overlay import PALETTE
 
                 summary.written.append(write_mask(job.mask_path, prediction.classes, palette=_palette(PALETTE)))
             else:

@@ -30,6 +30,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from seglab.models.padding import mirror_indices
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 ReadRows = Callable[[int, int], np.ndarray]
 Band = tuple[int, int, torch.Tensor]
@@ -79,34 +81,6 @@ def gaussian_weights(height: int, width: int, sigma_scale: float = 1 / 8,
     `min_weight ** 2` in the corners. Separability lets the blender keep 1-D weight sums."""
     return torch.outer(gaussian_profile(height, sigma_scale, min_weight),
                        gaussian_profile(width, sigma_scale, min_weight))
-
-
-def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
-    """Indices into [0, size) for positions start..stop-1 reflected at the borders without
-    repeating the edge (PyTorch/NumPy "reflect"), repeatedly when the range is wider than `size`.
-
-    >>> mirror_indices(-3, 6, 4).tolist()
-    [3, 2, 1, 0, 1, 2, 3, 2, 1]
-    """
-    positions = np.arange(start, stop, dtype=np.int64)
-    if size == 1:
-        return np.zeros_like(positions)
-    period = 2 * (size - 1)
-    positions = np.mod(positions, period)
-    return np.where(positions < size, positions, period - positions)
-
-
-def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Mirror-pad the last two dims of x (..., H, W) -> (..., H + top + bottom, W + left + right).
-
-    Unlike `F.pad(mode="reflect")`, a pad may exceed the side: the image is reflected again.
-    """
-    if min(top, bottom, left, right) < 0:
-        raise ValueError("pads must be non-negative")
-    height, width = x.shape[-2:]
-    rows = torch.from_numpy(mirror_indices(-top, height + bottom, height)).to(x.device)
-    cols = torch.from_numpy(mirror_indices(-left, width + right, width)).to(x.device)
-    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from seglab.models.padding import center_crop, mirror_pad
 from seglab.models.registry import register_model
 
 
@@ -57,18 +57,6 @@ class Up(nn.Module):
             skip = center_crop(skip, x.shape[-2], x.shape[-1])
         x = torch.cat([skip, x], dim=1)  # (N, C, 2h, 2w)
         return self.conv(x)
-
-
-def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The central (height, width) window of x (..., H, W)."""
-    top = (x.shape[-2] - height) // 2
-    left = (x.shape[-1] - width) // 2
-    return x[..., top:top + height, left:left + width]
-
-
-def _pad_mode(pad: int, size: int) -> str:
-    # Reflection needs the pad to be smaller than the side; tiny inputs fall back to replication.
-    return "reflect" if pad < size else "replicate"
 
 
 @register_model("unet")
@@ -163,8 +151,7 @@ class UNet(nn.Module):
         if pad_h or pad_w:
             # Pad on the far sides so every pooling halves an even size, then crop back: the
             # "Target size 512 vs input 504" mismatch of tutorial U-Nets cannot happen.
-            x = F.pad(x, (0, pad_w, 0, 0), mode=_pad_mode(pad_w, width)) if pad_w else x
-            x = F.pad(x, (0, 0, 0, pad_h), mode=_pad_mode(pad_h, height)) if pad_h else x
+            x = mirror_pad(x, 0, pad_h, 0, pad_w)
         logits = self._forward_core(x)
         return logits[..., :height, :width]
 

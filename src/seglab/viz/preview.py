@@ -5,15 +5,14 @@ import math
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+from skimage.segmentation import find_boundaries
 
-matplotlib.use("Agg")  # files only, never a window: works on servers without a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
-
-from seglab.data.augment import BatchAugmenter  # noqa: E402
+from seglab.data.augment import BatchAugmenter
+from seglab.data.io import atomic_output
 
 _PAIRS_PER_ROW = 4
 _OUTLINE_RGB = (1.0, 0.15, 0.1)
@@ -43,7 +42,8 @@ def save_augment_preview(images: torch.Tensor, masks: torch.Tensor, augmenter: B
 
     columns = min(n, _PAIRS_PER_ROW)
     rows = math.ceil(n / columns)
-    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2.2 * 2 * columns, 2.3 * rows), squeeze=False)
+    figure = Figure(figsize=(2.2 * 2 * columns, 2.3 * rows))
+    axes = figure.subplots(rows, 2 * columns, squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
     ignored = shown_masks == fresh.ignore_index
@@ -54,21 +54,15 @@ def save_augment_preview(images: torch.Tensor, masks: torch.Tensor, augmenter: B
         mask = shown_masks[k]
         image_axis.imshow(_outlined(shown_images[k], mask))
         image_axis.set_title(f"sample {k}", fontsize=8)
-        coloured = plt.get_cmap("viridis")(np.clip(mask, 0, top_class) / top_class)[..., :3]  # (H, W, 3)
+        coloured = colormaps["viridis"](np.clip(mask, 0, top_class) / top_class)[..., :3]  # (H, W, 3)
         coloured[ignored[k]] = _IGNORED_RGB
         mask_axis.imshow(coloured, interpolation="nearest")
         mask_axis.set_title("mask", fontsize=8)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so os.replace is an atomic rename; a plain open (not mkstemp) keeps the umask's mode.
-    temporary = path.parent / f".{path.stem}.{os.getpid()}.tmp.png"
-    try:
+    with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
-    finally:
-        plt.close(figure)
-        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -142,9 +142,9 @@ def _validation_examples(run_dir: Path, config, device: str) -> tuple[list[Examp
 
     from seglab.data.classmap import IGNORE_INDEX, pack_rgb
     from seglab.data.io import read_image, read_mask
-    from seglab.engine.setup import plan_data
+    from seglab.engine.data_plan import plan_data
     from seglab.inference.predictor import Predictor
-    from seglab.viz.plots import error_map, overlay, to_display
+    from seglab.data.overlay import error_map, overlay, to_display
 
     checkpoint = run_dir / "best.pt"
     if not checkpoint.is_file():

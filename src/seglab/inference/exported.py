@@ -3,12 +3,12 @@
 Both classes take RAW pixels: `forward(batch)` maps a float32 tensor (B, C, h, w) in the image
 files' value range (0..255 for 8-bit images; see `input_max`) to probabilities (B, K, h, w)
 (sigmoid for K = 1, softmax otherwise). Intensity scaling, normalisation and the network's padding
-are inside the exported graph (`seglab.export`), so do NOT normalise the pixels first. The caller
+are inside the exported graph (`seglab.inference.export`), so do NOT normalise the pixels first. The caller
 still matches the channels (`channels`) and resizes by `scale` as training did.
 
 `forward` plugs into `tiling.predict_tiled` and `tta.tta_forward`. A graph with "per_image" or
 "minmax" normalisation normalises each input with its own statistics; for tiles of a larger image
-pass the whole image's as `stats` (`seglab.export_graph.image_stats`), as `Predictor` does, so that tiles
+pass the whole image's as `stats` (`seglab.inference.export_graph.image_stats`), as `Predictor` does, so that tiles
 are normalised as the whole image is. Files exported before seglab had the `stats` input
 (`has_stats` False) ignore it.
 """
@@ -40,7 +40,7 @@ class ExportedModel(ABC):
     def __init__(self, path: str | Path, metadata: dict):
         if metadata.get("format") != EXPORT_FORMAT:
             raise SeglabError(f"'{path}' is not a seglab export (no seglab metadata): export it with "
-                              "`seglab export` or seglab.export.export_model")
+                              "`seglab export` or seglab.inference.export.export_model")
         self.path = Path(path)
         self.metadata = metadata
         self.class_map = ClassMap.from_dict(metadata["class_map"])

@@ -41,12 +41,11 @@ import torch.nn as nn
 from seglab import __version__
 from seglab.data.classmap import ClassMap
 from seglab.data.preprocess import match_channels, normalize
-from seglab.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from seglab.errors import SeglabError
-from seglab.export_graph import ExportWrapper, image_stats
-from seglab.inference.onnx_backend import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
-from seglab.losses import logits_to_probabilities
-from seglab.models.common import full_size_logits
+from seglab.inference.export_graph import ExportWrapper, image_stats
+from seglab.inference.exported import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
+from seglab.models.outputs import full_size_logits, logits_to_probabilities
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, STATS_NAME, OUTPUT_NAME = "pixels", STATS_INPUT, "probabilities"

@@ -10,9 +10,8 @@ import torch.nn as nn
 from seglab.data.classmap import ClassMap
 from seglab.data.datasets import SegmentationDataset
 from seglab.engine.distributed import all_reduce_sum
-from seglab.losses import logits_to_classes
 from seglab.metrics import ConfusionMatrix
-from seglab.models.common import full_size_logits
+from seglab.models.outputs import full_size_logits, logits_to_probabilities, probabilities_to_classes
 
 
 @dataclass
@@ -44,7 +43,7 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, loss_fn: nn.Module,
             logits = full_size_logits(model, image)
         loss = loss_fn(logits.float(), mask)
         loss_sum += torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)])
-        pred = logits_to_classes(logits.float(), threshold)
+        pred = probabilities_to_classes(logits_to_probabilities(logits.float()), threshold)
         single = ConfusionMatrix(class_map.num_classes, device=device)
         single.update(pred, mask)
         confusion.merge(single)
@@ -64,7 +63,7 @@ def _prediction_picture(image: torch.Tensor, truth: torch.Tensor, pred: torch.Te
     """Image with prediction overlay | error map, side by side: (H, 2W, 3) uint8 (for TensorBoard)."""
     import numpy as np
 
-    from seglab.viz.plots import error_map, overlay
+    from seglab.data.overlay import error_map, overlay
 
     picture = image.float().cpu().permute(1, 2, 0).numpy()
     truth_np, pred_np = truth.cpu().numpy(), pred.cpu().numpy()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from seglab.data.preprocess import NORMALIZATIONS, normalization_statistics
 from seglab.errors import SeglabError
-from seglab.losses import logits_to_probabilities
+from seglab.models.outputs import logits_to_probabilities
 from seglab.models.unet import UNet
 
 
@@ -45,7 +45,7 @@ def _replicate(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -
 
 
 def reflect_pad_index(like: torch.Tensor, before: torch.Tensor, after: torch.Tensor, steps: int) -> torch.Tensor:
-    """Source rows of `models.common.reflect_pad` along one axis, the length of `like` (n,): reflect
+    """Source rows of `models.padding.mirror_pad` along one axis, the length of `like` (n,): reflect
     by at most length - 1 per step, `steps` times (unrolled), then replicate what is left (1-pixel
     sides)."""
     index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1  # (n,) = 0 .. n - 1
@@ -55,16 +55,6 @@ def reflect_pad_index(like: torch.Tensor, before: torch.Tensor, after: torch.Ten
         index = _reflect_once(index, step_before, step_after)
         before, after = before - step_before, after - step_after
     return _replicate(index, before, after)
-
-
-def _far_side_pad_index(like: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-    """Source rows of UNet's own padding along one axis: `pad` rows after the end, reflected when
-    pad < n, replicated otherwise."""
-    n = _size(like, 0)
-    index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1
-    zero = torch.zeros_like(pad)
-    reflect = (pad < n).long()  # a CPU scalar: blended arithmetically, as torch.where wants one device
-    return reflect * _reflect_once(index, zero, pad) + (1 - reflect) * _replicate(index, zero, pad)
 
 
 def graph_normalize(pixels: torch.Tensor, input_max: float, mode: str,
@@ -118,7 +108,7 @@ def _valid_progression(model: nn.Module) -> tuple[int, int]:
 
 
 def reflect_steps(max_pad: int) -> int:
-    """Steps of `reflect_pad` enough for pads up to max_pad on any side of length >= 2 (each step
+    """Steps of repeated reflection enough for pads up to max_pad on any side of length >= 2 (each step
     at least doubles the length minus one, so the capacity after k steps is >= 2**k - 1)."""
     return max(1, math.ceil(math.log2(max_pad + 1)) + 1)
 
@@ -145,6 +135,7 @@ class ExportWrapper(nn.Module):
         self.input_max = float(input_max)
         self.margin = int(getattr(model, "margin", 0))
         self.multiple = 2 ** model.depth if isinstance(model, UNet) and not self.margin else 1
+        self.multiple_steps = reflect_steps(self.multiple)
         if self.margin:
             self.valid_first, self.valid_stride = _valid_progression(model)
             max_pad = max(self.margin, self.valid_first + self.valid_stride)
@@ -165,12 +156,17 @@ class ExportWrapper(nn.Module):
         elif self.multiple > 1:
             # UNet pads by itself only when needed (a Python `if`, frozen by tracing): pad here
             # exactly as it would, so the size it sees is always a multiple and its branch is moot.
-            rows = _far_side_pad_index(x[0, 0, :, 0], (self.multiple - height % self.multiple) % self.multiple)
-            cols = _far_side_pad_index(x[0, 0, 0, :], (self.multiple - width % self.multiple) % self.multiple)
+            rows = self._far_side_index(height, x[0, 0, :, 0])
+            cols = self._far_side_index(width, x[0, 0, 0, :])
         else:
             return self.model(x)
         logits = self.model(_gather(x, rows, cols))  # (B, K, >= H, >= W)
         return logits[:, :, :height, :width]
+
+    def _far_side_index(self, size: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """Source rows of UNet's own padding along one axis: mirrored after the end up to a multiple."""
+        pad = (self.multiple - size % self.multiple) % self.multiple
+        return reflect_pad_index(line, torch.zeros_like(pad), pad, self.multiple_steps)
 
     def _valid_index(self, size: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
         """Source rows of the valid-padding input for one axis: `margin` mirrored before, and after

@@ -1,0 +1,112 @@
+"""Build what a run trains with from its config: training batches, model, loss and optimizer."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from seglab.config import RunConfig
+from seglab.data.classmap import ClassMap
+from seglab.data.datasets import SegmentationDataset
+from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
+from seglab.engine.data_plan import DataPlan
+from seglab.errors import SeglabError
+from seglab.losses import SegmentationLoss
+from seglab.models import build_model
+from seglab.runtime.device import free_memory
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+# Keep the training set on the device when it takes at most this share of free memory.
+RESIDENT_FRACTION = 0.25
+
+
+def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, dist, log=print):
+    """The training batches and the size the augmenter cuts them to: (ResidentBatches, crop) when the
+    training set fits on the device, else (LoaderBatches, None) with the dataset cropping. `dist`
+    gives rank and world_size; crop is (H, W) or None."""
+    c = config
+    crop = (c.data.crop[0], c.data.crop[-1]) if c.data.crop else None
+    border = tuple(c.train.border_weight) if c.train.border_weight else None
+    if border is not None and (len(border) != 2 or not plan.class_map.is_binary):
+        raise SeglabError("--border-weight takes W0,SIGMA (e.g. 10,5) and binary masks whose class 1 is "
+                          "the cells (ISBI: 255 = cell interior)")
+    common = dict(class_map=plan.class_map, channels=plan.channels, scale=c.data.scale,
+                  normalization=c.data.normalization, seed=c.train.seed, border_weight=border)
+    dataset = SegmentationDataset(plan.train_pairs, cache=True, **common)
+    first_image = dataset.load(0)[0]
+    estimate = first_image[0].numel() * (first_image.shape[0] + 3) * 4 * len(dataset)
+    if estimate < RESIDENT_FRACTION * free_memory(device):
+        stacked = stack_dataset(dataset)
+        if stacked is not None:
+            images, masks = stacked[0].to(device), stacked[1].to(device)
+            weights = stacked[2].to(device) if len(stacked) > 2 else None
+            log(f"training set resident on {device.type}: {tuple(images.shape)}")
+            return ResidentBatches(images, masks, weights, c.train.batch_size, c.train.seed,
+                                   dist.rank, dist.world_size), crop
+    dataset = SegmentationDataset(plan.train_pairs, crop=crop, **common)
+    return LoaderBatches(dataset, c.train.batch_size, device, c.data.workers, c.train.seed,
+                         dist.rank, dist.world_size), None
+
+
+def model_kwargs(config: RunConfig, channels: int, num_outputs: int) -> dict:
+    """Plain keyword arguments for build_model, as stored in checkpoints."""
+    m = config.model
+    if m.name == "unet":
+        return {"in_channels": channels, "num_classes": num_outputs, "base_channels": m.base_channels,
+                "depth": m.depth, "up": m.up, "padding": m.padding, "batch_norm": m.batch_norm}
+    if m.name == "deeplabv3":
+        return {"in_channels": channels, "num_classes": num_outputs, "backbone": m.backbone,
+                "output_stride": m.output_stride, "aux_head": m.aux_head}
+    return {"in_channels": channels, "num_classes": num_outputs}
+
+
+def make_model(config: RunConfig, channels: int, num_outputs: int) -> tuple[nn.Module, dict]:
+    kwargs = model_kwargs(config, channels, num_outputs)
+    build_kwargs = dict(kwargs)
+    if config.model.name == "deeplabv3" and config.model.pretrained_backbone:
+        build_kwargs["pretrained_backbone"] = True  # not stored: the weights travel in the checkpoint
+    return build_model(config.model.name, **build_kwargs), kwargs
+
+
+def class_weights_for(config: RunConfig, plan: "DataPlan | None") -> list[float] | None:
+    """--class-weights: explicit numbers, or "auto": median frequency balancing over the training
+    masks (weight_k = median(freq) / freq_k; classes absent from the masks get weight 0)."""
+    weights = config.train.class_weights
+    if weights is None or weights == "none":
+        return None
+    if weights != "auto":
+        return [float(w) for w in weights]
+    if plan is None or plan.class_counts is None:
+        raise SeglabError("--class-weights auto needs the training masks' class counts")
+    counts = np.asarray(plan.class_counts, dtype=np.float64)
+    freq = counts / max(counts.sum(), 1)
+    median = np.median(freq[freq > 0])
+    return [float(median / f) if f > 0 else 0.0 for f in freq]
+
+
+def make_loss(config: RunConfig, class_map: ClassMap, plan: "DataPlan | None" = None) -> SegmentationLoss:
+    name = config.train.loss
+    if name == "auto":
+        name = "bce+dice" if class_map.is_binary else "ce+dice"
+    elif class_map.is_binary:
+        name = {"ce": "bce", "ce+dice": "bce+dice"}.get(name, name)  # sigmoid CE is binary CE
+    else:
+        name = {"bce": "ce", "bce+dice": "ce+dice"}.get(name, name)
+    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, plan))
+
+
+def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer; `fused` runs Adam/AdamW/SGD as one kernel per step (CPU and CUDA), which also
+    lets a GradScaler skip non-finite steps without a host synchronisation."""
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused or None)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused or None)
+    if t.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=t.learning_rate, weight_decay=t.weight_decay, momentum=t.momentum)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.learning_rate, weight_decay=t.weight_decay, momentum=t.momentum,
+                               nesterov=t.momentum > 0, fused=fused or None)
+    raise SeglabError(f"unknown optimizer {t.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
