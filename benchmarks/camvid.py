@@ -10,7 +10,7 @@ loading before the first step and the final validation do not count), then score
 full size: mIoU over the 11 classes, per-class IoU, pixel accuracy, void (11) ignored, with the same
 confusion-matrix code. Printed in one run: each side's mIoU and training images/s, and the ratios.
 
-(a) seglab: `seglab.engine.trainer.fit` with configs/camvid.yaml (DeepLabV3-ResNet50, output stride
+(a) seglab: `seglab.train` with configs/camvid.yaml (DeepLabV3-ResNet50, output stride
     16, auxiliary head, AdamW 1e-3 with a cosine schedule annealed over the budget, `strong` batched
     augmentation on the device, bf16 on GPUs, channels_last), `--budget` as `max_time`, evaluated
     once at the end. `--model unet` swaps in seglab's U-Net (64 base channels).
@@ -41,7 +41,7 @@ from bench_common import device_name, synchronize  # noqa: E402
 
 from seglab.config import load_config, override  # noqa: E402
 from seglab.data.io import read_image, read_mask  # noqa: E402
-from seglab.engine.trainer import fit  # noqa: E402
+from seglab.engine.runs import fit  # noqa: E402
 from seglab.metrics.confusion import ConfusionMatrix  # noqa: E402
 from seglab.models.registry import build_model  # noqa: E402
 

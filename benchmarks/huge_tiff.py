@@ -36,8 +36,8 @@ from bench_common import device_name  # noqa: E402
 
 from seglab.data.classmap import ClassMap  # noqa: E402
 from seglab.data.io import read_image  # noqa: E402
-from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from seglab.models.registry import build_model  # noqa: E402
+from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 
 ISBI = Path(__file__).resolve().parent.parent / "data" / "isbi2012" / "train" / "images"
 

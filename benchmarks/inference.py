@@ -32,17 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from PIL import Image
 
 from seglab.data.classmap import ClassMap
 from seglab.data.preprocess import normalize
-from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint
-from seglab.runtime.device import resolve_precision
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled
 from seglab.models import UNet
 from seglab.models.outputs import full_size_logits, logits_to_probabilities
-from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
+from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint
+from seglab.runtime.device import resolve_precision
 
 ISBI = Path(__file__).resolve().parents[1] / "data" / "isbi2012"
 

@@ -45,16 +45,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seglab.data.loaders import ResidentBatches
-from seglab.runtime.device import resolve_device, resolve_precision
-from seglab.engine.trainer import EpochTally, Trainer
+from seglab.engine.tallies import EpochTally
+from seglab.engine.trainer import Trainer
 from seglab.models import UNet
-from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
+from seglab.runtime.device import resolve_device, resolve_precision
 
 DEPTH = 4
 REFERENCE_WORKERS_CUDA = 2
@@ -210,9 +211,8 @@ def time_seglab(folder: Path, run_dir: Path, batch: int, args, device: torch.dev
     """
     config = RunConfig(
         data=DataConfig(root=str(folder), validation=0.0),
-        model=ModelConfig(name="unet", base_channels=args.base_channels, depth=DEPTH),
-        # "auto" is bce+dice for binary masks (checked below); make_loss turns an explicit "bce+dice"
-        # for binary masks into the invalid "bce+dibce" (its "ce" -> "bce" rewrite also hits "dice").
+        model=ModelConfig("unet", {"base_channels": args.base_channels, "depth": DEPTH}),
+        # "auto" is bce+dice for binary masks (checked below).
         train=TrainConfig(epochs=1, batch_size=batch, optimizer="adamw", loss="auto", augment="light",
                           amp=device.type == "cuda", compile=args.compile, device=str(device), seed=0),
         out=str(run_dir))
@@ -242,6 +242,7 @@ def time_seglab(folder: Path, run_dir: Path, batch: int, args, device: torch.dev
     result = {"seconds_per_image": seconds / images, "peak_bytes": peak, "resident": resident,
               "resident_bytes": resident_bytes, "precision": _precision_name(trainer),
               "channels_last": trainer.channels_last, "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    trainer.close()  # the run folder's lock, the process group, cuDNN and RNG state as they were
     del trainer, source, loss
     free_everything(device)
     return result

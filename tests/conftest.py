@@ -1,7 +1,10 @@
 """Shared fixtures: real ISBI 2012 files cut into tiny folders, one tiny model trained per session, the CLI."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -47,6 +50,34 @@ def run_cli(*args, cwd: str | Path | None = None, env: dict | None = None, timeo
     done = subprocess.run([sys.executable, "-m", "seglab", *[str(a) for a in args]], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def run_group(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run torchrun in its own process group; on a timeout kill the launcher AND its workers."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"torchrun did not finish in {timeout} s:\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def run_main(*args) -> CliResult:
+    """`seglab ARGS` through the command's own entry point (seglab.cli.main) in this process: the
+    same parsing, checks and messages as run_cli, without a new interpreter for each of the many
+    cases that end before any training."""
+    from seglab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's usage errors
+            rc = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(rc, out.getvalue(), err.getvalue())
 
 
 def assert_clean_failure(result: CliResult) -> None:

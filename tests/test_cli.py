@@ -9,14 +9,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY_FLAGS, TRAINED_EPOCHS, assert_clean_failure, copy_isbi_crop
 from PIL import Image
 
-from conftest import TINY_FLAGS, TRAINED_EPOCHS, assert_clean_failure, copy_isbi_crop
-from seglab.data.io import read_image, read_mask
-from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from seglab.data.classmap import ClassMap
+from seglab.data.io import read_image, read_mask
 from seglab.inference.predictor import Predictor
 from seglab.models import UNet
+from seglab.runtime.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
 METRIC_KEYS = {"train_loss", "val_loss", "val_dice", "val_iou", "lr"}
 
@@ -61,10 +66,10 @@ def test_python_m_seglab_help_lists_the_commands(run_seglab):
         assert command in out
 
 
-def test_unknown_command_exits_with_usage(run_seglab):
+def test_unknown_command_is_one_line_with_the_commands(run_seglab):
     rc, out, err = run_seglab("trian")
-    assert rc == 2
-    assert "usage" in err and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "invalid choice: 'trian'" in err and "'train'" in err and "seglab -h" in err
 
 
 # ---- check ----------------------------------------------------------------------------------------
@@ -212,7 +217,7 @@ def test_checkpoint_round_trip_predicts_what_the_in_memory_model_predicts(tmp_pa
                               {"channels": 1, "scale": 1.0, "normalization": "per_image", "threshold": 0.5})
     path = save_checkpoint(payload, tmp_path / "model.pt")
     rebuilt = model_from_checkpoint(torch.load(path, map_location="cpu", weights_only=True)).eval()
-    predictor = Predictor.from_checkpoint(path, "cpu")
+    predictor = Predictor.from_file(path, "cpu")
     x = torch.randn(1, 1, 45, 37, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x)
@@ -234,7 +239,7 @@ def predicted_file(run_seglab, checkpoint, predict_inputs, tmp_path_factory):
 def test_cli_predict_equals_predictor_predict(predicted_file, checkpoint, predict_inputs):
     result, out = predicted_file
     assert result.rc == 0, result.output
-    expected = Predictor.from_checkpoint(checkpoint, "cpu").predict(read_image(predict_inputs / "00.png")).mask
+    expected = Predictor.from_file(checkpoint, "cpu").predict(read_image(predict_inputs / "00.png")).mask
     np.testing.assert_array_equal(read_mask(out), expected)
 
 
@@ -325,14 +330,16 @@ def test_evaluate_json_gives_per_image_and_mean_scores(run_seglab, checkpoint, i
         np.mean([row["pixel_error"] for row in report["images"]]))
 
 
-def test_evaluate_prints_a_table_with_a_mean_row(run_seglab, checkpoint, isbi_subset):
+def test_evaluate_prints_a_row_per_class_and_images_on_request(run_seglab, checkpoint, isbi_subset):
     result = run_seglab("evaluate", "-m", checkpoint, isbi_subset, "--device", "cpu")
     assert result.rc == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert "pixel_error" in lines[0] and "dice" in lines[0]
-    first_cells = [line.split()[0] for line in lines[1:]]
-    assert first_cells[:5] == [f"{i:02d}.png" for i in range(5)]
-    assert "mean" in first_cells[5:]
+    assert lines[0].split() == ["class", "Dice", "IoU", "pixels"]
+    assert [line.split()[0] for line in lines[1:4]] == ["0", "255", "mean"]  # classes named by their values
+    assert "5 images" in result.stdout and not any(line.startswith("00.png") for line in lines)
+    per_image = run_seglab("evaluate", "-m", checkpoint, isbi_subset, "--device", "cpu", "--per-image")
+    rows = [line.split()[0] for line in per_image.stdout.splitlines() if line.endswith(tuple("0123456789"))]
+    assert [r for r in rows if r.endswith(".png")] == [f"{i:02d}.png" for i in range(5)]
 
 
 # ---- demo -----------------------------------------------------------------------------------------

@@ -4,16 +4,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_group
 
+import seglab
 from seglab.config import config_from_dict, parse_eval_every
-from seglab.engine.trainer import LOG_EVERY, Trainer, fit, resume
+from seglab.engine.runs import fit, resume
+from seglab.engine.trainer import LOG_EVERY, Trainer
 from seglab.errors import SeglabError
 
 QUIET = lambda *args, **kwargs: None  # noqa: E731
@@ -61,7 +63,7 @@ def test_resume_after_an_interruption_gives_bit_identical_weights(tmp_path, isbi
 def test_eval_every_n_steps_validates_mid_epoch_and_resumes_bit_identically(tmp_path, isbi_dir):
     # 24 training slices at batch 4: 6 steps per epoch, 18 in 3 epochs; evaluations fall inside epochs
     steps = {"epochs": 3, "eval_every": "4 steps", "augment": "paper", "loss": "auto"}
-    fit(config_from_dict(_config(tmp_path / "straight", isbi_dir, **steps)), progress=False, log=QUIET)
+    seglab.train(config=config_from_dict(_config(tmp_path / "straight", isbi_dir, **steps)), progress=False, log=QUIET)
     rows = _rows(tmp_path / "straight")
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 8), (2, 12), (3, 16), (3, 18)]
     assert all("val_dice" in r and r["images_per_s"] > 0 for r in rows)  # the last row closes the run
@@ -110,6 +112,7 @@ def test_checkpoints_are_written_at_most_every_interval_and_a_crash_resumes_from
     crashing._train_epoch = dies_in_epoch_3
     with pytest.raises(KeyboardInterrupt):
         crashing.fit()
+    crashing.close()  # the process ended there: the kernel drops its lock on the run folder
     assert [r["epoch"] for r in _rows(tmp_path / "crashed")] == [1, 2]
     assert torch.load(tmp_path / "crashed" / "last.pt", weights_only=True)["epoch"] == 0
     resume(tmp_path / "crashed", progress=False, log=QUIET)
@@ -126,14 +129,14 @@ def test_prediction_pictures_go_to_tensorboard_at_most_once_an_interval(tmp_path
     from seglab.engine import runlog as runlog_module
 
     log = runlog_module.RunLog(tmp_path / "run", enabled=True, unit="epoch", log=QUIET)
-    log.start(config_from_dict(_config(tmp_path / "run", isbi_dir)), [])
+    log.start(config_from_dict(_config(tmp_path / "run", isbi_dir)), [], [], [])
     assert log.overlays_due()  # the first evaluation draws
     log.add_overlays([np.zeros((8, 16, 3), np.uint8)], step=1)
     assert not log.overlays_due()  # the next ones within the interval do not
     monkeypatch.setattr(runlog_module, "OVERLAY_INTERVAL_S", 0.05)
     time.sleep(0.1)
     assert log.overlays_due()
-    log.finish([], "cpu")
+    log.finish([], "epochs")
     assert not runlog_module.RunLog(tmp_path / "other", enabled=False, unit="epoch").overlays_due()  # rank > 0
 
 
@@ -212,19 +215,6 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-3)
 
 
-def _run_group(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run torchrun in its own process group; on a timeout kill the launcher AND its workers."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"torchrun did not finish in {timeout} s:\n{stderr[-3000:]}") from None
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 CRASH_SCRIPT = """
 import os, signal, sys
 from seglab.cli import main
@@ -252,7 +242,7 @@ def test_worker_killed_under_max_restarts_resumes_and_finishes(tmp_path, isbi_di
             "-e", "3", "-b", "2", "--device", "cpu", "--augment", "none", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for _ in range(2):
-        done = _run_group([*TORCHRUN, "--max-restarts", "1", str(script), *args], env=env, timeout=200)
+        done = run_group([*TORCHRUN, "--max-restarts", "1", str(script), *args], env=env, timeout=200)
         # On a loaded 2-core machine gloo's reconnection after the restart can time out; that is the
         # launcher's network set-up, not seglab's resume, so one fresh attempt is allowed for it.
         if done.returncode == 0 or "connectFullMesh" not in done.stderr:

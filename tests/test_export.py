@@ -8,17 +8,22 @@ import torch
 from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
 from seglab.data.preprocess import normalize
-from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint
 from seglab.errors import SeglabError
 from seglab.inference.export import export_model, reference_probabilities
-from seglab.inference.export_graph import ExportWrapper, graph_normalize, reflect_pad_index, reflect_steps
+from seglab.inference.export_graph import (
+    ExportWrapper,
+    graph_normalize,
+    reflect_pad_index,
+    reflect_steps,
+)
 from seglab.inference.exported import OnnxModel, TorchScriptModel, load_exported
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
 from seglab.models import UNet, build_model
 from seglab.models.outputs import full_size_logits
-from seglab.models.padding import mirror_pad
+from seglab.padding import mirror_pad
+from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -126,7 +131,7 @@ def test_onnx_model_equals_the_predictor(checkpoint_path, isbi_slices, tmp_path)
     out = tmp_path / "model.onnx"
     export_model(checkpoint_path, "onnx", out, parity_images=[isbi_slices[0][:64, :80]])
     image = isbi_slices[2][:211, 150:455]  # uint8 (211, 305)
-    expected = Predictor.from_checkpoint(checkpoint_path).predict(image).probabilities  # (1, H, W)
+    expected = Predictor.from_file(checkpoint_path).predict(image).probabilities  # (1, H, W)
     got = OnnxModel(out).forward(torch.from_numpy(image.astype(np.float32))[None, None])[0].numpy()
     assert np.abs(got - expected).max() <= 1e-4
 
@@ -158,7 +163,7 @@ def test_failed_parity_raises_and_keeps_the_previous_file(checkpoint_path, parit
 def test_impossible_tolerance_writes_nothing(isbi_slices, tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "ck.pt", isbi_slices)
     with pytest.raises(SeglabError, match="parity check"):
-        export_model(checkpoint, "onnx", tmp_path / "m.onnx", parity_images=[isbi_slices[0][:40, :56]], tolerance=-1)
+        export_model(checkpoint, "onnx", tmp_path / "m.onnx", parity_images=[isbi_slices[0][:40, :56]], tolerance=1e-12)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
 
 
@@ -213,8 +218,8 @@ def test_tiles_through_an_export_are_normalised_as_the_whole_image(isbi_slices, 
     export_model(checkpoint, fmt, out, parity_images=[isbi_slices[0][:64, :80]])
     image = isbi_slices[2][:200, :170]
     options = {"tile": (64, 64), "overlap": 0.5, "tta": "flips", "log": lambda *args: None}
-    expected = Predictor.from_checkpoint(checkpoint, **options).predict(image).probabilities
-    got = Predictor.from_checkpoint(out, **options).predict(image).probabilities
+    expected = Predictor.from_file(checkpoint, **options).predict(image).probabilities
+    got = Predictor.from_file(out, **options).predict(image).probabilities
     assert np.abs(got - expected).max() <= 1e-4
     # Without the statistics each tile is normalised alone: the test can tell the two apart.
     exported = load_exported(out)
@@ -236,7 +241,7 @@ def test_streamed_tiffs_predict_as_in_memory_through_checkpoints_and_exports(isb
     tifffile.imwrite(source, image, tile=(64, 64))
     options = {"tile": (64, 64), "overlap": 0.5, "log": lambda *args: None}
     for model in (checkpoint, exported):
-        predictor = Predictor.from_checkpoint(model, **options)
+        predictor = Predictor.from_file(model, **options)
         expected = predictor.predict(image).mask
         written = predictor.predict_large_tiff(source, tmp_path / f"{model.stem}_mask.tif")
         streamed = tifffile.imread(written)

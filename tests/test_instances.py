@@ -3,14 +3,22 @@ import math
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
-import tifffile
 
-from seglab.inference.postprocess import (membrane_to_instances, remove_small_labels, save_instance_labels,
-                                          threshold_probabilities)
-from seglab.metrics.instances import (adapted_rand_error, cells_from_mask, instance_scores,
-                                      variation_of_information)
+from seglab.inference.postprocess import (
+    membrane_to_instances,
+    remove_small_labels,
+    save_instance_labels,
+)
+from seglab.metrics.instances import (
+    adapted_rand_error,
+    cells_from_mask,
+    instance_scores,
+    variation_of_information,
+)
+from seglab.models.outputs import probabilities_to_classes
 
 
 def _voronoi(height: int, width: int, points: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,12 +114,14 @@ def test_instance_scores_report_isbi_keys():
 
 
 # ---- post-processing ----------------------------------------------------------------------------
-def test_threshold_probabilities():
-    binary = torch.tensor([[[0.2, 0.5, 0.7]]])
-    assert threshold_probabilities(binary).tolist() == [[0, 0, 1]]
-    assert threshold_probabilities(binary.numpy(), threshold=0.3).tolist() == [[0, 1, 1]]
-    classes = threshold_probabilities(np.array([[[0.1, 0.6]], [[0.7, 0.1]], [[0.2, 0.3]]]))
-    assert classes.dtype == np.uint8 and classes.tolist() == [[1, 0]]
+def test_probabilities_to_classes():
+    binary = torch.tensor([[[0.2, 0.5, 0.7]]])  # (K=1, H, W): P(class 1)
+    assert probabilities_to_classes(binary).tolist() == [[0, 0, 1]]
+    assert probabilities_to_classes(binary, threshold=0.3).tolist() == [[0, 1, 1]]
+    classes = probabilities_to_classes(torch.tensor([[[0.1, 0.6]], [[0.7, 0.1]], [[0.2, 0.3]]]))
+    assert classes.dtype == torch.int64 and classes.tolist() == [[1, 0]]
+    batch = torch.rand(2, 3, 4, 5)  # (N, K, H, W) -> (N, H, W)
+    assert torch.equal(probabilities_to_classes(batch), batch.argmax(dim=1))
 
 
 def test_remove_small_labels():

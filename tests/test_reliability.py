@@ -15,12 +15,18 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi_crop, run_cli
+from conftest import (
+    SUBPROCESS_ENV,
+    TINY_FLAGS,
+    assert_clean_failure,
+    copy_isbi_crop,
+    run_cli,
+)
 from PIL import Image
 
 from seglab.config import config_from_dict
-from seglab.runtime.checkpoint import load_checkpoint
 from seglab.errors import DataError, SeglabError
+from seglab.runtime.checkpoint import load_checkpoint
 
 TINY_TRAIN = ("--base-channels", "4", "--depth", "2", "--augment", "none", *TINY_FLAGS)
 
@@ -174,7 +180,7 @@ def test_an_output_path_that_cannot_be_written_fails_cleanly(checkpoint, tmp_pat
 
 
 def test_output_names_cannot_escape_the_output_folder(tmp_path):
-    from seglab.inference.runner import safe_join
+    from seglab.api.output_plan import safe_join
 
     assert safe_join(tmp_path, "a_mask.png") == tmp_path / "a_mask.png"
     with pytest.raises(SeglabError, match="escape"):
@@ -216,8 +222,9 @@ from seglab.runtime.checkpoint import save_checkpoint
 path, n = sys.argv[1], 0
 while True:
     n += 1
-    payload = {"format": "seglab-checkpoint", "version": 1, "n": n,
-               "weights": torch.full((200_000 + 50_000 * (n % 3),), float(n))}
+    payload = {"format": "seglab-checkpoint", "version": 1, "n": n, "model": {"name": "unet", "kwargs": {}},
+               "class_map": {}, "preprocess": {},
+               "state_dict": {"weights": torch.full((200_000 + 50_000 * (n % 3),), float(n))}}
     save_checkpoint(payload, path)
 """
 
@@ -236,7 +243,7 @@ def test_killing_a_process_during_repeated_saves_always_leaves_a_loadable_checkp
         saver.send_signal(signal.SIGKILL)
         saver.wait()
         payload = load_checkpoint(path)
-        assert torch.all(payload["weights"] == payload["n"])  # a whole file, never a torn one
+        assert torch.all(payload["state_dict"]["weights"] == payload["n"])  # a whole file, never a torn one
 
 
 def test_a_killed_training_run_resumes_losing_at_most_save_every_steps(tmp_path, isbi_dir):

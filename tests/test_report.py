@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -12,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import assert_clean_failure, run_cli
 from PIL import Image
 
-from conftest import assert_clean_failure, run_cli
-from seglab.config import load_config
-from seglab.engine.data_plan import plan_data
+from seglab.data.splits import read_split
 from seglab.viz.report import write_report
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -80,7 +80,7 @@ def test_report_is_one_self_contained_file(report_run):
     assert "script" not in parts.tags and "link" not in parts.tags and "iframe" not in parts.tags
     assert parts.links == [], "the report must not point anywhere"
     assert "http://" not in page and "https://" not in page and "<style>" in page
-    held_out = plan_data(load_config(report_run / "config.yaml")).val_pairs
+    held_out = read_split(report_run)["val"]
     shown = 1 if len(held_out) == 1 else 2 * min(3, len(held_out) // 2)  # best and worst, or the only one
     assert len(parts.image_sources) == 1 + 4 * shown  # the curves, then image/truth/prediction/errors of each
     for source in parts.image_sources:
@@ -124,16 +124,17 @@ def test_chromium_renders_the_report_from_disk(report_run, tmp_path):
     assert 'id="metrics-table"' in dom.stdout and "<td>255</td>" in dom.stdout
 
 
-def edit_config(run_dir: Path, section: str, key: str, value) -> None:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    config[section][key] = value
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+def edit_split(run_dir: Path, edit) -> None:
+    """Rewrite the run's split.json through edit(record) -> record."""
+    path = run_dir / "split.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
 
 
 def test_best_and_worst_images_are_ranked_by_dice(report_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(report_run, run_dir)
-    edit_config(run_dir, "data", "validation", 60.0)  # hold out 3 of the 5 crops: best #1, worst #1
+    # hold out 3 of the 5 crops: best #1 and worst #1
+    edit_split(run_dir, lambda split: {"train": split["train"][2:], "val": split["val"] + split["train"][:2]})
     page = write_report(run_dir).read_text(encoding="utf-8")
     dice = [float(page[i:page.index("</h3>", i)].rsplit("Dice ", 1)[1])
             for i in (page.index("best #1:"), page.index("worst #1:"))]
@@ -144,7 +145,9 @@ def test_best_and_worst_images_are_ranked_by_dice(report_run, tmp_path):
 def test_report_of_a_run_whose_data_moved_still_has_curves_and_table(report_run, tmp_path):
     moved = tmp_path / "run"
     shutil.copytree(report_run, moved)
-    edit_config(moved, "data", "root", str(tmp_path / "gone"))
+    gone = str(tmp_path / "gone")
+    edit_split(moved, lambda split: {name: [[gone + "/" + Path(p).name for p in pair] for pair in pairs]
+                                     for name, pairs in split.items()})
     (moved / "curves.png").unlink()  # re-plotted from metrics.jsonl
     page = write_report(moved).read_text(encoding="utf-8")
     assert "id='metrics-table'" in page and "alt='loss and metric curves'" in page

@@ -6,12 +6,17 @@ import pytest
 import tifffile
 import torch
 
-from seglab.inference.postprocess import threshold_probabilities
 from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
-from seglab.models.padding import mirror_indices, mirror_pad
-from seglab.inference.tiling import (gaussian_weights, plan_tiles, predict_bands,
-                                     predict_tiled, tile_starts)
+from seglab.inference.tiling import (
+    gaussian_profile,
+    plan_tiles,
+    predict_bands,
+    predict_tiled,
+    tile_starts,
+)
 from seglab.models import UNet
+from seglab.models.outputs import probabilities_to_classes
+from seglab.padding import mirror_indices, mirror_pad
 
 
 # ---- geometry -----------------------------------------------------------------------------------
@@ -37,6 +42,11 @@ def test_tile_starts_cover_evenly(size, tile, overlap):
     gaps = np.diff(starts)
     assert (gaps > 0).all() and (gaps <= int(tile * (1 - overlap) + 1e-9)).all()
     assert gaps.size == 0 or gaps.max() - gaps.min() <= 1  # evenly spread
+
+
+def gaussian_weights(height: int, width: int) -> torch.Tensor:
+    """The weight of a (height, width) tile, as TilePlan blends it: the outer product of its profiles."""
+    return torch.outer(gaussian_profile(height), gaussian_profile(width))
 
 
 def test_gaussian_weights_symmetric_with_max_one():
@@ -199,7 +209,7 @@ def test_tiff_prediction_equals_in_memory_prediction(tmp_path, layout):
     with tifffile.TiffFile(written) as tif:
         assert tif.pages[0].is_tiled and tif.pages[0].shape == (1500, 1300)
         stored = tif.asarray()
-    assert np.array_equal(stored, threshold_probabilities(in_memory))
+    assert np.array_equal(stored, probabilities_to_classes(in_memory).numpy())
     assert 0.05 < stored.mean() < 0.95  # a mask, not a constant
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]  # no temporary left
 

@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from seglab.inference.tiling import predict_tiled
-from seglab.inference.tta import TRANSFORMS, apply_transform, invert_transform, tta_forward, tta_predict
+from seglab.inference.tta import (
+    TRANSFORMS,
+    apply_transform,
+    invert_transform,
+    tta_forward,
+)
 from seglab.models import UNet
 
 
@@ -32,7 +37,7 @@ def test_dihedral_transforms_are_distinct_and_invert():
 @pytest.mark.parametrize("mode", ["none", "flips", "d4"])
 def test_identity_model_gives_back_the_input(mode):
     x = torch.rand(2, 3, 12, 20)  # non-square: d4 feeds (2, 3, 20, 12) too
-    assert torch.allclose(tta_predict(lambda b: b, x, mode), x, atol=1e-6)
+    assert torch.allclose(tta_forward(lambda b: b, mode)(x), x, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["flips", "d4"])
@@ -43,7 +48,7 @@ def test_tta_equals_plain_prediction_for_equivariant_models(mode):
     for model in (conv, pointwise):
         forward = lambda b, model=model: torch.softmax(model(b), dim=1)  # noqa: E731
         with torch.no_grad():
-            assert torch.allclose(tta_predict(forward, x, mode), forward(x), atol=1e-6)
+            assert torch.allclose(tta_forward(forward, mode)(x), forward(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["flips", "d4"])
@@ -53,14 +58,14 @@ def test_tta_changes_prediction_of_non_equivariant_model(mode):
     forward = lambda b: torch.softmax(conv(b), dim=1)  # noqa: E731
     x = torch.rand(2, 2, 16, 24)
     with torch.no_grad():
-        assert (tta_predict(forward, x, mode) - forward(x)).abs().max() > 1e-2
+        assert (tta_forward(forward, mode)(x) - forward(x)).abs().max() > 1e-2
 
 
 def test_d4_runs_a_unet_on_non_square_input():
     model = UNet(1, 2, 8, depth=2).eval()
     forward = lambda b: torch.softmax(model(b), dim=1)  # noqa: E731
     with torch.no_grad():
-        probs = tta_predict(forward, torch.rand(2, 1, 12, 20), "d4")
+        probs = tta_forward(forward, "d4")(torch.rand(2, 1, 12, 20))
     assert probs.shape == (2, 2, 12, 20)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2, 12, 20), atol=1e-5)
 

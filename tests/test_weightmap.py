@@ -11,8 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from seglab.data.classmap import IGNORE_INDEX
-from seglab.data.weightmap import border_weight_map, parse_border_weight
-from seglab.errors import SeglabError
+from seglab.data.weightmap import border_weight_map
 
 ISBI_MASK = Path(__file__).resolve().parents[1] / "data" / "isbi2012" / "train" / "masks" / "00.png"
 
@@ -89,11 +88,3 @@ def test_an_isbi_mask_takes_well_under_two_seconds():
     assert weights.shape == (512, 512)
     assert elapsed < 2.0
     assert weights[classes == 0].mean() > weights[classes == 1].mean()  # membranes weigh more
-
-
-def test_parse_border_weight_reads_w0_and_sigma_and_rejects_bad_text():
-    assert parse_border_weight("10,5") == (10.0, 5.0)
-    assert parse_border_weight(" 8.5 , 3 ") == (8.5, 3.0)
-    for bad in ("10", "10,5,1", "ten,5", "10,0", "-1,5", "nan,5"):
-        with pytest.raises(SeglabError, match="W0,SIGMA"):
-            parse_border_weight(bad)

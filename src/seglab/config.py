@@ -1,79 +1,161 @@
-"""Run configuration: frozen dataclasses, loaded from YAML and overridden by command-line flags."""
+"""Run configuration: frozen dataclasses of declared options, checked when built, loaded from YAML.
+
+Every section checks its values when it is constructed (`options.check_fields`), so a config made
+from flags, a YAML file or keywords of `seglab.train` is refused the same way, in one line. The
+model section holds a model name and that model's own options, which the model registry declares.
+"""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from seglab.errors import SeglabError
+from seglab.data.augment import AUGMENT_PRESETS, augment_config_from_dict
+from seglab.data.classmap import MaskRules
+from seglab.data.preprocess import NORMALIZATIONS
+from seglab.errors import ConfigError, SeglabError
+from seglab.losses import LOSSES
+from seglab.models.registry import model_spec, resolve_model_options
+from seglab.options import check_fields, option, refuse_unknown
+from seglab.version import __version__
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULERS = ("cosine", "plateau", "poly", "none")
+MONITORS = ("val_dice", "val_miou", "val_iou", "val_loss", "val_pixel_error")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.
+LEGACY_MODEL_KEYS = {"base_channels", "depth", "up", "padding", "batch_norm", "backbone", "output_stride",
+                     "aux_head", "pretrained_backbone"}
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = ""
-    val_dir: str | None = None           # explicit validation folder; else --validation percent
-    validation: float = 10.0             # percent of whole images held out (seeded)
-    val_files: list[str] | None = None   # explicit held-out image stems (the demo holds out 25-29)
-    scale: float = 1.0
-    crop: list[int] | None = None        # [h, w] random training crops
-    in_channels: int | None = None       # None: from the images
-    mask_values: list[int] | None = None
-    num_classes: int | None = None
-    class_names: list[str] | None = None
-    ignore_value: int | None = None
-    mask_colors: str | None = None       # JSON colour table for RGB colour masks
-    normalization: str = "per_image"
-    workers: int = 0
+    root: str = option("", "data folder", cli=False)
+    val_dir: str | None = option(None, "separate validation folder (images/ + masks/)", metavar="DIR")
+    validation: float = option(10.0, "percent of whole images held out for validation (seeded)", min=0, below=100,
+                               flags=("-v", "--validation"), metavar="PERCENT")
+    val_files: list[str] | None = option(None, "image stems held out for validation, e.g. 25,26,27", metavar="STEMS")
+    scale: float = option(1.0, "resize images (bilinear, antialiased) and masks (nearest) by this factor",
+                          above=0, max=16, flags=("-s", "--scale"))
+    crop: list[int] | None = option(None, "random training crops H[,W]", min=1, length=(1, 2), metavar="H[,W]")
+    in_channels: int | None = option(None, "image channels the model takes (default: the first image's)",
+                                     min=1, max=64)
+    mask_values: list[int] | None = option(None, "mask values in class order, e.g. 0,128,255", metavar="V,V,...")
+    num_classes: int | None = option(None, "masks hold class indices 0..K-1", min=2, max=65536, metavar="K")
+    class_names: list[str] | None = option(None, "comma-separated names, one per class", metavar="NAME,...")
+    ignore_value: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
+                                      flags=("--ignore-index",), metavar="V")
+    mask_colors: str | None = option(None, "JSON colour table for RGB colour masks", metavar="FILE.json")
+    normalization: str = option("per_image", "intensity normalisation of each image", choices=NORMALIZATIONS)
+    workers: int = option(0, "DataLoader worker processes (they only decode files)", min=0, max=256,
+                          group="run control")
+
+    def __post_init__(self):
+        check_fields(self, "data")
+        if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"invalid data.class_names (--class-names): {self.class_names}; names repeat")
+
+    def mask_rules(self) -> MaskRules:
+        """How masks map to classes: explicit values, a class count, or a colour table file."""
+        return MaskRules.from_options(self.mask_values, self.num_classes, self.class_names, self.ignore_value,
+                                      self.mask_colors)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A registered model's name and the options given for it; `resolved()` adds the defaults."""
+
     name: str = "unet"
-    base_channels: int = 64
-    depth: int = 4
-    up: str = "transpose"
-    padding: str = "same"
-    batch_norm: bool = True
-    backbone: str = "resnet50"           # deeplabv3
-    output_stride: int = 16              # deeplabv3
-    aux_head: bool = False               # deeplabv3
-    pretrained_backbone: bool = False    # deeplabv3
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise ConfigError(f"invalid model.name (--model): {self.name!r}; expected a registered model's name")
+        model_spec(self.name)  # unknown names fail here, with the list of registered models
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"invalid model options {self.options!r}; expected a mapping of option names to values")
+        object.__setattr__(self, "options", resolve_model_options(self.name, self.options, defaults=False))
+
+    def resolved(self) -> dict:
+        """Every option of the model: the given ones, and the defaults of the rest."""
+        return resolve_model_options(self.name, self.options)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    scheduler: str = "cosine"
-    patience: int = 5                    # plateau scheduler
-    monitor: str = "val_dice"
-    loss: str = "auto"
-    border_weight: list[float] | None = None  # [w0, sigma] of the U-Net paper's weight map
-    augment: str | dict = "light"        # preset name, or {"preset": "paper", "elastic_sigma": 8, ...}
-    amp: bool = False
-    precision: str | None = None         # fp32 | bf16 | fp16; None: bf16/fp16 on GPUs with --amp, else fp32
-    compile: bool = False                # torch.compile the model
-    channels_last: bool | None = None    # None: on for CUDA
-    accumulate: int = 1                  # gradient accumulation steps
-    sync_bn: bool = False                # SyncBatchNorm under DDP
-    save_every: int | None = None        # also write last.pt every N optimizer steps
-    checkpoint_interval: float = 60.0    # write best.pt/last.pt at most every N s of wall time; 0: every row
-    early_stop: int | None = None        # stop after N evaluations without improvement
-    max_bad_steps: int = 20              # consecutive non-finite losses before the run stops
-    class_weights: list[float] | str | None = None  # per-class CE weights, or "auto" from frequencies
-    device: str = "auto"
-    seed: int = 0
-    max_time: float | None = None        # seconds of training; stops after the epoch that passes it
-    eval_every: int | str = 1            # N epochs: 5 or "5 epochs"; N optimizer steps: "500 steps"
-    load: str | None = None              # initial weights
-    threshold: float = 0.5
+    epochs: int = option(50, "passes over the training images", min=1, max=10**7, flags=("-e", "--epochs"),
+                         group="optimisation")
+    batch_size: int = option(4, "images per step and process", min=1, max=65536, flags=("-b", "--batch-size"),
+                             group="optimisation")
+    learning_rate: float = option(1e-3, "peak learning rate", above=0, flags=("-l", "--learning-rate"),
+                                  metavar="LR", group="optimisation")
+    optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS, group="optimisation")
+    weight_decay: float = option(1e-4, "weight decay", min=0, max=1, group="optimisation")
+    momentum: float = option(0.9, "momentum of sgd and rmsprop", min=0, below=1, group="optimisation")
+    scheduler: str = option("cosine", "learning-rate schedule (after a 2% warm-up)", choices=SCHEDULERS,
+                            group="optimisation")
+    patience: int = option(5, "plateau schedule: evaluations without improvement before the rate drops",
+                           min=0, max=10**6, group="optimisation")
+    loss: str = option("auto", "loss; auto: bce+dice for binary masks, ce+dice for more classes",
+                       choices=("auto",) + LOSSES, group="optimisation")
+    border_weight: list[float] | None = option(None, "U-Net paper border weight map, e.g. 10,5 (binary masks, "
+                                               "class 1 = cells)", min=0, length=(2,), metavar="W0,SIGMA",
+                                               group="optimisation")
+    class_weights: list[float] | str | None = option(None, "per-class loss weights, or 'auto' (median frequency)",
+                                                     metavar="auto|W,W,...", group="optimisation")
+    augment: str | dict = option("light", "augmentation preset (a YAML mapping may change its settings)",
+                                 metavar="|".join(AUGMENT_PRESETS), group="optimisation")
+    threshold: float = option(0.5, "probability threshold of binary models (validation and predictions)",
+                              min=0, max=1, group="optimisation")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto", group="run control")
+    seed: int = option(0, "random seed (split, crops, augmentation, weights)", min=0, max=2**32 - 1,
+                       group="run control")
+    max_time: float | None = option(None, "stop after this many seconds of training (the schedule anneals "
+                                    "to it)", above=0, metavar="SECONDS", group="run control")
+    eval_every: int | str = option(1, "validate every N epochs (5), or every N optimizer steps ('500 steps')",
+                                   metavar="N[steps]", group="run control")
+    monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=MONITORS,
+                          group="run control")
+    early_stop: int | None = option(None, "stop after N evaluations without improvement of --monitor", min=1,
+                                    metavar="N", group="run control")
+    save_every: int | None = option(None, "also write last.pt every N optimizer steps", min=1, metavar="N",
+                                    group="run control")
+    checkpoint_interval: float = option(60.0, "write best.pt/last.pt at most every SECONDS (0: at every "
+                                        "metrics row)", min=0, metavar="SECONDS", group="run control")
+    max_bad_steps: int = option(20, "non-finite losses in a row that stop the run", min=1, max=10**6,
+                                group="run control")
+    load: str | None = option(None, "initial weights from a seglab checkpoint", flags=("-f", "--load"),
+                              metavar="CKPT", group="run control")
+    amp: bool = option(False, "mixed precision on GPUs (bf16 where supported, else fp16)", group="speed")
+    precision: str | None = option(None, "autocast precision (default: fp32, or with --amp bf16/fp16 on GPUs)",
+                                   choices=PRECISIONS, group="speed")
+    compile: bool = option(False, "torch.compile the model", group="speed")
+    channels_last: bool | None = option(None, "channels-last memory layout (default: on for CUDA)", group="speed")
+    accumulate: int = option(1, "gradient accumulation steps (no all-reduce on the inner ones)", min=1,
+                             max=10**4, group="distributed")
+    sync_bn: bool = option(False, "SyncBatchNorm across DDP processes", group="distributed")
+
+    def __post_init__(self):
+        check_fields(self, "train")
+        parse_eval_every(self.eval_every)
+        if isinstance(self.augment, dict):
+            augment_config_from_dict(self.augment)
+        elif self.augment not in AUGMENT_PRESETS:
+            raise ConfigError(f"invalid train.augment (--augment): {self.augment!r}; expected one of: "
+                              f"{', '.join(AUGMENT_PRESETS)}")
+        if isinstance(self.class_weights, str) and self.class_weights not in ("auto", "none"):
+            raise ConfigError(f"invalid train.class_weights (--class-weights): {self.class_weights!r}; expected "
+                              "'auto', 'none' or numbers, one per class")
+        if isinstance(self.class_weights, list) and any(not w >= 0 for w in self.class_weights):
+            raise ConfigError(f"invalid train.class_weights (--class-weights): {self.class_weights}; weights "
+                              "must be >= 0")
+        if not DEVICE_PATTERN.match(self.device):
+            raise ConfigError(f"invalid train.device (--device): {self.device!r}; expected cpu, cuda, cuda:N or auto")
 
 
 @dataclass(frozen=True)
@@ -82,6 +164,10 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str | None = None
+
+    def __post_init__(self):
+        if self.out is not None and not isinstance(self.out, str):
+            object.__setattr__(self, "out", str(self.out))
 
 
 def parse_eval_every(value: int | str) -> tuple[int, str]:
@@ -92,62 +178,93 @@ def parse_eval_every(value: int | str) -> tuple[int, str]:
     unit = {"": "epoch", "e": "epoch", "epoch": "epoch", "epochs": "epoch",
             "step": "step", "steps": "step", "it": "step", "iter": "step", "iters": "step"}.get(text[len(digits):])
     if isinstance(value, bool) or not digits.isdigit() or int(digits) < 1 or unit is None:
-        raise SeglabError(f"--eval-every {value!r} is not an interval: give N epochs (5 or '5 epochs') "
-                          f"or N optimizer steps ('500 steps')")
+        raise ConfigError(f"invalid train.eval_every (--eval-every): {value!r}; expected N epochs (5 or "
+                          "'5 epochs') or N optimizer steps ('500 steps')")
     return int(digits), unit
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "train": TrainConfig}
 
 
-def _section_from_dict(cls, values: dict, section: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SeglabError(f"unknown key(s) {', '.join(unknown)} in config section '{section}'; "
-                          f"known: {', '.join(sorted(known))}")
-    return cls(**values)
+def _model_from_dict(values: dict) -> ModelConfig:
+    values = dict(values)
+    name = values.pop("name", ModelConfig.name)
+    if LEGACY_MODEL_KEYS <= set(values):
+        # A 0.1.0 config.yaml: keep what applies to its model (the rest were other models' defaults).
+        own = set(resolve_model_options(name, {}))
+        values = {k: v for k, v in values.items() if k in own}
+    return ModelConfig(name, values)
 
 
 def config_from_dict(values: dict) -> RunConfig:
+    """A RunConfig from a mapping such as config.yaml holds ({"data": {...}, "model": {...}, ...})."""
     values = dict(values or {})
-    unknown = sorted(set(values) - set(SECTIONS) - {"out"})
-    if unknown:
-        raise SeglabError(f"unknown config section(s) {', '.join(unknown)}; known: data, model, train, out")
-    sections = {name: _section_from_dict(cls, values.get(name) or {}, name) for name, cls in SECTIONS.items()}
-    return RunConfig(out=values.get("out"), **sections)
+    values.pop("seglab_version", None)
+    refuse_unknown(values, list(SECTIONS) + ["model", "out"], "the config (sections)")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        section = values.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{name}' must be a mapping of option names to values")
+        refuse_unknown(section, [f.name for f in fields(cls)], f"config section '{name}'")
+        sections[name] = cls(**section)
+    model = values.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError("config section 'model' must be a mapping: name and the model's options")
+    return RunConfig(out=values.get("out"), model=_model_from_dict(model), **sections)
 
 
 def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config file (data/model/train sections, optional out)."""
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise SeglabError(f"config file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise SeglabError(f"config '{path}' is a folder: give a YAML file") from None
+    except UnicodeDecodeError:
+        raise SeglabError(f"config file '{path}' is not text: give a YAML file") from None
     except yaml.YAMLError as error:
         raise SeglabError(f"config file '{path}' is not valid YAML ({error})".replace("\n", " ")) from None
     if values is not None and not isinstance(values, dict):
         raise SeglabError(f"config file '{path}' must hold a mapping with data/model/train sections")
-    return config_from_dict(values or {})
+    try:
+        return config_from_dict(values or {})
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def override(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
-    """Apply dotted updates {"train.epochs": 5, "out": "runs/x"}; None values are skipped."""
+    """Apply dotted updates {"train.epochs": 5, "model.name": "deeplabv3", "out": "runs/x"}; None
+    values are skipped. A new model name starts from that model's defaults."""
     sections = {name: getattr(config, name) for name in SECTIONS}
+    model_name, model_options = config.model.name, dict(config.model.options)
+    if updates.get("model.name") not in (None, model_name):
+        model_name, model_options = updates["model.name"], {}
     out = config.out
     for key, value in updates.items():
-        if value is None:
+        if value is None or key == "model.name":
             continue
         if key == "out":
-            out = value
+            out = str(value)
             continue
-        section, name = key.split(".", 1)
+        section, _, name = key.partition(".")
+        if section == "model":
+            model_options[name] = value
+            continue
+        if section not in sections:
+            raise ConfigError(f"unknown config section {section!r} in {key!r}; known: data, model, train")
+        refuse_unknown([name], [f.name for f in fields(sections[section])], f"config section '{section}'")
         sections[section] = dataclasses.replace(sections[section], **{name: value})
-    return RunConfig(out=out, **sections)
+    return RunConfig(out=out, model=ModelConfig(model_name, model_options), **sections)
 
 
 def config_to_dict(config: RunConfig) -> dict:
-    return dataclasses.asdict(config)
+    """Plain values, as config.yaml holds them: the seglab version, and only the chosen model's options."""
+    return {"seglab_version": __version__, "data": dataclasses.asdict(config.data),
+            "model": {"name": config.model.name, **config.model.resolved()},
+            "train": dataclasses.asdict(config.train), "out": config.out}
 
 
 def dump_config(config: RunConfig) -> str:

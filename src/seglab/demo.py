@@ -12,14 +12,12 @@ from pathlib import Path
 
 import torch
 
+from seglab.api import evaluate, load, predict_files, train
 from seglab.config import RunConfig, config_from_dict
-from seglab.runtime.device import resolve_device
-from seglab.engine.trainer import fit
 from seglab.data.bundled import locate_isbi
-from seglab.evaluation import evaluate_pairs, format_evaluation
 from seglab.data.discover import discover
-from seglab.inference.predictor import Predictor
-from seglab.inference.runner import plan_outputs, run_predictions
+from seglab.errors import SeglabError
+from seglab.runtime.device import resolve_device
 
 HELD_OUT = [f"{i:02d}" for i in range(25, 30)]
 CPU_TIME_BUDGET = 420.0  # seconds of training: leaves room for prediction within 10 minutes
@@ -45,38 +43,39 @@ def demo_config(device: torch.device, out: Path, time_budget: float | None, data
 
 def run_demo(out: str | Path | None = None, device: str = "auto", time_budget: float | None = None,
              progress: bool = True, log=print) -> dict:
+    """Train, score slices 25-29, predict the test slices; returns (and writes) demo_summary.json."""
     started = time.perf_counter()
+    if time_budget is not None and not time_budget > 0:
+        raise SeglabError(f"invalid --time-budget: {time_budget}; expected seconds > 0")
     data = locate_isbi()
     device_obj = resolve_device(device)
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     config = demo_config(device_obj, out, time_budget, data)
-    log(f"seglab demo: U-Net ({config.model.base_channels} base channels) on {data}, slices 00-24 train, "
-        f"25-29 held out; {config.train.max_time:.0f} s of training on {device_obj}")
-    history = fit(config, progress=progress, log=log)
-    model_path = history.run_dir / "last.pt"  # the final, annealed model: 25-29 only monitored it
-    # Averaging the four flips, as the U-Net paper averaged transformed inputs, costs ~4x the
-    # (short) prediction time and steadies the thin membranes.
-    predictor = Predictor.from_checkpoint(model_path, device_obj, tta="flips")
-    layout = discover(data)
-    held_out = [p for p in layout.labelled("train") if p.image.stem in HELD_OUT]
-    result = evaluate_pairs(predictor, held_out)
-    (history.run_dir / "evaluation.json").write_text(json.dumps(result, indent=2))
-    log(format_evaluation(result))
-    test_images = layout.splits["test"].images
-    jobs = plan_outputs(test_images, [str(history.run_dir / "predictions")], save=True)
-    run_predictions(predictor, jobs, log=lambda *_: None)
+    log(f"seglab demo: U-Net ({config.model.resolved()['base_channels']} base channels) on {data}, slices 00-24 "
+        f"train, 25-29 held out; {config.train.max_time:.0f} s of training on {device_obj}")
+    run = train(config=config, progress=progress, log=log)
+    # The final, annealed model: 25-29 only monitored it. Averaging the four flips, as the U-Net
+    # paper averaged transformed inputs, costs ~4x the (short) prediction time and steadies the
+    # thin membranes.
+    model = load(run.last_checkpoint, device=str(device_obj), tta="flips")
+    scores = evaluate(model, run.validation_pairs)
+    (run.run_dir / "evaluation.json").write_text(json.dumps(scores.to_json(), indent=2))
+    log(scores.table())
+    predictions = run.run_dir / "predictions"
+    test_images = discover(data).splits["test"].images
+    predict_files(model, test_images, predictions, log=lambda *_: None)
     summary = {
-        "run_dir": str(history.run_dir), "model": str(model_path), "device": str(device_obj),
-        "epochs": len(history.epochs), "held_out": HELD_OUT,
-        "pixel_error": result["mean"]["pixel_error"], "membrane_dice": result["mean"]["dice"]["membrane"],
-        "mean_dice": result["pooled"]["dice"], "predictions": str(history.run_dir / "predictions"),
+        "run_dir": str(run.run_dir), "model": str(run.last_checkpoint), "device": str(device_obj),
+        "epochs": len(run.rows), "held_out": HELD_OUT,
+        "pixel_error": scores.mean["pixel_error"], "membrane_dice": scores.mean["dice"]["membrane"],
+        "mean_dice": scores.pooled["dice"], "predictions": str(predictions),
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
-    (history.run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    (run.run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     log(f"\nheld-out slices 25-29: pixel error {summary['pixel_error']:.4f}, membrane Dice "
         f"{summary['membrane_dice']:.4f}")
-    log(f"run folder   {history.run_dir}  (config.yaml, metrics.jsonl, best.pt, last.pt, curves.png)")
-    log(f"predictions  {summary['predictions']}  ({len(jobs)} test slices)")
-    log(f"predict more: seglab predict -m {model_path} -i IMAGE.png -o OUT_DIR --tta flips")
+    log(f"run folder   {run.run_dir}  (config.yaml, metrics.jsonl, best.pt, last.pt, curves.png, report.html)")
+    log(f"predictions  {predictions}  ({len(test_images)} test slices)")
+    log(f"predict more: seglab predict -m {run.last_checkpoint} -i IMAGE.png -o OUT_DIR --tta flips")
     log(f"done in {summary['wall_time_s']:.0f} s")
     return summary

@@ -11,3 +11,7 @@ class DataError(SeglabError):
 
 class CheckpointError(SeglabError):
     """A checkpoint file that is missing, corrupt, unsafe or from something else."""
+
+
+class ConfigError(SeglabError):
+    """An option whose value is of the wrong type or out of range, or an option that does not exist."""

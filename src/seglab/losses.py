@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.errors import SeglabError
-from seglab.models.padding import center_crop
+from seglab.padding import center_crop
 
 LOSSES = ("ce", "ce+dice", "dice", "bce", "bce+dice")
 

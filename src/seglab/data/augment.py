@@ -194,12 +194,37 @@ class BatchAugmenter:
         then flips) plus a shift to input-centred ones; the elastic field is added in the input
         frame. Flip and rot90 matrices hold only 0 and +-1 and the offsets are whole pixels, so
         without affine/elastic every output pixel centre lands on an input pixel centre (up to
-        float rounding of the normalised grid, a few 1e-6 px).
+        float rounding of the normalised grid, a few 1e-6 px). The random draws happen in a fixed
+        order (affine, rot90, flips, window, elastic), so a seed gives one stream.
         """
-        cfg, device = self.config, self._generator.device
+        device = self._generator.device
         rand = lambda: torch.rand(n, generator=generator, device=device)  # noqa: E731
-        matrix = torch.eye(2, device=device).repeat(n, 1, 1)  # (N, 2, 2) canvas-centred -> input-centred
-        shift = torch.zeros(n, 2, device=device)  # (N, 2) as (x, y), input pixels
+        matrix, shift = self._affine(n, height, width, rand, generator)
+        quarter_turns, matrix = self._turns_and_flips(n, height, width, out_h, out_w, rand, matrix)
+        sideways = quarter_turns % 2 == 1
+        canvas = torch.stack([torch.where(sideways, height, width), torch.where(sideways, width, height)], -1)
+        corner = torch.stack([_window_starts(canvas[:, 0], out_w, rand),
+                              _window_starts(canvas[:, 1], out_h, rand)], -1)  # (N, 2) window's top-left
+        # Output pixel p -> input pixel matrix @ (p + corner - canvas centre) + shift + input centre,
+        # then normalised: one (N, 2, 3) affine map applied to all pixels with one matmul.
+        to_unit = _xy(2.0 / (width - 1), 2.0 / (height - 1), device)  # px -> grid units
+        centre_in = _xy((width - 1) / 2, (height - 1) / 2, device)
+        offset = (matrix @ (corner - (canvas - 1) / 2)[..., None])[..., 0] + shift + centre_in  # (N, 2) px
+        theta = torch.cat([to_unit[:, None] * matrix, (to_unit * offset - 1)[..., None]], -1)  # (N, 2, 3)
+        rows, cols = torch.meshgrid(torch.arange(out_h, device=device, dtype=torch.float32),
+                                    torch.arange(out_w, device=device, dtype=torch.float32), indexing="ij")
+        pixels = torch.stack([cols, rows, torch.ones_like(cols)], -1).reshape(-1, 3)  # (h*w, 3) as (x, y, 1)
+        grid = self._elastic((pixels @ theta.transpose(1, 2)).reshape(n, out_h, out_w, 2), to_unit, rand, generator)
+        # Inside means rounding to a pixel of the image: within half a pixel beyond the edge centres.
+        valid = (grid.abs() < 1 + to_unit / 2).all(-1)
+        return grid, valid
+
+    def _affine(self, n: int, height: int, width: int, rand, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(matrix (N, 2, 2) canvas-centred -> input-centred, shift (N, 2) as (x, y) input pixels)."""
+        cfg, device = self.config, self._generator.device
+        matrix = torch.eye(2, device=device).repeat(n, 1, 1)
+        shift = torch.zeros(n, 2, device=device)
         if cfg.affine_p > 0:
             apply = rand() < cfg.affine_p
             angle = torch.deg2rad((2 * rand() - 1) * cfg.rotate_degrees) * apply
@@ -213,6 +238,12 @@ class BatchAugmenter:
             size = _xy(width, height, device)
             shift = (2 * torch.rand(n, 2, generator=generator, device=device) - 1) * cfg.translate * size
             shift = shift * apply[:, None]
+        return matrix, shift
+
+    def _turns_and_flips(self, n: int, height: int, width: int, out_h: int, out_w: int, rand,
+                         matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(quarter turns (N,) int64, flips @ rot90 @ matrix (N, 2, 2)): exact 0 / +-1 entries."""
+        cfg, device = self.config, self._generator.device
         quarter_turns = torch.zeros(n, dtype=torch.long, device=device)
         if cfg.rot90_p > 0:
             sideways_fits = height == width or (out_h <= width and out_w <= height)
@@ -228,33 +259,21 @@ class BatchAugmenter:
             flips[:, 0, 0] = torch.where(rand() < cfg.hflip_p, -1.0, 1.0)
         if cfg.vflip_p > 0:
             flips[:, 1, 0] = torch.where(rand() < cfg.vflip_p, -1.0, 1.0)
-        matrix = flips * matrix
-        sideways = quarter_turns % 2 == 1
-        canvas = torch.stack([torch.where(sideways, height, width), torch.where(sideways, width, height)], -1)
-        corner = torch.stack([_window_starts(canvas[:, 0], out_w, rand),
-                              _window_starts(canvas[:, 1], out_h, rand)], -1)  # (N, 2) window's top-left
-        # Output pixel p -> input pixel matrix @ (p + corner - canvas centre) + shift + input centre,
-        # then normalised: one (N, 2, 3) affine map applied to all pixels with one matmul.
-        to_unit = _xy(2.0 / (width - 1), 2.0 / (height - 1), device)  # px -> grid units
-        centre_in = _xy((width - 1) / 2, (height - 1) / 2, device)
-        offset = (matrix @ (corner - (canvas - 1) / 2)[..., None])[..., 0] + shift + centre_in  # (N, 2) px
-        theta = torch.cat([to_unit[:, None] * matrix, (to_unit * offset - 1)[..., None]], -1)  # (N, 2, 3)
-        rows, cols = torch.meshgrid(torch.arange(out_h, device=device, dtype=torch.float32),
-                                    torch.arange(out_w, device=device, dtype=torch.float32), indexing="ij")
-        pixels = torch.stack([cols, rows, torch.ones_like(cols)], -1).reshape(-1, 3)  # (h*w, 3) as (x, y, 1)
-        grid = (pixels @ theta.transpose(1, 2)).reshape(n, out_h, out_w, 2)
-        if cfg.elastic_p > 0 and cfg.elastic_sigma > 0:
-            apply = (rand() < cfg.elastic_p).float()[:, None, None, None]
-            coarse = torch.randn(n, 2, cfg.elastic_grid, cfg.elastic_grid, generator=generator, device=device)
-            coarse = coarse * (cfg.elastic_sigma * apply * to_unit[:, None, None])  # (N, 2, g, g) grid units
-            # The coarse grid spans the input image; bicubic sampling at each output pixel's input
-            # position is the paper's bicubic upsampling, evaluated only where it is needed.
-            displacement = F.grid_sample(coarse, grid, mode="bicubic", padding_mode="border",
-                                         align_corners=True)  # (N, 2, h, w)
-            grid = grid + displacement.permute(0, 2, 3, 1)  # (N, h, w, 2)
-        # Inside means rounding to a pixel of the image: within half a pixel beyond the edge centres.
-        valid = (grid.abs() < 1 + to_unit / 2).all(-1)
-        return grid, valid
+        return quarter_turns, flips * matrix
+
+    def _elastic(self, grid: torch.Tensor, to_unit: torch.Tensor, rand, generator: torch.Generator) -> torch.Tensor:
+        """The paper's deformation added to grid (N, h, w, 2): coarse Gaussian displacements, bicubic."""
+        cfg, device, n = self.config, self._generator.device, grid.shape[0]
+        if not (cfg.elastic_p > 0 and cfg.elastic_sigma > 0):
+            return grid
+        apply = (rand() < cfg.elastic_p).float()[:, None, None, None]
+        coarse = torch.randn(n, 2, cfg.elastic_grid, cfg.elastic_grid, generator=generator, device=device)
+        coarse = coarse * (cfg.elastic_sigma * apply * to_unit[:, None, None])  # (N, 2, g, g) grid units
+        # The coarse grid spans the input image; bicubic sampling at each output pixel's input
+        # position is the paper's bicubic upsampling, evaluated only where it is needed.
+        displacement = F.grid_sample(coarse, grid, mode="bicubic", padding_mode="border",
+                                     align_corners=True)  # (N, 2, h, w)
+        return grid + displacement.permute(0, 2, 3, 1)  # (N, h, w, 2)
 
     def _photometric(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """images (N, C, H, W) float -> same shape, each change applied to a random subset of samples.

@@ -97,6 +97,36 @@ class ClassMap:
         return pairs + extra
 
 
+@dataclass(frozen=True)
+class MaskRules:
+    """What the user said about their masks, before any mask is read: explicit values in class
+    order, a class count, class names, an ignored value, and whether values are packed RGB colours
+    (from a --mask-colors table). `infer_class_map` combines them with the values it finds."""
+
+    mask_values: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    ignore_value: int | None = None
+    rgb: bool = False
+
+    @classmethod
+    def from_options(cls, mask_values=None, num_classes=None, class_names=None, ignore_value=None,
+                     mask_colors=None) -> "MaskRules":
+        """The rules of the --mask-values/--num-classes/--class-names/--ignore-index/--mask-colors
+        options; a colour table file gives the values (packed colours), names and ignored colour."""
+        if mask_colors:
+            codes, names, ignore = load_color_table(mask_colors)
+            return cls(tuple(codes), None, tuple(class_names or names), ignore, True)
+        return cls(tuple(mask_values) if mask_values else None, num_classes,
+                   tuple(class_names) if class_names else None, ignore_value, False)
+
+    def as_kwargs(self) -> dict:
+        """Keyword arguments of `infer_class_map` and `run_preflight`."""
+        return {"mask_values": list(self.mask_values) if self.mask_values else None, "num_classes": self.num_classes,
+                "class_names": list(self.class_names) if self.class_names else None,
+                "ignore_value": self.ignore_value, "rgb": self.rgb}
+
+
 def pack_rgb(mask: np.ndarray) -> np.ndarray:
     """(H, W, 3) colours -> (H, W) int64 codes r << 16 | g << 8 | b, so colours map like values."""
     mask = mask.astype(np.int64)

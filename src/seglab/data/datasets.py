@@ -6,33 +6,23 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from seglab.data.classmap import IGNORE_INDEX, ClassMap, pack_rgb
+from seglab.data.classmap import IGNORE_INDEX, ClassMap
 from seglab.data.discover import Pair
-from seglab.data.io import read_image, read_mask
-from seglab.data.preprocess import prepare_image, resize_mask, scaled_size
+from seglab.data.io import read_image
+from seglab.data.preprocess import prepare_image, resize_mask
+from seglab.data.truth import read_truth
 from seglab.errors import DataError
+from seglab.padding import mirror_pad
 
 
 def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float,
-              normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read, map and scale one pair: image (C, h, w) float32, mask (h, w) int64 class indices."""
+              normalization: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read, map and scale one pair: image (C, h, w) float32 and mask (h, w) int64 class indices at
+    `scale`, and the truth (H, W) int64 at the files' own size (the mask itself at scale 1)."""
     array = read_image(pair.image)
-    raw_mask = read_mask(pair.mask)
-    if raw_mask.shape[:2] != array.shape[:2]:
-        raise DataError(f"image '{pair.image}' is {array.shape[1]}x{array.shape[0]} but its mask "
-                        f"'{pair.mask}' is {raw_mask.shape[1]}x{raw_mask.shape[0]}: "
-                        "masks must have their image's size")
-    if raw_mask.ndim == 3:
-        if not class_map.rgb:
-            raise DataError(f"mask '{pair.mask}' is an RGB colour image: pass --mask-colors FILE.json")
-        raw_mask = pack_rgb(raw_mask)
-    try:
-        classes = class_map.encode(raw_mask)
-    except ValueError as error:
-        raise DataError(f"mask '{pair.mask}': {error}: pass --mask-values or fix the export") from None
+    truth = torch.from_numpy(read_truth(pair.mask, class_map, array.shape[:2], pair.image))
     image = prepare_image(array, channels, scale, normalization, name=str(pair.image))
-    mask = resize_mask(torch.from_numpy(classes), tuple(image.shape[-2:]))
-    return image, mask
+    return image, resize_mask(truth, tuple(image.shape[-2:])), truth
 
 
 def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], rng: np.random.Generator,
@@ -43,8 +33,7 @@ def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], 
     height, width = image.shape[-2:]
     pad_h, pad_w = max(0, size[0] - height), max(0, size[1] - width)
     if pad_h or pad_w:
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        image = F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+        image = mirror_pad(image, 0, pad_h, 0, pad_w)
         mask = F.pad(mask, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
         weights = F.pad(weights, (0, pad_w, 0, pad_h), value=0.0) if weights is not None else None
         height, width = image.shape[-2:]
@@ -60,8 +49,9 @@ class SegmentationDataset(Dataset):
 
     Items: image (C, H, W) float32 normalised, mask (H, W) int64 with IGNORE_INDEX for ignored
     pixels, and with `border_weight=(w0, sigma)` a third item: the U-Net paper's weight map
-    (H, W) float32, computed once per mask. Crops are drawn from a generator seeded by (seed, epoch, index), so any worker
-    process, and a resumed run, draws the same crop for the same item and epoch.
+    (H, W) float32, computed once per mask. Crops are drawn from a generator seeded by (seed,
+    epoch, index), so any worker process, and a resumed run, draws the same crop for the same item
+    and epoch.
     """
 
     def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
@@ -90,7 +80,7 @@ class SegmentationDataset(Dataset):
         """The whole (uncropped) item."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        item = load_pair(self.pairs[index], self.class_map, self.channels, self.scale, self.normalization)
+        item = load_pair(self.pairs[index], self.class_map, self.channels, self.scale, self.normalization)[:2]
         if self.border_weight is not None:
             from seglab.data.weightmap import border_weight_map
 
@@ -109,9 +99,22 @@ class SegmentationDataset(Dataset):
         return item
 
 
-def item_size(pair: Pair, scale: float) -> tuple[int, int]:
-    """(h, w) of a pair's image after scaling, from the file header."""
-    from seglab.data.io import image_info
+class ValidationImages:
+    """Whole validation images, read once and kept: item i is (image (C, h, w) float32 at the
+    training scale, mask (h, w) int64 at that scale for the loss, truth (H, W) int64 at the
+    file's own size for the scores, which are computed at the size predictions are written)."""
 
-    height, width, _, _ = image_info(pair.image)
-    return scaled_size(height, width, scale)
+    def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
+                 normalization: str = "per_image"):
+        self.pairs = list(pairs)
+        self.class_map, self.channels, self.scale, self.normalization = class_map, channels, scale, normalization
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if index not in self._cache:
+            self._cache[index] = load_pair(self.pairs[index], self.class_map, self.channels, self.scale,
+                                           self.normalization)
+        return self._cache[index]

@@ -229,3 +229,18 @@ def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
                         f"(mask values {_format_values(values)}): pass one name per class")
     return ClassMap(tuple(int(v) for v in values),
                     tuple(class_names) if class_names else tuple(str(v) for v in values), ignore_value, rgb)
+
+
+def labelled_pairs(data: str | Path, split: str | None = None) -> list[Pair]:
+    """Pairs to score in a data folder: the named split, else val, test, the whole folder, or
+    train, the first that has pairs."""
+    layout = discover(data)
+    if split is not None:
+        if split not in layout.splits:
+            raise DataError(f"'{data}' has no {split}/ split; it has: {', '.join(layout.splits)}")
+        pairs = layout.labelled(split)
+    else:
+        pairs = next((layout.labelled(s) for s in ("val", "test", "all", "train") if layout.labelled(s)), [])
+    if not pairs:
+        raise DataError(f"no image/mask pairs to evaluate in '{data}': run `seglab check {data}`")
+    return pairs

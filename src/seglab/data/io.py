@@ -5,8 +5,10 @@ user sees one line instead of a decoder traceback.
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,46 @@ from seglab.errors import DataError, SeglabError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+# Images are decoded whole only up to this many pixels (Pillow's own decompression-bomb limit,
+# 2 x 89.5 M: a 13378 x 13378 image). A file whose header claims more is refused before it is
+# decoded, as any unreadable file is. --max-pixels (or SEGLAB_MAX_PIXELS) raises it; huge TIFFs
+# given to `seglab predict` are streamed in bands and need no such limit.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+_PILLOW_LOCK = threading.Lock()  # Pillow's limit is module state: raise it for one read at a time
+
+
+def max_pixels() -> int:
+    """The pixel limit of whole-image reads: SEGLAB_MAX_PIXELS, else DEFAULT_MAX_PIXELS."""
+    value = os.environ.get("SEGLAB_MAX_PIXELS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+
+
+def check_pixel_count(path: Path, height: int, width: int) -> None:
+    """DataError for an image whose header claims more pixels than max_pixels()."""
+    limit = max_pixels()
+    if height * width > limit:
+        raise DataError(f"'{path}' claims {width}x{height} pixels ({height * width / 1e6:.0f} megapixels), over "
+                        f"the limit of {limit / 1e6:.0f} megapixels (a decompression bomb, or a very large image): "
+                        f"pass --max-pixels {height * width} to read it, or cut it into smaller files")
+
+
+@contextmanager
+def _pillow_opening(path: Path):
+    """Image.open(path) with seglab's pixel limit instead of Pillow's (checked on the header)."""
+    with _PILLOW_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # seglab checks the header itself, just below
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        check_pixel_count(path, image.size[1], image.size[0])
+        yield image
+    finally:
+        image.close()
 
 
 def is_image_file(path: Path) -> bool:
@@ -35,11 +77,9 @@ def _check_readable(path: Path) -> None:
 
 def _read_pil(path: Path) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+        with _pillow_opening(path) as image:
             image.load()  # decode now, so truncated files fail here with the file's name
-        return image
+            return image.copy()  # the file closes with the context; the pixels stay
     except UnidentifiedImageError:
         raise DataError(f"'{path}' is not an image Pillow can read (wrong extension or not an image): "
                         "re-export or remove it") from None
@@ -51,7 +91,12 @@ def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     try:
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.pages[0].shape
+            check_pixel_count(path, int(shape[0]), int(shape[1]) if len(shape) > 1 else 1)
+            array = tif.asarray()
+    except DataError:
+        raise
     except Exception as error:  # tifffile raises many types for broken files; all mean "unreadable"
         raise DataError(f"'{path}' is not a readable TIFF ({type(error).__name__}: {error}): "
                         "re-export or remove it") from None
@@ -105,7 +150,7 @@ def image_info(path: str | Path) -> tuple[int, int, int, str]:
         channels = shape[-1] if len(shape) == 3 and shape[-1] in (1, 3, 4) else 1
         return int(shape[0]), int(shape[1]), min(int(channels), 3), str(dtype)
     try:
-        with Image.open(path) as image:
+        with _pillow_opening(path) as image:
             width, height = image.size
             mode = image.mode
     except UnidentifiedImageError:
@@ -167,7 +212,9 @@ def current_umask() -> int:
 def atomic_output(path: str | Path):
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
-    A crash midway never leaves a half-written file under the final name.
+    A crash midway never leaves a half-written file under the final name; a failed write (a full
+    disk, a read-only folder) is one SeglabError naming the file, and the previous file, if any,
+    stays as it was.
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
@@ -176,16 +223,30 @@ def atomic_output(path: str | Path):
         handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
                                             dir=directory)
     except OSError as error:
-        raise SeglabError(f"cannot write '{path}' ({error.strerror}): choose a writable output folder") from None
+        raise write_error(path, error) from None
     os.close(handle)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, error) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_error(path: Path, error: OSError) -> SeglabError:
+    """One line for a file that could not be written, true to what is on disk afterwards."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.ENOTDIR: "a parent is a file, not a folder",
+              errno.EDQUOT: "the disk quota is exceeded"}.get(error.errno, error.strerror or str(error))
+    kept = "the previous file is intact" if path.exists() else "nothing was written"
+    todo = "free space or choose another output folder" if error.errno in (errno.ENOSPC, errno.EDQUOT) \
+        else "choose a writable output folder"
+    return SeglabError(f"cannot write '{path}' ({reason}); {kept}: {todo}")
 
 
 def write_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray | None = None) -> Path:

@@ -58,7 +58,7 @@ class LoaderBatches:
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                           seed=seed, drop_last=False)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-                                 pin_memory=device.type == "cuda", drop_last=len(dataset) > batch_size,
+                                 pin_memory=device.type == "cuda", drop_last=len(self.sampler) > batch_size,
                                  persistent_workers=False)
 
     def set_epoch(self, epoch: int) -> None:

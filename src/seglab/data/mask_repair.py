@@ -12,9 +12,19 @@ import numpy as np
 
 from seglab.data.classmap import IGNORE_INDEX, pack_rgb, unpack_rgb
 from seglab.data.io import current_umask, read_image, read_mask, write_mask
-from seglab.data.preflight import (JPEG_SUFFIXES, MAX_LISTED, MaskFix, Preflight, format_values, list_files,
-                                   format_preflight, mask_facts, run_preflight)
+from seglab.data.mask_facts import JPEG_SUFFIXES, mask_facts
+from seglab.data.preflight import (
+    MAX_LISTED,
+    MaskFix,
+    Preflight,
+    format_preflight,
+    format_values,
+    list_files,
+    run_preflight,
+)
 from seglab.errors import DataError, SeglabError
+
+
 @dataclass
 class FixResult:
     dest: Path
@@ -31,32 +41,32 @@ def fixed_classes(mask: np.ndarray, fix: MaskFix, name: str, snap: bool = False)
     Blurred masks (`snap`) have values outside the class map moved to the nearest class value;
     other masks with such values raise DataError.
     """
-    cm = fix.class_map
+    class_map = fix.class_map
     if mask.ndim == 3:
-        if not cm.rgb:
+        if not class_map.rgb:
             raise DataError(f"'{name}' is an RGB mask among gray ones: export all masks the same way")
         mask = pack_rgb(mask)
-    elif cm.rgb:
+    elif class_map.rgb:
         raise DataError(f"'{name}' is a gray mask among RGB colour masks: export all masks the same way")
     values = np.unique(mask)
     if fix.unify_binary and set(values.tolist()) <= {0, 1}:
         mask = mask * 255
-    known = list(cm.values) + ([cm.ignore_value] if cm.ignore_value is not None else [])
+    known = list(class_map.values) + ([class_map.ignore_value] if class_map.ignore_value is not None else [])
     unknown = ~np.isin(mask, known)
     if unknown.any():
         if not snap:
             raise DataError(f"'{name}' holds values {format_values(np.unique(mask[unknown]).tolist())} outside "
-                            f"the class map {format_values(list(cm.values))}")
-        targets = np.asarray(cm.values, dtype=np.int64)
+                            f"the class map {format_values(list(class_map.values))}")
+        targets = np.asarray(class_map.values, dtype=np.int64)
         odd = mask[unknown].astype(np.int64)
-        if cm.rgb:
+        if class_map.rgb:
             distance = np.abs(unpack_rgb(odd)[:, None, :].astype(np.int64)
                               - unpack_rgb(targets)[None].astype(np.int64)).sum(-1)
         else:
             distance = np.abs(odd[:, None] - targets[None])
         mask = mask.astype(np.int64, copy=True)
         mask[unknown] = targets[np.argmin(distance, axis=1)]
-    return cm.encode(mask)
+    return class_map.encode(mask)
 
 
 def require_empty_folder(dest: str | Path) -> None:
@@ -77,10 +87,11 @@ def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
     if dest.resolve() == source or any(dest.resolve().is_relative_to(d.resolve()) for s in report.layout.splits.values()
                                        for d in (s.image_dir, s.mask_dir) if d is not None):
         raise SeglabError(f"--fix-to '{dest}' is inside the folder being checked: choose a folder outside it")
-    cm = report.fix.class_map
+    class_map = report.fix.class_map
     ignore_code = None
-    if cm.ignore_value is not None:
-        ignore_code = cm.ignore_value if cm.num_classes <= cm.ignore_value <= 255 and not cm.rgb else 255
+    if class_map.ignore_value is not None:
+        keeps_value = class_map.num_classes <= class_map.ignore_value <= 255 and not class_map.rgb
+        ignore_code = class_map.ignore_value if keeps_value else 255
     result = FixResult(dest, ignore_code=ignore_code)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
@@ -113,10 +124,10 @@ def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
 def fix_and_recheck(report: Preflight, dest: str | Path) -> tuple[str, bool]:
     """Write the clean copy, check it, and say what was done: (text to print, copy passes the check)."""
     result = write_fixed_copy(report, dest)
-    cm = report.fix.class_map
+    class_map = report.fix.class_map
     lines = [f"wrote a clean copy to {result.dest}: {result.pairs} pairs"
              + (f" and {result.images_only} images without masks" if result.images_only else "")
-             + f"; masks hold class indices 0..{cm.num_classes - 1} ({', '.join(cm.names)})"
+             + f"; masks hold class indices 0..{class_map.num_classes - 1} ({', '.join(class_map.names)})"
              + (f", {result.ignore_code} = ignored" if result.ignore_code is not None else "")]
     if result.snapped:
         lines.append(f"  {len(result.snapped)} masks snapped to the nearest class: "
@@ -125,7 +136,7 @@ def fix_and_recheck(report: Preflight, dest: str | Path) -> tuple[str, bool]:
         lines.append(f"  left out {path}: {reason}")
     if len(result.skipped) > MAX_LISTED:
         lines.append(f"  left out {len(result.skipped) - MAX_LISTED} more files")
-    names = None if all(n == str(v) for n, v in zip(cm.names, cm.values)) else list(cm.names)
+    names = None if all(n == str(v) for n, v in zip(class_map.names, class_map.values)) else list(class_map.names)
     recheck = run_preflight(result.dest, class_names=names, ignore_value=result.ignore_code)
     flags = "".join([f" --ignore-index {result.ignore_code}" if result.ignore_code is not None else "",
                      f" --class-names {','.join(names)}" if names else ""])

@@ -14,8 +14,8 @@ PALETTE = np.array([
 def to_display(image: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, C) of any dtype -> (H, W, 3) uint8 stretched to its own range."""
     image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] != 3:
+        image = image[..., 0]  # gray, or channels that are no colours (2, 4+): the first one
     low, high = np.percentile(image, (0.5, 99.5))
     image = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
     image = (image * 255).astype(np.uint8)

@@ -7,45 +7,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
-from seglab.data.discover import (MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map)
-from seglab.data.io import image_info, read_image, read_mask
+from seglab.data.discover import (
+    MAX_IMPLICIT_CLASSES,
+    DataLayout,
+    MaskSurvey,
+    discover,
+    infer_class_map,
+)
+from seglab.data.io import image_info, read_image
+from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.errors import DataError
 
 MAX_LISTED = 5
 MAX_SURVEYED = 500          # masks (and their images) decoded by the check, evenly spread
 RARE_CLASS_SHARE = 0.01     # a class under this share of the pixels gets a note
-JPEG_SUFFIXES = (".jpg", ".jpeg")
 BLUR_MESSAGE = ("JPEG compression blurred the edges: re-export as PNG or use --fix-to which snaps values to "
                 "the nearest class")
-
-
-@dataclass
-class MaskFacts:
-    """What one mask file holds: its raw values (packed colours for RGB) and how they look."""
-
-    path: Path
-    kind: str                        # "gray", "palette" or "rgb"
-    counts: dict[int, int]
-    blurred: tuple[int, int] | None  # the two dominant values, when the rest looks like blurred edges
-    stray_share: float = 0.0         # pixels that are neither dominant value
-    palette: dict[int, tuple[int, int, int]] = field(default_factory=dict)
-
-    @property
-    def values(self) -> list[int]:
-        return sorted(self.counts)
-
-    @property
-    def convention(self) -> str | None:
-        """"{0,1}" or "{0,255}" for binary masks (after blur), else None."""
-        values = set(self.blurred or self.values)
-        if values <= {0, 1} and 1 in values:
-            return "{0,1}"
-        if values <= {0, 255} and 255 in values:
-            return "{0,255}"
-        return None
 
 
 @dataclass
@@ -73,6 +52,10 @@ class Preflight:
     def ok(self) -> bool:
         return not self.errors and not self.warnings
 
+    def __str__(self) -> str:
+        """The text `seglab check` prints."""
+        return format_preflight(self)
+
 
 def list_files(paths: list[Path], root: Path) -> str:
     names = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths[:MAX_LISTED]]
@@ -93,72 +76,6 @@ def _spread(items: list, limit: int) -> list:
         return list(items)
     picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
     return [items[i] for i in sorted(set(picks.tolist()))]
-
-
-def _blur(mask: np.ndarray, values: np.ndarray, counts: np.ndarray, jpeg: bool) -> tuple[tuple[int, int] | None, float]:
-    """(dominant pair, stray share) when a mask looks like two values with blurred edges between them.
-
-    JPEG and antialiased resizing leave scattered in-between values, each pixel unlike its
-    neighbours; real classes form regions whose pixels share the value of their neighbours.
-    """
-    if len(values) < 3 or mask.ndim != 2 or mask.shape[0] < 2 or mask.shape[1] < 2:
-        return None, 0.0
-    first = int(values[np.argmax(counts)])
-    far = np.abs(values.astype(np.int64) - first) >= max((values.max() - values.min()) / 2, 1)
-    if not far.any():
-        return None, 0.0
-    second = int(values[far][np.argmax(counts[far])])
-    dominant = np.isin(mask, (first, second))
-    stray_share = 1.0 - dominant.mean()
-    if stray_share == 0 or stray_share > 0.5:
-        return None, float(stray_share)
-    stray = ~dominant[:-1, :-1]
-    inner = mask[:-1, :-1]
-    like_neighbours = (inner == mask[1:, :-1]) & (inner == mask[:-1, 1:])
-    scattered = like_neighbours[stray].mean() < 0.5 if stray.any() else False
-    distinct_stray = len(values) - 2
-    if scattered and (distinct_stray >= 3 or jpeg):
-        return (min(first, second), max(first, second)), float(stray_share)
-    return None, float(stray_share)
-
-
-def mask_facts(path: Path, mask: np.ndarray | None = None) -> MaskFacts:
-    """Describe one mask, read from `path` unless given (raises DataError naming an unreadable file)."""
-    mask = read_mask(path) if mask is None else mask
-    kind, palette = "gray", {}
-    if mask.ndim == 3:
-        kind, mask = "rgb", pack_rgb(mask)
-    elif path.suffix.lower() in (".png", ".gif", ".bmp"):
-        with Image.open(path) as image:
-            if image.mode == "P":
-                kind = "palette"
-                colours = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
-                palette = {i: tuple(int(c) for c in colours[i]) for i in range(len(colours))}
-    values, counts = np.unique(mask, return_counts=True)
-    blurred, stray = (None, 0.0) if kind == "rgb" else _blur(mask, values, counts, path.suffix.lower() in JPEG_SUFFIXES)
-    used = {int(v) for v in values}
-    return MaskFacts(path, kind, dict(zip(values.tolist(), counts.tolist())), blurred, stray,
-                     {i: c for i, c in palette.items() if i in used})
-
-
-def _survey(facts: list[MaskFacts], clean: bool = False, unify_binary: bool = False) -> MaskSurvey:
-    """The MaskSurvey infer_class_map takes; `clean`: as --fix-to will write the masks (blurred
-    edges snapped to the dominant values, {0,1} masks read as {0,255} when conventions are mixed)."""
-    survey = MaskSurvey()
-    for fact in facts:
-        counts = dict(fact.counts)
-        if clean and fact.blurred:
-            counts = {v: counts[v] for v in fact.blurred}
-        if clean and unify_binary and fact.convention == "{0,1}":
-            counts = {v * 255: c for v, c in counts.items()}
-        survey.files_read += 1
-        survey.distinct_per_file[fact.path] = len(counts)
-        if fact.kind == "rgb":
-            survey.rgb_files.append(fact.path)
-        for value, count in counts.items():
-            survey.counts[value] += count
-            survey.first_file.setdefault(value, fact.path)
-    return survey
 
 
 def _header(report: Preflight, path: Path) -> tuple[int, int, int, str] | None:
@@ -255,49 +172,76 @@ def _read_sample(report: Preflight, pairs: list, root: Path) -> list[MaskFacts]:
 
 def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_masks: int, mask_values, num_classes,
                  class_names, ignore_value, rgb: bool) -> None:
-    survey = _survey(facts)
+    """Every check of the masks' values, then the class map they give (or --fix-to would give)."""
+    survey = survey_facts(facts)
+    _describe_values(report, survey, facts, total_masks, rgb)
+    _note_palettes(report, facts, root)
+    explained = _check_rgb(report, facts, root, rgb)
+    explained = _check_blur(report, facts, root) or explained
+    explicit = mask_values is not None or num_classes is not None
+    mixed = _check_conventions(report, facts, root, explicit, rgb, ignore_value)
+    explained = explained or mixed
+    if num_classes is not None:
+        explained = _check_num_classes(report, facts, root, num_classes, ignore_value) or explained
+    try:
+        report.class_map = infer_class_map(survey, mask_values, num_classes, class_names, ignore_value, rgb)
+    except DataError as error:
+        if not explained:
+            report.errors.append(str(error))
+    report.fix = _fix_plan(report, facts, mask_values, num_classes, class_names, ignore_value, rgb, mixed)
+    _describe_classes(report, facts, survey, ignore_value, mixed)
+
+
+def _describe_values(report: Preflight, survey: MaskSurvey, facts: list[MaskFacts], total_masks: int,
+                     rgb: bool) -> None:
     sampled = f" (sampled {survey.files_read} of {total_masks})" if survey.files_read < total_masks else ""
     if rgb or any(f.kind == "rgb" for f in facts):
         shown = ["rgb(%d,%d,%d)" % tuple(unpack_rgb(v)) for v in survey.values]
         report.lines.append(f"mask colours{sampled}: [{', '.join(shown[:12])}{', ...' if len(shown) > 12 else ''}]")
-    else:
-        values = survey.values
-        shown = (str(values) if len(values) <= 16
-                 else f"[{', '.join(map(str, values[:8]))}, ..., {values[-1]}] ({len(values)} values)")
-        report.lines.append(f"mask values{sampled}: {shown}")
-    explicit = mask_values is not None or num_classes is not None
-    explained = False
+        return
+    values = survey.values
+    shown = (str(values) if len(values) <= 16
+             else f"[{', '.join(map(str, values[:8]))}, ..., {values[-1]}] ({len(values)} values)")
+    report.lines.append(f"mask values{sampled}: {shown}")
 
+
+def _note_palettes(report: Preflight, facts: list[MaskFacts], root: Path) -> None:
     palettes = [f for f in facts if f.kind == "palette" and f.palette]
-    if palettes:
-        colours = {i: c for f in palettes for i, c in f.palette.items()}
-        table = ", ".join("%d = rgb(%d,%d,%d)" % ((i,) + colours[i]) for i in sorted(colours)[:12])
-        report.lines.append(f"note: palette masks ({_plural(len(palettes), 'file', 'files')}: "
-                            f"{list_files([f.path for f in palettes], root)}): the palette index is the class value; "
-                            f"colours {table}")
+    if not palettes:
+        return
+    colours = {i: c for f in palettes for i, c in f.palette.items()}
+    table = ", ".join("%d = rgb(%d,%d,%d)" % ((i,) + colours[i]) for i in sorted(colours)[:12])
+    report.lines.append(f"note: palette masks ({_plural(len(palettes), 'file', 'files')}: "
+                        f"{list_files([f.path for f in palettes], root)}): the palette index is the class value; "
+                        f"colours {table}")
 
+
+def _check_rgb(report: Preflight, facts: list[MaskFacts], root: Path, rgb: bool) -> bool:
+    """RGB colour masks given without a colour table; True when that explains the masks' values."""
     rgb_facts = [f for f in facts if f.kind == "rgb"]
-    if rgb_facts and not rgb:
-        explained = True
-        colours = sorted({v for f in rgb_facts for v in f.counts})
-        jpeg = [f.path for f in rgb_facts if f.path.suffix.lower() in JPEG_SUFFIXES]
-        if len(colours) <= MAX_IMPLICIT_CLASSES:
-            report.colour_table = {f"class{k}": [int(c) for c in unpack_rgb(v)] for k, v in enumerate(colours)}
-            table = ", ".join(f'"{name}": {rgb_list}' for name, rgb_list in report.colour_table.items())
-            report.errors.append(f"RGB colour masks with {len(colours)} colours "
-                                 f"({list_files([f.path for f in rgb_facts], root)}): save this colour table as "
-                                 f"colors.json, rename the classes, and pass --mask-colors colors.json: {{{table}}}")
-        elif jpeg:
-            report.errors.append(f"RGB masks saved as JPEG, with {len(colours)} colours "
-                                 f"({list_files(jpeg, root)}): {BLUR_MESSAGE} (with --mask-colors)")
-        else:
-            report.errors.append(f"RGB masks with {len(colours)} colours, too many for classes "
-                                 f"({list_files([f.path for f in rgb_facts], root)}): export masks as class "
-                                 "indices or exact colours")
+    if not rgb_facts or rgb:
+        return False
+    colours = sorted({v for f in rgb_facts for v in f.counts})
+    jpeg = [f.path for f in rgb_facts if f.path.suffix.lower() in JPEG_SUFFIXES]
+    files = list_files([f.path for f in rgb_facts], root)
+    if len(colours) <= MAX_IMPLICIT_CLASSES:
+        report.colour_table = {f"class{k}": [int(c) for c in unpack_rgb(v)] for k, v in enumerate(colours)}
+        table = ", ".join(f'"{name}": {rgb_list}' for name, rgb_list in report.colour_table.items())
+        report.errors.append(f"RGB colour masks with {len(colours)} colours ({files}): save this colour table as "
+                             f"colors.json, rename the classes, and pass --mask-colors colors.json: {{{table}}}")
+    elif jpeg:
+        report.errors.append(f"RGB masks saved as JPEG, with {len(colours)} colours "
+                             f"({list_files(jpeg, root)}): {BLUR_MESSAGE} (with --mask-colors)")
+    else:
+        report.errors.append(f"RGB masks with {len(colours)} colours, too many for classes ({files}): export masks "
+                             "as class indices or exact colours")
+    return True
 
+
+def _check_blur(report: Preflight, facts: list[MaskFacts], root: Path) -> bool:
+    """Masks blurred at the edges (an error) and exact masks saved as JPEG (a warning)."""
     blurred = [f for f in facts if f.blurred]
     if blurred:
-        explained = True
         low, high = blurred[0].blurred
         share = np.mean([f.stray_share for f in blurred])
         jpeg = all(f.path.suffix.lower() in JPEG_SUFFIXES for f in blurred)
@@ -311,13 +255,17 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
                                f"({list_files(clean_jpeg, root)}): their values "
                                "are exact now, but JPEG is lossy and blurs edges when masks are edited and saved "
                                "again: save masks as PNG (--fix-to does)")
+    return bool(blurred)
 
+
+def _check_conventions(report: Preflight, facts: list[MaskFacts], root: Path, explicit: bool, rgb: bool,
+                       ignore_value) -> bool:
+    """{0,1} and {0,255} masks mixed in one folder (an error; returns True), or a note on the binary map."""
     conventions = {name: [f.path for f in facts if f.convention == name] for name in ("{0,1}", "{0,255}")}
     mixed = (bool(conventions["{0,1}"] and conventions["{0,255}"]) and not explicit and not rgb
              and ignore_value not in (0, 1, 255))
-    clean_values = set(_survey(facts, clean=True).values) - {ignore_value}
+    clean_values = set(survey_facts(facts, clean=True).values) - {ignore_value}
     if mixed:
-        explained = True
         ones, high = conventions["{0,1}"], conventions["{0,255}"]
         report.errors.append(f"masks mix two binary conventions: {_plural(len(ones), 'is', 'are')} {{0,1}} "
                              f"({list_files(ones, root)}) and {_plural(len(high), 'is', 'are')} {{0,255}} "
@@ -326,30 +274,31 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
     elif not rgb and len(clean_values) == 2 and clean_values in ({0, 1}, {0, 255}):
         positive = max(clean_values)
         report.lines.append(f"note: masks are binary {{0,{positive}}}: 0 -> class 0, {positive} -> class 1")
+    return mixed
 
-    if num_classes is not None:
-        outside = [f for f in facts if any(v < 0 or v >= num_classes for v in f.counts if v != ignore_value)]
-        if outside:
-            explained = True
-            shown = "; ".join(f"{list_files([f.path], root)} has {format_values(f.values)}" for f in outside[:3])
-            report.errors.append(f"{_plural(len(outside), 'mask holds', 'masks hold')} more values than the "
-                                 f"{num_classes} classes of "
-                                 f"--num-classes {num_classes} (expected 0..{num_classes - 1}): {shown}"
-                                 f"{' ...' if len(outside) > 3 else ''}: fix these masks or pass the right "
-                                 "--num-classes (or --ignore-index for a void value)")
 
-    try:
-        report.class_map = infer_class_map(survey, mask_values, num_classes, class_names, ignore_value, rgb)
-    except DataError as error:
-        if not explained:
-            report.errors.append(str(error))
-    report.fix = _fix_plan(report, facts, mask_values, num_classes, class_names, ignore_value, rgb, mixed)
+def _check_num_classes(report: Preflight, facts: list[MaskFacts], root: Path, num_classes: int,
+                       ignore_value) -> bool:
+    outside = [f for f in facts if any(v < 0 or v >= num_classes for v in f.counts if v != ignore_value)]
+    if not outside:
+        return False
+    shown = "; ".join(f"{list_files([f.path], root)} has {format_values(f.values)}" for f in outside[:3])
+    report.errors.append(f"{_plural(len(outside), 'mask holds', 'masks hold')} more values than the "
+                         f"{num_classes} classes of --num-classes {num_classes} (expected 0..{num_classes - 1}): "
+                         f"{shown}{' ...' if len(outside) > 3 else ''}: fix these masks or pass the right "
+                         "--num-classes (or --ignore-index for a void value)")
+    return True
+
+
+def _describe_classes(report: Preflight, facts: list[MaskFacts], survey: MaskSurvey, ignore_value,
+                      mixed: bool) -> None:
+    """The class map and each class's share of the pixels; very rare classes get a note."""
     class_map = report.class_map or (report.fix.class_map if report.fix else None)
     if class_map is None:
         return
     fixed = " (after --fix-to)" if report.class_map is None else ""
     report.lines.append(f"class map{fixed}: {class_map.describe()}")
-    clean = _survey(facts, clean=True, unify_binary=mixed) if report.class_map is None else survey
+    clean = survey_facts(facts, clean=True, unify_binary=mixed) if report.class_map is None else survey
     total = sum(count for value, count in clean.counts.items() if value != ignore_value) or 1
     shares = [clean.counts.get(value, 0) / total for value in class_map.values]
     report.lines.append("class shares: " + ", ".join(f"{name} {s:.1%}" for name, s in zip(class_map.names, shares)))
@@ -357,8 +306,8 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
     if rare:
         # A fact about the data, not a mistake in it: reported, but `check` still passes.
         report.lines.append(f"note: very unbalanced classes: {', '.join(rare)} under {RARE_CLASS_SHARE:.0%} of the "
-                               "pixels: the model may never predict them; weight them with --class-weights auto "
-                               "(the default loss already adds Dice), or collect more examples")
+                            "pixels: the model may never predict them; weight them with --class-weights auto "
+                            "(the default loss already adds Dice), or collect more examples")
 
 
 def _fix_plan(report: Preflight, facts: list[MaskFacts], mask_values, num_classes, class_names, ignore_value,
@@ -370,7 +319,7 @@ def _fix_plan(report: Preflight, facts: list[MaskFacts], mask_values, num_classe
         codes = [int(pack_rgb(np.asarray(c).reshape(1, 3))[0]) for c in report.colour_table.values()]
         return MaskFix(ClassMap(tuple(codes), tuple(report.colour_table), None, True))
     try:
-        class_map = infer_class_map(_survey(facts, clean=True, unify_binary=mixed), mask_values, num_classes,
+        class_map = infer_class_map(survey_facts(facts, clean=True, unify_binary=mixed), mask_values, num_classes,
                                     class_names, ignore_value, rgb)
     except DataError as error:
         if not report.errors:

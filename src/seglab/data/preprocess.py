@@ -4,6 +4,8 @@ Training and prediction both call `prepare_image`, so a model always sees what i
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,9 @@ def normalization_statistics(image: torch.Tensor, mode: str) -> tuple[torch.Tens
     dims = (-2, -1)
     if mode == "per_image":
         mean = image.mean(dim=dims, keepdim=True)
-        std = image.std(dim=dims, keepdim=True).nan_to_num(0.0)  # one-pixel images have no spread
+        with warnings.catch_warnings():  # a one-pixel image has no spread: NaN, then 0, without a warning
+            warnings.simplefilter("ignore", UserWarning)
+            std = image.std(dim=dims, keepdim=True).nan_to_num(0.0)
         return mean, std.clamp_min(1e-6)
     if mode == "minmax":
         low = image.amin(dim=dims, keepdim=True)

@@ -7,7 +7,6 @@ import numpy as np
 from scipy import ndimage
 
 from seglab.data.classmap import IGNORE_INDEX
-from seglab.errors import SeglabError
 
 # Each cell's distance transform covers its bounding box grown by REACH_SIGMAS * sigma. A pixel
 # with d1 + d2 beyond that would get at most w0 * exp(-REACH_SIGMAS**2 / 2) = 4e-6 * w0, so cells
@@ -72,18 +71,3 @@ def two_nearest_cell_distances(cells: np.ndarray, reach: int) -> tuple[np.ndarra
         np.minimum(next_near, np.maximum(near, distance), out=next_near)  # uses the old nearest
         np.minimum(near, distance, out=near)
     return nearest, second
-
-
-def parse_border_weight(text: str) -> tuple[float, float]:
-    """'W0,SIGMA' (e.g. '10,5', the paper's values) -> (w0, sigma) floats."""
-    parts = str(text).split(",")
-    hint = "give W0,SIGMA such as '10,5' (the U-Net paper's values; w0 >= 0, sigma > 0 pixels)"
-    if len(parts) != 2:
-        raise SeglabError(f"border weight {text!r} is not two numbers: {hint}")
-    try:
-        w0, sigma = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise SeglabError(f"border weight {text!r} is not two numbers: {hint}") from None
-    if not (math.isfinite(w0) and math.isfinite(sigma)) or w0 < 0 or sigma <= 0:
-        raise SeglabError(f"border weight {text!r} is out of range: {hint}")
-    return w0, sigma

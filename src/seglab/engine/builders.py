@@ -1,21 +1,23 @@
 """Build what a run trains with from its config: training batches, model, loss and optimizer."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn as nn
 
-from seglab.config import RunConfig
+from seglab.config import OPTIMIZERS, RunConfig
 from seglab.data.classmap import ClassMap
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
 from seglab.engine.data_plan import DataPlan
 from seglab.errors import SeglabError
 from seglab.losses import SegmentationLoss
-from seglab.models import build_model
+from seglab.models import build_model, model_spec
+from seglab.runtime.checkpoint import load_checkpoint
 from seglab.runtime.device import free_memory
 
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 # Keep the training set on the device when it takes at most this share of free memory.
 RESIDENT_FRACTION = 0.25
 
@@ -48,24 +50,22 @@ def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, 
                          dist.rank, dist.world_size), None
 
 
-def model_kwargs(config: RunConfig, channels: int, num_outputs: int) -> dict:
-    """Plain keyword arguments for build_model, as stored in checkpoints."""
-    m = config.model
-    if m.name == "unet":
-        return {"in_channels": channels, "num_classes": num_outputs, "base_channels": m.base_channels,
-                "depth": m.depth, "up": m.up, "padding": m.padding, "batch_norm": m.batch_norm}
-    if m.name == "deeplabv3":
-        return {"in_channels": channels, "num_classes": num_outputs, "backbone": m.backbone,
-                "output_stride": m.output_stride, "aux_head": m.aux_head}
-    return {"in_channels": channels, "num_classes": num_outputs}
-
-
 def make_model(config: RunConfig, channels: int, num_outputs: int) -> tuple[nn.Module, dict]:
-    kwargs = model_kwargs(config, channels, num_outputs)
-    build_kwargs = dict(kwargs)
-    if config.model.name == "deeplabv3" and config.model.pretrained_backbone:
-        build_kwargs["pretrained_backbone"] = True  # not stored: the weights travel in the checkpoint
-    return build_model(config.model.name, **build_kwargs), kwargs
+    """The model, and the keyword arguments its checkpoints store to rebuild it (`build_model`)."""
+    options = config.model.resolved()
+    kwargs = {"in_channels": channels, "num_classes": num_outputs, **model_spec(config.model.name).stored(options)}
+    return build_model(config.model.name, in_channels=channels, num_classes=num_outputs, **options), kwargs
+
+
+def load_initial_weights(model: nn.Module, path: Path, model_kwargs: dict, log=print) -> None:
+    """--load: a checkpoint's weights into a model of the same shapes (the training state is not used)."""
+    payload = load_checkpoint(path)
+    state, own = payload["state_dict"], model.state_dict()
+    if set(state) != set(own) or any(own[k].shape != v.shape for k, v in state.items()):
+        raise SeglabError(f"--load '{path}' does not fit this model ({payload['model']['name']} "
+                          f"{payload['model']['kwargs']} vs {model_kwargs}): train a matching model")
+    model.load_state_dict(state)
+    log(f"initial weights from {path}")
 
 
 def class_weights_for(config: RunConfig, plan: "DataPlan | None") -> list[float] | None:

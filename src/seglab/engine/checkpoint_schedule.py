@@ -10,20 +10,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from seglab.runtime.checkpoint import save_checkpoint
 from seglab.errors import SeglabError
+from seglab.runtime.checkpoint import save_checkpoint
 
 
 class CheckpointSchedule:
     """Rank 0's checkpoint writes (`enabled` False on the other ranks: every call does nothing)."""
 
     def __init__(self, run_dir: Path, interval: float, enabled: bool):
-        if interval < 0:
-            raise SeglabError("--checkpoint-interval takes seconds >= 0 (0 writes checkpoints at every metrics row)")
         self.run_dir, self.interval, self.enabled = run_dir, interval, enabled
         self._best: dict | None = None  # a best.pt payload, its weights copied when they were the best
         self._last: Callable[[], dict] | None = None  # builds last.pt from the current training state
         self._written: float | None = None  # monotonic() of the last write of last.pt
+        self._rows_written = False  # a metrics row's best.pt/last.pt reached the disk in this process
 
     def hold_best(self, payload: dict) -> None:
         """The best weights so far (already copied off the model), written at the next write."""
@@ -35,13 +34,16 @@ class CheckpointSchedule:
         if not self.enabled:
             return
         self._last = build_last
-        if self._written is None or time.monotonic() - self._written >= self.interval:
+        # The first row always writes, whatever --save-every wrote before it: best.pt exists from
+        # the first metrics row on, and commands that take `-m RUN/best.pt` find it.
+        if not self._rows_written or time.monotonic() - self._written >= self.interval:
             self.flush()
+            self._rows_written = True
 
     def write_last(self, payload: dict) -> None:
         """Write last.pt now (`--save-every` steps, mid-epoch)."""
         if self.enabled:
-            save_checkpoint(payload, self.run_dir / "last.pt")
+            self._save(payload, "last.pt")
             self._last, self._written = None, time.monotonic()
 
     def flush(self) -> None:
@@ -49,7 +51,19 @@ class CheckpointSchedule:
         if not self.enabled:
             return
         if self._best is not None:
-            save_checkpoint(self._best, self.run_dir / "best.pt")
+            self._save(self._best, "best.pt")
             self._best = None
         if self._last is not None:
             self.write_last(self._last())
+
+    def resume_hint(self, how: str = "") -> str:
+        """What to do after a failed run, true to what is on disk (`how`: words after the command)."""
+        if (self.run_dir / "last.pt").is_file():
+            return f"`seglab train --resume {self.run_dir}`{how} continues from its last.pt"
+        return "train again (there is no last.pt to resume from)"
+
+    def _save(self, payload: dict, name: str) -> None:
+        try:
+            save_checkpoint(payload, self.run_dir / name)
+        except SeglabError as error:
+            raise SeglabError(f"{error}: free space or choose another --out, then {self.resume_hint()}") from None

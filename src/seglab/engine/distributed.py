@@ -23,6 +23,9 @@ class DistInfo:
         return self.world_size > 1
 
 
+_groups_made = 0  # process groups this process has joined through setup()
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
@@ -40,9 +43,17 @@ def setup(device_type: str) -> DistInfo:
         # torchrun keeps one key-value store across restarts: give every attempt its own key space,
         # or a restarted worker can read its peers' addresses from the attempt that died.
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"seglab/attempt{attempt}", store)
+        # Likewise every group this process makes (two seglab.train calls in one script): every
+        # rank makes the same groups in the same order, so the count agrees across ranks.
+        global _groups_made
+        _groups_made += 1
+        store = dist.PrefixStore(f"seglab/attempt{attempt}/group{_groups_made}", store)
         dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return info
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def teardown() -> None:
@@ -60,6 +71,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is True on any rank (the flag itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return bool(all_reduce_sum(torch.tensor(float(flag), device=device)).item() > 0)
 
 
 def broadcast_object(value, src: int = 0):

@@ -1,11 +1,16 @@
-"""Where a run's files go: the default run-folder name, and whether torchrun restarted this job."""
+"""A run folder: its default name, whether torchrun restarted the job, and the lock one run holds on it."""
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import sys
 from datetime import datetime
 from pathlib import Path
 
 from seglab.config import RunConfig
+from seglab.engine import distributed
+from seglab.errors import SeglabError
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -21,3 +26,81 @@ def default_run_dir(config: RunConfig) -> Path:
 
 def restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+LOCK_FILE = ".seglab.lock"
+
+
+class RunFolderLock:
+    """An OS-level lock on a run folder, held by one run at a time (rank 0 of a torchrun job).
+
+    `fcntl.flock` on RUN_DIR/.seglab.lock: the kernel releases it when the holding process exits,
+    even by kill -9, so a dead run never leaves the folder locked; a restarted torchrun job finds
+    it free. The file records the holder's process id and command for the message of the next
+    run that finds it taken.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._handle = None
+
+    @classmethod
+    def for_job(cls, run_dir: Path, is_main: bool) -> "RunFolderLock":
+        """The lock of a (torchrun) job: rank 0, the only writer, takes it; if it cannot, every
+        rank stops with rank 0's one line."""
+        lock, problem = cls(run_dir), None
+        if is_main:
+            try:
+                lock.acquire()
+            except SeglabError as error:
+                problem = str(error)
+        problem = distributed.broadcast_object(problem)
+        if problem:
+            raise SeglabError(problem)
+        return lock
+
+    def acquire(self) -> None:
+        """Create the folder if needed and take the lock, or raise SeglabError naming the holder."""
+        import fcntl
+
+        prepare_run_folder(self.run_dir)
+        path = self.run_dir / LOCK_FILE
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise SeglabError(f"run folder '{self.run_dir}' is in use by {holder}: wait for that run to finish, "
+                              "or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])}, "
+                     f"since {datetime.now():%Y-%m-%d %H:%M:%S})\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+
+def prepare_run_folder(run_dir: Path) -> None:
+    """Make the run folder, or raise SeglabError when it cannot be one (a file, under a file,
+    read-only, not permitted)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SeglabError(f"--out '{run_dir}' is a file, not a folder: choose another --out")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise SeglabError(f"--out '{run_dir}' is under '{parent}', which is a file: choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        reason = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.ENOSPC: "the disk is full"}.get(error.errno, error.strerror or str(error))
+        raise SeglabError(f"cannot write the run folder '{run_dir}' ({reason}): choose another --out") from None

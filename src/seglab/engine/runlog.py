@@ -1,5 +1,6 @@
-"""RunLog: what a run writes besides checkpoints. config.yaml, metrics.jsonl, TensorBoard events and
-the log line while it trains; curves.png and report.html at the end. Only rank 0 writes."""
+"""RunLog: what a run writes besides checkpoints. config.yaml, split.json, metrics.jsonl, TensorBoard
+events and the log line while it trains; summary.json at the end. Only rank 0 writes. (curves.png
+and report.html are drawn by the API after fit returns: the engine draws nothing.)"""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,11 @@ import time
 from pathlib import Path
 
 from seglab.config import RunConfig, dump_config
-from seglab.errors import SeglabError
+from seglab.data.io import atomic_output, write_error
+from seglab.data.splits import write_split
+from seglab.version import __version__
 
+SUMMARY_FILE = "summary.json"
 OVERLAY_INTERVAL_S = 60.0  # wall seconds between prediction pictures sent to TensorBoard
 
 
@@ -23,14 +27,18 @@ class RunLog:
         self._writer = None
         self._last_overlays: float | None = None  # monotonic() of the last pictures sent
 
-    def start(self, config: RunConfig, rows: list[dict]) -> None:
+    def start(self, config: RunConfig, rows: list[dict], train_pairs: list, val_pairs: list) -> None:
         """Begin (rows empty) or continue a run whose checkpoint holds `rows`. A crashed run may
-        have logged periods after its last checkpoint; they are dropped here and trained again."""
+        have logged periods after its last checkpoint; they are dropped here and trained again.
+        split.json records which files train and which validate."""
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_config(config))
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        with atomic_output(self.run_dir / "config.yaml") as tmp:
+            tmp.write_text(dump_config(config))
+        write_split(self.run_dir, train_pairs, val_pairs)
+        with atomic_output(self.run_dir / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -57,8 +65,12 @@ class RunLog:
         metrics.jsonl and TensorBoard, and print its line."""
         if not self.enabled:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        except OSError as error:
+            raise write_error(path, error) from None
         if self._writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step", "time"):
@@ -66,22 +78,17 @@ class RunLog:
                                             row["step"])
         self.log(epoch_line(row, epochs, improved, by_step=self.unit == "step"))
 
-    def finish(self, rows: list[dict], device: str) -> None:
-        """Close TensorBoard; draw curves.png and report.html (a report that cannot be drawn never
-        fails the run)."""
+    def finish(self, rows: list[dict], stopped_by: str) -> None:
+        """Close TensorBoard; write summary.json (what ended the run, the last row's step)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if not self.enabled or not rows:
+        if not self.enabled:
             return
-        from seglab.viz.plots import plot_curves
-        from seglab.viz.report import write_report
-
-        plot_curves(rows, self.run_dir / "curves.png", x=self.unit)
-        try:
-            self.log(f"report: {write_report(self.run_dir, device=device)}")
-        except SeglabError as error:
-            self.log(f"note: no report.html ({error})")
+        summary = {"stopped_by": stopped_by, "rows": len(rows), "epoch": rows[-1]["epoch"] if rows else 0,
+                   "step": rows[-1]["step"] if rows else 0, "seglab_version": __version__}
+        with atomic_output(self.run_dir / SUMMARY_FILE) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
 
 
 def epoch_line(row: dict, epochs: int, improved: bool, by_step: bool = False) -> str:

@@ -5,9 +5,8 @@ import math
 
 import torch
 
+from seglab.config import SCHEDULERS
 from seglab.errors import SeglabError
-
-SCHEDULERS = ("cosine", "plateau", "poly", "none")
 
 
 class LearningRateSchedule:

@@ -2,18 +2,27 @@
 and the History a finished run returns."""
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from seglab.config import RunConfig
+
 
 @dataclass
 class History:
+    """What a finished fit() returns: the run folder, its metrics rows and the best monitored value."""
+
     run_dir: Path
     epochs: list[dict] = field(default_factory=list)
     best_metric: float | None = None
     best_epoch: int | None = None
+    stopped_by: str = "epochs"   # epochs | max_time | early_stop | interrupted
+    is_main: bool = True         # rank 0, the process that wrote the run folder
+    config: "RunConfig | None" = None
 
 
 @dataclass
@@ -60,3 +69,61 @@ class DeviceLossTally:
                   int(self._bad_total.item()))
         self._restart()
         return values
+
+
+class TrainingClock:
+    """Seconds of training: the trainer stops it for validation and checkpoint writing.
+
+    On CUDA, stop() first waits for the GPU: the host runs ahead of it, and the steps still
+    queued are training time too (the loss read that follows every stop waits for them anyway).
+    """
+
+    def __init__(self, device: torch.device, elapsed: float = 0.0):
+        self.device, self.elapsed = device, elapsed
+        self._started = time.perf_counter()
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def running(self) -> float:
+        """Seconds since the last start."""
+        return time.perf_counter() - self._started
+
+    def total(self) -> float:
+        """All training seconds so far, the running stretch included."""
+        return self.elapsed + self.running()
+
+    def stop(self) -> float:
+        """End the running stretch; returns its seconds (added to `elapsed`)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = self.running()
+        self.elapsed += seconds
+        return seconds
+
+
+class Monitor:
+    """What "best" means: the monitored metric (maximised, or minimised for losses and errors),
+    its best value, and the evaluations since it last improved (for early stopping)."""
+
+    def __init__(self, metric: str, early_stop: int | None = None):
+        self.metric, self.early_stop = metric, early_stop
+        self.mode = "min" if metric.endswith(("loss", "error")) else "max"
+        self.best: float | None = None
+        self.evals_since_best = 0
+
+    def judge(self, value: float | None) -> bool:
+        """Count one metrics row; True when `value` improves on the best (None: not evaluated)."""
+        if value is None:
+            return False
+        better = math.isfinite(value) and (self.best is None or (
+            value > self.best if self.mode == "max" else value < self.best))
+        if better:
+            self.best, self.evals_since_best = value, 0
+        else:
+            self.evals_since_best += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.early_stop and self.evals_since_best >= self.early_stop)

@@ -1,31 +1,50 @@
-"""fit(config) -> History: the training loop, validation, checkpoints, logs and curves."""
+"""Trainer: one training run's loop, validation, checkpoints and logs (`engine.runs` opens and closes it)."""
 from __future__ import annotations
 
 import math
 import sys
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
-from seglab.config import RunConfig, load_config, override, parse_eval_every
+from seglab.config import RunConfig, parse_eval_every
 from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
-from seglab.data.datasets import SegmentationDataset
+from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed
-from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint
+from seglab.engine.builders import (
+    load_initial_weights,
+    make_loss,
+    make_model,
+    make_optimizer,
+    make_train_batches,
+)
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
-from seglab.engine.validation import evaluate
-from seglab.engine.builders import make_loss, make_model, make_optimizer, make_train_batches
 from seglab.engine.data_plan import plan_data
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
-from seglab.engine.run_folder import default_run_dir, restarted_by_torchrun
+from seglab.engine.run_folder import (
+    RunFolderLock,
+    default_run_dir,
+    restarted_by_torchrun,
+)
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
-from seglab.engine.tallies import DeviceLossTally, EpochTally, History
-from seglab.runtime.device import autocast_factory, resolve_device, resolve_precision
+from seglab.engine.tallies import (
+    DeviceLossTally,
+    EpochTally,
+    History,
+    Monitor,
+    TrainingClock,
+)
+from seglab.engine.validation import validate
 from seglab.errors import SeglabError
+from seglab.runtime.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    non_finite_tensors,
+)
+from seglab.runtime.device import autocast_factory, resolve_device, resolve_precision
 
 LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, NaN checks)
 
@@ -40,21 +59,50 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, resume_from: Path | None = None, progress: bool = True, log=print):
-        t = config.train
-        device = resolve_device(t.device)
+        # What this run changes in the process, put back by close(): the process group (when this
+        # trainer joined it), cuDNN autotuning and the global random generators.
+        self._saved_rng, self._saved_cudnn = rng_state(), torch.backends.cudnn.benchmark
+        device = resolve_device(config.train.device)
+        self._owns_group = not distributed.initialized()
         self.dist = distributed.setup(device.type)
-        if device.type == "cuda" and self.dist.enabled:
-            device = torch.device("cuda", self.dist.local_rank)
-        self.device, self.config = device, config
-        self.log = log if self.dist.is_main else (lambda *a, **k: None)
-        self.eval_count, self.eval_unit = parse_eval_every(t.eval_every)
-        self.progress = progress and self.dist.is_main
-        seed_everything(t.seed)
-        self.plan = plan_data(config)
-        cm = self.plan.class_map
-        self.model, self.model_kwargs = make_model(config, self.plan.channels, cm.num_outputs)
+        try:
+            if device.type == "cuda" and self.dist.enabled:
+                device = torch.device("cuda", self.dist.local_rank)
+            self.device, self.config = device, config
+            self.log = log if self.dist.is_main else (lambda *a, **k: None)
+            self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
+            self.progress = progress and self.dist.is_main
+            seed_everything(config.train.seed)
+            self.plan = plan_data(config)
+            self._build_model()
+            self._build_optimisation()
+            self._build_data()
+            self._open_run_folder(resume_from)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the process as it was: the process group torn down (if this trainer joined it),
+        cuDNN's autotuning flag and the random generators restored. Safe to call twice."""
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+        if self._owns_group:
+            distributed.teardown()
+        torch.backends.cudnn.benchmark = self._saved_cudnn
+        set_rng_state(self._saved_rng)
+
+    def _build_model(self) -> None:
+        t, device, class_map = self.config.train, self.device, self.plan.class_map
+        self.model, self.model_kwargs = make_model(self.config, self.plan.channels, class_map.num_outputs)
         if t.load:
-            self._load_initial_weights(Path(t.load))
+            load_initial_weights(self.model, Path(t.load), self.model_kwargs, self.log)
         if t.sync_bn and self.dist.enabled:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
@@ -67,10 +115,13 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if t.compile:
             self.ddp_model = torch.compile(self.ddp_model)
-        self.loss_fn = make_loss(config, cm, self.plan).to(device)
-        self.optimizer = make_optimizer(config, self.model, fused=True)
-        self.monitor_mode = "min" if t.monitor.endswith(("loss", "error")) else "max"
-        self.schedule = LearningRateSchedule(self.optimizer, t.scheduler, self.monitor_mode, t.patience)
+
+    def _build_optimisation(self) -> None:
+        t, device = self.config.train, self.device
+        self.loss_fn = make_loss(self.config, self.plan.class_map, self.plan).to(device)
+        self.optimizer = make_optimizer(self.config, self.model, fused=True)
+        self.monitor = Monitor(t.monitor, t.early_stop)
+        self.schedule = LearningRateSchedule(self.optimizer, t.scheduler, self.monitor.mode, t.patience)
         amp_dtype = resolve_precision(t.precision, t.amp, device)
         if t.amp and amp_dtype is None and device.type != "cuda":
             self.log("note: --amp has no effect on the CPU; training in float32 (or pass --precision bf16)")
@@ -81,24 +132,30 @@ class Trainer:
         fp16 = amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0,
                                            growth_interval=2000 if fp16 else 2**30)
+
+    def _build_data(self) -> None:
+        t, config = self.config.train, self.config
         augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
         self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
-        self.train_batches, self.crop = make_train_batches(config, self.plan, device, self.dist, self.log)
-        self.val_dataset = (SegmentationDataset(self.plan.val_pairs, cm, self.plan.channels, config.data.scale,
-                                                config.data.normalization, cache=True)
-                            if self.plan.val_pairs else None)
-        self.start_epoch, self.skip_batches, self.step, self.elapsed = 0, 0, 0, 0.0
+        self.train_batches, self.crop = make_train_batches(config, self.plan, self.device, self.dist, self.log)
+        self.val_images = (ValidationImages(self.plan.val_pairs, self.plan.class_map, self.plan.channels,
+                                            config.data.scale, config.data.normalization)
+                           if self.plan.val_pairs else None)
+        self.start_epoch, self.skip_batches, self.step = 0, 0, 0
+        self.accumulate = max(1, t.accumulate)
+        self.clock = TrainingClock(self.device)
         self.tally = EpochTally()
-        self.losses = DeviceLossTally(device)
+        self.losses = DeviceLossTally(self.device)
         self.history_rows: list[dict] = []
-        self.best: float | None = None
-        self.evals_since_best = 0
-        self._clock_started = 0.0  # perf_counter() when the current stretch of training began
-        run_dir = resume_from or default_run_dir(config)
+        self.stopped_by = "epochs"
+
+    def _open_run_folder(self, resume_from: Path | None) -> None:
+        run_dir = resume_from or default_run_dir(self.config)
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
+        self.lock = RunFolderLock.for_job(self.run_dir, self.dist.is_main)
         self.runlog = RunLog(self.run_dir, self.dist.is_main, self.eval_unit, self.log)
-        self.checkpoints = CheckpointSchedule(self.run_dir, t.checkpoint_interval, self.dist.is_main)
+        self.checkpoints = CheckpointSchedule(self.run_dir, self.config.train.checkpoint_interval, self.dist.is_main)
         if resume_from is None and (self.run_dir / "last.pt").exists():
             if not restarted_by_torchrun():
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
@@ -107,16 +164,7 @@ class Trainer:
         if resume_from is not None:
             self._resume(Path(resume_from))
 
-    # ---- setup helpers ------------------------------------------------------------------------
-    def _load_initial_weights(self, path: Path) -> None:
-        payload = load_checkpoint(path)
-        state, own = payload["state_dict"], self.model.state_dict()
-        if set(state) != set(own) or any(own[k].shape != v.shape for k, v in state.items()):
-            raise SeglabError(f"--load '{path}' does not fit this model ({payload['model']['name']} "
-                              f"{payload['model']['kwargs']} vs {self.model_kwargs}): train a matching model")
-        self.model.load_state_dict(state)
-        self.log(f"initial weights from {path}")
-
+    # ---- resuming ---------------------------------------------------------------------------
     def _resume(self, run_dir: Path) -> None:
         payload = load_checkpoint(run_dir / "last.pt")
         state = payload.get("train_state")
@@ -131,8 +179,8 @@ class Trainer:
         position = state["position"]
         self.start_epoch, self.skip_batches = position["epoch"], position["batch"]
         self.tally = EpochTally(**position["tally"])
-        self.step, self.elapsed = payload["step"], state["elapsed"]
-        self.best, self.evals_since_best = state["best"], state["evals_since_best"]
+        self.step, self.clock.elapsed = payload["step"], state["elapsed"]
+        self.monitor.best, self.monitor.evals_since_best = state["best"], state["evals_since_best"]
         self.history_rows = list(state["history"])
         where = f"epoch {self.start_epoch + 1}" + (f", batch {self.skip_batches}" if self.skip_batches else "")
         self.log(f"resuming {run_dir} at {where} (step {self.step})")
@@ -142,8 +190,8 @@ class Trainer:
         """last.pt: the weights with everything a resume at `position` needs."""
         train_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                        "scaler": self.scaler.state_dict(), "augmenter": self.augmenter.state_dict(),
-                       "rng": rng_state(), "elapsed": self.elapsed, "best": self.best,
-                       "evals_since_best": self.evals_since_best, "history": self.history_rows,
+                       "rng": rng_state(), "elapsed": self.clock.elapsed, "best": self.monitor.best,
+                       "evals_since_best": self.monitor.evals_since_best, "history": self.history_rows,
                        "position": position}
         return self._checkpoint_payload(epoch, metrics, train_state)
 
@@ -159,7 +207,7 @@ class Trainer:
         """Train to the end of the schedule, or stop after epoch `stop_after_epoch` (1-based) as a
         preempted job would; `resume` then continues to the bit-identical result on the CPU."""
         c = self.config
-        self.runlog.start(c, self.history_rows)
+        self.runlog.start(c, self.history_rows, self.plan.train_pairs, self.plan.val_pairs)
         self.log(f"run {self.run_dir}: {len(self.plan.train_pairs)} train / {len(self.plan.val_pairs)} val images, "
                  f"classes {self.plan.class_map.describe()}, "
                  f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
@@ -171,84 +219,103 @@ class Trainer:
                 crop = f" and --crop {self.crop[0]},{self.crop[1]}" if self.crop else ""
                 raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}{crop}: "
                                   f"try --batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or "
-                                  f"--amp; --resume {self.run_dir} continues from its last checkpoint") from None
-            out_of_time = bool(c.train.max_time and self.elapsed >= c.train.max_time)
+                                  f"--amp; {self.checkpoints.resume_hint()}") from None
+            out_of_time = bool(c.train.max_time and self.clock.elapsed >= c.train.max_time)
             last_epoch = epoch + 1 == c.train.epochs or out_of_time
             by_epoch = self.eval_unit == "epoch"
             if not stop and (by_epoch or (last_epoch and self.tally.images)):
                 validate = not by_epoch or (epoch + 1) % self.eval_count == 0 or last_epoch
                 stop = self._close_period(epoch, validate, {"epoch": epoch + 1, "batch": 0})
-            if last_epoch or stop or (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch):
+            interrupted = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
+            if stop or out_of_time or interrupted:
+                self.stopped_by = "early_stop" if stop else "max_time" if out_of_time else "interrupted"
+            if last_epoch or stop or interrupted:
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
-        self.runlog.finish(self.history_rows, str(self.device))
+        self.runlog.finish(self.history_rows, self.stopped_by)
         distributed.barrier()
-        best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == self.best), None)
-        return History(self.run_dir, self.history_rows, self.best, best_epoch)
+        best = self.monitor.best
+        best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == best), None)
+        return History(self.run_dir, self.history_rows, best, best_epoch, self.stopped_by, self.dist.is_main, c)
 
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches. Returns True when early stopping (judged at a
         step-based evaluation) ends the run."""
         c = self.config
-        accumulate = max(1, c.train.accumulate)
         self.train_batches.set_epoch(epoch)
         self.model.train()
         skip, self.skip_batches = self.skip_batches, 0
         batches = len(self.train_batches)
-        total_steps = c.train.epochs * math.ceil(batches / accumulate)
         bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{c.train.epochs}",
                    unit="batch", disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
-        stop = False
-        self._start_clock()
+        stop = out_of_time = False
+        self.clock.start()
         for index, (images, masks, weights) in enumerate(self.train_batches):
             if index < skip:
                 continue  # trained before the interruption; the order is a function of (seed, epoch)
-            images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            boundary = (index + 1) % accumulate == 0 or index + 1 == batches
-            sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
-            with sync():
-                with self.autocast():
-                    loss = self._training_loss(self.ddp_model(images), masks, weights)
-                self.scaler.scale(loss / accumulate).backward()
-            self.losses.add(loss.detach())  # stays on the device until a log or checkpoint point
-            self.tally.images += images.shape[0] * self.dist.world_size
+            boundary = (index + 1) % self.accumulate == 0 or index + 1 == batches
+            self._forward_backward(images, masks, weights, boundary)
             if boundary:
-                # The scaler skips the update when any gradient is not finite (inside the fused
-                # optimizer kernel on the device, so no host synchronisation).
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                now = self._training_seconds()
-                time_fraction = now / c.train.max_time if c.train.max_time else 0.0
-                self.schedule.step_progress(max(self.step / max(total_steps, 1), time_fraction))
-                if self.step % LOG_EVERY == 0:
-                    self._read_losses()
-                at_end = index + 1 == batches
-                position = {"epoch": epoch + 1, "batch": 0} if at_end else {"epoch": epoch, "batch": index + 1}
-                if self.eval_unit == "step" and self.step % self.eval_count == 0:
-                    with self._clock_paused():
-                        stop = self._close_period(epoch, True, position)
-                        self.model.train()
-                elif c.train.save_every and self.step % c.train.save_every == 0 and not at_end:
-                    with self._clock_paused():
-                        self._read_losses()
-                        if self.dist.is_main:
-                            self.checkpoints.write_last(
-                                self._last_payload(epoch, {}, {**position, "tally": vars(self.tally)}))
-                if stop or (c.train.max_time and self._out_of_time(now)):
-                    break  # fit() sees the early stop, or the spent budget, and finishes the run
+                stop, out_of_time = self._after_update(epoch, index, batches)
             if self.step % LOG_EVERY == 0:
-                self._show_progress(bar, self._clock())
+                self._show_progress(bar, self.clock.running())
             bar.update(1)
+            if stop or out_of_time:
+                break  # fit() sees the early stop, or the spent budget, and finishes the run
         self._stop_clock()
         self._read_losses()
         self._show_progress(bar, 0.0)  # the epoch's final numbers, after the last read
         bar.close()
         return stop
+
+    def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None,
+                          boundary: bool) -> None:
+        """Augment one batch, and add its gradients (all-reduced only at an accumulation boundary)."""
+        images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
+        with sync():
+            with self.autocast():
+                loss = self._training_loss(self.ddp_model(images), masks, weights)
+            self.scaler.scale(loss / self.accumulate).backward()
+        self.losses.add(loss.detach())  # stays on the device until a log or checkpoint point
+        self.tally.images += images.shape[0] * self.dist.world_size
+
+    def _after_update(self, epoch: int, index: int, batches: int) -> tuple[bool, bool]:
+        """The optimizer step at an accumulation boundary, then what falls due at this step: the
+        schedule, a loss read, a step-based evaluation or a --save-every checkpoint. Returns
+        (early stop, out of time)."""
+        t = self.config.train
+        # The scaler skips the update when any gradient is not finite (inside the fused optimizer
+        # kernel on the device, so no host synchronisation).
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        now = self.clock.total()
+        total_steps = t.epochs * math.ceil(batches / self.accumulate)
+        self.schedule.step_progress(max(self.step / max(total_steps, 1), now / t.max_time if t.max_time else 0.0))
+        if self.step % LOG_EVERY == 0:
+            self._read_losses()
+        at_end = index + 1 == batches
+        position = {"epoch": epoch + 1, "batch": 0} if at_end else {"epoch": epoch, "batch": index + 1}
+        stop = False
+        if self.eval_unit == "step" and self.step % self.eval_count == 0:
+            with self._clock_paused():
+                stop = self._close_period(epoch, True, position)
+                self.model.train()
+        elif t.save_every and self.step % t.save_every == 0 and not at_end:
+            with self._clock_paused():
+                self._read_losses()
+                self._check_weights_finite()
+                if self.dist.is_main:
+                    self.checkpoints.write_last(self._last_payload(epoch, {}, {**position, "tally": vars(self.tally)}))
+        # Under DDP the ranks agree to stop together (a tiny all-reduce every LOG_EVERY steps).
+        out_of_time = bool(t.max_time) and (not self.dist.enabled or self.step % LOG_EVERY == 0) and \
+            distributed.any_rank(now >= t.max_time, self.device)
+        return stop, out_of_time
 
     def _show_progress(self, bar, running_seconds: float) -> None:
         if self.progress:
@@ -257,20 +324,8 @@ class Trainer:
                             img_s=f"{self.tally.images / max(seconds, 1e-9):.1f}")
 
     # ---- training time: validation and checkpoint writing do not count --------------------------
-    def _clock(self) -> float:
-        return time.perf_counter() - self._clock_started
-
-    def _start_clock(self) -> None:
-        self._clock_started = time.perf_counter()
-
     def _stop_clock(self) -> None:
-        if self.device.type == "cuda":
-            # The host runs ahead of the GPU; the steps still queued are training time too. (The
-            # loss read that follows every stop waits for them anyway.)
-            torch.cuda.synchronize(self.device)
-        seconds = self._clock()
-        self.elapsed += seconds
-        self.tally.seconds += seconds
+        self.tally.seconds += self.clock.stop()
 
     @contextmanager
     def _clock_paused(self):
@@ -279,10 +334,7 @@ class Trainer:
         try:
             yield
         finally:
-            self._start_clock()
-
-    def _training_seconds(self) -> float:
-        return self.elapsed + self._clock()
+            self.clock.start()
 
     def _read_losses(self) -> None:
         """Move the device-side loss sums into the tally (one host sync); warn about skipped steps
@@ -293,17 +345,16 @@ class Trainer:
         if bad_total:
             self.log(f"warning: {bad_total} non-finite loss(es) up to step {self.step}; those updates were skipped")
         if bad_run >= self.config.train.max_bad_steps:
-            raise SeglabError(f"{bad_run} non-finite losses in a row: training diverged; lower --learning-rate "
-                              f"and --resume {self.run_dir} (last.pt is intact)")
+            raise SeglabError(f"{bad_run} non-finite losses in a row: training diverged; lower --learning-rate; "
+                              f"{self.checkpoints.resume_hint()}")
 
-    def _out_of_time(self, now: float) -> bool:
-        """Under DDP all ranks agree (a tiny all-reduce every LOG_EVERY steps) to stop together."""
-        if not self.dist.enabled:
-            return now >= self.config.train.max_time
-        if self.step % LOG_EVERY:
-            return False
-        late = torch.tensor(float(now >= self.config.train.max_time), device=self.device)
-        return bool(distributed.all_reduce_sum(late).item() > 0)
+    def _check_weights_finite(self) -> None:
+        """Stop before a diverged model is scored or saved: its checkpoints would be NaN."""
+        bad = non_finite_tensors(self.model.state_dict())
+        if bad:
+            raise SeglabError(f"training diverged: {len(bad)} weight tensors are no longer finite at step {self.step} "
+                              f"(e.g. {bad[0]}), so nothing more was saved; lower --learning-rate; "
+                              f"{self.checkpoints.resume_hint(' with a lower --learning-rate')}")
 
     def _training_loss(self, output, masks: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Loss of the main output, plus half the auxiliary head's loss when the model has one."""
@@ -312,16 +363,13 @@ class Trainer:
         return self.loss_fn(output, masks, weights)
 
     def _validate(self) -> dict:
-        cm = self.plan.class_map
         draw = self.runlog.overlays_due()
-        result = evaluate(self.model, self.val_dataset, self.loss_fn, cm, self.device, self.config.train.threshold,
-                          self.dist.rank, self.dist.world_size, self.autocast(), num_overlays=2 if draw else 0)
-        s = result.scores
+        result = validate(self.model, self.val_images, self.loss_fn, self.plan.class_map, self.device,
+                          self.config.train.threshold, self.dist.rank, self.dist.world_size, self.autocast(),
+                          num_overlays=2 if draw else 0)
         if draw:
-            self.runlog.add_overlays(result.overlays or [], self.step)
-        return {"val_loss": result.loss, "val_dice": s["mdice"], "val_iou": s["miou"], "val_miou": s["miou"],
-                "val_pixel_accuracy": s["pixel_accuracy"], "val_pixel_error": s["pixel_error"],
-                "val_dice_per_class": s["dice"], "val_iou_per_class": s["iou"]}
+            self.runlog.add_overlays(result.overlays, self.step)
+        return result.row()
 
     def _close_period(self, epoch: int, validate: bool, position: dict) -> bool:
         """The metrics row of the training since the last one (validated if `validate` and there is
@@ -330,55 +378,32 @@ class Trainer:
         the run."""
         c = self.config
         self._read_losses()
+        self._check_weights_finite()
         totals = distributed.all_reduce_sum(torch.tensor([self.tally.loss_sum, self.tally.steps],
                                                          dtype=torch.float64, device=self.device))
-        row = {"epoch": epoch + 1, "step": self.step, "time": round(self.elapsed, 2),
+        row = {"epoch": epoch + 1, "step": self.step, "time": round(self.clock.elapsed, 2),
                "train_loss": totals[0].item() / max(totals[1].item(), 1),
                "lr": self.optimizer.param_groups[0]["lr"],
                "images_per_s": self.tally.images / max(self.tally.seconds, 1e-9)}
-        if validate and self.val_dataset is not None:
+        if validate and self.val_images is not None:
             row.update(self._validate())
         self.tally = EpochTally()
         monitored = row.get(c.train.monitor)
         if monitored is not None:
             self.schedule.step_metric(monitored)
-        improved = monitored is not None and math.isfinite(monitored) and (
-            self.best is None or (monitored > self.best if self.monitor_mode == "max" else monitored < self.best))
-        if improved:
-            self.best, self.evals_since_best = monitored, 0
-        elif monitored is not None:
-            self.evals_since_best += 1
+        improved = self.monitor.judge(monitored)
         self.history_rows.append(row)
-        stop = bool(c.train.early_stop and self.evals_since_best >= c.train.early_stop)
+        stop = self.monitor.should_stop
         if self.dist.is_main:
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-            if improved or self.val_dataset is None:
+            if improved or self.val_images is None:
                 self.checkpoints.hold_best(self._checkpoint_payload(epoch, metrics, None))  # copies the weights
             resume_at = {**position, "tally": vars(EpochTally())}
             self.checkpoints.period_closed(lambda: self._last_payload(epoch, metrics, resume_at))
             self.runlog.add_row(row, c.train.epochs, improved)
             if stop:
-                self.log(f"early stop: {c.train.monitor} has not improved in {self.evals_since_best} evaluations")
+                self.log(f"early stop: {c.train.monitor} has not improved in {self.monitor.evals_since_best} "
+                         "evaluations")
         distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
         return stop
 
-
-def fit(config: RunConfig, progress: bool = True, log=print, stop_after_epoch: int | None = None) -> History:
-    """Train a model as `config` says; returns the per-epoch history and the run folder."""
-    try:
-        return Trainer(config, progress=progress, log=log).fit(stop_after_epoch)
-    finally:
-        distributed.teardown()
-
-
-def resume(run_dir: str | Path, updates: dict | None = None, progress: bool = True, log=print,
-           stop_after_epoch: int | None = None) -> History:
-    """Continue the run in `run_dir` from its last.pt, with its own config.yaml (plus `updates`)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "last.pt").is_file():
-        raise SeglabError(f"'{run_dir}' is not a run folder with config.yaml and last.pt: nothing to resume")
-    config = override(load_config(run_dir / "config.yaml"), dict(updates or {}))
-    try:
-        return Trainer(config, resume_from=run_dir, progress=progress, log=log).fit(stop_after_epoch)
-    finally:
-        distributed.teardown()

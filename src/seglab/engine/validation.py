@@ -1,70 +1,80 @@
-"""Validation: whole-image forward passes, loss and a confusion matrix reduced across ranks."""
+"""Validation during training: whole-image forward passes scored by the one evaluation path.
+
+Each image's loss is taken at the training scale, and its classes at the file's own size, the way
+`Predictor` makes them (probabilities resized back, then `probabilities_to_classes`), so the
+metrics row's val_dice equals what `seglab evaluate` reports for best.pt on the same images.
+"""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from seglab.data.classmap import ClassMap
-from seglab.data.datasets import SegmentationDataset
+from seglab.data.datasets import ValidationImages
+from seglab.data.overlay import error_map, overlay
+from seglab.data.preprocess import resize_mask
 from seglab.engine.distributed import all_reduce_sum
-from seglab.metrics import ConfusionMatrix
-from seglab.models.outputs import full_size_logits, logits_to_probabilities, probabilities_to_classes
+from seglab.metrics.scoring import Evaluation, evaluate_images
+from seglab.models.outputs import (
+    full_size_logits,
+    logits_to_probabilities,
+    probabilities_to_classes,
+    resize_probabilities,
+)
 
 
 @dataclass
-class Evaluation:
-    loss: float
-    confusion: ConfusionMatrix
-    scores: dict
-    per_image: list[dict] = field(default_factory=list)  # this rank's images only
-    overlays: list = field(default_factory=list)          # (H, W, 3) uint8 pictures of the first images
+class Validation:
+    loss: float                                    # mean over all ranks' images
+    evaluation: Evaluation                         # pooled counts of all ranks; rows of this rank's images
+    overlays: list = field(default_factory=list)   # (H, 2W, 3) uint8 pictures of the first images
+
+    def row(self) -> dict:
+        """The validation keys of a metrics row (val_dice and val_miou: pooled counts)."""
+        pooled = self.evaluation.pooled
+        return {"val_loss": self.loss, "val_dice": pooled["mdice"], "val_iou": pooled["miou"],
+                "val_miou": pooled["miou"], "val_pixel_accuracy": pooled["pixel_accuracy"],
+                "val_pixel_error": pooled["pixel_error"], "val_dice_per_class": pooled["dice"],
+                "val_iou_per_class": pooled["iou"]}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: SegmentationDataset, loss_fn: nn.Module, class_map: ClassMap,
+def validate(model: nn.Module, images: ValidationImages, loss_fn: nn.Module, class_map: ClassMap,
              device: torch.device, threshold: float = 0.5, rank: int = 0, world_size: int = 1,
-             autocast: AbstractContextManager | None = None, num_overlays: int = 2) -> Evaluation:
-    """Evaluate on whole images, split across ranks (image i on rank i % world_size).
-
-    Counts and loss sums are all-reduced, so every rank returns the global scores.
-    """
+             autocast: AbstractContextManager | None = None, num_overlays: int = 2) -> Validation:
+    """Validate on whole images, split across ranks (image i on rank i % world_size); the loss sum
+    and the confusion counts are all-reduced, so every rank returns the global scores."""
     was_training = model.training
     model.eval()
-    confusion = ConfusionMatrix(class_map.num_classes, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, images)
-    per_image, overlays = [], []
-    for index in range(rank, len(dataset), world_size):
-        image, mask = dataset.load(index)
-        image, mask = image[None].to(device), mask[None].to(device)
+    overlays: list = []
+
+    def predict(index: int):
+        image, mask, truth = (t.to(device) for t in images[index])
         with autocast or nullcontext():
-            logits = full_size_logits(model, image)
-        loss = loss_fn(logits.float(), mask)
-        loss_sum += torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)])
-        pred = probabilities_to_classes(logits_to_probabilities(logits.float()), threshold)
-        single = ConfusionMatrix(class_map.num_classes, device=device)
-        single.update(pred, mask)
-        confusion.merge(single)
-        scores = single.scores(list(class_map.names))
+            logits = full_size_logits(model, image[None])  # (1, K, h, w)
+        loss = loss_fn(logits.float(), mask[None])
+        loss_sum.add_(torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)]))
+        probs = resize_probabilities(logits_to_probabilities(logits.float()), tuple(truth.shape))
+        classes = probabilities_to_classes(probs[0], threshold)  # (H, W)
         if len(overlays) < num_overlays and rank == 0:
-            overlays.append(_prediction_picture(image[0], mask[0], pred[0]))
-        per_image.append({"index": index, "image": str(dataset.pairs[index].image), "loss": loss.item(),
-                          "dice": scores["dice"], "iou": scores["iou"], "pixel_error": scores["pixel_error"]})
+            overlays.append(_prediction_picture(image, mask, resize_mask(classes, tuple(mask.shape))))
+        return classes, truth, {"loss": loss.item()}
+
+    evaluation = evaluate_images(predict, range(len(images)), list(class_map.names),
+                                 names=lambda index: str(images.pairs[index].image), rank=rank,
+                                 world_size=world_size, device=device)
     all_reduce_sum(loss_sum)
-    confusion.all_reduce()
     model.train(was_training)
-    mean_loss = (loss_sum[0] / loss_sum[1].clamp_min(1)).item()
-    return Evaluation(mean_loss, confusion, confusion.scores(list(class_map.names)), per_image, overlays)
+    return Validation((loss_sum[0] / loss_sum[1].clamp_min(1)).item(), evaluation, overlays)
 
 
-def _prediction_picture(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor):
+def _prediction_picture(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
     """Image with prediction overlay | error map, side by side: (H, 2W, 3) uint8 (for TensorBoard)."""
-    import numpy as np
-
-    from seglab.data.overlay import error_map, overlay
-
     picture = image.float().cpu().permute(1, 2, 0).numpy()
     truth_np, pred_np = truth.cpu().numpy(), pred.cpu().numpy()
     left = overlay(picture, pred_np)

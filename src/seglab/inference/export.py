@@ -38,14 +38,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from seglab import __version__
 from seglab.data.classmap import ClassMap
+from seglab.data.io import write_error
 from seglab.data.preprocess import match_channels, normalize
-from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from seglab.errors import SeglabError
 from seglab.inference.export_graph import ExportWrapper, image_stats
-from seglab.inference.exported import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
+from seglab.inference.exported import (
+    EXPORT_FORMAT,
+    STATS_INPUT,
+    TORCHSCRIPT_METADATA,
+    load_exported,
+)
 from seglab.models.outputs import full_size_logits, logits_to_probabilities
+from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.version import __version__
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, STATS_NAME, OUTPUT_NAME = "pixels", STATS_INPUT, "probabilities"
@@ -87,7 +93,7 @@ def default_parity_images() -> list[np.ndarray]:
 
     folder = None
     try:
-        from seglab.demo import locate_isbi
+        from seglab.data.bundled import locate_isbi
 
         folder = locate_isbi() / "test" / "images"
     except SeglabError:
@@ -232,6 +238,34 @@ def _export_torchscript(wrapper: ExportWrapper, example: torch.Tensor, path: Pat
     return "torch.jit.trace"
 
 
+def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, out_path: Path, opset: int,
+                       metadata: dict, model: nn.Module, batches: list[torch.Tensor], input_max: float,
+                       tolerance: float, checkpoint_path) -> tuple[str, float, list]:
+    """Export into a temporary file, run it with its own runtime against PyTorch, and rename it to
+    `out_path` only when it matches within `tolerance`. Returns (exporter, max difference, shapes)."""
+    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.touch()  # a folder that cannot be written fails here, before a long export
+        if fmt == "onnx":
+            exporter = _export_onnx(wrapper, example, temporary, opset, metadata)
+        else:
+            exporter = _export_torchscript(wrapper, example, temporary, metadata)
+        exported = load_exported(temporary)
+        worst, shapes = check_parity(exported.forward, model, batches, metadata["normalization"], input_max,
+                                     metadata["num_outputs"])
+        del exported  # release the file before it is renamed
+        if not worst <= tolerance:  # also catches NaN
+            raise SeglabError(f"{fmt} export of '{checkpoint_path}' failed its parity check: probabilities "
+                              f"differ from PyTorch by up to {worst:.3g} (> {tolerance:g}) on images "
+                              f"{shapes}; nothing was written")
+        os.replace(temporary, out_path)
+    except OSError as error:
+        raise write_error(out_path, error) from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    return exporter, worst, shapes
+
+
 def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str | Path | None = None,
                  parity_images: list[np.ndarray] | None = None, opset: int = 17,
                  tolerance: float = DEFAULT_TOLERANCE, input_max: float = 255.0) -> dict:
@@ -257,12 +291,19 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
     """
     if fmt not in FORMATS:
         raise SeglabError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if not tolerance > 0:
+        raise SeglabError(f"invalid --tolerance: {tolerance}; expected a number > 0 (the default is {DEFAULT_TOLERANCE})")
     started = time.perf_counter()
     payload = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(payload, checkpoint_path).eval()
     metadata = export_metadata(payload, input_max)
     out_path = Path(out_path) if out_path else Path(checkpoint_path).with_suffix(".onnx" if fmt == "onnx" else ".ts")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.is_dir():
+        raise SeglabError(f"-o '{out_path}' is a folder: give the file to write, e.g. {out_path / 'model.onnx'}")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(out_path, error) from None
     wrapper = ExportWrapper(model, metadata["normalization"], input_max).eval()
     channels = metadata["channels"]
     example = torch.rand(1, channels, *TRACE_SIZE, generator=torch.Generator().manual_seed(0)) * input_max
@@ -270,23 +311,8 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
     if not batches:
         raise SeglabError("no parity images: pass at least one image, or None for the bundled defaults")
 
-    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        if fmt == "onnx":
-            exporter = _export_onnx(wrapper, example, temporary, opset, metadata)
-        else:
-            exporter = _export_torchscript(wrapper, example, temporary, metadata)
-        exported = load_exported(temporary)
-        worst, shapes = check_parity(exported.forward, model, batches, metadata["normalization"], input_max,
-                                     metadata["num_outputs"])
-        del exported  # release the file before it is renamed
-        if not worst <= tolerance:  # also catches NaN
-            raise SeglabError(f"{fmt} export of '{checkpoint_path}' failed its parity check: probabilities "
-                              f"differ from PyTorch by up to {worst:.3g} (> {tolerance:g}) on images "
-                              f"{shapes}; nothing was written")
-        os.replace(temporary, out_path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    exporter, worst, shapes = _write_if_faithful(fmt, wrapper, example, out_path, opset, metadata, model, batches,
+                                                 input_max, tolerance, checkpoint_path)
     return {
         "path": str(out_path),
         "format": fmt,

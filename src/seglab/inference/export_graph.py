@@ -45,7 +45,7 @@ def _replicate(index: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -
 
 
 def reflect_pad_index(like: torch.Tensor, before: torch.Tensor, after: torch.Tensor, steps: int) -> torch.Tensor:
-    """Source rows of `models.padding.mirror_pad` along one axis, the length of `like` (n,): reflect
+    """Source rows of `seglab.padding.mirror_pad` along one axis, the length of `like` (n,): reflect
     by at most length - 1 per step, `steps` times (unrolled), then replicate what is left (1-pixel
     sides)."""
     index = torch.ones_like(like, dtype=torch.long).cumsum(0) - 1  # (n,) = 0 .. n - 1

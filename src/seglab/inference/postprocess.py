@@ -1,4 +1,4 @@
-"""Post-processing of probability maps: class indices, watershed cell instances, label files."""
+"""Post-processing of probability maps: watershed cell instances and their label files."""
 from __future__ import annotations
 
 import os
@@ -13,25 +13,9 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from seglab.data.io import atomic_output
 
-
-def threshold_probabilities(probs: torch.Tensor | np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Probabilities -> class indices.
-
-    Args:
-        probs: (1, H, W) probability of class 1 (sigmoid output), or (K, H, W) class
-            probabilities (softmax output), torch or numpy.
-        threshold: for one channel, pixels with probability > threshold are class 1. Ignored for
-            K channels, where the most probable class wins.
-
-    Returns:
-        (H, W) class indices, uint8 when K <= 256 (it always is in practice), else int32.
-    """
-    array = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
-    if array.ndim != 3:
-        raise ValueError(f"expected probabilities (K, H, W), got shape {array.shape}")
-    if array.shape[0] == 1:
-        return (array[0] > threshold).astype(np.uint8)
-    return array.argmax(axis=0).astype(np.uint8 if array.shape[0] <= 256 else np.int32)
+# Seeds of the watershed: interiors whose membrane probability is below this. Lower values merge
+# fewer cells until seeds go missing; 0.05-0.07 scored best on ISBI slices 25-29 (BENCHMARKS.md).
+SEED_THRESHOLD = 0.07
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -17,8 +17,8 @@ import tifffile
 import torch
 
 from seglab.data.io import atomic_output
-from seglab.inference.postprocess import threshold_probabilities
 from seglab.inference.tiling import Forward, predict_bands
+from seglab.models.outputs import probabilities_to_classes
 
 
 class TiffRows:
@@ -127,6 +127,11 @@ def write_tiff_bands(path: str | os.PathLike, bands: Iterator[tuple[int, int, np
     return Path(path)
 
 
+def _class_indices(probs: torch.Tensor) -> np.ndarray:
+    """Probabilities (K, h, W) -> (h, W) uint8 class indices."""
+    return probabilities_to_classes(probs).numpy().astype(np.uint8)
+
+
 def predict_tiff_tiled(forward: Forward, in_path: str | os.PathLike, out_path: str | os.PathLike,
                        tile: int | Sequence[int] = 256, overlap: float = 0.5, batch_size: int = 4,
                        device: torch.device | str = "cpu", num_outputs: int | None = None, margin: int = 0,
@@ -142,13 +147,13 @@ def predict_tiff_tiled(forward: Forward, in_path: str | os.PathLike, out_path: s
         out_path: output TIFF, replaced atomically.
         normalize: raw rows (h, W[, C]) -> float32 as the model expects; default `scale_to_unit`.
         to_output: probs (K, h, W) -> array (h, W) or (h, W, C) to store; default class indices
-            (`threshold_probabilities` at 0.5, uint8). Pass e.g. a class map's decode for mask values.
+            (`probabilities_to_classes` at 0.5, uint8). Pass e.g. a class map's decode for mask values.
         out_tile: output TIFF tile side (multiple of 16).
 
     Returns:
         out_path. Memory stays at a few bands of the image whatever its size.
     """
-    to_output = to_output or threshold_probabilities
+    to_output = to_output or _class_indices
     with TiffRows(in_path, page) as source:
         bands = predict_bands(forward, lambda a, b: normalize(source.read_rows(a, b)), source.height,
                               source.width, tile, overlap, batch_size, device, num_outputs, margin,

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from seglab.models.padding import mirror_indices
+from seglab.padding import mirror_indices
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 ReadRows = Callable[[int, int], np.ndarray]
@@ -72,15 +72,6 @@ def gaussian_profile(size: int, sigma_scale: float = 1 / 8, min_weight: float = 
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
     profile = np.exp(-0.5 * (offsets / (sigma_scale * size)) ** 2)
     return torch.from_numpy(np.maximum(profile / profile.max(), min_weight).astype(np.float32))
-
-
-def gaussian_weights(height: int, width: int, sigma_scale: float = 1 / 8,
-                     min_weight: float = 1e-3) -> torch.Tensor:
-    """nnU-Net-style importance map (height, width) float32: the outer product of two
-    `gaussian_profile`s, so max 1 (at the centre), symmetric under both flips, and at least
-    `min_weight ** 2` in the corners. Separability lets the blender keep 1-D weight sums."""
-    return torch.outer(gaussian_profile(height, sigma_scale, min_weight),
-                       gaussian_profile(width, sigma_scale, min_weight))
 
 
 @dataclass(frozen=True, eq=False)

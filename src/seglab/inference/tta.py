@@ -19,6 +19,7 @@ TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
     "flips": ((0, False), (0, True), (2, True), (2, False)),
     "d4": tuple((k, mirror) for mirror in (False, True) for k in range(4)),
 }
+TTA_MODES = tuple(TRANSFORMS)
 
 
 def apply_transform(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:
@@ -58,10 +59,3 @@ def tta_forward(forward: Forward, mode: str = "flips") -> Forward:
         return total / len(transforms)
 
     return averaged
-
-
-def tta_predict(forward: Forward, x: torch.Tensor, mode: str = "flips") -> torch.Tensor:
-    """TTA-averaged probabilities (B, K, H', W') for a batch x (B, C, H, W); see `tta_forward`."""
-    if x.ndim != 4:
-        raise ValueError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
-    return tta_forward(forward, mode)(x)

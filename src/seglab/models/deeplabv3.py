@@ -3,25 +3,32 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import (ResNet, ResNet18_Weights, ResNet34_Weights, ResNet50_Weights,
-                                ResNet101_Weights, resnet18, resnet34, resnet50, resnet101)
 
 from seglab.errors import SeglabError
+from seglab.models.registry import register_model
+from seglab.options import option
 
-# ImageNet weights used by `pretrained_backbone=True`: IMAGENET1K_V1 for every depth, the backbone
-# weights torchvision's own DeepLabV3 models were trained from.
-IMAGENET_WEIGHTS = {
-    "resnet18": ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
-    "resnet101": ResNet101_Weights.IMAGENET1K_V1,
-}
-_RESNET_BUILDERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def _torchvision_resnet(name: str):
+    """(builder, IMAGENET1K_V1 weights) of a torchvision ResNet. torchvision is imported here, on
+    first use, because importing it costs seconds at every command start."""
+    import torchvision.models as tv
+
+    builders = {"resnet18": (tv.resnet18, tv.ResNet18_Weights), "resnet34": (tv.resnet34, tv.ResNet34_Weights),
+                "resnet50": (tv.resnet50, tv.ResNet50_Weights), "resnet101": (tv.resnet101, tv.ResNet101_Weights)}
+    builder, weights = builders[name]
+    # IMAGENET1K_V1 for every depth: the backbone weights torchvision's own DeepLabV3 models were trained from.
+    return builder, weights.IMAGENET1K_V1
+
+
 # Which of layer2, layer3, layer4 trade their stride for dilation.
 _DILATED_STAGES = {16: [False, False, True], 8: [False, True, True]}
 ASPP_RATES_OS16 = (6, 12, 18)
@@ -31,7 +38,7 @@ PROJECT_DROPOUT = 0.5  # after the ASPP projection, as in torchvision's DeepLabV
 # ---- ImageNet weights ------------------------------------------------------------------------------
 def imagenet_weights_path(backbone: str) -> str:
     """Where `pretrained_backbone=True` looks for the backbone's ImageNet weights (the torch hub cache)."""
-    filename = os.path.basename(urlparse(IMAGENET_WEIGHTS[backbone].url).path)
+    filename = os.path.basename(urlparse(_torchvision_resnet(backbone)[1].url).path)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
@@ -45,7 +52,7 @@ def load_imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     Raises SeglabError (one line: the file path to fill and the URL it comes from) when the file is
     missing and cannot be downloaded, or when it is not a loadable weights file.
     """
-    url = IMAGENET_WEIGHTS[backbone].url
+    url = _torchvision_resnet(backbone)[1].url
     path = imagenet_weights_path(backbone)
     if not os.path.isfile(path):
         match = torch.hub.HASH_REGEX.search(os.path.basename(path))
@@ -112,22 +119,22 @@ class ResNetBackbone(nn.Module):
     def __init__(self, name: str = "resnet50", in_channels: int = 3, output_stride: int = 16,
                  pretrained: bool = False):
         super().__init__()
-        if name not in _RESNET_BUILDERS:
-            raise SeglabError(f"unknown backbone {name!r}; choose one of: {', '.join(_RESNET_BUILDERS)}")
+        if name not in BACKBONES:
+            raise SeglabError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
         if output_stride not in _DILATED_STAGES:
             raise SeglabError(f"output_stride must be 8 or 16, not {output_stride!r}")
         dilated = _DILATED_STAGES[output_stride]
         basic = name in ("resnet18", "resnet34")
         # BasicBlock refuses dilation in its constructor: build those undilated and dilate afterwards.
-        resnet: ResNet = _RESNET_BUILDERS[name](weights=None,
-                                               replace_stride_with_dilation=None if basic else dilated)
+        builder, weights = _torchvision_resnet(name)
+        resnet = builder(weights=None, replace_stride_with_dilation=None if basic else dilated)
         if pretrained:
             try:
                 resnet.load_state_dict(load_imagenet_state_dict(name))
             except RuntimeError as exc:  # keys or shapes of another network
                 raise SeglabError(
                     f"{imagenet_weights_path(name)} does not hold {name} weights ({_one_line(exc)[:200]}): "
-                    f"replace it with {IMAGENET_WEIGHTS[name].url}") from None
+                    f"replace it with {weights.url}") from None
         if basic:
             dilation = 1
             for stage, dilate in zip((resnet.layer2, resnet.layer3, resnet.layer4), dilated):
@@ -230,6 +237,19 @@ class FCNHead(nn.Sequential):
 
 
 # ---- model ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeepLabV3Options:
+    backbone: str = option("resnet50", "dilated torchvision ResNet", choices=BACKBONES)
+    output_stride: int = option(16, "input size / feature size: 16 (ASPP rates 6/12/18) or 8 (12/24/36)",
+                                choices=(8, 16))
+    aux_head: bool = option(False, "auxiliary FCN head on layer3 (adds half its loss in training)")
+    pretrained_backbone: bool = option(False, "start the backbone from torchvision's ImageNet weights (from the "
+                                       "torch hub cache, or downloaded there)", stored=False)
+    aspp_channels: int = option(256, "channels of the ASPP branches and of the head (the paper: 256)", min=8,
+                                max=2048)
+
+
+@register_model("deeplabv3", options=DeepLabV3Options, summary="DeepLabV3: dilated ResNet with ASPP (Chen et al. 2017)")
 class DeepLabV3(nn.Module):
     """DeepLabV3: dilated ResNet, ASPP with image pooling, logits upsampled bilinearly to the input size.
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seglab.models.padding import mirror_pad
+from seglab.padding import mirror_pad
 
 
 def full_size_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

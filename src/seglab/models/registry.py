@@ -1,51 +1,125 @@
-"""Model registry: models register a builder by name; `build_model(name, **kwargs)` constructs one."""
+"""Model registry: each model registers a builder and the dataclass of its options under a name.
+
+    @register_model("unet", options=UNetOptions)
+    class UNet(nn.Module): ...
+
+`build_model(name, in_channels=1, num_classes=1, **options)` checks the options against that
+dataclass (types, ranges, unknown names) and builds the model; the same keyword arguments are
+stored in checkpoints, so a checkpoint rebuilds its model by name. The command line, YAML
+configs and `seglab.train` learn a model's options, defaults and help from here, so adding a
+model is one new file and one registration.
+"""
 from __future__ import annotations
 
+import dataclasses
+import importlib
+from dataclasses import dataclass
 from typing import Callable
 
 import torch.nn as nn
 
-from seglab.errors import SeglabError
+from seglab.errors import ConfigError, SeglabError
+from seglab.options import check_fields, refuse_unknown
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+# Arguments every builder takes, filled from the data (not options a user sets).
+DATA_ARGUMENTS = ("in_channels", "num_classes")
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: `@register_model("unet")` over a class or a function returning an nn.Module."""
+@dataclass(frozen=True)
+class NoOptions:
+    """A model without options beyond in_channels and num_classes."""
 
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BUILDERS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _BUILDERS[name] = builder
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and which options it takes."""
+
+    name: str
+    builder: Callable[..., nn.Module] | str  # a callable, or "package.module:Builder" imported on first build
+    options: type                           # frozen dataclass of option fields (seglab.options.option)
+    summary: str = ""
+
+    def build(self, **kwargs) -> nn.Module:
+        builder = self.builder
+        if isinstance(builder, str):
+            module_name, attribute = builder.split(":")
+            builder = getattr(importlib.import_module(module_name), attribute)
+        return builder(**kwargs)
+
+    def option_fields(self) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(self.options)
+
+    def stored(self, options: dict) -> dict:
+        """The options a checkpoint keeps (all but those marked stored=False)."""
+        keep = {f.name for f in self.option_fields() if f.metadata.get("stored", True)}
+        return {k: v for k, v in options.items() if k in keep}
+
+
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, options: type = NoOptions, *, summary: str = "", replace: bool = False):
+    """Decorator registering a class or function that returns an nn.Module under `name`.
+
+    `options` is a frozen dataclass whose fields are the builder's keyword arguments beyond
+    in_channels and num_classes, with defaults and help (`seglab.options.option`).
+    """
+    def decorator(builder):
+        register(ModelSpec(name, builder, options, summary or _first_line(builder.__doc__)), replace=replace)
         return builder
 
     return decorator
 
 
-def register_lazy(name: str, target: str) -> None:
-    """Register "package.module:Builder" without importing it until a model is built (DeepLabV3
-    pulls in torchvision, which costs seconds at every command start)."""
-    if name in _BUILDERS:
-        raise ValueError(f"model {name!r} is registered twice")
+def register(spec: ModelSpec, replace: bool = False) -> None:
+    """Add a ModelSpec (a lazy one names its builder "package.module:Builder")."""
+    if not dataclasses.is_dataclass(spec.options):
+        raise TypeError(f"options of model {spec.name!r} must be a dataclass, not {spec.options!r}")
+    if spec.name in _SPECS and not replace:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _SPECS[spec.name] = spec
 
-    def builder(**kwargs) -> nn.Module:
-        import importlib
 
-        module_name, attribute = target.split(":")
-        return getattr(importlib.import_module(module_name), attribute)(**kwargs)
+def unregister_model(name: str) -> None:
+    """Remove a registration (plugins and tests that registered a model for a while)."""
+    _SPECS.pop(name, None)
 
-    _BUILDERS[name] = builder
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
 
 
 def list_models() -> list[str]:
     """Names accepted by `build_model`, sorted."""
-    return sorted(_BUILDERS)
+    return sorted(_SPECS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+
+
+def resolve_model_options(name: str, given: dict, defaults: bool = True) -> dict:
+    """The model's options checked and converted: the given ones, plus every default unless
+    `defaults` is False. Raises ConfigError naming an unknown or invalid option."""
+    spec = model_spec(name)
+    known = [f.name for f in spec.option_fields()]
+    refuse_unknown(given, known, f"the options of model {name!r}")
+    instance = spec.options(**given)
+    check_fields(instance, f"model.{name}" if False else "model")
+    values = dataclasses.asdict(instance)
+    return values if defaults else {k: values[k] for k in given}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model from plain keyword arguments (the same ones a checkpoint stores)."""
+    """Build a registered model from plain keyword arguments: in_channels, num_classes and its
+    options (the same arguments a checkpoint stores)."""
+    spec = model_spec(name)
+    data_args = {k: kwargs.pop(k) for k in DATA_ARGUMENTS if k in kwargs}
+    options = resolve_model_options(name, kwargs)
     try:
-        builder = _BUILDERS[name]
-    except KeyError:
-        raise SeglabError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
-    return builder(**kwargs)
+        return spec.build(**data_args, **options)
+    except (ValueError, TypeError) as error:
+        raise SeglabError(f"cannot build model {name!r} with {kwargs}: {error}") from None

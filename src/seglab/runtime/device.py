@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import os
-import re
 from contextlib import nullcontext
 
 import torch
 
+from seglab.config import DEVICE_PATTERN, PRECISIONS
 from seglab.errors import SeglabError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -84,7 +84,7 @@ def write_preview(report, path: str | Path, preset: str = "paper", count: int = 
     from seglab.data.io import image_info
 
     pairs = report.layout.training_pairs() or [p for s in report.layout.splits.values() for p in s.pairs]
-    items = [load_pair(pair, report.class_map, image_info(pairs[0].image)[2], 1.0, "minmax")
+    items = [load_pair(pair, report.class_map, image_info(pairs[0].image)[2], 1.0, "minmax")[:2]
              for pair in pairs[:max_images]]
     items = [item for item in items if item[0].shape == items[0][0].shape]
     images = torch.stack([image for image, _ in items])

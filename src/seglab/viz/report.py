@@ -101,19 +101,6 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
 
 
-def _resolve(path_text: str | None, run_dir: Path) -> str | None:
-    """A path from config.yaml as written (relative to where training ran), else beside the run folder."""
-    if not path_text:
-        return path_text
-    path = Path(path_text)
-    if path.is_absolute() or path.exists():
-        return path_text
-    for base in (run_dir.parent, run_dir.parent.parent):
-        if (base / path).exists():
-            return str(base / path)
-    return path_text
-
-
 def _curves_uri(run_dir: Path, rows: list[dict], unit: str) -> str | None:
     if (run_dir / "curves.png").is_file():
         return _file_data_uri(run_dir / "curves.png")
@@ -125,35 +112,29 @@ def _curves_uri(run_dir: Path, rows: list[dict], unit: str) -> str | None:
         return _file_data_uri(plot_curves(rows, Path(folder) / "curves.png", x=unit))
 
 
-def _mean_dice(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
-    """Mean Dice over the classes present in the truth or the prediction (ignored pixels skipped)."""
-    import torch
+def _shrink(array: np.ndarray, width: int) -> np.ndarray:
+    """(H, W[, C]) sampled (nearest) to at most `width` columns, for the pictures of the page."""
+    if array.shape[1] <= width:
+        return array
+    height = max(1, round(array.shape[0] * width / array.shape[1]))
+    rows = np.linspace(0, array.shape[0] - 1, height).round().astype(int)
+    cols = np.linspace(0, array.shape[1] - 1, width).round().astype(int)
+    return array[rows][:, cols]
 
-    from seglab.metrics import ConfusionMatrix
 
-    confusion = ConfusionMatrix(num_classes)
-    confusion.update(torch.from_numpy(pred), torch.from_numpy(truth))
-    return float(confusion.scores()["mdice"])
-
-
-def _validation_examples(run_dir: Path, config, device: str) -> tuple[list[Example], int, str]:
-    """Predict the validation images with best.pt; (examples sorted best first, images scored, note)."""
-    import dataclasses
-
-    from seglab.data.classmap import IGNORE_INDEX, pack_rgb
-    from seglab.data.io import read_image, read_mask
-    from seglab.engine.data_plan import plan_data
-    from seglab.inference.predictor import Predictor
+def _validation_examples(run_dir: Path, device: str) -> tuple[list[Example], int, str]:
+    """Predict the run's validation images (split.json) with best.pt, scored by the one evaluation
+    path; (examples sorted best first by mean Dice, images scored, note)."""
+    from seglab.data.classmap import IGNORE_INDEX
     from seglab.data.overlay import error_map, overlay, to_display
+    from seglab.data.splits import read_split
+    from seglab.inference.predictor import Predictor
+    from seglab.inference.scoring import evaluate_predictor
 
     checkpoint = run_dir / "best.pt"
     if not checkpoint.is_file():
         return [], 0, "no best.pt in the run folder: no predictions to show"
-    data = dataclasses.replace(config.data, root=_resolve(config.data.root, run_dir),
-                               val_dir=_resolve(config.data.val_dir, run_dir),
-                               mask_colors=_resolve(config.data.mask_colors, run_dir))
-    plan = plan_data(dataclasses.replace(config, data=data))
-    pairs = plan.val_pairs
+    pairs = read_split(run_dir)["val"]
     if not pairs:
         return [], 0, "the run held out no validation images (--validation 0): no predictions to show"
     note = ""
@@ -161,18 +142,20 @@ def _validation_examples(run_dir: Path, config, device: str) -> tuple[list[Examp
         picks = np.linspace(0, len(pairs) - 1, MAX_SCORED).round().astype(int)
         note = f"best and worst of {MAX_SCORED} of the {len(pairs)} validation images (evenly spread)"
         pairs = [pairs[i] for i in sorted(set(picks.tolist()))]
-    predictor = Predictor.from_checkpoint(checkpoint, device, log=lambda *args, **kwargs: None)
-    class_map = predictor.class_map
+    predictor = Predictor.from_file(checkpoint, device, log=lambda *args, **kwargs: None)
+    kept: dict[str, tuple] = {}
+
+    def keep(pair, image, prediction, truth):  # every image at panel size; pictures drawn for the shown ones
+        kept[str(pair.image)] = tuple(_shrink(a, PANEL_WIDTH) for a in (image, prediction.classes, truth))
+
+    evaluation = evaluate_predictor(predictor, pairs, keep=keep)
     examples = []
-    for pair in pairs:
-        image = read_image(pair.image)
-        raw = read_mask(pair.mask)
-        truth = class_map.encode(pack_rgb(raw) if raw.ndim == 3 else raw)
-        pred = predictor.predict(image, name=str(pair.image)).classes
+    for row in evaluation.images:
+        image, pred, truth = kept[row["image"]]
         ignored = truth == IGNORE_INDEX
-        shown_truth = np.where(ignored, 0, truth)
-        examples.append(Example(pair.image.name, _mean_dice(truth, pred, class_map.num_classes), [
-            ("image", to_display(image)), ("truth", overlay(image, shown_truth)),
+        score = row["mdice"] if row["mdice"] is not None else math.nan
+        examples.append(Example(Path(row["image"]).name, score, [
+            ("image", to_display(image)), ("truth", overlay(image, np.where(ignored, 0, truth))),
             ("prediction", overlay(image, pred)), ("errors", error_map(truth, pred, ignored))]))
     examples.sort(key=lambda e: -e.score if math.isfinite(e.score) else math.inf)
     return examples, len(pairs), note
@@ -196,9 +179,11 @@ def _metrics_table(row: dict | None) -> str:
 
 
 def _epochs_table(rows: list[dict]) -> str:
-    if len(rows) > MAX_EPOCH_ROWS:
-        picks = sorted(set(np.linspace(0, len(rows) - 1, MAX_EPOCH_ROWS).round().astype(int).tolist()))
-        rows = [rows[i] for i in picks]
+    """Every evaluated row (the best among them), and at most MAX_EPOCH_ROWS of the others, evenly spread."""
+    plain = [k for k, r in enumerate(rows) if "val_dice" not in r]
+    if len(plain) > MAX_EPOCH_ROWS:
+        kept = {plain[i] for i in np.linspace(0, len(plain) - 1, MAX_EPOCH_ROWS).round().astype(int).tolist()}
+        rows = [r for k, r in enumerate(rows) if "val_dice" in r or k in kept]
     columns = [("epoch", 0), ("step", 0), ("train_loss", 4), ("val_loss", 4), ("val_dice", 4), ("val_iou", 4),
                ("val_pixel_error", 4), ("lr", None), ("images_per_s", 1), ("time", 1)]
     head = "".join(f"<th>{name}</th>" for name, _ in columns)
@@ -240,7 +225,7 @@ def _examples_html(examples: list[Example], scored: int, note: str) -> str:
 def _environment(device: str) -> list[tuple[str, str]]:
     import torch
 
-    from seglab import __version__
+    from seglab.version import __version__
 
     rows = [("seglab", __version__), ("torch", torch.__version__), ("python", platform.python_version()),
             ("device", str(device)), ("platform", platform.platform())]
@@ -249,8 +234,31 @@ def _environment(device: str) -> list[tuple[str, str]]:
     return rows
 
 
-def build_report(run_dir: Path, device: str = "cpu") -> str:
-    """The report page of `run_dir` as one HTML string."""
+@dataclass
+class RunRecord:
+    """What a run folder says about its run, read once for the page."""
+
+    run_dir: Path
+    config: object           # RunConfig
+    config_text: str
+    rows: list[dict]
+    unit: str                # "epoch" or "step"
+    eval_count: int
+    summary: dict            # summary.json, {} while the run has not finished
+
+    @property
+    def val_rows(self) -> list[dict]:
+        return [r for r in self.rows if r.get("val_dice_per_class")]
+
+    def best_row(self) -> dict | None:
+        monitor = self.config.train.monitor
+        scored = [r for r in self.rows if isinstance(r.get(monitor), (int, float)) and math.isfinite(r[monitor])]
+        if not scored:
+            return None
+        return (min if monitor.endswith(("loss", "error")) else max)(scored, key=lambda r: r[monitor])
+
+
+def read_run(run_dir: Path) -> RunRecord:
     from seglab.config import load_config, parse_eval_every
 
     run_dir = Path(run_dir)
@@ -261,72 +269,92 @@ def build_report(run_dir: Path, device: str = "cpu") -> str:
         raise SeglabError(f"'{run_dir}' is not a run folder (no config.yaml): give the folder `seglab train --out` "
                           "wrote")
     config = load_config(config_file)
+    eval_count, unit = parse_eval_every(config.train.eval_every)
     try:
-        eval_count, unit = parse_eval_every(config.train.eval_every)
-    except SeglabError:
-        eval_count, unit = 1, "epoch"
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    val_rows = [r for r in rows if r.get("val_dice_per_class")]
-    last_val = val_rows[-1] if val_rows else None
-    monitor = config.train.monitor
-    scored_rows = [r for r in rows if isinstance(r.get(monitor), (int, float)) and math.isfinite(r[monitor])]
-    best_row = None
-    if scored_rows:
-        pick = min if monitor.endswith(("loss", "error")) else max
-        best_row = pick(scored_rows, key=lambda r: r[monitor])
-    notes = []
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    return RunRecord(run_dir, config, config_file.read_text(), read_metrics(run_dir / "metrics.jsonl"), unit,
+                     eval_count, summary)
+
+
+STOPPED_BY = {"max_time": "stopped by the time budget ({max_time:g} s of training)",
+              "early_stop": "stopped early: {monitor} did not improve in {early_stop} evaluations",
+              "interrupted": "stopped before the end of the schedule", "epochs": "all epochs trained"}
+
+
+def _epochs_card(run: RunRecord) -> tuple[str, str]:
+    """("epochs", "82 / 10000") with what bounded the run in the label."""
+    t = run.config.train
+    if not run.rows:
+        return "epochs", "0"
+    stopped = run.summary.get("stopped_by")
+    label = STOPPED_BY.get(stopped, "the run has not finished").format(
+        max_time=t.max_time or 0, monitor=t.monitor, early_stop=t.early_stop)
+    return f"epochs ({label})", f"{run.rows[-1]['epoch']} / {t.epochs}"
+
+
+def _cards(run: RunRecord) -> list[tuple[str, str]]:
+    cards = [_epochs_card(run)]
+    best, monitor = run.best_row(), run.config.train.monitor
+    if best is not None:
+        cards.append((f"best {monitor} ({run.unit} {best[run.unit]})", _number(best[monitor])))
+    if run.val_rows:
+        last = run.val_rows[-1]
+        cards.append(("last val Dice / IoU", f"{_number(last.get('val_dice'), 3)} / {_number(last.get('val_iou'), 3)}"))
+    speeds = _speeds(run)
+    if speeds:
+        cards.append((f"images / s (median {'epoch' if run.unit == 'epoch' else 'period'})",
+                      f"{float(np.median(speeds)):.1f}"))
+    if run.rows:
+        cards.append(("training time", _duration(run.rows[-1].get("time") or 0)))
+    return cards
+
+
+def _speeds(run: RunRecord) -> list[float]:
+    return [r["images_per_s"] for r in run.rows if isinstance(r.get("images_per_s"), (int, float))]
+
+
+def _speed_html(run: RunRecord) -> str:
+    speeds, t = _speeds(run), run.config.train
+    if not speeds:
+        return ""
+    periods = "epochs" if run.unit == "epoch" else f"periods of {run.eval_count} steps"
+    accumulate = f", accumulate {t.accumulate}" if t.accumulate > 1 else ""
+    return (f"<p>{len(speeds)} {periods}, median {float(np.median(speeds)):.1f} images/s (last {speeds[-1]:.1f}, "
+            f"fastest {max(speeds):.1f}); total training time {_duration(run.rows[-1].get('time') or 0)}; "
+            f"batch size {t.batch_size}{accumulate}.</p>")
+
+
+def build_report(run_dir: Path, device: str = "cpu") -> str:
+    """The report page of `run_dir` as one HTML string."""
+    run = read_run(run_dir)
     try:
-        examples, scored, example_note = _validation_examples(run_dir, config, device)
+        examples, scored, example_note = _validation_examples(run.run_dir, device)
     except SeglabError as error:  # data moved or checkpoint unreadable: the rest of the report still helps
         examples, scored, example_note = [], 0, f"no predictions shown: {error}"
-    curves = _curves_uri(run_dir, rows, unit)
-    speeds = [r["images_per_s"] for r in rows if isinstance(r.get("images_per_s"), (int, float))]
-    total_time = rows[-1].get("time") if rows else None
-
-    cards = [("epochs", f"{rows[-1]['epoch']} / {config.train.epochs}" if rows else "0")]
-    if best_row is not None:
-        cards.append((f"best {monitor} ({unit} {best_row[unit]})", _number(best_row[monitor])))
-    if last_val is not None:
-        cards.append(("last val Dice / IoU", f"{_number(last_val.get('val_dice'), 3)} / "
-                                             f"{_number(last_val.get('val_iou'), 3)}"))
-    if speeds:
-        cards.append((f"images / s (median {'epoch' if unit == 'epoch' else 'period'})",
-                      f"{float(np.median(speeds)):.1f}"))
-    if total_time is not None:
-        cards.append(("training time", _duration(total_time)))
-    if not rows:
-        notes.append("metrics.jsonl holds no epochs yet: the run has not finished an epoch")
-
+    curves = _curves_uri(run.run_dir, run.rows, run.unit)
     e = html.escape
-    body = [f"<h1>seglab run: {e(run_dir.name)}</h1>",
-            f"<p class='sub'>{e(str(run_dir.resolve()))} · data: {e(str(config.data.root))} · "
-            f"model: {e(config.model.name)} · "
-            f"report written {time.strftime('%Y-%m-%d %H:%M')}</p>",
+    body = [f"<h1>seglab run: {e(run.run_dir.name)}</h1>",
+            f"<p class='sub'>{e(str(run.run_dir.resolve()))} · data: {e(str(run.config.data.root))} · "
+            f"model: {e(run.config.model.name)} · report written {time.strftime('%Y-%m-%d %H:%M')}</p>",
             "<div class='cards'>" + "".join(f"<div class='card'><b>{e(value)}</b><span>{e(label)}</span></div>"
-                                            for label, value in cards) + "</div>"]
-    body += [f"<p class='note'>{e(n)}</p>" for n in notes]
+                                            for label, value in _cards(run)) + "</div>"]
+    if not run.rows:
+        body.append("<p class='note'>metrics.jsonl holds no epochs yet: the run has not finished an epoch</p>")
     body.append("<h2 id='curves'>Loss and metric curves</h2>")
     body.append(f"<img class='curves' alt='loss and metric curves' src='{curves}'>" if curves
                 else "<p class='note'>No curves: metrics.jsonl holds no epochs.</p>")
-    body.append("<h2>Per-class scores (last validation)</h2>")
-    body.append(_metrics_table(last_val))
-    body.append("<h2 id='overlays'>Best and worst validation images</h2>")
-    body.append(_examples_html(examples, scored, example_note))
-    body.append("<h2>Training speed</h2>")
-    if speeds:
-        periods = "epochs" if unit == "epoch" else f"periods of {eval_count} steps"
-        body.append(f"<p>{len(speeds)} {periods}, median {float(np.median(speeds)):.1f} images/s (last "
-                    f"{speeds[-1]:.1f}, fastest {max(speeds):.1f}); total training time "
-                    f"{_duration(total_time or 0)}; batch size {config.train.batch_size}"
-                    f"{', accumulate ' + str(config.train.accumulate) if config.train.accumulate > 1 else ''}.</p>")
-    if rows:
-        body.append(_epochs_table(rows))
+    body += ["<h2>Per-class scores (last validation)</h2>", _metrics_table(run.val_rows[-1] if run.val_rows else None),
+             "<h2 id='overlays'>Best and worst validation images</h2>", _examples_html(examples, scored, example_note),
+             "<h2>Training speed</h2>", _speed_html(run)]
+    if run.rows:
+        body.append(_epochs_table(run.rows))
     body.append("<h2>Environment</h2><table>" + "".join(f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(v)}</td>"
                                                         "</tr>" for k, v in _environment(device)) + "</table>")
-    body.append("<h2>Configuration (config.yaml)</h2>")
-    body.append(f"<pre>{e(config_file.read_text())}</pre>")
+    body += ["<h2>Configuration (config.yaml)</h2>", f"<pre>{e(run.config_text)}</pre>"]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>seglab report: {e(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"
+            f"<title>seglab report: {e(run.run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 
 

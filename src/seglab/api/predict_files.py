@@ -1,0 +1,111 @@
+"""Predict files into files: masks, overlays, --viz figures and cell labels, skipping unreadable inputs."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seglab.api.output_plan import PredictJob, collect_inputs, plan_outputs
+from seglab.data.io import write_mask, write_rgb
+from seglab.data.overlay import PALETTE
+from seglab.data.overlay import overlay as draw_overlay
+from seglab.errors import DataError, SeglabError
+from seglab.inference.postprocess import save_instance_labels
+from seglab.inference.predictor import Prediction, Predictor
+
+
+@dataclass
+class PredictSummary:
+    inputs: int = 0
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def predict_files(model: Predictor | str | os.PathLike, inputs: list, output: list | str | os.PathLike | None = None,
+                  *, scale: float | None = None, save: bool = True, overlay: bool = False, viz: bool = False,
+                  instances: bool = False, palette: bool = False, overwrite: bool = False,
+                  stop_on_error: bool | None = None, log=print) -> PredictSummary:
+    """Predict image files and folders into mask files (README: "Prediction outputs").
+
+    `output`: one folder, or one file per input, or None (beside each input). Every output name
+    is planned and checked before the first is written. An unreadable input is skipped, logged
+    and listed in the summary; with `stop_on_error` (default: when there is one input) it raises.
+
+    >>> seglab.predict_files("runs/isbi/best.pt", ["data/isbi2012/test/images"], "predictions/", overlay=True)
+    """
+    if not isinstance(model, Predictor):
+        from seglab.api.predicting import load
+
+        model = load(model, log=log)
+    if not (save or overlay or viz or instances):
+        raise SeglabError("nothing to write: --no-save with no --overlay, --viz or --instances; drop --no-save "
+                          "or ask for one of them")
+    files = collect_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+    outputs = [output] if isinstance(output, (str, os.PathLike)) else output
+    jobs = plan_outputs(files, [os.fspath(o) for o in outputs] if outputs else None, save=save, overlay=overlay,
+                        viz=viz, instances=instances, overwrite=overwrite)
+    stop_on_error = len(jobs) == 1 if stop_on_error is None else stop_on_error
+    summary = PredictSummary(len(jobs))
+    for job in (j for j in jobs if j.streamed):
+        _stream(model, job, summary, stop_on_error, log)
+    by_source = {job.source: job for job in jobs if not job.streamed}
+    for source, image, result in model.stream(list(by_source), scale, instances):
+        job = by_source[source]
+        if isinstance(result, DataError):
+            if stop_on_error:
+                raise result
+            log(f"warning: skipped {result}")
+            summary.skipped.append((job.source, str(result)))
+            continue
+        _write_outputs(model, job, image, result, palette, summary, log)
+    return summary
+
+
+def _stream(model: Predictor, job: PredictJob, summary: PredictSummary, stop_on_error: bool, log) -> None:
+    target = job.outputs.get("mask")
+    if target is None:
+        return
+    log(f"note: {job.source.name} is a huge TIFF: streaming it through tiled prediction into {target.name}")
+    try:
+        summary.written.append(model.predict_large_tiff(job.source, target))
+    except DataError as error:
+        if stop_on_error:
+            raise
+        summary.skipped.append((job.source, str(error)))
+
+
+def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, prediction: Prediction, palette: bool,
+                   summary: PredictSummary, log) -> None:
+    outputs = job.outputs
+    if "mask" in outputs:
+        mask = prediction.classes if palette else prediction.mask
+        summary.written.append(write_mask(outputs["mask"], mask, palette=_palette(PALETTE) if palette else None))
+    if "overlay" in outputs:
+        highlight = None if prediction.probabilities.shape[0] > 1 else _rare_class(prediction.classes)
+        picture = draw_overlay(image, prediction.classes, highlight=highlight)
+        summary.written.append(write_rgb(outputs["overlay"], picture))
+    if "viz" in outputs:
+        from seglab.viz.plots import save_side_by_side
+
+        probability = prediction.probabilities[0] if prediction.probabilities.shape[0] == 1 else None
+        summary.written.append(save_side_by_side(image, prediction.classes, outputs["viz"], title=job.source.name,
+                                                 probability=probability))
+    if "instances" in outputs:
+        if prediction.instances.max() == 0:
+            log(f"warning: {job.source.name}: no pixel is below --seed-threshold {model.seed_threshold}, so no "
+                "cell was seeded; raise --seed-threshold")
+        summary.written.append(save_instance_labels(outputs["instances"], prediction.instances))
+    if "mask" in outputs:
+        log(f"{job.source} -> {outputs['mask']}")
+
+
+def _palette(colours: np.ndarray) -> np.ndarray:
+    """(256, 3): the overlay colours, class 0 included, repeated to fill the table."""
+    return np.resize(colours, (256, 3)).astype(np.uint8)
+
+
+def _rare_class(classes: np.ndarray) -> int:
+    """For binary masks, colour the less frequent class (membranes in EM, the object in photos)."""
+    return 0 if (classes == 0).mean() < 0.5 else 1

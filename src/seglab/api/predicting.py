@@ -1,0 +1,31 @@
+"""seglab.load: a Predictor from a checkpoint, an ONNX file or a TorchScript file."""
+from __future__ import annotations
+
+import os
+
+from seglab.inference.postprocess import SEED_THRESHOLD
+from seglab.inference.predictor import Predictor
+from seglab.runtime.device import resolve_device
+
+
+def load(path: str | os.PathLike, *, device: str = "auto", threshold: float | None = None,
+         tile: int | tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none", batch_size: int = 4,
+         membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD, log=print) -> Predictor:
+    """A Predictor for a seglab checkpoint (.pt), or a model exported by `seglab.export` (.onnx, .ts).
+
+    >>> model = seglab.load("runs/isbi/best.pt", tta="flips")
+    >>> result = model.predict("data/isbi2012/test/images/00.png")     # a path, an array or a PIL image
+    >>> result.mask.shape, result.mask.dtype, sorted(set(result.mask.ravel()))
+    ((512, 512), dtype('uint8'), [0, 255])                              # the training masks' own values
+    >>> model.predict(image, instances=True).instances.max()             # cells by seeded watershed
+    >>> for result in model.predict_many(paths): ...                      # batched, decoded ahead
+
+    `tile` predicts overlapping tiles of that size (Gaussian-blended), `tta` averages "flips" or
+    all eight rotations/flips ("d4"); `threshold` applies to binary models' probabilities;
+    `membrane_class` and `seed_threshold` steer instances. Options are checked as `seglab predict`
+    checks its flags.
+    """
+    tile = (tile, tile) if isinstance(tile, int) else tile
+    return Predictor.from_file(os.fspath(path), resolve_device(device), threshold, tile=tile, overlap=overlap,
+                               tta=tta, batch_size=batch_size, membrane_class=membrane_class,
+                               seed_threshold=seed_threshold, log=log)

@@ -1,0 +1,68 @@
+"""`seglab train`: flags grouped as the config sections declare them, over seglab.train / seglab.resume."""
+from __future__ import annotations
+
+import argparse
+import typing
+
+from seglab.cli.parsing import add_dataclass_options, add_max_pixels, add_option
+from seglab.config import DataConfig, TrainConfig
+from seglab.errors import SeglabError
+from seglab.models.registry import list_models, model_spec
+
+GROUPS = (("optimisation", "optimisation"), ("run control", "run control"), ("speed", "speed: precision and "
+          "compilation"), ("distributed", "distributed (torchrun) and gradient accumulation"))
+
+
+def add_model_options(group) -> None:
+    """--model and every registered model's options; an option several models share gets one flag."""
+    summaries = "; ".join(f"{name}: {model_spec(name).summary}" for name in list_models())
+    group.add_argument("--model", dest="model.name", choices=list_models(), default=None,
+                       help=f"the network (default: unet): {summaries}".replace("%", "%%"))
+    owners: dict[str, list[str]] = {}
+    fields: dict[str, tuple] = {}
+    for name in list_models():
+        spec = model_spec(name)
+        hints = typing.get_type_hints(spec.options)
+        for field in spec.option_fields():
+            owners.setdefault(field.name, []).append(name)
+            fields.setdefault(field.name, (field, hints[field.name]))
+    for option_name, (field, annotation) in fields.items():
+        add_option(group, field, annotation, f"model.{option_name}", note=f"[{', '.join(owners[option_name])}] ")
+
+
+def register(commands) -> None:
+    train = commands.add_parser("train", help="train a model on a data folder",
+                                description="Train a model. Flags override --config; every option has the "
+                                            "same name in YAML (data/model/train sections) and in seglab.train().")
+    train.add_argument("data", nargs="?", help="data folder: images/ + masks/, or train/ val/ test/ subfolders "
+                       "(or data.root in --config)")
+    train.add_argument("--config", metavar="FILE.yaml", help="YAML file with data/model/train sections")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data>-<model>-<time>)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_max_pixels(train)
+    add_dataclass_options(train.add_argument_group("data"), DataConfig, "data", group="data", skip=("root",))
+    add_model_options(train.add_argument_group("model"))
+    for group, title in GROUPS:
+        target = train.add_argument_group(title)
+        add_dataclass_options(target, TrainConfig, "train", group=group)
+        if group == "run control":
+            add_dataclass_options(target, DataConfig, "data", group=group)
+    train.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import seglab
+
+    updates = {key: value for key, value in vars(args).items() if "." in key and value is not None}
+    progress = not args.no_progress
+    if args.resume:
+        if args.data or args.config or args.out:
+            raise SeglabError("--resume takes the run's own folder and config.yaml: give no DATA, --config or "
+                              "--out with it")
+        seglab.resume(args.resume, progress=progress, **updates)
+        return 0
+    if args.out:
+        updates["out"] = args.out
+    seglab.train(args.data, config=args.config, progress=progress, **updates)
+    return 0

@@ -1,0 +1,58 @@
+"""Which images of a run train and which validate: the seeded hold-out, and the run folder's split.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from seglab.data.discover import Pair
+from seglab.data.io import atomic_output
+from seglab.errors import DataError, SeglabError
+
+SPLIT_FILE = "split.json"
+
+
+def split_pairs(pairs: list[Pair], percent: float, seed: int, val_files: list[str] | None = None
+                ) -> tuple[list[Pair], list[Pair]]:
+    """Hold out whole images: the named stems, or `percent` of the pairs chosen by a seeded shuffle."""
+    if val_files:
+        wanted = set(val_files)
+        val = [p for p in pairs if p.image.stem in wanted]
+        missing = wanted - {p.image.stem for p in val}
+        if missing:
+            raise DataError(f"held-out files not found among the pairs: {', '.join(sorted(missing))}")
+        if len(val) == len(pairs):
+            raise DataError(f"--val-files holds out all {len(pairs)} pairs: nothing is left to train on")
+        return [p for p in pairs if p.image.stem not in wanted], val
+    if percent <= 0:
+        return list(pairs), []
+    count = max(1, round(len(pairs) * percent / 100))
+    if count >= len(pairs):
+        raise DataError(f"--validation {percent}% of {len(pairs)} pairs leaves nothing to train on")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    held = set(order[:count].tolist())
+    return ([p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held])
+
+
+def write_split(run_dir: Path, train: list[Pair], val: list[Pair]) -> Path:
+    """run_dir/split.json: {"train": [[image, mask], ...], "val": [...]}, absolute paths."""
+    record = {name: [[str(p.image.resolve()), str(p.mask.resolve())] for p in pairs]
+              for name, pairs in (("train", train), ("val", val))}
+    path = Path(run_dir) / SPLIT_FILE
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def read_split(run_dir: Path) -> dict[str, list[Pair]]:
+    """{"train": pairs, "val": pairs} as the run wrote them in split.json."""
+    path = Path(run_dir) / SPLIT_FILE
+    try:
+        record = json.loads(path.read_text())
+        return {name: [Pair(Path(image), Path(mask)) for image, mask in record[name]] for name in ("train", "val")}
+    except FileNotFoundError:
+        raise SeglabError(f"'{path}' does not exist: the run was trained by an older seglab, or elsewhere") from None
+    except (ValueError, KeyError, TypeError):
+        raise SeglabError(f"'{path}' is damaged (not the split a run writes): retrain, or evaluate with "
+                          "`seglab evaluate -m best.pt DATA`") from None

@@ -1,0 +1,32 @@
+"""The options of a Predictor, declared once: checked the same for flags of predict/evaluate and for seglab.load."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seglab.inference.postprocess import SEED_THRESHOLD
+from seglab.inference.tta import TTA_MODES
+from seglab.options import check_fields, option
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    threshold: float | None = option(None, "probability threshold of binary models (default: the training's)",
+                                     min=0, max=1, flags=("-t", "--mask-threshold"))
+    tile: list[int] | None = option(None, "overlap-tile prediction with H[,W] tiles (default: whole images, "
+                                    "tiles when an image is too large for the device)", min=8, length=(1, 2),
+                                    metavar="H[,W]")
+    overlap: float = option(0.5, "overlap of neighbouring tiles, a fraction of the tile", min=0, below=1)
+    tta: str = option("none", "test-time augmentation: average over flips, or all 8 rotations/flips",
+                      choices=TTA_MODES)
+    batch_size: int = option(4, "tiles, or same-size images, per forward pass", min=1, max=4096,
+                             flags=("-b", "--batch-size"))
+    membrane_class: int = option(0, "class index of the boundaries for instances (ISBI: 0 = membrane)", min=0)
+    seed_threshold: float = option(SEED_THRESHOLD, "instances: boundary probability below which pixels seed "
+                                   "a cell", above=0, below=1)
+
+    def __post_init__(self):
+        check_fields(self, "inference")
+
+    @property
+    def tile_size(self) -> tuple[int, int] | None:
+        return (self.tile[0], self.tile[-1]) if self.tile else None

@@ -1,0 +1,34 @@
+"""Files written by seglab 0.1.0 keep working: a checkpoint predicts as it did, a config.yaml loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import seglab
+from seglab.config import config_to_dict, load_config
+from seglab.data.io import read_mask
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v0.1.0"  # written by seglab 0.1.0 (commit 6d0420b)
+
+
+def test_a_checkpoint_of_seglab_0_1_0_predicts_as_it_did():
+    prediction = seglab.load(FIXTURE / "unet_tiny.pt", device="cpu").predict(FIXTURE / "input.png")
+    np.testing.assert_allclose(prediction.probabilities, np.load(FIXTURE / "probabilities.npy"), atol=1e-6)
+    assert np.array_equal(prediction.mask, read_mask(FIXTURE / "expected_mask.png"))
+
+
+def test_the_cli_predicts_with_a_checkpoint_of_seglab_0_1_0(run_seglab, tmp_path):
+    result = run_seglab("predict", "-m", FIXTURE / "unet_tiny.pt", "-i", FIXTURE / "input.png",
+                        "-o", tmp_path / "mask.png", "--device", "cpu")
+    assert result.rc == 0, result.output
+    assert np.array_equal(read_mask(tmp_path / "mask.png"), read_mask(FIXTURE / "expected_mask.png"))
+
+
+def test_a_config_yaml_of_seglab_0_1_0_loads_with_its_own_models_options():
+    config = load_config(FIXTURE / "config.yaml")  # its model section lists every model's options
+    assert config.model.name == "unet"
+    assert config.model.resolved() == {"base_channels": 4, "depth": 2, "up": "transpose", "padding": "same",
+                                       "batch_norm": True}
+    assert config.data.crop == [64] and config.train.epochs == 2
+    assert "backbone" not in config_to_dict(config)["model"]

@@ -1,0 +1,90 @@
+"""Imports point one way: a module may import its own package and the layers below it, never above.
+
+The layers (ARCHITECTURE.md): errors, version < options, padding < data < metrics, models < losses
+< config < runtime < engine, inference < viz < api < demo < cli. Function-level imports count too.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "seglab"
+RANKS = {
+    "errors": 0, "version": 0,
+    "options": 1, "padding": 1,
+    "data": 2,
+    "metrics": 3, "models": 3,
+    "losses": 4,
+    "config": 5,
+    "runtime": 6,
+    "engine": 7, "inference": 7,
+    "viz": 8,
+    "api": 9,
+    "__init__": 10,  # the package root re-exports the API
+    "demo": 10,
+    "cli": 11,
+    "__main__": 12,
+}
+
+
+def layer_of(path: Path, root: Path) -> str:
+    """'engine' for engine/trainer.py, 'config' for config.py."""
+    first = path.relative_to(root).parts[0]
+    return first.removesuffix(".py")
+
+
+def imported_layers(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, layer) of every seglab import in a module, at any depth."""
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "seglab":
+                names = [f"seglab.{alias.name}" for alias in node.names]
+            else:
+                names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "seglab":
+                found.append((node.lineno, parts[1] if len(parts) > 1 else "__init__"))
+    return found
+
+
+def violations(root: Path) -> list[str]:
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        source = layer_of(path, root)
+        if source not in RANKS:
+            problems.append(f"{path.relative_to(root)}: layer {source!r} has no rank in RANKS")
+            continue
+        for line, target in imported_layers(ast.parse(path.read_text())):
+            if target == source:
+                continue
+            if target not in RANKS:
+                problems.append(f"{path.relative_to(root)}:{line} imports unknown layer {target!r}")
+            elif RANKS[target] >= RANKS[source]:
+                problems.append(f"{path.relative_to(root)}:{line} ({source}) imports {target}, "
+                                f"which is not below it")
+    return problems
+
+
+def test_imports_point_down_the_layers():
+    assert violations(SRC) == []
+
+
+@pytest.mark.parametrize("module, line, expected", [
+    ("engine/runlog.py", "    from seglab.viz.report import write_report\n", "imports viz"),
+    ("inference/predictor.py", "from seglab.engine.checkpoint import load_checkpoint\n", "imports engine"),
+    ("data/io.py", "import seglab.models\n", "imports models"),
+    ("inference/export.py", "from seglab.demo import locate_isbi\n", "imports demo"),
+    ("api/training.py", "from seglab import cli\n", "imports cli"),
+])
+def test_the_layer_check_catches_an_upward_import(tmp_path, module, line, expected):
+    path = tmp_path / module
+    path.parent.mkdir(parents=True)
+    path.write_text("def late():\n    pass\n" + (line if not line.startswith(" ") else f"def f():\n{line}"))
+    assert any(expected in problem for problem in violations(tmp_path))
