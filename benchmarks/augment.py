@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.data.augment import BatchAugmenter, augment_preset
 
 ISBI_TRAIN = Path(__file__).resolve().parents[1] / "data" / "isbi2012" / "train"

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import device_name, synchronize  # noqa: E402
-
 from seglab.config import load_config, override  # noqa: E402
 from seglab.data.io import read_image, read_mask  # noqa: E402
 from seglab.engine.runs import fit  # noqa: E402

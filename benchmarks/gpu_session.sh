@@ -12,6 +12,8 @@
 #   camvid       benchmarks/camvid.py, DeepLabV3-R50 (200 s per side, about 8 min)
 #   camvid-unet  the same with the U-Net (about 8 min)
 #   huge         benchmarks/huge_tiff.py, a 20000 x 20000 TIFF
+#   plan         benchmarks/plan.py isbi folds ema at 60 s per side (about 9 min, with the ISBI
+#                Rand error of the 5-fold ensemble; the target is <= 0.015)
 # Without PARTs: checks augment train inference isbi.
 #
 # It runs from the source tree (PYTHONPATH=src) with whatever torch the machine has, so a GPU
@@ -60,6 +62,8 @@ for part in $PARTS; do
         camvid) run camvid $PY benchmarks/camvid.py --data device_data/camvid ;;
         camvid-unet) run camvid-unet $PY benchmarks/camvid.py --data device_data/camvid --model unet ;;
         huge) run huge $PY benchmarks/huge_tiff.py ;;
-        *) echo "unknown part '$part': use checks augment train inference isbi camvid camvid-unet huge" >&2; exit 2 ;;
+        plan) run plan $PY benchmarks/plan.py isbi folds ema --device cuda --budget 60 --out "$LOG_DIR/plan" ;;
+        *) echo "unknown part '$part': use checks augment train inference isbi camvid camvid-unet huge plan" >&2
+           exit 2 ;;
     esac
 done

@@ -33,7 +33,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import device_name  # noqa: E402
-
 from seglab.data.classmap import ClassMap  # noqa: E402
 from seglab.data.io import read_image  # noqa: E402
 from seglab.models.registry import build_model  # noqa: E402

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from PIL import Image
 
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.data.classmap import ClassMap
 from seglab.data.preprocess import normalize
 from seglab.inference.predictor import Predictor

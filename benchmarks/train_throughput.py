@@ -45,11 +45,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seglab.data.loaders import ResidentBatches
 from seglab.engine.tallies import EpochTally

@@ -11,17 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    ISBI,
-    SUBPROCESS_ENV,
-    assert_clean_failure,
-    copy_isbi_crop,
-    run_cli,
-    run_group,
-)
 from PIL import Image
 
 import seglab
+from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, copy_isbi_crop, run_cli, run_group
 from seglab.errors import ConfigError, DataError, SeglabError
 
 QUIET = lambda *args, **kwargs: None  # noqa: E731

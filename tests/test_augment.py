@@ -8,13 +8,7 @@ import pytest
 import torch
 import yaml
 
-from seglab.data.augment import (
-    AUGMENT_PRESETS,
-    AugmentConfig,
-    BatchAugmenter,
-    augment_config_from_dict,
-    augment_preset,
-)
+from seglab.data.augment import AUGMENT_PRESETS, AugmentConfig, BatchAugmenter, augment_config_from_dict, augment_preset
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.errors import SeglabError
 from seglab.viz.preview import save_augment_preview
@@ -223,7 +217,7 @@ def test_config_round_trips_through_yaml_and_presets_build():
 
 
 def test_bad_augmentation_settings_raise_errors_that_say_what_to_use():
-    with pytest.raises(SeglabError, match="none, light, paper, strong"):
+    with pytest.raises(SeglabError, match="none, light, paper, photo, strong"):
         augment_preset("heavy")
     with pytest.raises(SeglabError, match="unknown augmentation setting"):
         augment_config_from_dict({"flip": 0.5})

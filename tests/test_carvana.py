@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, SUBPROCESS_ENV, assert_clean_failure, run_cli
 from PIL import Image
 
+from conftest import REPO, SUBPROCESS_ENV, assert_clean_failure, run_cli
 from seglab.config import load_config
 from seglab.data.carvana import unpack_carvana
 from seglab.data.discover import discover

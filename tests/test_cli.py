@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_FLAGS, TRAINED_EPOCHS, assert_clean_failure, copy_isbi_crop
 from PIL import Image
 
+from conftest import TINY_FLAGS, TRAINED_EPOCHS, assert_clean_failure, copy_isbi_crop
 from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image, read_mask
 from seglab.inference.predictor import Predictor
 from seglab.models import UNet
-from seglab.runtime.checkpoint import (
-    load_checkpoint,
-    make_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 
 METRIC_KEYS = {"train_loss", "val_loss", "val_dice", "val_iou", "lr"}
 

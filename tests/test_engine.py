@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_group
 
 import seglab
+from conftest import run_group
 from seglab.config import config_from_dict, parse_eval_every
 from seglab.engine.runs import fit, resume
 from seglab.engine.trainer import LOG_EVERY, Trainer

@@ -10,12 +10,7 @@ from seglab.data.io import read_image
 from seglab.data.preprocess import normalize
 from seglab.errors import SeglabError
 from seglab.inference.export import export_model, reference_probabilities
-from seglab.inference.export_graph import (
-    ExportWrapper,
-    graph_normalize,
-    reflect_pad_index,
-    reflect_steps,
-)
+from seglab.inference.export_graph import ExportWrapper, graph_normalize, reflect_pad_index, reflect_steps
 from seglab.inference.exported import OnnxModel, TorchScriptModel, load_exported
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled

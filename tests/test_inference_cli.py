@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import assert_clean_failure, run_cli
 from PIL import Image
+
+from conftest import assert_clean_failure, run_cli
 
 
 def _mask(path) -> np.ndarray:

@@ -7,17 +7,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from seglab.inference.postprocess import (
-    membrane_to_instances,
-    remove_small_labels,
-    save_instance_labels,
-)
-from seglab.metrics.instances import (
-    adapted_rand_error,
-    cells_from_mask,
-    instance_scores,
-    variation_of_information,
-)
+from seglab.inference.postprocess import membrane_to_instances, remove_small_labels, save_instance_labels
+from seglab.metrics.instances import adapted_rand_error, cells_from_mask, instance_scores, variation_of_information
 from seglab.models.outputs import probabilities_to_classes
 
 

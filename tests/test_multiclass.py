@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_FLAGS, run_cli
 from PIL import Image
 
+from conftest import REPO, TINY_FLAGS, run_cli
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.engine.schedule import LearningRateSchedule
 from seglab.losses import SegmentationLoss

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ISBI, TINY_FLAGS, assert_clean_failure, run_cli
 from PIL import Image
 
+from conftest import ISBI, TINY_FLAGS, assert_clean_failure, run_cli
 from seglab.data.preflight import run_preflight
 
 COLOURS = {"background": [0, 0, 0], "road": [128, 64, 128], "car": [64, 0, 128]}

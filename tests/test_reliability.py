@@ -15,15 +15,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import (
-    SUBPROCESS_ENV,
-    TINY_FLAGS,
-    assert_clean_failure,
-    copy_isbi_crop,
-    run_cli,
-)
 from PIL import Image
 
+from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi_crop, run_cli
 from seglab.config import config_from_dict
 from seglab.errors import DataError, SeglabError
 from seglab.runtime.checkpoint import load_checkpoint

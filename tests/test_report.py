@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import assert_clean_failure, run_cli
 from PIL import Image
 
+from conftest import assert_clean_failure, run_cli
 from seglab.data.splits import read_split
 from seglab.viz.report import write_report
 

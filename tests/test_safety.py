@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi_crop, run_cli, run_main
 from PIL import Image
 
 import seglab
+from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi_crop, run_cli, run_main
 from seglab.errors import ConfigError
 
 TINY_TRAIN = ("--base-channels", "4", "--depth", "2", "--crop", "64", "-b", "2", "--augment", "none", *TINY_FLAGS)
@@ -183,7 +183,7 @@ BAD_TRAIN_VALUES = [  # (section, option, flag, value)
     ("data", "scale", "--scale", 0),
     ("data", "validation", "--validation", 100),
     ("data", "in_channels", "--in-channels", -1),
-    ("train", "max_time", "--max-time", -5),
+    ("train", "max_time", "--time-budget", -5),
     ("train", "accumulate", "--accumulate", 0),
     ("train", "momentum", "--momentum", 1.5),
     ("train", "seed", "--seed", -1),

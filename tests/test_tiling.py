@@ -7,13 +7,7 @@ import tifffile
 import torch
 
 from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
-from seglab.inference.tiling import (
-    gaussian_profile,
-    plan_tiles,
-    predict_bands,
-    predict_tiled,
-    tile_starts,
-)
+from seglab.inference.tiling import gaussian_profile, plan_tiles, predict_bands, predict_tiled, tile_starts
 from seglab.models import UNet
 from seglab.models.outputs import probabilities_to_classes
 from seglab.padding import mirror_indices, mirror_pad

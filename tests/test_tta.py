@@ -3,12 +3,7 @@ import pytest
 import torch
 
 from seglab.inference.tiling import predict_tiled
-from seglab.inference.tta import (
-    TRANSFORMS,
-    apply_transform,
-    invert_transform,
-    tta_forward,
-)
+from seglab.inference.tta import TRANSFORMS, apply_transform, invert_transform, tta_forward
 from seglab.models import UNet
 
 

@@ -54,11 +54,20 @@ class DataConfig:
     normalization: str = option("per_image", "intensity normalisation of each image", choices=NORMALIZATIONS)
     workers: int = option(0, "DataLoader worker processes (they only decode files)", min=0, max=256,
                           group="run control")
+    folds: int | None = option(None, "k-fold cross-validation: train K models on K disjoint validation splits "
+                               "(seeded, whole images) and write their ensemble", min=2, max=50, metavar="K",
+                               group="folds")
+    fold: int | None = option(None, "with --folds K: train only fold k (1..K), e.g. one per GPU or machine",
+                              min=1, max=50, metavar="k", group="folds")
 
     def __post_init__(self):
         check_fields(self, "data")
         if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
             raise ConfigError(f"invalid data.class_names (--class-names): {self.class_names}; names repeat")
+        if self.fold is not None and (self.folds is None or self.fold > self.folds):
+            raise ConfigError(f"invalid data.fold (--fold): {self.fold}; expected 1..K with --folds K")
+        if self.folds is not None and (self.val_files or self.val_dir):
+            raise ConfigError("--folds makes its own validation splits: give no --val-files or --val-dir with it")
 
     def mask_rules(self) -> MaskRules:
         """How masks map to classes: explicit values, a class count, or a colour table file."""
@@ -115,8 +124,12 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto", group="run control")
     seed: int = option(0, "random seed (split, crops, augmentation, weights)", min=0, max=2**32 - 1,
                        group="run control")
-    max_time: float | None = option(None, "stop after this many seconds of training (the schedule anneals "
-                                    "to it)", above=0, metavar="SECONDS", group="run control")
+    max_time: float | None = option(None, "the time budget: stop after this many seconds of training (the "
+                                    "schedule anneals to it; default: the plan's, unless --epochs is given)", above=0,
+                                    metavar="SECONDS", flags=("--time-budget", "--max-time"), group="run control")
+    ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
+                               "0.999): validation, best.pt and predictions use it", above=0, below=1,
+                               metavar="DECAY", group="optimisation")
     eval_every: int | str = option(1, "validate every N epochs (5), or every N optimizer steps ('500 steps')",
                                    metavar="N[steps]", group="run control")
     monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=MONITORS,
@@ -214,8 +227,8 @@ def config_from_dict(values: dict) -> RunConfig:
     return RunConfig(out=values.get("out"), model=_model_from_dict(model), **sections)
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML config file (data/model/train sections, optional out)."""
+def read_yaml(path: str | Path) -> dict:
+    """The mapping of a YAML config file, as written (SeglabError for unreadable files)."""
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text())
@@ -229,10 +242,25 @@ def load_config(path: str | Path) -> RunConfig:
         raise SeglabError(f"config file '{path}' is not valid YAML ({error})".replace("\n", " ")) from None
     if values is not None and not isinstance(values, dict):
         raise SeglabError(f"config file '{path}' must hold a mapping with data/model/train sections")
+    return values or {}
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config file (data/model/train sections, optional out)."""
     try:
-        return config_from_dict(values or {})
+        return config_from_dict(read_yaml(path))
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def flatten(values: dict) -> dict[str, Any]:
+    """A config mapping as dotted keys: {"train": {"epochs": 5}, "out": "x"} -> {"train.epochs": 5,
+    "out": "x"}; the keys a YAML file sets, for the training plan to leave alone."""
+    flat = {f"{section}.{name}": value for section in ("data", "model", "train")
+            for name, value in (values.get(section) or {}).items()}
+    if values.get("out") is not None:
+        flat["out"] = values["out"]
+    return flat
 
 
 def override(config: RunConfig, updates: dict[str, Any]) -> RunConfig:

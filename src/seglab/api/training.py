@@ -11,13 +11,16 @@ from seglab.config import (
     DataConfig,
     RunConfig,
     TrainConfig,
+    flatten,
     load_config,
     override,
     parse_eval_every,
+    read_yaml,
 )
 from seglab.data.preflight import Preflight, run_preflight
 from seglab.data.splits import read_split
 from seglab.engine import runs
+from seglab.engine.plan import Plan, make_plan
 from seglab.engine.tallies import History
 from seglab.errors import DataError, SeglabError
 from seglab.models.registry import list_models, model_spec
@@ -104,7 +107,7 @@ def config_updates(overrides: dict[str, Any]) -> dict[str, Any]:
     (epochs=5 -> train.epochs), model= the model's name, any other name an option of a model
     (base_channels=32 -> model.base_channels), "section.name" as it is."""
     model_options = {f.name for name in list_models() for f in model_spec(name).option_fields()}
-    known = set(_DATA_FIELDS) | set(_TRAIN_FIELDS) | model_options | {"model", "out"}
+    known = set(_DATA_FIELDS) | set(_TRAIN_FIELDS) | model_options | {"model", "out", "time_budget"}
     updates = {}
     for key, value in overrides.items():
         value = os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -112,7 +115,9 @@ def config_updates(overrides: dict[str, Any]) -> dict[str, Any]:
             updates[key] = value
             continue
         refuse_unknown([key], known, "the keywords of seglab.train")
-        if key == "out":
+        if key == "time_budget":
+            updates["train.max_time"] = value
+        elif key == "out":
             updates["out"] = value
         elif key == "model":
             updates["model.name"] = value
@@ -125,16 +130,22 @@ def config_updates(overrides: dict[str, Any]) -> dict[str, Any]:
     return updates
 
 
+def base_config(config: RunConfig | str | os.PathLike | None) -> tuple[RunConfig, dict | None]:
+    """(the config to start from, the dotted values it sets explicitly): the defaults and {}; a YAML
+    file and the keys it sets; a RunConfig and None (a whole recipe, which no plan changes)."""
+    if config is None:
+        return RunConfig(), {}
+    if isinstance(config, RunConfig):
+        return config, None
+    base = load_config(config)
+    return base, flatten(read_yaml(config))
+
+
 def resolve_config(data: str | os.PathLike | None = None, config: RunConfig | str | os.PathLike | None = None,
                    updates: dict[str, Any] | None = None) -> RunConfig:
-    """The run's config: a RunConfig or YAML file (or the defaults), the data folder, then the
-    dotted updates. Values are checked as each section is built."""
-    if config is None:
-        base = RunConfig()
-    elif isinstance(config, RunConfig):
-        base = config
-    else:
-        base = load_config(config)
+    """The run's config without a plan: a RunConfig or YAML file (or the defaults), the data folder,
+    then the dotted updates. Values are checked as each section is built."""
+    base, _ = base_config(config)
     updates = dict(updates or {})
     if data is not None:
         updates["data.root"] = os.fspath(data)
@@ -142,6 +153,32 @@ def resolve_config(data: str | os.PathLike | None = None, config: RunConfig | st
     if not resolved.data.root:
         raise SeglabError("no data folder: seglab train DATA_DIR (or data.root in --config)")
     return resolved
+
+
+def config_value(config: RunConfig, key: str) -> Any:
+    """The value of a dotted key ("train.epochs", "model.base_channels", "out") in a config."""
+    if key == "out":
+        return config.out
+    section, _, name = key.partition(".")
+    if section == "model":
+        return config.model.name if name == "name" else config.model.resolved().get(name)
+    return getattr(getattr(config, section), name)
+
+
+def planned_config(data, config, updates: dict[str, Any], log=print) -> tuple[RunConfig, Plan | None]:
+    """The run's config with the training plan filling in what neither the config file nor the
+    updates set (no plan for a RunConfig given as a whole recipe); the folder is checked first."""
+    resolved = resolve_config(data, config, updates)
+    check_training_data(resolved, log)
+    base, explicit = base_config(config)
+    if explicit is None:
+        return resolved, None
+    # The values the user gave, as checked (crop=256 is [256]): what the plan must leave alone.
+    given = {key: config_value(resolved, key) for key in {**explicit, **updates, "data.root": None}}
+    plan = make_plan(given, log)
+    for line in plan.lines():
+        log(line)
+    return override(override(base, plan.updates()), given), plan
 
 
 def check_training_data(config: RunConfig, log=print) -> Preflight:
@@ -186,13 +223,21 @@ def train(data: str | os.PathLike | None = None, *, config: RunConfig | str | os
 
     Raises SeglabError subclasses (one-line messages) for bad folders, options and files.
     """
-    resolved = resolve_config(data, config, config_updates(overrides))
-    check_training_data(resolved, log)
-    return finish_run(runs.fit(resolved, progress=progress, log=log), log)
+    resolved, plan = planned_config(data, config, config_updates(overrides), log)
+    if resolved.data.folds:
+        from seglab.api.folds import train_folds
+
+        return train_folds(resolved, plan, progress=progress, log=log)
+    return finish_run(runs.fit(resolved, progress=progress, log=log, plan=plan.to_json() if plan else None), log)
 
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True, log=print, **overrides) -> Run:
     """Continue the run in `run_dir` from its last.pt with its own config.yaml (keywords override
     it, e.g. epochs=100 to train longer); returns the finished Run."""
     history = runs.resume(Path(run_dir), config_updates(overrides), progress=progress, log=log)
-    return finish_run(history, log)
+    run = finish_run(history, log)
+    if history.config.data.folds and history.is_main:  # a fold of a cross-validation: refresh the parent
+        from seglab.api.folds import collect_folds
+
+        collect_folds(Path(run_dir).resolve().parent, history.config.data.folds, log)
+    return run

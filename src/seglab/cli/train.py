@@ -9,8 +9,9 @@ from seglab.config import DataConfig, TrainConfig
 from seglab.errors import SeglabError
 from seglab.models.registry import list_models, model_spec
 
-GROUPS = (("optimisation", "optimisation"), ("run control", "run control"), ("speed", "speed: precision and "
-          "compilation"), ("distributed", "distributed (torchrun) and gradient accumulation"))
+GROUPS = (("optimisation", "optimisation"), ("run control", "run control"), ("folds", "cross-validation"),
+          ("speed", "speed: precision and compilation"),
+          ("distributed", "distributed (torchrun) and gradient accumulation"))
 
 
 def add_model_options(group) -> None:
@@ -46,7 +47,7 @@ def register(commands) -> None:
     for group, title in GROUPS:
         target = train.add_argument_group(title)
         add_dataclass_options(target, TrainConfig, "train", group=group)
-        if group == "run control":
+        if group in ("run control", "folds"):
             add_dataclass_options(target, DataConfig, "data", group=group)
     train.set_defaults(run=run)
 

@@ -97,6 +97,10 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
     "light": _LIGHT,
     "paper": _PAPER,
+    # Photos have an up: no vertical flips or quarter turns; mild zoom and rotation, colour changes.
+    "photo": AugmentConfig(hflip_p=0.5, affine_p=0.5, rotate_degrees=5.0, scale=(0.8, 1.25), translate=0.05,
+                           gamma_p=0.3, gamma=(0.8, 1.25), contrast_p=0.5, contrast=0.2, brightness_p=0.5,
+                           brightness=0.1),
     "strong": replace(_PAPER, affine_p=0.5, rotate_degrees=15.0, scale=(0.85, 1.2), shear_degrees=5.0,
                       translate=0.05, gamma_p=0.5, gamma=(0.7, 1.4), contrast_p=0.8, contrast=0.25,
                       brightness_p=0.8, brightness=0.15, blur_p=0.2, blur_sigma=(0.5, 1.5),

@@ -147,6 +147,7 @@ class MaskSurvey:
     files_read: int = 0
     rgb_files: list[Path] = field(default_factory=list)
     distinct_per_file: dict[Path, int] = field(default_factory=dict)
+    values_per_file: dict[Path, frozenset] = field(default_factory=dict)
 
     @property
     def values(self) -> list[int]:
@@ -167,6 +168,7 @@ def survey_masks(masks: list[Path], max_files: int | None = 500) -> MaskSurvey:
             mask = pack_rgb(mask)
         values, counts = np.unique(mask, return_counts=True)
         survey.distinct_per_file[path] = len(values)
+        survey.values_per_file[path] = frozenset(values.tolist())
         for value, count in zip(values.tolist(), counts.tolist()):
             survey.counts[value] += count
             survey.first_file.setdefault(value, path)

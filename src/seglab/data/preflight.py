@@ -9,13 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
-from seglab.data.discover import (
-    MAX_IMPLICIT_CLASSES,
-    DataLayout,
-    MaskSurvey,
-    discover,
-    infer_class_map,
-)
+from seglab.data.discover import MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map
 from seglab.data.io import image_info, read_image
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.errors import DataError

@@ -35,6 +35,22 @@ def split_pairs(pairs: list[Pair], percent: float, seed: int, val_files: list[st
     return ([p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held])
 
 
+def fold_split(pairs: list[Pair], folds: int, fold: int, seed: int, presence: list[bool] | None = None
+               ) -> tuple[list[Pair], list[Pair]]:
+    """(train, val) of fold `fold` (1..folds): whole images dealt out to the folds in turn after a
+    seeded shuffle, so the folds' validation sets are disjoint and cover every pair. With
+    `presence` (a rare class in each pair's mask), the images holding it are dealt first, so every
+    fold validates on its share of them."""
+    if folds > len(pairs):
+        raise DataError(f"--folds {folds} needs at least {folds} image/mask pairs; there are {len(pairs)}")
+    order = np.random.default_rng(seed).permutation(len(pairs)).tolist()
+    if presence is not None:
+        order.sort(key=lambda i: not presence[i])  # stable: rare-class images first, shuffled among themselves
+    fold_of = {index: k % folds for k, index in enumerate(order)}
+    val = [p for i, p in enumerate(pairs) if fold_of[i] == fold - 1]
+    return [p for i, p in enumerate(pairs) if fold_of[i] != fold - 1], val
+
+
 def write_split(run_dir: Path, train: list[Pair], val: list[Pair]) -> Path:
     """run_dir/split.json: {"train": [[image, mask], ...], "val": [...]}, absolute paths."""
     record = {name: [[str(p.image.resolve()), str(p.mask.resolve())] for p in pairs]

@@ -3,17 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from seglab.config import RunConfig
 from seglab.data.classmap import ClassMap
-from seglab.data.discover import (
-    DataLayout,
-    Pair,
-    discover,
-    infer_class_map,
-    survey_masks,
-)
+from seglab.data.discover import DataLayout, Pair, discover, infer_class_map, survey_masks
 from seglab.data.io import image_info
-from seglab.data.splits import split_pairs
+from seglab.data.splits import fold_split, split_pairs
 from seglab.errors import DataError, SeglabError
 
 
@@ -29,6 +25,26 @@ class DataPlan:
     class_counts: list[int] | None = None  # pixels per class in the surveyed masks
 
 
+def _held_out(data, layout: DataLayout, pairs: list[Pair], seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, val): a separate --val-dir, the folder's own val/ split, or a seeded hold-out."""
+    if data.val_dir:
+        val_layout = discover(data.val_dir)
+        return pairs, val_layout.labelled("val") or val_layout.training_pairs()
+    if layout.has_named_splits and layout.labelled("val"):
+        return pairs, layout.labelled("val")
+    return split_pairs(pairs, data.validation, seed, data.val_files)
+
+
+def rare_presence(pairs: list[Pair], survey, class_map: ClassMap) -> list[bool] | None:
+    """Whether each pair's mask holds the rarest class, when that class is rare (under 2% of the
+    pixels, or in under half the images): folds then share those images out evenly."""
+    counts = [survey.counts.get(value, 0) for value in class_map.values]
+    rarest = class_map.values[int(np.argmin(counts))]
+    present = [rarest in survey.values_per_file.get(p.mask, ()) for p in pairs]
+    share = min(counts) / max(sum(counts), 1)
+    return present if share < 0.02 or sum(present) < len(pairs) / 2 else None
+
+
 def plan_data(config: RunConfig) -> DataPlan:
     data = config.data
     if not data.root:
@@ -37,16 +53,16 @@ def plan_data(config: RunConfig) -> DataPlan:
     pairs = layout.training_pairs()
     if not pairs:
         raise DataError(f"no image/mask pairs found in '{layout.root}': run `seglab check {layout.root}`")
-    if data.val_dir:
-        val_layout = discover(data.val_dir)
-        val_pairs = val_layout.labelled("val") or val_layout.training_pairs()
-        train_pairs = pairs
-    elif layout.has_named_splits and layout.labelled("val"):
-        train_pairs, val_pairs = pairs, layout.labelled("val")
+    if data.folds:  # every labelled pair takes part: the folds are the validation splits
+        pairs = pairs + (layout.labelled("val") if layout.has_named_splits else [])
+        survey = survey_masks([p.mask for p in pairs])
+        class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
+        train_pairs, val_pairs = fold_split(pairs, data.folds, data.fold or 1, config.train.seed,
+                                            rare_presence(pairs, survey, class_map))
     else:
-        train_pairs, val_pairs = split_pairs(pairs, data.validation, config.train.seed, data.val_files)
-    survey = survey_masks([p.mask for p in train_pairs + val_pairs])
-    class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
+        train_pairs, val_pairs = _held_out(data, layout, pairs, config.train.seed)
+        survey = survey_masks([p.mask for p in train_pairs + val_pairs])
+        class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
     counts = [survey.counts.get(value, 0) for value in class_map.values]
     return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts)

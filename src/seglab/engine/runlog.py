@@ -13,6 +13,7 @@ from seglab.data.splits import write_split
 from seglab.version import __version__
 
 SUMMARY_FILE = "summary.json"
+PLAN_FILE = "plan.json"
 OVERLAY_INTERVAL_S = 60.0  # wall seconds between prediction pictures sent to TensorBoard
 
 
@@ -27,7 +28,8 @@ class RunLog:
         self._writer = None
         self._last_overlays: float | None = None  # monotonic() of the last pictures sent
 
-    def start(self, config: RunConfig, rows: list[dict], train_pairs: list, val_pairs: list) -> None:
+    def start(self, config: RunConfig, rows: list[dict], train_pairs: list, val_pairs: list,
+              plan: dict | None = None) -> None:
         """Begin (rows empty) or continue a run whose checkpoint holds `rows`. A crashed run may
         have logged periods after its last checkpoint; they are dropped here and trained again.
         split.json records which files train and which validate."""
@@ -37,6 +39,9 @@ class RunLog:
         with atomic_output(self.run_dir / "config.yaml") as tmp:
             tmp.write_text(dump_config(config))
         write_split(self.run_dir, train_pairs, val_pairs)
+        if plan is not None:
+            with atomic_output(self.run_dir / PLAN_FILE) as tmp:
+                tmp.write_text(json.dumps(plan, indent=1))
         with atomic_output(self.run_dir / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
         try:

@@ -9,10 +9,12 @@ from seglab.engine.trainer import Trainer
 from seglab.errors import SeglabError
 
 
-def fit(config: RunConfig, progress: bool = True, log=print, stop_after_epoch: int | None = None) -> History:
-    """Train a model as `config` says; returns the per-epoch history and the run folder."""
+def fit(config: RunConfig, progress: bool = True, log=print, stop_after_epoch: int | None = None,
+        plan: dict | None = None) -> History:
+    """Train a model as `config` says; returns the per-epoch history and the run folder. `plan`
+    (the training plan's record) is written to the run folder as plan.json."""
     with Trainer(config, progress=progress, log=log) as trainer:
-        return trainer.fit(stop_after_epoch)
+        return trainer.fit(stop_after_epoch, plan)
 
 
 def resume(run_dir: str | Path, updates: dict | None = None, progress: bool = True, log=print,

@@ -12,38 +12,19 @@ from tqdm.auto import tqdm
 from seglab.config import RunConfig, parse_eval_every
 from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
 from seglab.data.datasets import ValidationImages
-from seglab.engine import distributed
-from seglab.engine.builders import (
-    load_initial_weights,
-    make_loss,
-    make_model,
-    make_optimizer,
-    make_train_batches,
-)
+from seglab.engine import distributed, train_state
+from seglab.engine.builders import load_initial_weights, make_loss, make_model, make_optimizer, make_train_batches
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
 from seglab.engine.data_plan import plan_data
+from seglab.engine.ema import WeightAverage
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
-from seglab.engine.run_folder import (
-    RunFolderLock,
-    default_run_dir,
-    restarted_by_torchrun,
-)
+from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
-from seglab.engine.tallies import (
-    DeviceLossTally,
-    EpochTally,
-    History,
-    Monitor,
-    TrainingClock,
-)
+from seglab.engine.tallies import DeviceLossTally, EpochTally, History, Monitor, TrainingClock
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
-from seglab.runtime.checkpoint import (
-    load_checkpoint,
-    make_checkpoint,
-    non_finite_tensors,
-)
+from seglab.runtime.checkpoint import non_finite_tensors
 from seglab.runtime.device import autocast_factory, resolve_device, resolve_precision
 
 LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, NaN checks)
@@ -73,7 +54,7 @@ class Trainer:
             self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
             self.progress = progress and self.dist.is_main
             seed_everything(config.train.seed)
-            self.plan = plan_data(config)
+            self.data_plan = plan_data(config)
             self._build_model()
             self._build_optimisation()
             self._build_data()
@@ -99,8 +80,8 @@ class Trainer:
         set_rng_state(self._saved_rng)
 
     def _build_model(self) -> None:
-        t, device, class_map = self.config.train, self.device, self.plan.class_map
-        self.model, self.model_kwargs = make_model(self.config, self.plan.channels, class_map.num_outputs)
+        t, device, class_map = self.config.train, self.device, self.data_plan.class_map
+        self.model, self.model_kwargs = make_model(self.config, self.data_plan.channels, class_map.num_outputs)
         if t.load:
             load_initial_weights(self.model, Path(t.load), self.model_kwargs, self.log)
         if t.sync_bn and self.dist.enabled:
@@ -118,7 +99,7 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         t, device = self.config.train, self.device
-        self.loss_fn = make_loss(self.config, self.plan.class_map, self.plan).to(device)
+        self.loss_fn = make_loss(self.config, self.data_plan.class_map, self.data_plan).to(device)
         self.optimizer = make_optimizer(self.config, self.model, fused=True)
         self.monitor = Monitor(t.monitor, t.early_stop)
         self.schedule = LearningRateSchedule(self.optimizer, t.scheduler, self.monitor.mode, t.patience)
@@ -132,16 +113,17 @@ class Trainer:
         fp16 = amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0,
                                            growth_interval=2000 if fp16 else 2**30)
+        self.ema = WeightAverage(self.model, t.ema) if t.ema else None
 
     def _build_data(self) -> None:
         t, config = self.config.train, self.config
         augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
         self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
-        self.train_batches, self.crop = make_train_batches(config, self.plan, self.device, self.dist, self.log)
-        self.val_images = (ValidationImages(self.plan.val_pairs, self.plan.class_map, self.plan.channels,
+        self.train_batches, self.crop = make_train_batches(config, self.data_plan, self.device, self.dist, self.log)
+        self.val_images = (ValidationImages(self.data_plan.val_pairs, self.data_plan.class_map, self.data_plan.channels,
                                             config.data.scale, config.data.normalization)
-                           if self.plan.val_pairs else None)
+                           if self.data_plan.val_pairs else None)
         self.start_epoch, self.skip_batches, self.step = 0, 0, 0
         self.accumulate = max(1, t.accumulate)
         self.clock = TrainingClock(self.device)
@@ -162,54 +144,22 @@ class Trainer:
                                   f"{self.run_dir} to continue it, or choose another --out")
             resume_from = self.run_dir  # torchrun restarted this worker: pick up where the job stopped
         if resume_from is not None:
-            self._resume(Path(resume_from))
+            train_state.restore(self, Path(resume_from))
 
-    # ---- resuming ---------------------------------------------------------------------------
-    def _resume(self, run_dir: Path) -> None:
-        payload = load_checkpoint(run_dir / "last.pt")
-        state = payload.get("train_state")
-        if state is None:
-            raise SeglabError(f"'{run_dir / 'last.pt'}' holds no training state to resume from")
-        self.model.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.augmenter.load_state_dict(state["augmenter"])
-        set_rng_state(state["rng"])
-        position = state["position"]
-        self.start_epoch, self.skip_batches = position["epoch"], position["batch"]
-        self.tally = EpochTally(**position["tally"])
-        self.step, self.clock.elapsed = payload["step"], state["elapsed"]
-        self.monitor.best, self.monitor.evals_since_best = state["best"], state["evals_since_best"]
-        self.history_rows = list(state["history"])
-        where = f"epoch {self.start_epoch + 1}" + (f", batch {self.skip_batches}" if self.skip_batches else "")
-        self.log(f"resuming {run_dir} at {where} (step {self.step})")
-
-    # ---- checkpoints --------------------------------------------------------------------------
-    def _last_payload(self, epoch: int, metrics: dict, position: dict) -> dict:
-        """last.pt: the weights with everything a resume at `position` needs."""
-        train_state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                       "scaler": self.scaler.state_dict(), "augmenter": self.augmenter.state_dict(),
-                       "rng": rng_state(), "elapsed": self.clock.elapsed, "best": self.monitor.best,
-                       "evals_since_best": self.monitor.evals_since_best, "history": self.history_rows,
-                       "position": position}
-        return self._checkpoint_payload(epoch, metrics, train_state)
-
-    def _checkpoint_payload(self, epoch: int, metrics: dict, train_state: dict | None) -> dict:
-        c = self.config
-        preprocess = {"channels": self.plan.channels, "scale": c.data.scale,
-                      "normalization": c.data.normalization, "threshold": c.train.threshold}
-        return make_checkpoint(self.model, c.model.name, self.model_kwargs, self.plan.class_map, preprocess,
-                               epoch, self.step, metrics, train_state)
+    @property
+    def scored_model(self) -> torch.nn.Module:
+        """The weights validation scores and checkpoints keep: the average with --ema."""
+        return self.ema.model if self.ema is not None else self.model
 
     # ---- the loop -----------------------------------------------------------------------------
-    def fit(self, stop_after_epoch: int | None = None) -> History:
+    def fit(self, stop_after_epoch: int | None = None, plan: dict | None = None) -> History:
         """Train to the end of the schedule, or stop after epoch `stop_after_epoch` (1-based) as a
         preempted job would; `resume` then continues to the bit-identical result on the CPU."""
         c = self.config
-        self.runlog.start(c, self.history_rows, self.plan.train_pairs, self.plan.val_pairs)
-        self.log(f"run {self.run_dir}: {len(self.plan.train_pairs)} train / {len(self.plan.val_pairs)} val images, "
-                 f"classes {self.plan.class_map.describe()}, "
+        self.runlog.start(c, self.history_rows, self.data_plan.train_pairs, self.data_plan.val_pairs, plan)
+        data = self.data_plan
+        self.log(f"run {self.run_dir}: {len(data.train_pairs)} train / {len(data.val_pairs)} val images, "
+                 f"classes {data.class_map.describe()}, "
                  f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
                  f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
         for epoch in range(self.start_epoch, c.train.epochs):
@@ -293,6 +243,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
         now = self.clock.total()
         total_steps = t.epochs * math.ceil(batches / self.accumulate)
@@ -311,7 +263,8 @@ class Trainer:
                 self._read_losses()
                 self._check_weights_finite()
                 if self.dist.is_main:
-                    self.checkpoints.write_last(self._last_payload(epoch, {}, {**position, "tally": vars(self.tally)}))
+                    self.checkpoints.write_last(train_state.last_payload(self, epoch, {}, {**position,
+                                                                                          "tally": vars(self.tally)}))
         # Under DDP the ranks agree to stop together (a tiny all-reduce every LOG_EVERY steps).
         out_of_time = bool(t.max_time) and (not self.dist.enabled or self.step % LOG_EVERY == 0) and \
             distributed.any_rank(now >= t.max_time, self.device)
@@ -350,7 +303,7 @@ class Trainer:
 
     def _check_weights_finite(self) -> None:
         """Stop before a diverged model is scored or saved: its checkpoints would be NaN."""
-        bad = non_finite_tensors(self.model.state_dict())
+        bad = non_finite_tensors(self.model.state_dict()) or non_finite_tensors(self.scored_model.state_dict())
         if bad:
             raise SeglabError(f"training diverged: {len(bad)} weight tensors are no longer finite at step {self.step} "
                               f"(e.g. {bad[0]}), so nothing more was saved; lower --learning-rate; "
@@ -364,7 +317,7 @@ class Trainer:
 
     def _validate(self) -> dict:
         draw = self.runlog.overlays_due()
-        result = validate(self.model, self.val_images, self.loss_fn, self.plan.class_map, self.device,
+        result = validate(self.scored_model, self.val_images, self.loss_fn, self.data_plan.class_map, self.device,
                           self.config.train.threshold, self.dist.rank, self.dist.world_size, self.autocast(),
                           num_overlays=2 if draw else 0)
         if draw:
@@ -396,10 +349,12 @@ class Trainer:
         stop = self.monitor.should_stop
         if self.dist.is_main:
             metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-            if improved or self.val_images is None:
-                self.checkpoints.hold_best(self._checkpoint_payload(epoch, metrics, None))  # copies the weights
+            # Until a validation has scored one, the latest weights stand in for the best: best.pt
+            # exists from the first metrics row on, whatever --eval-every says.
+            if improved or self.val_images is None or self.monitor.best is None:
+                self.checkpoints.hold_best(train_state.checkpoint_payload(self, epoch, metrics))  # copies the weights
             resume_at = {**position, "tally": vars(EpochTally())}
-            self.checkpoints.period_closed(lambda: self._last_payload(epoch, metrics, resume_at))
+            self.checkpoints.period_closed(lambda: train_state.last_payload(self, epoch, metrics, resume_at))
             self.runlog.add_row(row, c.train.epochs, improved)
             if stop:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.monitor.evals_since_best} "

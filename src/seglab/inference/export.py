@@ -43,12 +43,7 @@ from seglab.data.io import write_error
 from seglab.data.preprocess import match_channels, normalize
 from seglab.errors import SeglabError
 from seglab.inference.export_graph import ExportWrapper, image_stats
-from seglab.inference.exported import (
-    EXPORT_FORMAT,
-    STATS_INPUT,
-    TORCHSCRIPT_METADATA,
-    load_exported,
-)
+from seglab.inference.exported import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
 from seglab.models.outputs import full_size_logits, logits_to_probabilities
 from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 from seglab.version import __version__
@@ -61,6 +56,21 @@ DEFAULT_TOLERANCE = 1e-4
 # the dynamic batch.
 PARITY_CROPS = ((300, 420), (300, 420), (512, 512), (181, 97))
 TRACE_SIZE = (64, 80)
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """(model in eval mode, its checkpoint's model/class_map/preprocess): a checkpoint, or an
+    ensemble file whose members become one EnsembleModule."""
+    from seglab.inference.ensemble import EnsembleModule, is_ensemble_file, load_members, read_ensemble
+
+    if is_ensemble_file(path):
+        members, class_map, preprocess = load_members(path)
+        names = [str(p) for p in read_ensemble(path)[0]]
+        return (EnsembleModule(members).eval(),
+                {"model": {"name": "ensemble", "kwargs": {"members": names}}, "class_map": class_map.to_dict(),
+                 "preprocess": preprocess})
+    payload = load_checkpoint(path)
+    return model_from_checkpoint(payload, path).eval(), payload
 
 
 def export_metadata(payload: dict, input_max: float) -> dict:
@@ -292,10 +302,9 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
     if fmt not in FORMATS:
         raise SeglabError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if not tolerance > 0:
-        raise SeglabError(f"invalid --tolerance: {tolerance}; expected a number > 0 (the default is {DEFAULT_TOLERANCE})")
+        raise SeglabError(f"invalid --tolerance: {tolerance}; expected a number > 0 (default {DEFAULT_TOLERANCE})")
     started = time.perf_counter()
-    payload = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(payload, checkpoint_path).eval()
+    model, payload = load_model(checkpoint_path)
     metadata = export_metadata(payload, input_max)
     out_path = Path(out_path) if out_path else Path(checkpoint_path).with_suffix(".onnx" if fmt == "onnx" else ".ts")
     if out_path.is_dir():

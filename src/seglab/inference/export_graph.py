@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 from seglab.data.preprocess import NORMALIZATIONS, normalization_statistics
 from seglab.errors import SeglabError
-from seglab.models.outputs import logits_to_probabilities
-from seglab.models.unet import UNet
+from seglab.models.outputs import input_multiple, logits_to_probabilities
 
 
 # ---- index arithmetic that stays dynamic when traced ---------------------------------------------
@@ -134,7 +133,7 @@ class ExportWrapper(nn.Module):
         self.normalization = normalization
         self.input_max = float(input_max)
         self.margin = int(getattr(model, "margin", 0))
-        self.multiple = 2 ** model.depth if isinstance(model, UNet) and not self.margin else 1
+        self.multiple = input_multiple(model) if not self.margin else 1
         self.multiple_steps = reflect_steps(self.multiple)
         if self.margin:
             self.valid_first, self.valid_stride = _valid_progression(model)
@@ -154,7 +153,7 @@ class ExportWrapper(nn.Module):
             rows = self._valid_index(height, x[0, 0, :, 0])
             cols = self._valid_index(width, x[0, 0, 0, :])
         elif self.multiple > 1:
-            # UNet pads by itself only when needed (a Python `if`, frozen by tracing): pad here
+            # A model that pads by itself only when needed (a Python `if`, frozen by tracing): pad here
             # exactly as it would, so the size it sees is always a multiple and its branch is moot.
             rows = self._far_side_index(height, x[0, 0, :, 0])
             cols = self._far_side_index(width, x[0, 0, 0, :])
@@ -164,7 +163,7 @@ class ExportWrapper(nn.Module):
         return logits[:, :, :height, :width]
 
     def _far_side_index(self, size: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
-        """Source rows of UNet's own padding along one axis: mirrored after the end up to a multiple."""
+        """Source rows of the model's own padding along one axis: mirrored after the end up to a multiple."""
         pad = (self.multiple - size % self.multiple) % self.multiple
         return reflect_pad_index(line, torch.zeros_like(pad), pad, self.multiple_steps)
 

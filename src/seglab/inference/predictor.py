@@ -108,7 +108,8 @@ class Predictor:
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu", threshold: float | None = None,
                   **options) -> "Predictor":
-        """A .pt checkpoint, or an exported .onnx / .ts model (run through its own runtime)."""
+        """A .pt checkpoint, an ensemble .json (of `seglab train --folds`), or an exported .onnx / .ts
+        model (run through its own runtime)."""
         if Path(path).suffix.lower() in EXPORTED_SUFFIXES:
             from seglab.inference.exported import load_exported
 
@@ -118,6 +119,11 @@ class Predictor:
                              "threshold": exported.threshold}, "cpu", threshold, **options)
             predictor.raw_input = float(exported.input_max)
             return predictor
+        from seglab.inference.ensemble import EnsembleModule, is_ensemble_file, load_members
+
+        if is_ensemble_file(path):  # fold ensembles: the members' probabilities averaged
+            members, class_map, preprocess = load_members(path)
+            return cls(EnsembleModule(members), class_map, preprocess, device, threshold, **options)
         payload = load_checkpoint(path)
         model = model_from_checkpoint(payload, path)
         return cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, threshold,

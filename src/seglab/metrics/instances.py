@@ -23,9 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error as _skimage_adapted_rand_error
-from skimage.metrics import (
-    variation_of_information as _skimage_variation_of_information,
-)
+from skimage.metrics import variation_of_information as _skimage_variation_of_information
 
 
 def cells_from_mask(classes: np.ndarray, cell_class: int = 1) -> np.ndarray:

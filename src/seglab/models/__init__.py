@@ -1,13 +1,6 @@
 """Segmentation models and their registry. Importing this package registers every model."""
 from seglab.models.deeplabv3 import DeepLabV3
-from seglab.models.registry import (
-                                    ModelSpec,
-                                    build_model,
-                                    list_models,
-                                    model_spec,
-                                    register_model,
-                                    unregister_model,
-)
+from seglab.models.registry import ModelSpec, build_model, list_models, model_spec, register_model, unregister_model
 from seglab.models.unet import UNet
 
 __all__ = ["DeepLabV3", "ModelSpec", "UNet", "build_model", "list_models", "model_spec", "register_model",

@@ -27,6 +27,12 @@ def full_size_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(padded)[..., :height, :width]
 
 
+def input_multiple(model: nn.Module) -> int:
+    """The number every input side is padded to a multiple of inside the model (1: none), which an
+    exported graph must pad to in its own ops (seglab's same-padding U-Net: 2 ** depth)."""
+    return int(getattr(model, "input_multiple", 1) or 1)
+
+
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """(N, K, H, W) logits -> probabilities (sigmoid for K = 1, softmax otherwise)."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)

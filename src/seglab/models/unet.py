@@ -115,6 +115,8 @@ class UNet(nn.Module):
             Up(widths[i + 1], widths[i], up, conv_padding, batch_norm) for i in reversed(range(depth)))
         self.outc = nn.Conv2d(widths[0], num_classes, kernel_size=1)
         self.margin = self._valid_margin() if padding == "valid" else 0
+        # Same-padding inputs are mirror-padded to a multiple of this inside forward (and cropped back).
+        self.input_multiple = 2 ** depth if padding == "same" else 1
         self._init_weights()
 
     def _init_weights(self) -> None:

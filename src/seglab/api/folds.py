@@ -1,0 +1,102 @@
+"""k-fold cross-validation: K runs under one parent folder, their scores over folds, their ensemble.
+
+    seglab train DATA --folds 5 --out runs/cv          # fold-1 ... fold-5, folds.json, ensemble.json
+    seglab train DATA --folds 5 --fold 2 --out runs/cv # one fold (one per GPU or machine)
+
+Each fold validates on its own fifth of the images (`data.splits.fold_split`); the parent collects
+whatever folds have a best.pt: their best rows' scores (mean and standard deviation) in folds.json,
+and an ensemble.json that `seglab predict -m`, `evaluate -m`, `export -m` and `seglab.load` take.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seglab.api.training import Run, finish_run
+from seglab.config import RunConfig, override
+from seglab.data.io import atomic_output
+from seglab.engine import runs
+from seglab.engine.plan import Plan
+from seglab.engine.run_folder import default_run_dir
+from seglab.inference.ensemble import write_ensemble
+
+ENSEMBLE_FILE = "ensemble.json"
+FOLDS_FILE = "folds.json"
+SCORES = ("val_dice", "val_miou", "val_pixel_error", "val_loss")
+
+
+@dataclass
+class CrossValidation:
+    """The parent folder of a cross-validation: its fold runs, their scores, their ensemble."""
+
+    parent: Path
+    folds: int
+    runs: list[Run] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)  # folds.json
+
+    @property
+    def ensemble(self) -> Path:
+        return self.parent / ENSEMBLE_FILE
+
+    def load(self, **options):
+        """A Predictor averaging the folds' probabilities; options as `seglab.load`."""
+        from seglab.api.predicting import load
+
+        return load(self.ensemble, **options)
+
+
+def fold_folder(parent: Path, fold: int) -> Path:
+    return parent / f"fold-{fold}"
+
+
+def train_folds(config: RunConfig, plan: Plan | None = None, progress: bool = True, log=print) -> CrossValidation:
+    """Train the folds of `config` (all K, or only data.fold) under its out folder."""
+    parent = Path(config.out) if config.out else default_run_dir(config)
+    folds = config.data.folds
+    for fold in [config.data.fold] if config.data.fold else range(1, folds + 1):
+        fold_config = override(config, {"data.fold": fold, "out": str(fold_folder(parent, fold))})
+        log(f"fold {fold} of {folds}: {fold_folder(parent, fold)}")
+        history = runs.fit(fold_config, progress=progress, log=log, plan=plan.to_json() if plan else None)
+        finish_run(history, log)
+        if not history.is_main:
+            return CrossValidation(parent, folds)
+    return collect_folds(parent, folds, log)
+
+
+def _best_row(run: Run) -> dict:
+    monitor = run.config.train.monitor
+    scored = [r for r in run.rows if isinstance(r.get(monitor), (int, float)) and math.isfinite(r[monitor])]
+    if not scored:
+        return run.rows[-1] if run.rows else {}
+    return (min if monitor.endswith(("loss", "error")) else max)(scored, key=lambda r: r[monitor])
+
+
+def collect_folds(parent: Path, folds: int, log=print) -> CrossValidation:
+    """The folds of `parent` that have a best.pt: folds.json (each fold's best-row scores, their
+    mean and standard deviation) and ensemble.json naming their best.pt files."""
+    done = [fold for fold in range(1, folds + 1) if (fold_folder(parent, fold) / "best.pt").is_file()]
+    fold_runs = [Run.open(fold_folder(parent, fold)) for fold in done]
+    rows = {fold: _best_row(run) for fold, run in zip(done, fold_runs)}
+    summary = {"folds": folds, "done": done, "per_fold": {str(f): {k: r.get(k) for k in SCORES if k in r}
+                                                          for f, r in rows.items()}}
+    for key in SCORES:
+        values = [r[key] for r in rows.values() if isinstance(r.get(key), (int, float))]
+        if values:
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            summary[key] = {"mean": mean, "std": std}
+    os.makedirs(parent, exist_ok=True)
+    with atomic_output(parent / FOLDS_FILE) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    if done:
+        write_ensemble(parent / ENSEMBLE_FILE, [fold_folder(parent, f) / "best.pt" for f in done],
+                       {"folds": folds, "done": done})
+    scores = ", ".join(f"{key} {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}" for key in SCORES
+                       if key in summary)
+    log(f"{len(done)} of {folds} folds done in {parent}: {scores}")
+    if done:
+        log(f"ensemble: {parent / ENSEMBLE_FILE} (seglab predict -m {parent / ENSEMBLE_FILE} ...)")
+    return CrossValidation(parent, folds, fold_runs, summary)

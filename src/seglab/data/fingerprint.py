@@ -1,0 +1,100 @@
+"""A data set's fingerprint: what a training plan needs to know about the images and masks.
+
+Image sizes and channels, intensity statistics, the share of each class, the size of the
+connected regions of each class (the scale of the objects), and the kind of images (grayscale
+microscopy-like, or colour photos). Measured on an evenly spread sample of the training pairs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from seglab.data.classmap import IGNORE_INDEX, ClassMap
+from seglab.data.discover import Pair
+from seglab.data.io import image_info, read_image
+from seglab.data.preprocess import to_float
+from seglab.data.truth import read_truth
+
+SAMPLED = 24        # pairs decoded for statistics and object sizes (headers are read for all)
+
+
+@dataclass
+class Fingerprint:
+    """Facts about the training images; `asdict()` is what plan.json records."""
+
+    images: int
+    median_size: tuple[int, int]              # (H, W) over all training images (headers)
+    min_size: tuple[int, int]
+    channels: int
+    kind: str                                 # "grayscale" or "colour"
+    intensity_mean: float                     # of the sampled images scaled to [0, 1]
+    intensity_std: float
+    class_shares: dict[str, float] = field(default_factory=dict)        # pixel share of each class
+    object_diameter: dict[str, float] = field(default_factory=dict)     # median equivalent diameter, px
+    object_counts: dict[str, float] = field(default_factory=dict)       # mean regions per image
+
+    @property
+    def smallest_side(self) -> int:
+        return min(self.min_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _spread(items: list, count: int) -> list:
+    if len(items) <= count:
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in sorted(set(picks.tolist()))]
+
+
+def _is_gray(image: np.ndarray) -> bool:
+    """One channel, or colour channels that are all equal (a gray picture saved as RGB)."""
+    if image.shape[-1] == 1:
+        return True
+    sample = image[::7, ::7]
+    return bool((sample[..., 1:] == sample[..., :1]).all())
+
+
+def _regions(truth: np.ndarray, class_index: int) -> tuple[int, float]:
+    """(number of 4-connected regions of one class, median equivalent diameter in px)."""
+    labels, count = ndimage.label(truth == class_index)
+    if count == 0:
+        return 0, 0.0
+    areas = np.bincount(labels.ravel())[1:]
+    return count, float(np.median(2 * np.sqrt(areas / np.pi)))
+
+
+def fingerprint(pairs: list[Pair], class_map: ClassMap, sample: int = SAMPLED) -> Fingerprint:
+    """Measure the training pairs: sizes from every header, the rest from an evenly spread sample."""
+    sizes = np.array([image_info(pair.image)[:2] for pair in pairs])  # (N, 2) as (H, W)
+    counts = np.zeros(class_map.num_classes, dtype=np.int64)
+    regions: dict[int, list[tuple[int, float]]] = {k: [] for k in range(class_map.num_classes)}
+    gray, means, stds, channels = [], [], [], 1
+    for pair in _spread(pairs, sample):
+        image = read_image(pair.image)
+        truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image)
+        channels = max(channels, image.shape[-1])
+        gray.append(_is_gray(image))
+        pixels = to_float(image)
+        means.append(float(pixels.mean()))
+        stds.append(float(pixels.std()))
+        valid = truth[truth != IGNORE_INDEX]
+        counts += np.bincount(valid.ravel(), minlength=class_map.num_classes)[: class_map.num_classes]
+        for k in range(class_map.num_classes):
+            regions[k].append(_regions(truth, k))
+    total = max(int(counts.sum()), 1)
+    names = list(class_map.names)
+    diameters = {names[k]: float(np.median([d for n, d in found if n])) if any(n for n, _ in found) else 0.0
+                 for k, found in regions.items()}
+    per_image = {names[k]: float(np.mean([n for n, _ in found])) for k, found in regions.items()}
+    all_gray = all(gray)
+    return Fingerprint(
+        images=len(pairs), median_size=tuple(int(v) for v in np.median(sizes, axis=0)),
+        min_size=tuple(int(v) for v in sizes.min(axis=0)), channels=1 if all_gray else channels,
+        kind="grayscale" if all_gray else "colour", intensity_mean=float(np.mean(means)),
+        intensity_std=float(np.mean(stds)),
+        class_shares={names[k]: counts[k] / total for k in range(class_map.num_classes)},
+        object_diameter=diameters, object_counts=per_image)

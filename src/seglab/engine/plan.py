@@ -1,0 +1,220 @@
+"""A training plan from the data, the machine and the time budget: plain rules, each with its reason.
+
+`make_plan` fingerprints the training images (`data.fingerprint`), looks at the device (CPU cores,
+or a short forward/backward probe on a GPU) and chooses what `seglab train DATA` leaves unsaid:
+network size, crop, batch size, learning rate and schedule over the budget, augmentation, class
+weights, evaluation interval. A value the user gave (flag, YAML key, keyword) always wins; the plan
+records it as given. The constants come from measurements recorded in BENCHMARKS.md ("Training
+plan").
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from seglab.config import RunConfig, override
+from seglab.data.fingerprint import Fingerprint, fingerprint
+from seglab.engine.data_plan import plan_data
+from seglab.runtime.device import free_memory, resolve_device
+
+# Seconds of training when the user gives neither --epochs nor --time-budget.
+DEFAULT_BUDGET = {"cpu": 420.0, "cuda": 120.0}
+# The demo's CPU recipe (U-Net-16, 256x256 crops, batch 4, paper augmentation) trains 3.0
+# images/s on 2 cores (51 epochs of 25 slices in 420 s, BENCHMARKS.md): 1.5 per core.
+CPU_IMAGES_PER_S_PER_CORE = 1.5
+CPU_CROP, GPU_CROP = 256, 512         # largest training crop side on each kind of device
+MIN_CROP = 128                        # crops below this side get a shallower U-Net
+OBJECTS_PER_CROP = 4                  # a crop side holds this many diameters of the largest objects
+EVALUATIONS = 10                      # validations over a budget (the demo validates every 5 of 51 epochs)
+RARE_SHARE = 0.02                     # a class under this pixel share gets median-frequency weights
+GPU_MEMORY_SHARE = 0.6                # of free memory the probe's peak may use
+
+
+@dataclass
+class Choice:
+    value: Any
+    reason: str
+    given: bool = False  # the user's own value, kept
+
+
+@dataclass
+class Plan:
+    """The choices (dotted config keys -> Choice), and what they were made from."""
+
+    choices: dict[str, Choice] = field(default_factory=dict)
+    fingerprint: Fingerprint | None = None
+    device: dict = field(default_factory=dict)
+
+    def choose(self, key: str, value: Any, reason: str, explicit: dict) -> Any:
+        """Record a choice, unless the user gave `key`: then record theirs. Returns the value used."""
+        if key in explicit:
+            self.choices[key] = Choice(explicit[key], "given", True)
+            return explicit[key]
+        self.choices[key] = Choice(value, reason)
+        return value
+
+    def updates(self) -> dict[str, Any]:
+        """The planned (not given) values, as dotted config updates."""
+        return {key: c.value for key, c in self.choices.items() if not c.given}
+
+    def lines(self) -> list[str]:
+        """A few lines for the log: each planned choice with its reason."""
+        planned = [f"  {key.split('.', 1)[1]} {_show(c.value)}: {c.reason}" for key, c in self.choices.items()
+                   if not c.given]
+        given = [key.split(".", 1)[1] for key, c in self.choices.items() if c.given]
+        return (["plan (plan.json; any flag overrides):"] + planned
+                + ([f"  given: {', '.join(given)}"] if given else []))
+
+    def to_json(self) -> dict:
+        return {"choices": {k: {"value": c.value, "reason": c.reason, "given": c.given}
+                            for k, c in self.choices.items()},
+                "fingerprint": self.fingerprint.to_dict() if self.fingerprint else None, "device": self.device}
+
+
+def _show(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def describe_device(device: torch.device) -> dict:
+    """CPU cores, or the GPU's name and free memory."""
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "free_bytes": free_memory(device)}
+    return {"type": "cpu", "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+            os.cpu_count() or 1}
+
+
+def make_plan(explicit: dict[str, Any], log=print) -> Plan:
+    """Plan a run of the data folder in explicit["data.root"], keeping every explicit value."""
+    from seglab.engine.probe import probe_training_step
+
+    provisional = override(RunConfig(), {k: v for k, v in explicit.items() if k != "out"})
+    data = plan_data(provisional)
+    device = resolve_device(provisional.train.device)
+    channels = data.channels
+
+    def probe(crop: int, batch: int) -> dict | None:
+        return probe_training_step(device, channels, crop, batch)
+
+    return plan_rules(fingerprint(data.train_pairs, data.class_map), describe_device(device), explicit,
+                      data.class_map.is_binary, len(data.train_pairs), probe)
+
+
+def plan_rules(fp: Fingerprint, device: dict, explicit: dict[str, Any], binary: bool, train_images: int,
+               probe: Callable[[int, int], dict | None] | None = None) -> Plan:
+    """The rules, from measurements only: the fingerprint, the device ({"type": "cpu", "cores": N}
+    or {"type": "cuda", "free_bytes": B}), what the user gave, and on a GPU a probe(crop, batch)
+    -> {"peak_bytes", "images_per_s"} or None (out of memory)."""
+    plan = Plan(fingerprint=fp, device=dict(device))
+    kind = device["type"]
+    _plan_model(plan, fp, kind, explicit)
+    _plan_data(plan, fp, kind, explicit)
+    _plan_optimisation(plan, fp, kind, explicit, binary, probe)
+    _plan_schedule(plan, kind, explicit, train_images)
+    return plan
+
+
+def _plan_model(plan: Plan, fp: Fingerprint, kind: str, explicit: dict) -> None:
+    name = plan.choose("model.name", "unet", "the U-Net: it trains well from scratch on small data sets", explicit)
+    if name != "unet":
+        return
+    if kind == "cuda":
+        plan.choose("model.base_channels", 64, "the paper's U-Net on a GPU", explicit)
+    else:
+        plan.choose("model.base_channels", 16, f"a small U-Net for {plan.device['cores']} CPU cores (the demo's)",
+                    explicit)
+    crop_side = _crop_side(fp, kind)
+    depth = 4 if crop_side >= MIN_CROP else 3
+    plan.choose("model.depth", depth, f"4 poolings for {crop_side}-pixel inputs" if depth == 4 else
+                f"3 poolings: inputs of {crop_side} pixels are small", explicit)
+
+
+def _crop_side(fp: Fingerprint, kind: str) -> int:
+    """The training crop side, never above the images' smallest side (then whole images train).
+    On a CPU the time bounds it (CPU_CROP); on a GPU it starts at GPU_CROP and grows, up to twice
+    that, to hold the largest objects OBJECTS_PER_CROP times across."""
+    if kind != "cuda":
+        return min(CPU_CROP, fp.smallest_side)
+    largest = max(fp.object_diameter.values(), default=0.0)
+    need = 32 * math.ceil(OBJECTS_PER_CROP * largest / 32)
+    return min(max(GPU_CROP, min(need, 2 * GPU_CROP)), fp.smallest_side)
+
+
+def _plan_data(plan: Plan, fp: Fingerprint, kind: str, explicit: dict) -> None:
+    side = _crop_side(fp, kind)
+    largest = max(fp.object_diameter.values(), default=0.0)
+    if side >= min(fp.median_size):
+        plan.choose("data.crop", None, f"whole images: they are {fp.median_size[1]}x{fp.median_size[0]}, no larger "
+                    f"than a {side}-pixel crop", explicit)
+    else:
+        plan.choose("data.crop", [side, side], f"{side}x{side} crops of {fp.median_size[1]}x{fp.median_size[0]} images "
+                    f"(largest objects about {largest:.0f} px across)", explicit)
+    plan.choose("data.normalization", "per_image", "zero mean, unit variance per image: contrast varies "
+                "between images", explicit)
+
+
+def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str, explicit: dict, binary: bool, probe) -> None:
+    if kind == "cuda" and "train.batch_size" not in explicit:
+        batch = plan.choose("train.batch_size", _gpu_batch(plan, probe), "the largest that fits the GPU's memory "
+                            "(a probe of a few steps)", explicit)
+    else:
+        batch = plan.choose("train.batch_size", 4, "4 crops per step (the demo's)", explicit)
+    learning_rate = round(2e-3 * min(2.0, math.sqrt(batch / 4)), 6)
+    plan.choose("train.learning_rate", learning_rate, f"AdamW at 2e-3 for batch 4, scaled by sqrt(batch/4) for "
+                f"batch {batch}", explicit)
+    plan.choose("train.scheduler", "cosine", "warm-up, then cosine decay to the end of the budget", explicit)
+    if fp.kind == "grayscale":
+        plan.choose("train.augment", "paper", "grayscale images (microscopy-like): the U-Net paper's flips, "
+                    "rotations and elastic deformation", explicit)
+    else:
+        plan.choose("train.augment", "photo", "colour photos: left-right flips, mild zoom and rotation, colour "
+                    "changes (no upside-down scenes)", explicit)
+    rare = [name for name, share in fp.class_shares.items() if share < RARE_SHARE]
+    if rare:
+        plan.choose("train.class_weights", "auto", f"rare classes ({', '.join(rare)} under {RARE_SHARE:.0%} of the "
+                    "pixels): median-frequency weights", explicit)
+    plan.choose("train.monitor", "val_dice" if binary else "val_miou",
+                "binary masks: mean Dice" if binary else "several classes: mean IoU", explicit)
+    if kind == "cuda":
+        plan.choose("train.amp", True, "mixed precision on the GPU", explicit)
+
+
+def _throughput(plan: Plan, kind: str) -> float:
+    """Training images per second of the planned network and crop: measured on a GPU, from the
+    measured CPU constant (per core, scaled by pixels and width) on a CPU."""
+    if kind == "cuda":
+        return plan.device.get("probe_images_per_s", 50.0)
+    crop = plan.choices.get("data.crop")
+    side = crop.value[0] if crop is not None and crop.value else min(plan.fingerprint.median_size)
+    base = plan.choices.get("model.base_channels")
+    width = base.value if base is not None else 16
+    return CPU_IMAGES_PER_S_PER_CORE * plan.device["cores"] * (256 / side) ** 2 * (16 / width) ** 2
+
+
+def _plan_schedule(plan: Plan, kind: str, explicit: dict, train_images: int) -> None:
+    """The budget bounds the run (unless --epochs was given), and ~EVALUATIONS validations fall in it."""
+    timed = "train.epochs" not in explicit or "train.max_time" in explicit
+    if timed:
+        budget = plan.choose("train.max_time", DEFAULT_BUDGET[kind], f"the default budget on {kind.upper()} "
+                             "(--time-budget SECONDS to change it)", explicit)
+        plan.choose("train.epochs", 10_000, "as many as the budget allows", explicit)
+        epochs = max(1.0, budget * _throughput(plan, kind) / max(train_images, 1))
+    else:
+        epochs = float(explicit["train.epochs"])
+    every = max(1, round(epochs / EVALUATIONS))
+    plan.choose("train.eval_every", every, f"about {EVALUATIONS} validations in ~{epochs:.0f} epochs", explicit)
+
+
+def _gpu_batch(plan: Plan, probe) -> int:
+    """The largest of 16, 8, 4 crops whose forward/backward fits the memory share; records the
+    probe's images/s in plan.device for the schedule."""
+    crop = _crop_side(plan.fingerprint, "cuda")
+    for batch in (16, 8, 4):
+        result = probe(crop, batch)
+        if result is not None and result["peak_bytes"] <= GPU_MEMORY_SHARE * plan.device["free_bytes"]:
+            plan.device.update(probe_images_per_s=result["images_per_s"], probe_batch=batch, probe_crop=crop)
+            return batch
+    return 4

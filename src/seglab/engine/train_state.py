@@ -1,0 +1,65 @@
+"""What a run's checkpoints hold, and how a run resumes from last.pt.
+
+best.pt: the weights that scored best (the averaged ones with --ema), the model's name and
+arguments, the class map and the preprocessing. last.pt: the same for the latest weights, plus the
+training state: optimizer, schedule, scaler, augmentation stream, RNG states, position in the epoch,
+elapsed training time, the monitor and the metrics history (and the raw weights with --ema), so a
+resumed run continues to the bit-identical result on the CPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from seglab.engine.rng import rng_state, set_rng_state
+from seglab.engine.tallies import EpochTally
+from seglab.errors import SeglabError
+from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint
+
+
+def checkpoint_payload(trainer, epoch: int, metrics: dict, train_state: dict | None = None) -> dict:
+    """A checkpoint of the weights that are scored and predicted with (the average with --ema)."""
+    c = trainer.config
+    preprocess = {"channels": trainer.data_plan.channels, "scale": c.data.scale,
+                  "normalization": c.data.normalization, "threshold": c.train.threshold}
+    return make_checkpoint(trainer.scored_model, c.model.name, trainer.model_kwargs, trainer.data_plan.class_map,
+                           preprocess, epoch, trainer.step, metrics, train_state)
+
+
+def last_payload(trainer, epoch: int, metrics: dict, position: dict) -> dict:
+    """last.pt: the weights with everything a resume at `position` needs."""
+    state = {"optimizer": trainer.optimizer.state_dict(), "schedule": trainer.schedule.state_dict(),
+             "scaler": trainer.scaler.state_dict(), "augmenter": trainer.augmenter.state_dict(),
+             "rng": rng_state(), "elapsed": trainer.clock.elapsed, "best": trainer.monitor.best,
+             "evals_since_best": trainer.monitor.evals_since_best, "history": trainer.history_rows,
+             "position": position}
+    if trainer.ema is not None:
+        state["ema"] = trainer.ema.state_dict()
+        state["raw_weights"] = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    return checkpoint_payload(trainer, epoch, metrics, state)
+
+
+def restore(trainer, run_dir: Path) -> None:
+    """Put `trainer` where last.pt of `run_dir` left the run."""
+    payload = load_checkpoint(run_dir / "last.pt")
+    state = payload.get("train_state")
+    if state is None:
+        raise SeglabError(f"'{run_dir / 'last.pt'}' holds no training state to resume from")
+    if (trainer.ema is None) != ("ema" not in state):
+        raise SeglabError(f"'{run_dir / 'last.pt'}' was trained {'with' if 'ema' in state else 'without'} --ema: "
+                          "resume it with the same --ema setting")
+    trainer.model.load_state_dict(state["raw_weights"] if trainer.ema is not None else payload["state_dict"])
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(state["ema"], payload["state_dict"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.schedule.load_state_dict(state["schedule"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    trainer.augmenter.load_state_dict(state["augmenter"])
+    set_rng_state(state["rng"])
+    position = state["position"]
+    trainer.start_epoch, trainer.skip_batches = position["epoch"], position["batch"]
+    trainer.tally = EpochTally(**position["tally"])
+    trainer.step, trainer.clock.elapsed = payload["step"], state["elapsed"]
+    trainer.monitor.best, trainer.monitor.evals_since_best = state["best"], state["evals_since_best"]
+    trainer.history_rows = list(state["history"])
+    where = f"epoch {trainer.start_epoch + 1}" + (f", batch {trainer.skip_batches}" if trainer.skip_batches else "")
+    trainer.log(f"resuming {run_dir} at {where} (step {trainer.step})")
