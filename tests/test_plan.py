@@ -66,6 +66,9 @@ def test_gpu_memory_decides_the_batch_size():
     much = values(plan_rules(fingerprint(), {"type": "cuda", "free_bytes": 40 * 2**30}, {}, True, 30, probe))
     assert little["train.batch_size"] == 4 and much["train.batch_size"] == 8  # 0.6 x free memory
     assert much["train.learning_rate"] == pytest.approx(2e-3 * np.sqrt(2), rel=1e-3)
+    # under torchrun (no probe, every rank must plan alike): the GPU's total memory decides
+    ranks = values(plan_rules(fingerprint(), {"type": "cuda", "total_bytes": 80 * 2**30}, {}, True, 30, None))
+    assert ranks["train.batch_size"] == 8
 
 
 def test_a_tiny_class_gets_class_weights_and_explicit_values_win():

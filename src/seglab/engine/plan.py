@@ -32,6 +32,7 @@ OBJECTS_PER_CROP = 4                  # a crop side holds this many diameters of
 EVALUATIONS = 10                      # validations over a budget (the demo validates every 5 of 51 epochs)
 RARE_SHARE = 0.02                     # a class under this pixel share gets median-frequency weights
 GPU_MEMORY_SHARE = 0.6                # of free memory the probe's peak may use
+LARGE_GPU_BYTES = 40 * 2**30          # without a probe, GPUs with this much memory train 8 crops per step
 
 
 @dataclass
@@ -82,7 +83,8 @@ def _show(value: Any) -> str:
 def describe_device(device: torch.device) -> dict:
     """CPU cores, or the GPU's name and free memory."""
     if device.type == "cuda":
-        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "free_bytes": free_memory(device)}
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "free_bytes": free_memory(device),
+                "total_bytes": torch.cuda.get_device_properties(device).total_memory}
     return {"type": "cpu", "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
             os.cpu_count() or 1}
 
@@ -99,6 +101,10 @@ def make_plan(explicit: dict[str, Any], log=print) -> Plan:
     def probe(crop: int, batch: int) -> dict | None:
         return probe_training_step(device, channels, crop, batch)
 
+    # Under torchrun every rank plans for itself, so the plan must not depend on what one rank
+    # measures while the others run: no probe there, only the GPU's total memory.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        probe = None
     return plan_rules(fingerprint(data.train_pairs, data.class_map), describe_device(device), explicit,
                       data.class_map.is_binary, len(data.train_pairs), probe)
 
@@ -157,9 +163,13 @@ def _plan_data(plan: Plan, fp: Fingerprint, kind: str, explicit: dict) -> None:
 
 
 def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str, explicit: dict, binary: bool, probe) -> None:
-    if kind == "cuda" and "train.batch_size" not in explicit:
+    if kind == "cuda" and "train.batch_size" not in explicit and probe is not None:
         batch = plan.choose("train.batch_size", _gpu_batch(plan, probe), "the largest that fits the GPU's memory "
                             "(a probe of a few steps)", explicit)
+    elif kind == "cuda":
+        large = plan.device.get("total_bytes", 0) >= LARGE_GPU_BYTES
+        batch = plan.choose("train.batch_size", 8 if large else 4, f"{8 if large else 4} crops per step on a "
+                            f"{'large' if large else 'small'} GPU (under torchrun, no probe)", explicit)
     else:
         batch = plan.choose("train.batch_size", 4, "4 crops per step (the demo's)", explicit)
     learning_rate = round(2e-3 * min(2.0, math.sqrt(batch / 4)), 6)
