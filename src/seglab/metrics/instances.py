@@ -77,7 +77,8 @@ def adapted_rand_error(gt_labels: np.ndarray, pred_labels: np.ndarray,
     both, in_gt, in_pred = _pair_counts(gt, pred)
     if in_gt == 0 and in_pred == 0:
         return 0.0, 1.0, 1.0  # every pixel alone on both sides: identical segmentations
-    error = _skimage_adapted_rand_error(gt, pred, ignore_labels=())[0]
+    with np.errstate(invalid="ignore", divide="ignore"):  # its unused recall divides by zero pairs
+        error = _skimage_adapted_rand_error(gt, pred, ignore_labels=())[0]
     # No pairs claimed means none claimed wrongly (and likewise for recall).
     precision = both / in_pred if in_pred else 1.0
     recall = both / in_gt if in_gt else 1.0
