@@ -103,6 +103,8 @@ def test_a_zero_flag_training_plans_finishes_within_its_budget_and_writes_plan_j
     assert "plan (plan.json" in result.stdout and "crop" in result.stdout
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["augment"] == "paper" and saved["train"]["max_time"] == 3.0
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "stopped by the 3 s time budget" in report  # the epochs card says what bounded the run
 
 
 # ---- k-fold cross-validation and ensembles ----------------------------------------------------------

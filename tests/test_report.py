@@ -159,3 +159,17 @@ def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
     assert_clean_failure(result)
     assert "not a run folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "report.html").exists()
+
+
+def test_the_epoch_table_keeps_every_evaluated_row():
+    from seglab.viz.report import MAX_EPOCH_ROWS, _epochs_table
+
+    rows = [{"epoch": k, "step": k, "train_loss": 1.0 / k, "lr": 1e-3, "images_per_s": 3.0, "time": float(k)}
+            for k in range(1, 301)]
+    for row in rows[6::7]:  # every 7th epoch validated, the best among them
+        row.update(val_loss=0.5, val_dice=0.5 + row["epoch"] / 1000, val_iou=0.4, val_pixel_error=0.1)
+    table = _epochs_table(rows)
+    shown = [int(cell.split("<td>")[1].split("</td>")[0]) for cell in table.split("<tr>")[2:]]
+    evaluated = [r["epoch"] for r in rows if "val_dice" in r]
+    assert set(evaluated) <= set(shown)  # the best epoch (294) among them
+    assert len(shown) <= MAX_EPOCH_ROWS + len(evaluated) and shown == sorted(shown)

@@ -278,7 +278,7 @@ def read_run(run_dir: Path) -> RunRecord:
                      eval_count, summary)
 
 
-STOPPED_BY = {"max_time": "stopped by the time budget ({max_time:g} s of training)",
+STOPPED_BY = {"max_time": "stopped by the {max_time:g} s time budget",
               "early_stop": "stopped early: {monitor} did not improve in {early_stop} evaluations",
               "interrupted": "stopped before the end of the schedule", "epochs": "all epochs trained"}
 
