@@ -42,6 +42,8 @@ class ServeOptions:
                                 max=10_000, metavar="MS")
     max_upload_mb: float = option(64.0, "largest request body in megabytes (10^6 bytes)", above=0, max=100_000,
                                   metavar="MB")
+    threads: int | None = option(None, "CPU threads of each forward pass (default: torch's, one per core; on a "
+                                 "machine shared with other work 1 can be much faster)", min=1, max=1024, metavar="N")
     runs: str | None = option(None, "a folder of run folders, listed with their curves, metrics and reports "
                               "at /runs", metavar="DIR")
     shutdown_timeout: float = option(30.0, "seconds the requests in flight get to finish after SIGTERM or "

@@ -67,6 +67,10 @@ def serve(model: Predictor | str | os.PathLike, options: ServeOptions | None = N
         raise SeglabError(f"seglab serve needs FastAPI and uvicorn ({error.name} is missing): "
                           "pip install 'seglab[serve]'") from None
     options = options or ServeOptions(**option_values)
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     if not isinstance(model, Predictor):
         from seglab.api.predicting import load
 
