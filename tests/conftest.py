@@ -229,7 +229,8 @@ def start_server(*args, token: str | None = None, timeout: float = 90) -> Server
             line = lines.get(timeout=timeout)
         except queue.Empty:
             process.kill()
-            raise AssertionError(f"seglab serve printed no address in {timeout} s:\n{''.join(stderr)[-3000:]}")
+            raise AssertionError(f"seglab serve printed no address in {timeout} s:\n{''.join(stderr)[-3000:]}") \
+                from None
         if line is None:
             process.wait()
             raise AssertionError(f"seglab serve exited {process.returncode}:\n{''.join(stderr)[-3000:]}")

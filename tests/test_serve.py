@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 import struct
 import subprocess
 import sys
@@ -19,8 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, copy_isbi_crop, run_cli, run_main
-from conftest import start_server
+from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, copy_isbi_crop, run_cli, run_main, start_server
 from PIL import Image
 
 from seglab.serve.encode import PROBABILITY_SCALE, run_lengths
@@ -279,11 +279,18 @@ def test_importing_seglab_does_not_import_the_server():
     assert done.stdout.split() == ["False", "False"], done.stderr
 
 
-def test_sigterm_lets_the_request_in_flight_finish_then_stops(checkpoint, tmp_path):
-    exported = tmp_path / "tiny.ts"
-    export = run_cli("export", "-m", checkpoint, "--format", "torchscript", "-o", exported)
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory) -> Path:
+    """The session's model exported to TorchScript: the server serves exports as well as checkpoints."""
+    path = tmp_path_factory.mktemp("exported") / "tiny.ts"
+    export = run_cli("export", "-m", checkpoint, "--format", "torchscript", "-o", path)
     assert export.rc == 0, export.output
-    # A lone request waits 1.5 s for company in the batcher: long enough to be in flight at SIGTERM.
+    return path
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_lets_the_request_in_flight_finish_then_ends_with_0(exported, stop):
+    # A lone request waits 1.5 s for company in the batcher: long enough to be in flight at the signal.
     server = start_server("-m", exported, "--device", "cpu", "--max-batch", 4, "--max-wait-ms", 1500)
     try:
         assert httpx.get(f"{server.url}/v1/model").json()["format"] == "ts"
@@ -293,13 +300,13 @@ def test_sigterm_lets_the_request_in_flight_finish_then_stops(checkpoint, tmp_pa
         deadline = time.time() + 10
         while httpx.get(f"{server.url}/healthz").json()["in_flight"] == 0 and time.time() < deadline:
             time.sleep(0.02)
-        server.process.send_signal(15)
+        server.process.send_signal(stop)
         request.join(timeout=30)
         assert server.process.wait(timeout=30) == 0
     finally:
         server.stop()
     assert reply["response"].status_code == 200 and png_array(reply["response"].content).shape == (512, 512)
-    assert "stopped (SIGTERM): 1 predictions answered" in "".join(server.stdout)
+    assert f"stopped ({stop.name}): 1 predictions answered" in "".join(server.stdout)
     assert "Traceback" not in "".join(server.stderr), "".join(server.stderr)[-2000:]
 
 

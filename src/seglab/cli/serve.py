@@ -28,7 +28,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # Checked before the model loads, so a refused --host costs no time.
     options = ServeOptions(host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_VARIABLE),
                            no_auth=args.no_auth, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                           max_upload_mb=args.max_upload_mb, threads=args.threads, runs=args.runs, shutdown_timeout=args.shutdown_timeout)
+                           max_upload_mb=args.max_upload_mb, threads=args.threads, runs=args.runs,
+                           shutdown_timeout=args.shutdown_timeout)
     if options.runs is not None and not os.path.isdir(options.runs):
         from seglab.errors import SeglabError
 

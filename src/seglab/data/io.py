@@ -39,7 +39,7 @@ def max_pixels() -> int:
 
 
 def check_pixel_count(path: Path | str, height: int, width: int) -> None:
-    """ImageTooLargeError (a DataError) for an image whose header claims more pixels than max_pixels()."""
+    """ImageTooLargeError for an image whose header claims more pixels than max_pixels()."""
     limit = max_pixels()
     if height * width > limit:
         raise ImageTooLargeError(f"'{path}' claims {width}x{height} pixels ({height * width / 1e6:.0f} megapixels), over "
