@@ -326,3 +326,30 @@ def test_query_options_share_the_rules_of_seglab_predict():
                           ({"output": "edges"}, "one of: mask, overlay")]:
         with pytest.raises(Exception, match=expected):
             PredictQuery(**bad)
+
+
+def test_the_batcher_groups_only_same_size_requests_and_tiled_ones_go_alone(checkpoint):
+    import seglab
+    from seglab.serve.batcher import Batcher
+
+    model = seglab.load(checkpoint, device="cpu", log=lambda *_: None)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 40, 1), dtype=np.uint8) for _ in range(6)]
+    images += [rng.integers(0, 255, (48, 48, 1), dtype=np.uint8) for _ in range(2)]
+    tiled = model.with_options(tile=[16])
+
+    async def scenario(predictor, key):
+        batcher = Batcher(max_batch=4, max_wait_ms=100)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.predict(predictor, key, image, f"image {i}")
+                                          for i, image in enumerate(images))), batcher.counters
+        finally:
+            await batcher.stop()
+
+    results, counters = asyncio.run(scenario(model, ()))
+    assert [batch for _, batch in results] == [4, 4, 4, 4, 2, 2, 2, 2]
+    assert counters.to_dict() == {"requests": 8, "batches": 3, "largest": 4, "sizes": {"2": 2, "4": 1}}
+    assert [prediction.mask.shape for prediction, _ in results] == [(32, 40)] * 6 + [(48, 48)] * 2
+    alone, counters = asyncio.run(scenario(tiled, (("tile", (16,)),)))
+    assert [batch for _, batch in alone] == [1] * 8 and counters.batches == 8

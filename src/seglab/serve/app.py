@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class ServerState:
     predictor: Predictor
     options: ServeOptions
     scale: float | None = None                # the server's --scale (None: the training scale)
-    batcher: Batcher = None
+    batcher: Batcher | None = None
     started: float = field(default_factory=time.time)
     in_flight: int = 0
     answered: int = 0
@@ -128,7 +129,7 @@ def model_description(state: ServerState) -> dict:
     predictor, options = state.predictor, state.options
     info = predictor.info
     metrics = {key: value for key, value in (info.get("metrics") or {}).items()
-               if isinstance(value, (int, float)) and value == value and abs(value) != float("inf")}
+               if isinstance(value, (int, float)) and math.isfinite(value)}  # JSON has no NaN
     return {
         "model": (info.get("model") or {}).get("name"), "model_kwargs": (info.get("model") or {}).get("kwargs"),
         "source": Path(info.get("source", "model")).name, "format": info.get("format"),

@@ -5,11 +5,12 @@ Requests wait in one list. A collector task takes the oldest request and lets it
 request's inference options, scale and instances), up to `max_batch`; then the group goes through
 the network in one forward pass on the model's thread while the event loop keeps answering.
 Requests that arrive while a batch runs wait for it and leave together in the next one, so under
-load batches form without waiting at all.
+load batches form without waiting at all. Tiled requests (the `tile` option) go alone, at once.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seglab.inference.predictor import Prediction, Predictor
+
+
+ALONE = object()  # the key of a request that shares its forward passes with no other
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Batcher:
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seglab-model")
+        self._serial = itertools.count()
 
     def start(self) -> None:
         """Start collecting (inside the server's event loop)."""
@@ -88,6 +93,8 @@ class Batcher:
         """The Prediction of one decoded image (H, W, C), and how many requests shared its call."""
         loop = asyncio.get_running_loop()
         key = (options_key, image.shape, image.dtype.str, scale, instances)
+        if predictor.tile:  # tiled images go through the network tile by tile: nothing to share, no wait
+            key = (ALONE, next(self._serial))
         job = _Job(key, predictor, image, name, scale, instances, loop.time(), loop.create_future())
         self.counters.requests += 1
         self._waiting.append(job)
@@ -106,7 +113,7 @@ class Batcher:
                 await self._arrived.wait()
                 continue
             first = self._waiting[0]
-            deadline = first.arrived + self.max_wait
+            deadline = first.arrived + (0 if first.key[0] is ALONE else self.max_wait)
             while len(self._same_key(first.key)) < self.max_batch and loop.time() < deadline:
                 self._arrived.clear()
                 try:
