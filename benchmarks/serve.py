@@ -90,6 +90,21 @@ async def load(url: str, bodies: list[bytes], requests: int, clients: int) -> tu
         return time.perf_counter() - started, latencies, masks
 
 
+def batch_parity(checkpoint: Path, bodies: list[bytes], device: str) -> tuple[float, int, int]:
+    """In this process: (largest |probability of a batched pass - of a single pass|, mask pixels
+    that differ, pixels compared) over the crops, batched all at once against one at a time."""
+    from seglab.api.predicting import load
+    from seglab.data.io import decode_image
+
+    model = load(checkpoint, device=device, log=lambda *_: None)
+    images = [decode_image(body) for body in bodies]
+    batched = model.predict_batch(images, [f"crop {i}" for i in range(len(images))])
+    single = [model.predict_batch([image], ["crop"])[0] for image in images]
+    largest = max(float(abs(b.probabilities - s.probabilities).max()) for b, s in zip(batched, single))
+    flipped = sum(int((b.mask != s.mask).sum()) for b, s in zip(batched, single))
+    return largest, flipped, sum(s.mask.size for s in single)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -120,6 +135,8 @@ def main() -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     bodies = crops(args.size)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # so that the device line names the server's threads
     threads = f"server --threads {args.threads}" if args.threads else "server threads: torch's default"
     print(f"device: {device_name(device)}, {threads}; U-Net depth 4, {args.base_channels} base channels, {args.size}x"
           f"{args.size} ISBI crops, {args.requests} requests per row")
@@ -138,6 +155,9 @@ def main() -> None:
             finally:
                 process.terminate()
                 process.wait(timeout=60)
+        largest, flipped, pixels = batch_parity(checkpoint, bodies, str(device))
+        print(f"a batched pass of the {len(bodies)} crops against single passes: probabilities differ by up to "
+              f"{largest:.1e}; {flipped} of {pixels} mask pixels differ")
 
 
 if __name__ == "__main__":

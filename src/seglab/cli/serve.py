@@ -6,6 +6,8 @@ import os
 
 from seglab.cli.parsing import add_dataclass_options
 from seglab.cli.predict import add_inference_options, load_model
+from seglab.inference.options import SCALE_RULES
+from seglab.options import check_value
 from seglab.serve.options import ServeOptions
 
 TOKEN_VARIABLE = "SEGLAB_TOKEN"
@@ -30,6 +32,8 @@ def run_serve(args: argparse.Namespace) -> int:
                            no_auth=args.no_auth, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                            max_upload_mb=args.max_upload_mb, threads=args.threads, runs=args.runs,
                            shutdown_timeout=args.shutdown_timeout)
+    if args.scale is not None:
+        check_value("inference.scale (--scale)", args.scale, float, SCALE_RULES)
     if options.runs is not None and not os.path.isdir(options.runs):
         from seglab.errors import SeglabError
 

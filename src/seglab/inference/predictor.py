@@ -25,7 +25,7 @@ from seglab.data.io import read_image
 from seglab.data.preprocess import prepare_image
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
-from seglab.inference.options import InferenceOptions
+from seglab.inference.options import SCALE_RULES, InferenceOptions
 from seglab.inference.postprocess import SEED_THRESHOLD, membrane_to_instances
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
@@ -209,8 +209,7 @@ class Predictor:
             self.model.image_stats = None
 
     def _prepare(self, array: np.ndarray, scale: float | None, name: str) -> torch.Tensor:
-        scale = self.scale if scale is None else check_value("inference.scale (--scale)", scale, float,
-                                                             {"above": 0, "max": 16})
+        scale = self.scale if scale is None else check_value("inference.scale (--scale)", scale, float, SCALE_RULES)
         return prepare_image(array, self.channels, scale, self.normalization, name=name, raw_max=self.raw_input)
 
     # ---- predictions --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seglab.data.io import max_pixels
-from seglab.errors import DataError, SeglabError
+from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.inference.predictor import Prediction, Predictor
 from seglab.serve import encode
 from seglab.serve.batcher import Batcher
@@ -142,7 +142,7 @@ def model_description(state: ServerState) -> dict:
         # metrics rows count epochs from 1 (the checkpoint's own "epoch" is the loop's index)
         "training": {"epoch": metrics.get("epoch", info.get("epoch")), "step": info.get("step"), "metrics": metrics,
                      "seglab_version": info.get("seglab_version")},
-        "server": {"seglab_version": __version__, "max_batch": options.max_batch,
+        "server": {"seglab_version": __version__, "max_batch": state.batcher.max_batch,
                    "max_wait_ms": options.max_wait_ms, "max_upload_bytes": options.max_upload_bytes,
                    "max_pixels": max_pixels(), "auth": options.token is not None, "runs": options.runs is not None},
     }
@@ -167,10 +167,7 @@ def render(state: ServerState, query: PredictQuery, image, prediction: Predictio
     if query.output == "overlay":
         return Response(encode.overlay_png(image, prediction, query.opacity), media_type=encode.PNG, headers=headers)
     if query.output == "probability":
-        try:
-            body = encode.probability_png(state.predictor, prediction, query.class_index)
-        except SeglabError as error:
-            raise ApiError(400, str(error)) from None
+        body = encode.probability_png(state.predictor, prediction, query.class_index)
         return Response(body, media_type=encode.PNG, headers=headers)
     if query.output == "instances":
         body, media_type = encode.instances_body(prediction)
@@ -181,6 +178,10 @@ def render(state: ServerState, query: PredictQuery, image, prediction: Predictio
 async def predict_request(state: ServerState, request: Request) -> Response:
     """One POST /v1/predict: query, body, decode, batch, encode; each step refuses with its 4xx."""
     query = parse_query(request)
+    classes = state.predictor.class_map
+    if query.class_index is not None and query.class_index >= classes.num_classes:
+        raise ApiError(400, f"invalid query.class_index: {query.class_index}; the model has {classes.num_classes} "
+                            f"classes ({classes.describe()})")
     predictor, key = state.variant(query)
     data, name = await upload_bytes(request, state.options.max_upload_bytes)
     image = await decode_upload(data, name)
@@ -190,6 +191,8 @@ async def predict_request(state: ServerState, request: Request) -> Response:
                                                         instances=query.output == "instances")
     except DataError as error:  # the image does not fit the model (channels)
         raise ApiError(422, str(error)) from None
+    except ConfigError as error:
+        raise ApiError(400, str(error)) from None
     except SeglabError as error:  # out of memory on the device
         raise ApiError(503, str(error)) from None
     return await run_in_threadpool(render, state, query, image, prediction, batch)
@@ -199,7 +202,7 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None, scale:
     """The app serving `predictor` (a Predictor from seglab.load) with `options` (ServeOptions)."""
     options = options or ServeOptions()
     state = ServerState(predictor, options, scale)
-    state.batcher = Batcher(options.max_batch, options.max_wait_ms)
+    state.batcher = Batcher(options.batch_limit(predictor.device.type), options.max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

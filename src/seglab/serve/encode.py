@@ -11,7 +11,6 @@ from seglab.api.predict_files import overlay_picture
 from seglab.data.classmap import ClassMap, unpack_rgb
 from seglab.data.io import mask_picture, png_bytes
 from seglab.data.overlay import PALETTE
-from seglab.errors import ConfigError
 from seglab.inference.predictor import Prediction, Predictor
 
 PNG = "image/png"
@@ -68,12 +67,8 @@ def overlay_png(image: np.ndarray, prediction: Prediction, opacity: float) -> by
 
 
 def probability_png(predictor: Predictor, prediction: Prediction, class_index: int | None) -> bytes:
-    """(H, W) probability of one class as a 16-bit PNG (65535 = 1): class 1 of binary models by
-    default, for more classes the winning class's (the model's confidence)."""
-    num_classes = predictor.class_map.num_classes
-    if class_index is not None and class_index >= num_classes:
-        raise ConfigError(f"invalid query.class_index: {class_index}; the model has {num_classes} classes "
-                          f"({predictor.class_map.describe()})")
+    """(H, W) probability of one class (a valid index) as a 16-bit PNG (65535 = 1): class 1 of
+    binary models by default, for more classes the winning class's (the model's confidence)."""
     if class_index is None and prediction.probabilities.shape[0] > 1:
         probability = prediction.probabilities.max(axis=0)
     else:

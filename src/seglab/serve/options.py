@@ -11,12 +11,12 @@ import ipaddress
 from dataclasses import dataclass
 
 from seglab.errors import ConfigError
-from seglab.inference.options import InferenceOptions
+from seglab.inference.options import SCALE_RULES, InferenceOptions
 from seglab.options import check_fields, option
 
 OUTPUTS = ("mask", "overlay", "probability", "instances")
+GPU_MAX_BATCH = 8
 FORMATS = ("png", "json")
-SCALE_RULES = {"above": 0, "max": 16}  # as `seglab predict --scale`
 
 
 def is_loopback(host: str) -> bool:
@@ -36,8 +36,9 @@ class ServeOptions:
     token: str | None = option(None, "bearer token that every API request must send (default: $SEGLAB_TOKEN)",
                                metavar="TOKEN")
     no_auth: bool = option(False, "serve without a token on an address other machines reach", cli=False)
-    max_batch: int = option(8, "requests for same-size images that share one forward pass (1: no batching)",
-                            min=1, max=256)
+    max_batch: int | None = option(None, "requests for same-size images that share one forward pass (default: "
+                                   f"{GPU_MAX_BATCH} on a GPU; 1, no batching, on the CPU, where batched passes "
+                                   "measured slower)", min=1, max=256)
     max_wait_ms: float = option(5.0, "milliseconds the first request of a batch waits for others", min=0,
                                 max=10_000, metavar="MS")
     max_upload_mb: float = option(64.0, "largest request body in megabytes (10^6 bytes)", above=0, max=100_000,
@@ -63,6 +64,10 @@ class ServeOptions:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
+
+    def batch_limit(self, device_type: str) -> int:
+        """--max-batch, or its default for the model's device ("cuda", "cpu")."""
+        return self.max_batch or (GPU_MAX_BATCH if device_type == "cuda" else 1)
 
 
 def _inference_rule(name: str) -> dataclasses.Field:
