@@ -248,3 +248,26 @@ def served(checkpoint, trained_run) -> ServerProcess:
                           token=SERVE_TOKEN)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_images(tmp_path_factory) -> dict[str, Path]:
+    """A whole 512x512 ISBI test slice and an odd-sized 300x200 crop of another."""
+    folder = tmp_path_factory.mktemp("serve_images")
+    return {"whole": copy_isbi_crop("test", "images", "00", folder),
+            "crop": copy_isbi_crop("test", "images", "01", folder, (17, 5, 317, 205), name="crop.png")}
+
+
+@pytest.fixture(scope="session")
+def served_predictions(checkpoint, serve_images, tmp_path_factory) -> dict[str, Path]:
+    """What `seglab predict` writes for those files: masks, overlays and instances, with default
+    options, and the crop's mask with flips TTA, 96-pixel tiles and threshold 0.4."""
+    out = tmp_path_factory.mktemp("predicted")
+    plain = run_cli("predict", "-m", checkpoint, "-i", serve_images["whole"], serve_images["crop"], "-o", out / "plain",
+                    "--overlay", "--instances", "--device", "cpu")
+    options = run_cli("predict", "-m", checkpoint, "-i", serve_images["crop"], "-o", out / "options.png",
+                      "--tta", "flips", "--tile", 96, "-t", 0.4, "--device", "cpu")
+    assert plain.rc == 0 and options.rc == 0, plain.output + options.output
+    return {"whole": out / "plain" / "00_mask.png", "crop": out / "plain" / "crop_mask.png",
+            "whole_overlay": out / "plain" / "00_overlay.png", "crop_instances": out / "plain" / "crop_instances.png",
+            "crop_options": out / "options.png"}

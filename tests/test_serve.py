@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, copy_isbi_crop, run_cli, run_main, start_server
+from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, run_cli, run_main, start_server
 from PIL import Image
 
 from seglab.serve.encode import PROBABILITY_SCALE, run_lengths
@@ -37,65 +37,43 @@ def post(server, data: bytes, query: str = "", headers: dict | None = None, **kw
                       headers={**server.headers, **(headers or {})}, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> dict[str, Path]:
-    """A whole 512x512 ISBI test slice and an odd-sized 300x200 crop of another."""
-    folder = tmp_path_factory.mktemp("serve_images")
-    return {"whole": copy_isbi_crop("test", "images", "00", folder),
-            "crop": copy_isbi_crop("test", "images", "01", folder, (17, 5, 317, 205), name="crop.png")}
-
-
-@pytest.fixture(scope="module")
-def predicted(checkpoint, images, tmp_path_factory) -> dict[str, Path]:
-    """What `seglab predict` writes for those files: masks, overlays and instances, with default
-    options, and the crop's mask with flips TTA, 96-pixel tiles and threshold 0.4."""
-    out = tmp_path_factory.mktemp("predicted")
-    plain = run_cli("predict", "-m", checkpoint, "-i", images["whole"], images["crop"], "-o", out / "plain",
-                    "--overlay", "--instances", "--device", "cpu")
-    options = run_cli("predict", "-m", checkpoint, "-i", images["crop"], "-o", out / "options.png", "--tta", "flips",
-                      "--tile", 96, "-t", 0.4, "--device", "cpu")
-    assert plain.rc == 0 and options.rc == 0, plain.output + options.output
-    return {"whole": out / "plain" / "00_mask.png", "crop": out / "plain" / "crop_mask.png",
-            "whole_overlay": out / "plain" / "00_overlay.png", "crop_instances": out / "plain" / "crop_instances.png",
-            "crop_options": out / "options.png"}
-
-
 # ---- predictions equal `seglab predict` -------------------------------------------------------------
-def test_a_single_request_returns_the_bytes_seglab_predict_writes(served, images, predicted):
+def test_a_single_request_returns_the_bytes_seglab_predict_writes(served, serve_images, served_predictions):
     for name in ("whole", "crop"):
-        raw = post(served, images[name].read_bytes())
+        raw = post(served, serve_images[name].read_bytes())
         assert raw.status_code == 200 and raw.headers["content-type"] == "image/png", raw.text[:300]
         assert raw.headers["x-seglab-batch"] == "1"
-        assert raw.content == predicted[name].read_bytes(), f"{name}: the mask differs from seglab predict's"
-    form = httpx.post(f"{served.url}/v1/predict", files={"file": ("crop.png", images["crop"].read_bytes())},
+        assert raw.content == served_predictions[name].read_bytes(), f"{name}: the mask differs from seglab predict's"
+    form = httpx.post(f"{served.url}/v1/predict", files={"file": ("crop.png", serve_images["crop"].read_bytes())},
                       headers=served.headers, timeout=60)
-    assert form.status_code == 200 and form.content == predicted["crop"].read_bytes()
-    overlay = post(served, images["whole"].read_bytes(), "?output=overlay")
-    assert overlay.content == predicted["whole_overlay"].read_bytes()
-    instances = post(served, images["crop"].read_bytes(), "?output=instances")
-    assert instances.content == predicted["crop_instances"].read_bytes()
-    tuned = post(served, images["crop"].read_bytes(), "?tta=flips&tile=96&threshold=0.4")
-    assert tuned.status_code == 200 and tuned.content == predicted["crop_options"].read_bytes()
+    assert form.status_code == 200 and form.content == served_predictions["crop"].read_bytes()
+    overlay = post(served, serve_images["whole"].read_bytes(), "?output=overlay")
+    assert overlay.content == served_predictions["whole_overlay"].read_bytes()
+    instances = post(served, serve_images["crop"].read_bytes(), "?output=instances")
+    assert instances.content == served_predictions["crop_instances"].read_bytes()
+    tuned = post(served, serve_images["crop"].read_bytes(), "?tta=flips&tile=96&threshold=0.4")
+    assert tuned.status_code == 200 and tuned.content == served_predictions["crop_options"].read_bytes()
 
 
-def test_json_holds_the_classes_their_counts_and_a_run_length_encoding_of_the_mask(served, images, predicted):
-    reply = post(served, images["crop"].read_bytes(), "?format=json")
+def test_json_holds_the_classes_their_counts_and_a_run_length_encoding_of_the_mask(served, serve_images,
+                                                                                     served_predictions):
+    reply = post(served, serve_images["crop"].read_bytes(), "?format=json")
     assert reply.status_code == 200, reply.text
     result = reply.json()
     classes = np.repeat(result["rle"]["values"], result["rle"]["counts"]).reshape(result["height"], result["width"])
     values = np.array([c["value"] for c in result["classes"]])[classes]
-    assert np.array_equal(values, png_array(predicted["crop"].read_bytes()))
+    assert np.array_equal(values, png_array(served_predictions["crop"].read_bytes()))
     assert [c["pixels"] for c in result["classes"]] == [int((classes == k).sum()) for k in (0, 1)]
     assert [c["value"] for c in result["classes"]] == [0, 255]
 
 
-def test_the_probability_map_is_the_models_probability_in_16_bits(served, checkpoint, images):
+def test_the_probability_map_is_the_models_probability_in_16_bits(served, checkpoint, serve_images):
     import seglab
 
-    reply = post(served, images["crop"].read_bytes(), "?output=probability")
+    reply = post(served, serve_images["crop"].read_bytes(), "?output=probability")
     assert reply.status_code == 200
     served_probability = png_array(reply.content).astype(np.float64) / PROBABILITY_SCALE
-    local = seglab.load(checkpoint, device="cpu", log=lambda *_: None).predict(images["crop"]).probabilities[0]
+    local = seglab.load(checkpoint, device="cpu", log=lambda *_: None).predict(serve_images["crop"]).probabilities[0]
     assert served_probability.shape == (200, 300)
     assert np.abs(served_probability - local).max() <= 0.5 / PROBABILITY_SCALE + 1e-6
 
@@ -293,8 +271,8 @@ def exported(checkpoint, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_stop_signal_lets_the_request_in_flight_finish_then_ends_with_0(exported, stop):
-    # A lone request waits 1.5 s for company in the batcher: long enough to be in flight at the signal.
-    server = start_server("-m", exported, "--device", "cpu", "--max-batch", 4, "--max-wait-ms", 1500)
+    # A lone request waits 1 s for company in the batcher: long enough to be in flight at the signal.
+    server = start_server("-m", exported, "--device", "cpu", "--max-batch", 4, "--max-wait-ms", 1000)
     try:
         assert httpx.get(f"{server.url}/v1/model").json()["format"] == "ts"
         reply = {}

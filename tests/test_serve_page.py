@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ISBI, SERVE_TOKEN, run_cli
+from conftest import SERVE_TOKEN
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -23,7 +23,6 @@ if not Path(CHROMIUM).exists():
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
-SLICE = ISBI / "test" / "images" / "03.png"
 
 # A canvas's pixels as a (lossless) PNG data URL: one string crosses to Python, not a million numbers.
 READ_CANVAS = "(id) => document.getElementById(id).toDataURL('image/png')"
@@ -46,14 +45,6 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def predicted_slice(checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("page_predicted") / "03_mask.png"
-    result = run_cli("predict", "-m", checkpoint, "-i", SLICE, "-o", out, "--device", "cpu")
-    assert result.rc == 0, result.output
-    return out
-
-
 def open_page(browser, served, path: str = "/"):
     """A fresh page at `path`, with every request it makes recorded, after giving the token it asks for."""
     page = browser.new_page(viewport={"width": 1320, "height": 900}, accept_downloads=True)
@@ -66,10 +57,11 @@ def open_page(browser, served, path: str = "/"):
     return page, requested
 
 
-def test_the_page_shows_the_mask_seglab_predict_writes_and_downloads_it(browser, served, predicted_slice, tmp_path):
+def test_the_page_shows_the_mask_seglab_predict_writes_and_downloads_it(browser, served, serve_images,
+                                                                        served_predictions, tmp_path):
     page, requested = open_page(browser, served)
     page.wait_for_selector("#model-line:has-text('unet')")
-    page.set_input_files("#file", str(SLICE))
+    page.set_input_files("#file", str(serve_images["whole"]))  # ISBI test slice 00, 512x512
     page.wait_for_selector("#overlay-canvas[data-ready='true']", timeout=60_000)
 
     model = page.evaluate("() => fetch('/v1/model').then((r) => r.json())")
@@ -79,7 +71,7 @@ def test_the_page_shows_the_mask_seglab_predict_writes_and_downloads_it(browser,
     values = np.zeros(rgb.shape[:2], dtype=np.int64)
     for colour, value in colours.items():
         values[(rgb == colour).all(axis=-1)] = value
-    with Image.open(predicted_slice) as expected:
+    with Image.open(served_predictions["whole"]) as expected:
         assert np.array_equal(values, np.asarray(expected)), "the page shows another mask than seglab predict"
 
     legend = page.inner_text("#legend")
@@ -96,7 +88,7 @@ def test_the_page_shows_the_mask_seglab_predict_writes_and_downloads_it(browser,
         page.click("#download")
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
-    assert saved.name == "03_mask.png" and saved.read_bytes() == predicted_slice.read_bytes()
+    assert saved.name == "00_mask.png" and saved.read_bytes() == served_predictions["whole"].read_bytes()
 
     screenshot = tmp_path / "page.png"
     page.screenshot(path=str(screenshot), full_page=True)
