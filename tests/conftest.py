@@ -169,3 +169,105 @@ def checkpoint(trained_run) -> Path:
     r = trained_run.result
     assert r.rc == 0 and trained_run.best.is_file(), f"tiny training failed:\n{r.stdout}\n{r.stderr}"
     return trained_run.best
+
+
+# ---- seglab serve: a real server process on a loopback port ------------------------------------------
+SERVE_TOKEN = "test-token-0123"
+
+
+@dataclass
+class ServerProcess:
+    """A `seglab serve` process started by a test: its base URL, token and what it printed."""
+
+    process: subprocess.Popen
+    url: str
+    token: str | None
+    stdout: list[str]
+    stderr: list[str]
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, as a service manager stops it; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(*args, token: str | None = None, timeout: float = 90) -> ServerProcess:
+    """`seglab serve ARGS --port 0` in a fresh process; returns once it prints its address."""
+    import queue
+    import threading
+
+    env = {**os.environ, **SUBPROCESS_ENV}
+    env.pop("SEGLAB_TOKEN", None)
+    command = [sys.executable, "-m", "seglab", "serve", *[str(a) for a in args], "--port", "0"]
+    if token:
+        command += ["--token", token]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr, lines = [], [], queue.Queue()
+
+    def drain(stream, into, announce):
+        for line in stream:
+            into.append(line)
+            if announce:
+                lines.put(line)
+        if announce:
+            lines.put(None)  # the process ended
+
+    threading.Thread(target=drain, args=(process.stdout, stdout, True), daemon=True).start()
+    threading.Thread(target=drain, args=(process.stderr, stderr, False), daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            process.kill()
+            raise AssertionError(f"seglab serve printed no address in {timeout} s:\n{''.join(stderr)[-3000:]}") \
+                from None
+        if line is None:
+            process.wait()
+            raise AssertionError(f"seglab serve exited {process.returncode}:\n{''.join(stderr)[-3000:]}")
+        if " at http://" in line:
+            url = line.split(" at ", 1)[1].split("/ ", 1)[0]
+            return ServerProcess(process, url, token, stdout, stderr)
+
+
+@pytest.fixture(scope="session")
+def served(checkpoint, trained_run) -> ServerProcess:
+    """ONE server of the session's tiny model for the serve tests: a token, batches of up to 8 that
+    wait 25 ms, a 2 MB upload limit, 4 megapixels at most, and the session's run folder under --runs."""
+    server = start_server("-m", checkpoint, "--device", "cpu", "--max-batch", 8, "--max-wait-ms", 25,
+                          "--max-upload-mb", 2, "--max-pixels", 4_000_000, "--runs", trained_run.run_dir.parent,
+                          token=SERVE_TOKEN)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_images(tmp_path_factory) -> dict[str, Path]:
+    """A whole 512x512 ISBI test slice and an odd-sized 300x200 crop of another."""
+    folder = tmp_path_factory.mktemp("serve_images")
+    return {"whole": copy_isbi_crop("test", "images", "00", folder),
+            "crop": copy_isbi_crop("test", "images", "01", folder, (17, 5, 317, 205), name="crop.png")}
+
+
+@pytest.fixture(scope="session")
+def served_predictions(checkpoint, serve_images, tmp_path_factory) -> dict[str, Path]:
+    """What `seglab predict` writes for those files: masks, overlays and instances, with default
+    options, and the crop's mask with flips TTA, 96-pixel tiles and threshold 0.4."""
+    out = tmp_path_factory.mktemp("predicted")
+    plain = run_cli("predict", "-m", checkpoint, "-i", serve_images["whole"], serve_images["crop"], "-o", out / "plain",
+                    "--overlay", "--instances", "--device", "cpu")
+    options = run_cli("predict", "-m", checkpoint, "-i", serve_images["crop"], "-o", out / "options.png",
+                      "--tta", "flips", "--tile", 96, "-t", 0.4, "--device", "cpu")
+    assert plain.rc == 0 and options.rc == 0, plain.output + options.output
+    return {"whole": out / "plain" / "00_mask.png", "crop": out / "plain" / "crop_mask.png",
+            "whole_overlay": out / "plain" / "00_overlay.png", "crop_instances": out / "plain" / "crop_instances.png",
+            "crop_options": out / "options.png"}

@@ -1,7 +1,7 @@
 """Imports point one way: a module may import its own package and the layers below it, never above.
 
 The layers (ARCHITECTURE.md): errors, version < options, padding < data < metrics, models < losses
-< config < runtime < engine, inference < viz < api < demo < cli. Function-level imports count too.
+< config < runtime < engine, inference < viz < api < demo, serve < cli. Function-level imports count too.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ RANKS = {
     "api": 9,
     "__init__": 10,  # the package root re-exports the API
     "demo": 10,
+    "serve": 10,     # the HTTP server: a user of the API, started by the cli
     "cli": 11,
     "__main__": 12,
 }

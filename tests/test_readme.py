@@ -35,3 +35,19 @@ def test_the_python_api_script_of_the_readme_runs(tmp_path):
     assert "membrane" in done.stdout and "pixel error" in done.stdout
     run_dir = tmp_path / "runs" / "python-api"
     assert all((run_dir / name).is_file() for name in ("best.pt", "last.pt", "report.html", "split.json"))
+
+
+def test_the_python_client_of_the_serving_section_runs_against_a_server(served, tmp_path):
+    code = readme_block("## Serving")
+    (tmp_path / "data").mkdir()
+    os.symlink(REPO / "data" / "isbi2012", tmp_path / "data" / "isbi2012")
+    (tmp_path / "README.md").write_text("not an image\n")
+    script = tmp_path / "client.py"
+    script.write_text(code)
+    env = {**os.environ, **SUBPROCESS_ENV, "SEGLAB_SERVER": served.url, "SEGLAB_TOKEN": served.token}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "class 0 (0, mask value 0):" in done.stdout and "class 1 (255, mask value 255):" in done.stdout
+    assert "415 'upload' is not an image" in done.stdout, done.stdout
+    assert (tmp_path / "00_mask.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,3 +15,11 @@ class CheckpointError(SeglabError):
 
 class ConfigError(SeglabError):
     """An option whose value is of the wrong type or out of range, or an option that does not exist."""
+
+
+class NotAnImageError(DataError):
+    """Bytes that no image decoder recognises (a text file, an archive, a truncated header)."""
+
+
+class ImageTooLargeError(DataError):
+    """An image whose header claims more pixels than the limit: a decompression bomb, or a very large image."""

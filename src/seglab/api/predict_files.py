@@ -83,9 +83,7 @@ def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, predict
         mask = prediction.classes if palette else prediction.mask
         summary.written.append(write_mask(outputs["mask"], mask, palette=_palette(PALETTE) if palette else None))
     if "overlay" in outputs:
-        highlight = None if prediction.probabilities.shape[0] > 1 else _rare_class(prediction.classes)
-        picture = draw_overlay(image, prediction.classes, highlight=highlight)
-        summary.written.append(write_rgb(outputs["overlay"], picture))
+        summary.written.append(write_rgb(outputs["overlay"], overlay_picture(image, prediction)))
     if "viz" in outputs:
         from seglab.viz.plots import save_side_by_side
 
@@ -99,6 +97,13 @@ def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, predict
         summary.written.append(save_instance_labels(outputs["instances"], prediction.instances))
     if "mask" in outputs:
         log(f"{job.source} -> {outputs['mask']}")
+
+
+def overlay_picture(image: np.ndarray, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
+    """The `--overlay` picture (H, W, 3) uint8 of an image (H, W, C) and its prediction: every
+    class but 0 coloured, or for binary models the less frequent class only."""
+    highlight = None if prediction.probabilities.shape[0] > 1 else _rare_class(prediction.classes)
+    return draw_overlay(image, prediction.classes, alpha=alpha, highlight=highlight)
 
 
 def _palette(colours: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ user sees one line instead of a decoder traceback.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import tempfile
 import threading
@@ -16,10 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from seglab.errors import DataError, SeglabError
+from seglab.errors import DataError, ImageTooLargeError, NotAnImageError, SeglabError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+# The first bytes of TIFF and BigTIFF files, little- and big-endian: how an upload without a file
+# name is told to go to tifffile, as a .tif file is.
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Images are decoded whole only up to this many pixels (Pillow's own decompression-bomb limit,
 # 2 x 89.5 M: a 13378 x 13378 image). A file whose header claims more is refused before it is
 # decoded, as any unreadable file is. --max-pixels (or SEGLAB_MAX_PIXELS) raises it; huge TIFFs
@@ -34,29 +38,30 @@ def max_pixels() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
 
 
-def check_pixel_count(path: Path, height: int, width: int) -> None:
-    """DataError for an image whose header claims more pixels than max_pixels()."""
+def check_pixel_count(path: Path | str, height: int, width: int) -> None:
+    """ImageTooLargeError for an image whose header claims more pixels than max_pixels()."""
     limit = max_pixels()
     if height * width > limit:
-        raise DataError(f"'{path}' claims {width}x{height} pixels ({height * width / 1e6:.0f} megapixels), over "
+        raise ImageTooLargeError(f"'{path}' claims {width}x{height} pixels ({height * width / 1e6:.0f} megapixels), over "
                         f"the limit of {limit / 1e6:.0f} megapixels (a decompression bomb, or a very large image): "
                         f"pass --max-pixels {height * width} to read it, or cut it into smaller files")
 
 
 @contextmanager
-def _pillow_opening(path: Path):
-    """Image.open(path) with seglab's pixel limit instead of Pillow's (checked on the header)."""
+def _pillow_opening(source: Path | io.BytesIO, name: Path | str | None = None):
+    """Image.open(source) (a path or an in-memory file) with seglab's pixel limit instead of
+    Pillow's, checked on the header; `name` is what messages call it (default: the path)."""
     with _PILLOW_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None  # seglab checks the header itself, just below
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(path)
+                image = Image.open(source)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     try:
-        check_pixel_count(path, image.size[1], image.size[0])
+        check_pixel_count(source if name is None else name, image.size[1], image.size[0])
         yield image
     finally:
         image.close()
@@ -75,30 +80,32 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"'{path}' is empty (0 bytes): re-export or remove it")
 
 
-def _read_pil(path: Path) -> Image.Image:
+def _read_pil(path: Path | io.BytesIO, name: Path | str | None = None) -> Image.Image:
+    name = path if name is None else name
     try:
-        with _pillow_opening(path) as image:
+        with _pillow_opening(path, name) as image:
             image.load()  # decode now, so truncated files fail here with the file's name
             return image.copy()  # the file closes with the context; the pixels stay
     except UnidentifiedImageError:
-        raise DataError(f"'{path}' is not an image Pillow can read (wrong extension or not an image): "
-                        "re-export or remove it") from None
+        raise NotAnImageError(f"'{name}' is not an image Pillow can read (wrong extension or not an image): "
+                              "re-export or remove it") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"'{path}' is corrupt or truncated ({error}): re-export or remove it") from None
+        raise DataError(f"'{name}' is corrupt or truncated ({error}): re-export or remove it") from None
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path | io.BytesIO, name: Path | str | None = None) -> np.ndarray:
     import tifffile
 
+    name = path if name is None else name
     try:
         with tifffile.TiffFile(path) as tif:
             shape = tif.pages[0].shape
-            check_pixel_count(path, int(shape[0]), int(shape[1]) if len(shape) > 1 else 1)
+            check_pixel_count(name, int(shape[0]), int(shape[1]) if len(shape) > 1 else 1)
             array = tif.asarray()
     except DataError:
         raise
     except Exception as error:  # tifffile raises many types for broken files; all mean "unreadable"
-        raise DataError(f"'{path}' is not a readable TIFF ({type(error).__name__}: {error}): "
+        raise DataError(f"'{name}' is not a readable TIFF ({type(error).__name__}: {error}): "
                         "re-export or remove it") from None
     return array
 
@@ -111,8 +118,22 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     _check_readable(path)
-    if path.suffix.lower() in TIFF_EXTENSIONS:
-        array = _read_tiff(path)
+    return _decoded(path, path, path.suffix.lower() in TIFF_EXTENSIONS)
+
+
+def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
+    """An image file's bytes (an upload) -> (H, W, C), decoded as `read_image` decodes the file:
+    TIFFs (told by their first bytes) by tifffile, the rest by Pillow, with the same pixel limit
+    and the same one-line DataErrors, which call the bytes `name`."""
+    if not data:
+        raise DataError(f"'{name}' is empty (0 bytes): send the image file's bytes")
+    return _decoded(io.BytesIO(data), name, data[:4] in TIFF_SIGNATURES)
+
+
+def _decoded(source: Path | io.BytesIO, path: Path | str, is_tiff: bool) -> np.ndarray:
+    """The pixels of a file (or an in-memory file) as (H, W, C); `path` names it in messages."""
+    if is_tiff:
+        array = _read_tiff(source, path)
         if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
             array = np.moveaxis(array, 0, -1)  # (C, H, W) planar TIFF -> (H, W, C)
         if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
@@ -121,7 +142,7 @@ def read_image(path: str | Path) -> np.ndarray:
         if array.ndim == 3 and array.shape[-1] == 4:
             array = array[..., :3]
     else:
-        image = _read_pil(path)
+        image = _read_pil(source, path)
         if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "1"):
             image = image.convert("RGB" if image.mode not in ("1",) else "L")
         elif image.mode == "LA":
@@ -264,20 +285,34 @@ def write_mask(path: str | Path, mask: np.ndarray, palette: np.ndarray | None = 
         with atomic_output(path) as tmp:
             tifffile.imwrite(tmp, mask, compression="zlib", bigtiff=mask.nbytes > 2**31)
         return path
-    if mask.ndim == 3:
-        return write_rgb(path, mask)
-    if mask.min(initial=0) < 0 or mask.max(initial=0) > 65535:
-        raise SeglabError(f"values of '{path.name}' do not fit a PNG; write a .tif instead")
+    picture = mask_picture(mask, palette, path.name)
     with atomic_output(path) as tmp:
-        if palette is not None and mask.max(initial=0) < 256:
-            image = Image.fromarray(mask.astype(np.uint8)).convert("P")
-            image.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())
-            image.save(tmp, format="PNG")
-        elif mask.max(initial=0) <= 255:
-            Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")
-        else:
-            Image.fromarray(mask.astype(np.uint16)).save(tmp, format="PNG")
+        picture.save(tmp, format="PNG")
     return path
+
+
+def mask_picture(mask: np.ndarray, palette: np.ndarray | None = None, name: str = "mask") -> Image.Image:
+    """The PNG picture of a mask as `write_mask` writes it: (H, W) values in an 8-bit (or, with
+    `palette`, palette) image when they fit, else 16-bit; (H, W, 3) uint8 colours as RGB."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        return Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    if mask.min(initial=0) < 0 or mask.max(initial=0) > 65535:
+        raise SeglabError(f"values of '{name}' do not fit a PNG; write a .tif instead")
+    if palette is not None and mask.max(initial=0) < 256:
+        image = Image.fromarray(mask.astype(np.uint8)).convert("P")
+        image.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())
+        return image
+    if mask.max(initial=0) <= 255:
+        return Image.fromarray(mask.astype(np.uint8))
+    return Image.fromarray(mask.astype(np.uint16))
+
+
+def png_bytes(picture: Image.Image) -> bytes:
+    """A picture encoded as the PNG file `write_mask` / `write_rgb` would write, byte for byte."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_rgb(path: str | Path, rgb: np.ndarray) -> Path:

@@ -8,6 +8,10 @@ from seglab.inference.tta import TTA_MODES
 from seglab.options import check_fields, option
 
 
+# The rules of a prediction's resize factor (--scale of predict, evaluate and serve, a request's scale).
+SCALE_RULES = {"above": 0, "max": 16}
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     threshold: float | None = option(None, "probability threshold of binary models (default: the training's)",

@@ -10,6 +10,7 @@ averages flips or all eight rotations/flips, with or without tiles.
 """
 from __future__ import annotations
 
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from seglab.data.io import read_image
 from seglab.data.preprocess import prepare_image
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
-from seglab.inference.options import InferenceOptions
+from seglab.inference.options import SCALE_RULES, InferenceOptions
 from seglab.inference.postprocess import SEED_THRESHOLD, membrane_to_instances
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
@@ -104,6 +105,9 @@ class Predictor:
         self.membrane_class, self.seed_threshold = membrane_class, seed_threshold
         self.log = log
         self.raw_input: float | None = None  # exported models take pixels in [0, raw_input]
+        # Where the model came from and how it was trained (plain values, for servers and logs):
+        # source, format, model (name, kwargs), epoch, step, metrics, seglab_version.
+        self.info: dict = {}
 
     @classmethod
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu", threshold: float | None = None,
@@ -118,6 +122,9 @@ class Predictor:
                             {"channels": exported.channels, "scale": exported.scale, "normalization": "none",
                              "threshold": exported.threshold}, "cpu", threshold, **options)
             predictor.raw_input = float(exported.input_max)
+            predictor.info = {"source": str(path), "format": Path(path).suffix.lower().lstrip("."),
+                              "model": exported.metadata.get("model"),
+                              "seglab_version": exported.metadata.get("seglab_version")}
             return predictor
         from seglab.inference.ensemble import EnsembleModule, is_ensemble_file, load_members
 
@@ -126,8 +133,35 @@ class Predictor:
             return cls(EnsembleModule(members), class_map, preprocess, device, threshold, **options)
         payload = load_checkpoint(path)
         model = model_from_checkpoint(payload, path)
-        return cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, threshold,
-                   **options)
+        predictor = cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, threshold,
+                        **options)
+        predictor.info = {"source": str(path), "format": "checkpoint", "model": payload["model"],
+                          "epoch": payload.get("epoch"), "step": payload.get("step"),
+                          "metrics": payload.get("metrics", {}), "seglab_version": payload.get("seglab_version")}
+        return predictor
+
+    def with_options(self, **changes) -> "Predictor":
+        """A Predictor that shares this one's model (no copy of the weights) with some options
+        changed: threshold, tile, overlap, tta, batch_size, membrane_class, seed_threshold, checked
+        as the constructor checks them. `threshold=None` keeps this one's."""
+        current = {"threshold": self.threshold, "tile": list(self.tile) if self.tile else None,
+                   "overlap": self.overlap, "tta": self.tta, "batch_size": self.batch_size,
+                   "membrane_class": self.membrane_class, "seed_threshold": self.seed_threshold}
+        unknown = set(changes) - set(current)
+        if unknown:
+            raise ConfigError(f"unknown inference option {sorted(unknown)[0]!r}; known: {', '.join(current)}")
+        merged = {**current, **{key: value for key, value in changes.items()
+                                if value is not None or key == "tile"}}
+        checked = InferenceOptions(**merged)
+        if checked.membrane_class >= self.class_map.num_classes:
+            raise ConfigError(f"invalid inference.membrane_class: {checked.membrane_class}; the model has "
+                              f"{self.class_map.num_classes} classes ({self.class_map.describe()})")
+        variant = copy.copy(self)
+        variant.threshold = float(checked.threshold)
+        variant.tile, variant.overlap, variant.tta = checked.tile_size, checked.overlap, checked.tta
+        variant.batch_size, variant.membrane_class = checked.batch_size, checked.membrane_class
+        variant.seed_threshold = checked.seed_threshold
+        return variant
 
     # ---- forward passes -----------------------------------------------------------------------
     def tile_forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -181,8 +215,7 @@ class Predictor:
             self.model.image_stats = None
 
     def _prepare(self, array: np.ndarray, scale: float | None, name: str) -> torch.Tensor:
-        scale = self.scale if scale is None else check_value("inference.scale (--scale)", scale, float,
-                                                             {"above": 0, "max": 16})
+        scale = self.scale if scale is None else check_value("inference.scale (--scale)", scale, float, SCALE_RULES)
         return prepare_image(array, self.channels, scale, self.normalization, name=name, raw_max=self.raw_input)
 
     # ---- predictions --------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""The options of `seglab serve` and of a /v1/predict request, declared once and checked by the same rules.
+
+ServeOptions are the command's flags (and the keywords of `seglab.serve.server.serve`);
+PredictQuery is the query string of one request. Its inference options (threshold, tile, overlap,
+tta) carry the rules `seglab predict` checks its flags with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+
+from seglab.errors import ConfigError
+from seglab.inference.options import SCALE_RULES, InferenceOptions
+from seglab.options import check_fields, option
+
+OUTPUTS = ("mask", "overlay", "probability", "instances")
+GPU_MAX_BATCH = 8
+FORMATS = ("png", "json")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: localhost, 127.0.0.0/8, ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = option("127.0.0.1", "address to listen on; any but loopback needs --token or --no-auth")
+    port: int = option(8000, "TCP port (0: a free one, printed at start)", min=0, max=65535)
+    token: str | None = option(None, "bearer token that every API request must send (default: $SEGLAB_TOKEN)",
+                               metavar="TOKEN")
+    no_auth: bool = option(False, "serve without a token on an address other machines reach", cli=False)
+    max_batch: int | None = option(None, "requests for same-size images that share one forward pass (default: "
+                                   f"{GPU_MAX_BATCH} on a GPU; 1, no batching, on the CPU, where batched passes "
+                                   "measured slower)", min=1, max=256)
+    max_wait_ms: float = option(5.0, "milliseconds the first request of a batch waits for others", min=0,
+                                max=10_000, metavar="MS")
+    max_upload_mb: float = option(64.0, "largest request body in megabytes (10^6 bytes)", above=0, max=100_000,
+                                  metavar="MB")
+    threads: int | None = option(None, "CPU threads of each forward pass (default: torch's, one per core; on a "
+                                 "machine shared with other work 1 can be much faster)", min=1, max=1024, metavar="N")
+    runs: str | None = option(None, "a folder of run folders, listed with their curves, metrics and reports "
+                              "at /runs", metavar="DIR")
+    shutdown_timeout: float = option(30.0, "seconds the requests in flight get to finish after SIGTERM or "
+                                     "Ctrl-C", min=0, metavar="S")
+
+    def __post_init__(self):
+        check_fields(self, "serve")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("invalid serve.token (--token): an empty token; give a secret string")
+        if self.token and self.no_auth:
+            raise ConfigError("--token and --no-auth contradict each other: give one of them")
+        if not is_loopback(self.host) and not self.token and not self.no_auth:
+            raise ConfigError(f"refusing to serve on {self.host} without a token (anyone who reaches this machine "
+                              "could use the model): pass --token TOKEN (clients send 'Authorization: Bearer "
+                              "TOKEN') or --no-auth")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
+
+    def batch_limit(self, device_type: str) -> int:
+        """--max-batch, or its default for the model's device ("cuda", "cpu")."""
+        return self.max_batch or (GPU_MAX_BATCH if device_type == "cuda" else 1)
+
+
+def _inference_rule(name: str) -> dataclasses.Field:
+    """A query field with the rules of InferenceOptions.<name>; None means the server's setting."""
+    source = next(f for f in dataclasses.fields(InferenceOptions) if f.name == name)
+    return dataclasses.field(default=None, metadata={**source.metadata, "cli": False, "flags": None})
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    """The query string of POST /v1/predict; unset inference options keep the server's."""
+
+    output: str = option("mask", "what comes back: the mask PNG (model's own values), the overlay PNG, the "
+                         "probability map (16-bit PNG, 65535 = 1) or cell instances (16-bit label PNG)",
+                         choices=OUTPUTS, cli=False)
+    format: str = option("png", "json: the classes, their pixel counts and a run-length encoding of the "
+                         "class map (output=mask only)", choices=FORMATS, cli=False)
+    threshold: float | None = _inference_rule("threshold")
+    tile: list[int] | None = _inference_rule("tile")
+    overlap: float | None = _inference_rule("overlap")
+    tta: str | None = _inference_rule("tta")
+    scale: float | None = option(None, "resize factor (default: the training scale)", cli=False, **SCALE_RULES)
+    class_index: int | None = option(None, "output=probability: the class whose probability comes back "
+                                     "(default: class 1 of binary models, the winning class's otherwise)",
+                                     min=0, cli=False)
+    opacity: float = option(0.45, "output=overlay: opacity of the class colours", min=0, max=1, cli=False)
+
+    def __post_init__(self):
+        check_fields(self, "query")
+        if self.format == "json" and self.output != "mask":
+            raise ConfigError(f"query format=json is for output=mask, not output={self.output}")
+
+    def inference_changes(self) -> dict:
+        """The inference options this request sets (threshold, tile, overlap, tta), for Predictor.with_options."""
+        names = ("threshold", "tile", "overlap", "tta")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """{name: help line} of every query parameter, for the API documentation."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
