@@ -1,4 +1,4 @@
-"""How a pretrained encoder trains: a lower learning rate than the decoder, frozen for the first epochs, BatchNorm in eval mode.
+"""How a pretrained encoder trains: a lower learning rate, frozen for the first epochs, BatchNorm in eval mode.
 
 A model has an encoder when it exposes one as `model.encoder` (SMP models; seglab's DeepLabV3,
 whose encoder is its ResNet backbone). The three options of TrainConfig act on it:
@@ -49,6 +49,8 @@ class EncoderPolicy:
             raise ConfigError(f"{asked[0]} needs a model with a pretrained-style encoder (smp-*, deeplabv3); "
                               f"{model_name} has none")
         self.model = model
+        # Only what trains at all: parameters the forward never reaches stay without gradients.
+        self.trainable = [p for p in self.encoder.parameters() if p.requires_grad] if self.encoder else []
         self.frozen = False
         if self.encoder is not None and (self.freeze_epochs or self.bn_eval):
             # Before every encoder forward: its norm layers back to eval mode when they must be, so
@@ -56,13 +58,14 @@ class EncoderPolicy:
             self.encoder.register_forward_pre_hook(self._keep_norms_in_eval)
 
     def parameter_groups(self) -> list[dict]:
-        """Optimizer groups: the rest of the model, then the encoder with its `lr_scale` (one group
-        when there is no encoder or the scale is 1). Every parameter is listed, frozen or not:
-        a parameter without a gradient is skipped by the optimizer step."""
-        params = list(self.model.parameters())
+        """Optimizer groups of the trainable parameters: the rest of the model, then the encoder with
+        its `lr_scale` (one group when there is no encoder or the scale is 1). Call it before the
+        first `start_epoch`: a frozen encoder's parameters are listed too (without a gradient, the
+        optimizer step skips them)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.encoder is None or self.lr_scale == 1.0:
             return [{"params": params}]
-        own = {id(p) for p in self.encoder.parameters()}
+        own = {id(p) for p in self.trainable}
         return [{"params": [p for p in params if id(p) not in own]},
                 {"params": [p for p in params if id(p) in own], "lr_scale": self.lr_scale}]
 
@@ -72,7 +75,7 @@ class EncoderPolicy:
         frozen = self.encoder is not None and epoch < self.freeze_epochs
         changed = frozen != self.frozen
         if changed:
-            for param in self.encoder.parameters():
+            for param in self.trainable:
                 param.requires_grad_(not frozen)
             self.frozen = frozen
         return changed and not frozen

@@ -74,7 +74,8 @@ def weights_source(encoder: str, weights: str = "imagenet") -> WeightsSource:
         known = ", ".join(settings) or "none"
         raise ConfigError(f"encoder {encoder} has no {weights!r} weights; SMP has: {known}")
     repo, revision = settings[weights]["repo_id"], settings[weights]["revision"]
-    return WeightsSource(encoder, weights, (HubFile(repo, WEIGHTS_FILE, revision), HubFile(repo, CONFIG_FILE, revision)))
+    files = (HubFile(repo, WEIGHTS_FILE, revision), HubFile(repo, CONFIG_FILE, revision))
+    return WeightsSource(encoder, weights, files)
 
 
 def _timm_source(encoder: str, weights: str) -> WeightsSource:

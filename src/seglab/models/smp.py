@@ -87,7 +87,7 @@ class Architecture:
     smp_class: str            # the class in segmentation_models_pytorch
     summary: str
     options: type
-    smallest_encoder: str     # the encoder of the quickest working model (tests, examples)
+    smallest_encoder: str     # the encoder of its quickest working model (timm's test models: for tests)
     onnx_refusal: str = ""    # why it cannot be exported to ONNX ("" when it can)
     torchscript_refusal: str = ""
     feature_minimum: int = 1   # the deepest encoder features must be at least this many pixels a side
@@ -102,32 +102,45 @@ _VIT_GRID = ("its ViT encoder resamples the position embeddings to the input's p
 
 ARCHITECTURES = {a.name: a for a in (
     Architecture("smp-unet", "Unet", "U-Net decoder over an SMP/timm encoder (Ronneberger et al. 2015)",
-                 SMPOptions, "resnet18"),
+                 SMPOptions, "tu-test_resnet"),
     Architecture("smp-unetplusplus", "UnetPlusPlus", "UNet++: nested, dense skip pathways (Zhou et al. 2018)",
-                 SMPOptions, "resnet18"),
+                 SMPOptions, "tu-test_resnet"),
     Architecture("smp-manet", "MAnet", "MA-Net: position-wise and multi-scale attention (Fan et al. 2020)",
-                 SMPOptions, "resnet18"),
+                 SMPOptions, "tu-test_resnet"),
     Architecture("smp-linknet", "Linknet", "LinkNet: a light decoder that adds encoder features "
-                 "(Chaurasia and Culurciello 2017)", SMPOptions, "resnet18"),
-    Architecture("smp-fpn", "FPN", "Feature Pyramid Network decoder (Kirillov et al. 2019)", SMPOptions, "resnet18"),
+                 "(Chaurasia and Culurciello 2017)", SMPOptions, "tu-test_resnet"),
+    Architecture("smp-fpn", "FPN", "Feature Pyramid Network decoder (Kirillov et al. 2019)", SMPOptions,
+                 "tu-test_resnet"),
     Architecture("smp-pspnet", "PSPNet", "PSPNet: pyramid pooling over the encoder's features (Zhao et al. 2017)",
-                 PSPNetOptions, "resnet18", onnx_refusal=_PYRAMID_POOLING),
+                 PSPNetOptions, "tu-test_resnet", onnx_refusal=_PYRAMID_POOLING),
     # PAN's feature pyramid attention max-pools the deepest features three times.
-    Architecture("smp-pan", "PAN", "Pyramid Attention Network (Li et al. 2018)", PANOptions, "resnet18",
+    Architecture("smp-pan", "PAN", "Pyramid Attention Network (Li et al. 2018)", PANOptions, "tu-test_resnet",
                  feature_minimum=8),
     Architecture("smp-deeplabv3", "DeepLabV3", "DeepLabV3: ASPP over a dilated SMP/timm encoder (Chen et al. 2017)",
-                 DeepLabV3Options, "resnet18"),
+                 DeepLabV3Options, "tu-test_resnet"),
     Architecture("smp-deeplabv3plus", "DeepLabV3Plus", "DeepLabV3+: ASPP and a low-level decoder (Chen et al. 2018)",
-                 DeepLabV3PlusOptions, "resnet18"),
+                 DeepLabV3PlusOptions, "tu-test_resnet"),
     Architecture("smp-upernet", "UPerNet", "UPerNet: pyramid pooling and FPN fusion (Xiao et al. 2018)",
-                 SMPOptions, "resnet18", onnx_refusal=_PYRAMID_POOLING),
+                 SMPOptions, "tu-test_resnet", onnx_refusal=_PYRAMID_POOLING),
     Architecture("smp-segformer", "Segformer", "SegFormer's all-MLP decoder (Xie et al. 2021); its own encoders "
-                 "are mit_b0..mit_b5", SMPOptions, "resnet18"),
+                 "are mit_b0..mit_b5", SMPOptions, "tu-test_resnet"),
     # DPT's reassembly halves the patch grid with a strided convolution and fuses it back: an even grid.
     Architecture("smp-dpt", "DPT", "DPT: dense prediction transformer over a ViT encoder (Ranftl et al. 2021)",
                  DPTOptions, "tu-test_vit", onnx_refusal=_VIT_GRID, torchscript_refusal=_VIT_GRID,
                  feature_multiple=2),
 )}
+
+
+def input_multiple(architecture: Architecture, options: dict) -> tuple[int, int]:
+    """(multiple, minimum) of the sides `architecture` takes with `options` and a CNN encoder (a ViT
+    with 16-pixel patches for smp-dpt), as the built model's `input_multiple`, `min_input_size`:
+    the encoder shrinks its input by min(output stride, 2 ** depth)."""
+    if architecture.name == "smp-dpt":
+        stride = 16
+    else:
+        stride = min(options.get("output_stride", 32), 2 ** options.get("encoder_depth", 5))
+    multiple = stride * architecture.feature_multiple
+    return multiple, max(multiple, stride * architecture.feature_minimum)
 
 
 def _build(architecture: str, **kwargs):

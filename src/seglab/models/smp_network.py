@@ -1,4 +1,4 @@
-"""The module seglab trains for an SMP architecture: the SMP network, mirrored up to the sizes it takes and cropped back.
+"""The module seglab trains for an SMP architecture: its network, mirrored up to the sizes it takes, cropped back.
 
 Imported only by the builder of `seglab.models.smp`: segmentation_models_pytorch and timm take
 seconds to import.
@@ -85,6 +85,35 @@ def _tolerate_one_value_batches(network: nn.Module) -> None:
             module.__class__ = OneValueBatchNorm  # same layout and state dict, one more case handled
 
 
+def _drop_unused_layers(encoder: nn.Module) -> None:
+    """A ViT encoder keeps its timm model's final norm and classifier, which DPT never runs: timm's
+    own pruning removes them, with any block after the last one DPT reads; outputs do not change."""
+    model = getattr(encoder, "model", None)
+    indices = getattr(encoder, "_output_indices", None)
+    if indices is not None and hasattr(model, "prune_intermediate_layers"):
+        model.prune_intermediate_layers(list(indices), prune_norm=True, prune_head=True)
+
+
+def _fix_unreached_parameters(network: nn.Module, in_channels: int, side: int) -> None:
+    """Parameters the forward never reaches take no gradient, which DistributedDataParallel refuses:
+    SMP encoders keep every stage at an `encoder_depth` below 5 (smp-pspnet's 3 never runs ResNet's
+    layer3 and layer4). One backward pass through a small zero image, in eval mode (no running
+    statistics change), finds them; they stop requiring gradients, so no optimizer or DDP waits
+    for them."""
+    if torch.is_inference_mode_enabled():
+        return  # a model built to predict: nothing trains it
+    was_training = network.training
+    network.eval()
+    with torch.enable_grad():
+        out = network(torch.zeros(1, in_channels, side, side))
+        (out[0] if isinstance(out, (tuple, list)) else out).float().sum().backward()
+    for param in network.parameters():
+        if param.grad is None:
+            param.requires_grad_(False)
+        param.grad = None
+    network.train(was_training)
+
+
 def check_encoder_name(encoder: str) -> None:
     """ConfigError with the nearest names for an encoder neither SMP nor timm (tu-NAME) has."""
     if encoder.startswith("tu-"):
@@ -143,10 +172,14 @@ def build_smp_model(architecture: Architecture, in_channels: int = 3, num_classe
         mean, std = normalization_of(paths[1])
         normalization = {"mean": mean, "std": std}
     stride = _encoder_stride(network.encoder)
+    _drop_unused_layers(network.encoder)
+    multiple = stride * architecture.feature_multiple
+    minimum = max(multiple, stride * architecture.feature_minimum)
+    if getattr(network.encoder, "_depth", 5) < 5:
+        _fix_unreached_parameters(network, in_channels, max(minimum, 64))  # encoders may run stages past depth
     refusals = {fmt: reason for fmt, reason in (("onnx", architecture.onnx_refusal),
                                                 ("torchscript", architecture.torchscript_refusal)) if reason}
-    return SMPSegmentation(network, stride * architecture.feature_multiple, stride * architecture.feature_minimum,
-                           normalization, refusals, architecture.name)
+    return SMPSegmentation(network, multiple, minimum, normalization, refusals, architecture.name)
 
 
 def _encoder_stride(encoder: nn.Module) -> int:
