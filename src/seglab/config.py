@@ -51,7 +51,9 @@ class DataConfig:
     ignore_value: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
                                       flags=("--ignore-index",), metavar="V")
     mask_colors: str | None = option(None, "JSON colour table for RGB colour masks", metavar="FILE.json")
-    normalization: str = option("per_image", "intensity normalisation of each image", choices=NORMALIZATIONS)
+    normalization: str = option("auto", "intensity normalisation; auto: the pretrained encoder's mean and std "
+                                "(ImageNet's), or the --load checkpoint's, else per_image (zero mean, unit "
+                                "variance per image and channel; the default)", choices=("auto",) + NORMALIZATIONS)
     workers: int = option(0, "DataLoader worker processes (they only decode files)", min=0, max=256,
                           group="run control")
     folds: int | None = option(None, "k-fold cross-validation: train K models on K disjoint validation splits "
@@ -121,6 +123,14 @@ class TrainConfig:
                                  metavar="|".join(AUGMENT_PRESETS), group="optimisation")
     threshold: float = option(0.5, "probability threshold of binary models (validation and predictions)",
                               min=0, max=1, group="optimisation")
+    encoder_lr_scale: float = option(1.0, "the encoder's learning rate is --learning-rate times this (0.1 for a "
+                                     "pretrained encoder; models with an encoder: smp-*, deeplabv3)", above=0, max=100,
+                                     metavar="F", group="optimisation")
+    freeze_encoder_epochs: int = option(0, "keep the encoder's weights and BatchNorm statistics fixed for the first "
+                                        "N epochs (the decoder learns on pretrained features)", min=0, max=10**7,
+                                        metavar="N", group="optimisation")
+    encoder_bn_eval: bool = option(False, "keep the encoder's BatchNorm layers in eval mode, on their pretrained "
+                                   "statistics (for tiny batches)", group="optimisation")
     device: str = option("auto", "cpu, cuda, cuda:N or auto", group="run control")
     seed: int = option(0, "random seed (split, crops, augmentation, weights)", min=0, max=2**32 - 1,
                        group="run control")

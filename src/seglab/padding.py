@@ -38,6 +38,29 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+def padded_size(size: int, multiple: int = 1, minimum: int = 1) -> int:
+    """The side a network that takes multiples of `multiple`, at least `minimum` long, sees for an
+    input side of `size`: the next multiple, raised to the smallest multiple >= `minimum`.
+
+    >>> padded_size(1001, 32), padded_size(64, 16, minimum=128), padded_size(37, 1)
+    (1024, 128, 37)
+    """
+    if size < 1 or multiple < 1 or minimum < 1:
+        raise ValueError(f"size, multiple and minimum must be positive, got {size}, {multiple}, {minimum}")
+    return max(-(-size // multiple), -(-minimum // multiple)) * multiple
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 1, minimum: int = 1) -> torch.Tensor:
+    """x (..., H, W) mirrored on the far sides (bottom, right) to (..., padded_size(H), padded_size(W)).
+
+    A network that needs sizes divisible by `multiple` runs on the result and its output is cropped
+    back with `[..., :H, :W]`: the pixels of the image keep their positions, so the crop is exact.
+    """
+    height, width = x.shape[-2:]
+    return mirror_pad(x, 0, padded_size(height, multiple, minimum) - height,
+                      0, padded_size(width, multiple, minimum) - width)
+
+
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The central (height, width) window of x (..., H, W); H >= height and W >= width."""
     top = (x.shape[-2] - height) // 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from seglab.cli import predict, serve, tools, train
+from seglab.cli import models, predict, serve, tools, train
 from seglab.cli.parsing import SeglabParser, apply_max_pixels, print_error
 from seglab.errors import SeglabError
 from seglab.version import __version__
@@ -15,7 +15,7 @@ def build_parser() -> SeglabParser:
     parser.add_argument("--version", action="version", version=f"seglab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SeglabParser)
     commands.required = True
-    for module in (tools, train, predict, serve):
+    for module in (tools, train, predict, models, serve):
         module.register(commands)
     parser.subcommands = dict(commands.choices)
     return parser

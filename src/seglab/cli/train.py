@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import typing
 
 from seglab.cli.parsing import add_dataclass_options, add_max_pixels, add_option
@@ -19,16 +20,40 @@ def add_model_options(group) -> None:
     summaries = "; ".join(f"{name}: {model_spec(name).summary}" for name in list_models())
     group.add_argument("--model", dest="model.name", choices=list_models(), default=None,
                        help=f"the network (default: unet): {summaries}".replace("%", "%%"))
-    owners: dict[str, list[str]] = {}
-    fields: dict[str, tuple] = {}
+    owners: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    annotations: dict[str, object] = {}
     for name in list_models():
         spec = model_spec(name)
         hints = typing.get_type_hints(spec.options)
         for field in spec.option_fields():
-            owners.setdefault(field.name, []).append(name)
-            fields.setdefault(field.name, (field, hints[field.name]))
-    for option_name, (field, annotation) in fields.items():
-        add_option(group, field, annotation, f"model.{option_name}", note=f"[{', '.join(owners[option_name])}] ")
+            owners.setdefault(field.name, []).append((name, field))
+            annotations.setdefault(field.name, hints[field.name])
+    for option_name, owned in owners.items():
+        field = _shared_field([f for _, f in owned], [name for name, _ in owned])
+        add_option(group, field, annotations[option_name], f"model.{option_name}",
+                   note=f"[{', '.join(name for name, _ in owned)}] ")
+
+
+def _shared_field(fields: list[dataclasses.Field], models: list[str]) -> dataclasses.Field:
+    """One declaration for a flag several models share: the first model's, taking every model's
+    allowed values (--output-stride 8/16 and 16/32: the chosen model's own check refuses the rest
+    in one line), and naming each model's default where they differ."""
+    first = fields[0]
+    allowed = sorted({c for f in fields for c in (f.metadata.get("choices") or ())})
+    defaults = [_default(f) for f in fields]
+    help_text = first.metadata.get("help", "")
+    if len({repr(d) for d in defaults}) > 1 and "default" not in help_text:
+        help_text += " (default: " + ", ".join(f"{m} {d}" for m, d in zip(models, defaults)) + ")"
+    if help_text == first.metadata.get("help") and (not allowed or tuple(allowed) == first.metadata.get("choices")):
+        return first
+    shared = dataclasses.field(default=_default(first), metadata={**first.metadata, "help": help_text,
+                                                                    "choices": tuple(allowed) or None})
+    shared.name = first.name
+    return shared
+
+
+def _default(field: dataclasses.Field):
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def register(commands) -> None:

@@ -9,14 +9,14 @@ from torch.utils.data import Dataset
 from seglab.data.classmap import IGNORE_INDEX, ClassMap
 from seglab.data.discover import Pair
 from seglab.data.io import read_image
-from seglab.data.preprocess import prepare_image, resize_mask
+from seglab.data.preprocess import Normalization, prepare_image, resize_mask
 from seglab.data.truth import read_truth
 from seglab.errors import DataError
 from seglab.padding import mirror_pad
 
 
 def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float,
-              normalization: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              normalization: Normalization) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Read, map and scale one pair: image (C, h, w) float32 and mask (h, w) int64 class indices at
     `scale`, and the truth (H, W) int64 at the files' own size (the mask itself at scale 1)."""
     array = read_image(pair.image)
@@ -55,7 +55,7 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
-                 normalization: str = "per_image", crop: tuple[int, int] | None = None,
+                 normalization: Normalization = "per_image", crop: tuple[int, int] | None = None,
                  cache: bool = False, seed: int = 0, border_weight: tuple[float, float] | None = None):
         if not pairs:
             raise DataError("no image/mask pairs to load")
@@ -105,7 +105,7 @@ class ValidationImages:
     file's own size for the scores, which are computed at the size predictions are written)."""
 
     def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
-                 normalization: str = "per_image"):
+                 normalization: Normalization = "per_image"):
         self.pairs = list(pairs)
         self.class_map, self.channels, self.scale, self.normalization = class_map, channels, scale, normalization
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -1,18 +1,27 @@
 """Turn a decoded image into the network's input: channels, scale, intensity normalisation.
 
 Training and prediction both call `prepare_image`, so a model always sees what it was trained on.
+
+A normalisation is one of the modes in NORMALIZATIONS, computed from each image, or the fixed
+statistics a pretrained encoder was trained with, `{"mean": [C numbers], "std": [C numbers]}` in
+units of pixels / max (ImageNet's for most encoders), one pair per channel of the model's input
+(`fixed_normalization` spreads RGB statistics over other channel counts).
 """
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError
 
 NORMALIZATIONS = ("per_image", "minmax", "none")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+Normalization = Union[str, dict]  # a mode of NORMALIZATIONS, or {"mean": [...], "std": [...]}
 
 
 def to_float(array: np.ndarray) -> np.ndarray:
@@ -38,10 +47,45 @@ def match_channels(array: np.ndarray, channels: int, name: str = "image") -> np.
     raise DataError(f"'{name}' has {have} channels but the model takes {channels}")
 
 
-def normalization_statistics(image: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_normalization(mean, std, channels: int) -> dict:
+    """An encoder's RGB (mean, std) for an input of `channels` channels, as its first convolution is
+    adapted (`models.pretrained.adapt_first_conv`): one channel takes the averages (its filter is
+    the sum of the RGB filters, so a gray image is seen as its RGB copy), other counts cycle R, G,
+    B, R, ... (their filters cycle the same way)."""
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if channels == len(mean):
+        return {"mean": mean, "std": std}
+    if channels == 1:
+        return {"mean": [sum(mean) / len(mean)], "std": [sum(std) / len(std)]}
+    return {"mean": [mean[i % len(mean)] for i in range(channels)], "std": [std[i % len(std)] for i in range(channels)]}
+
+
+def check_normalization(value, channels: int | None = None) -> Normalization:
+    """`value` if it is a mode of NORMALIZATIONS or fixed statistics (one finite mean and one
+    positive std per channel); ConfigError otherwise."""
+    if isinstance(value, str) and value in NORMALIZATIONS:
+        return value
+    if isinstance(value, dict) and set(value) == {"mean", "std"}:
+        mean, std = value["mean"], value["std"]
+        numbers = isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) > 0
+        numbers = numbers and all(isinstance(v, (int, float)) and math.isfinite(v) for v in (*mean, *std))
+        if numbers and all(v > 0 for v in std) and (channels is None or len(mean) == channels):
+            return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    wanted = f"{channels} " if channels else ""
+    raise ConfigError(f"invalid normalization {value!r}; expected one of {', '.join(NORMALIZATIONS)}, or "
+                      f"{{'mean': [{wanted}numbers], 'std': [{wanted}numbers > 0]}}")
+
+
+def normalization_statistics(image: torch.Tensor, mode: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
     """(shift, divide) of "per_image" (mean, std) or "minmax" (low, high - low) normalisation, per
-    image and channel: (..., C, 1, 1) for images (..., C, H, W); `divide` is at least 1e-6."""
+    image and channel, or the fixed {"mean", "std"} of a pretrained encoder: (..., C, 1, 1) for
+    images (..., C, H, W); `divide` is at least 1e-6. Traceable: sizes come from the image."""
     dims = (-2, -1)
+    if isinstance(mode, dict):
+        like = torch.zeros_like(image[..., :1, :1])  # (..., C, 1, 1), dynamic when traced
+        mean = torch.tensor(mode["mean"], dtype=image.dtype, device=image.device)[:, None, None]  # (C, 1, 1)
+        std = torch.tensor(mode["std"], dtype=image.dtype, device=image.device)[:, None, None]
+        return like + mean, like + std
     if mode == "per_image":
         mean = image.mean(dim=dims, keepdim=True)
         with warnings.catch_warnings():  # a one-pixel image has no spread: NaN, then 0, without a warning
@@ -55,11 +99,12 @@ def normalization_statistics(image: torch.Tensor, mode: str) -> tuple[torch.Tens
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {mode!r}")
 
 
-def normalize(image: torch.Tensor, mode: str) -> torch.Tensor:
+def normalize(image: torch.Tensor, mode: Normalization) -> torch.Tensor:
     """Intensity normalisation of (C, H, W) or (N, C, H, W) float images, per image and channel.
 
     "per_image": zero mean, unit variance (the ISBI slices differ in contrast);
-    "minmax": stretched to [0, 1]; "none": left as read ([0, 1] for integer files).
+    "minmax": stretched to [0, 1]; "none": left as read ([0, 1] for integer files);
+    {"mean": [...], "std": [...]}: (x - mean) / std per channel, as a pretrained encoder expects.
     """
     if mode == "none":
         return image
@@ -88,7 +133,7 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def prepare_image(array: np.ndarray, channels: int, scale: float = 1.0,
-                  normalization: str = "per_image", name: str = "image",
+                  normalization: Normalization = "per_image", name: str = "image",
                   raw_max: float | None = None) -> torch.Tensor:
     """Decoded (H, W, C) array -> normalised float32 tensor (channels, h, w) at `scale`.
 

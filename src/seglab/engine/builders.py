@@ -11,6 +11,7 @@ from seglab.config import OPTIMIZERS, RunConfig
 from seglab.data.classmap import ClassMap
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
+from seglab.data.preprocess import Normalization, check_normalization, fixed_normalization
 from seglab.engine.data_plan import DataPlan
 from seglab.errors import SeglabError
 from seglab.losses import SegmentationLoss
@@ -22,10 +23,12 @@ from seglab.runtime.device import free_memory
 RESIDENT_FRACTION = 0.25
 
 
-def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, dist, log=print):
+def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, dist, log=print,
+                       normalization: Normalization = "per_image"):
     """The training batches and the size the augmenter cuts them to: (ResidentBatches, crop) when the
     training set fits on the device, else (LoaderBatches, None) with the dataset cropping. `dist`
-    gives rank and world_size; crop is (H, W) or None."""
+    gives rank and world_size; crop is (H, W) or None; `normalization` is the run's resolved one
+    (`input_normalization`)."""
     c = config
     crop = (c.data.crop[0], c.data.crop[-1]) if c.data.crop else None
     border = tuple(c.train.border_weight) if c.train.border_weight else None
@@ -33,7 +36,7 @@ def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, 
         raise SeglabError("--border-weight takes W0,SIGMA (e.g. 10,5) and binary masks whose class 1 is "
                           "the cells (ISBI: 255 = cell interior)")
     common = dict(class_map=plan.class_map, channels=plan.channels, scale=c.data.scale,
-                  normalization=c.data.normalization, seed=c.train.seed, border_weight=border)
+                  normalization=normalization, seed=c.train.seed, border_weight=border)
     dataset = SegmentationDataset(plan.train_pairs, cache=True, **common)
     first_image = dataset.load(0)[0]
     estimate = first_image[0].numel() * (first_image.shape[0] + 3) * 4 * len(dataset)
@@ -57,8 +60,25 @@ def make_model(config: RunConfig, channels: int, num_outputs: int) -> tuple[nn.M
     return build_model(config.model.name, in_channels=channels, num_classes=num_outputs, **options), kwargs
 
 
-def load_initial_weights(model: nn.Module, path: Path, model_kwargs: dict, log=print) -> None:
-    """--load: a checkpoint's weights into a model of the same shapes (the training state is not used)."""
+def input_normalization(config: RunConfig, model: nn.Module, channels: int,
+                        loaded_preprocess: dict | None = None) -> Normalization:
+    """The run's normalisation: --normalization as given; "auto": the --load checkpoint's (its
+    weights were trained on it), else the pretrained encoder's statistics for `channels` inputs
+    (`model.input_normalization`), else "per_image"."""
+    choice = config.data.normalization
+    if choice != "auto":
+        return choice
+    if loaded_preprocess is not None:
+        return check_normalization(loaded_preprocess.get("normalization", "per_image"), channels)
+    stats = getattr(model, "input_normalization", None)
+    if stats:
+        return fixed_normalization(stats["mean"], stats["std"], channels)
+    return "per_image"
+
+
+def load_initial_weights(model: nn.Module, path: Path, model_kwargs: dict, log=print) -> dict:
+    """--load: a checkpoint's weights into a model of the same shapes (the training state is not
+    used); returns the checkpoint's preprocessing."""
     payload = load_checkpoint(path)
     state, own = payload["state_dict"], model.state_dict()
     if set(state) != set(own) or any(own[k].shape != v.shape for k, v in state.items()):
@@ -66,6 +86,7 @@ def load_initial_weights(model: nn.Module, path: Path, model_kwargs: dict, log=p
                           f"{payload['model']['kwargs']} vs {model_kwargs}): train a matching model")
     model.load_state_dict(state)
     log(f"initial weights from {path}")
+    return payload["preprocess"]
 
 
 def class_weights_for(config: RunConfig, plan: "DataPlan | None") -> list[float] | None:
@@ -95,11 +116,15 @@ def make_loss(config: RunConfig, class_map: ClassMap, plan: "DataPlan | None" = 
     return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, plan))
 
 
-def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False,
+                   groups: list[dict] | None = None) -> torch.optim.Optimizer:
     """The optimizer; `fused` runs Adam/AdamW/SGD as one kernel per step (CPU and CUDA), which also
-    lets a GradScaler skip non-finite steps without a host synchronisation."""
+    lets a GradScaler skip non-finite steps without a host synchronisation. `groups` (parameter
+    groups, an "lr_scale" each; `EncoderPolicy.parameter_groups`) default to the model's trainable
+    parameters in one group."""
     t = config.train
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    params = [{**group, "lr": t.learning_rate * group.get("lr_scale", 1.0)} for group in groups]
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused or None)
     if t.optimizer == "adamw":

@@ -20,7 +20,7 @@ def checkpoint_payload(trainer, epoch: int, metrics: dict, train_state: dict | N
     """A checkpoint of the weights that are scored and predicted with (the average with --ema)."""
     c = trainer.config
     preprocess = {"channels": trainer.data_plan.channels, "scale": c.data.scale,
-                  "normalization": c.data.normalization, "threshold": c.train.threshold}
+                  "normalization": trainer.normalization, "threshold": c.train.threshold}
     return make_checkpoint(trainer.scored_model, c.model.name, trainer.model_kwargs, trainer.data_plan.class_map,
                            preprocess, epoch, trainer.step, metrics, train_state)
 

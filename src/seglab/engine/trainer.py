@@ -13,10 +13,18 @@ from seglab.config import RunConfig, parse_eval_every
 from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
 from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed, train_state
-from seglab.engine.builders import load_initial_weights, make_loss, make_model, make_optimizer, make_train_batches
+from seglab.engine.builders import (
+    input_normalization,
+    load_initial_weights,
+    make_loss,
+    make_model,
+    make_optimizer,
+    make_train_batches,
+)
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
 from seglab.engine.data_plan import plan_data
 from seglab.engine.ema import WeightAverage
+from seglab.engine.encoder_policy import EncoderPolicy
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
 from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
@@ -82,25 +90,32 @@ class Trainer:
     def _build_model(self) -> None:
         t, device, class_map = self.config.train, self.device, self.data_plan.class_map
         self.model, self.model_kwargs = make_model(self.config, self.data_plan.channels, class_map.num_outputs)
-        if t.load:
-            load_initial_weights(self.model, Path(t.load), self.model_kwargs, self.log)
+        loaded = load_initial_weights(self.model, Path(t.load), self.model_kwargs, self.log) if t.load else None
+        self.normalization = input_normalization(self.config, self.model, self.data_plan.channels, loaded)
+        self.encoder_policy = EncoderPolicy(self.model, t, self.config.model.name)
         if t.sync_bn and self.dist.enabled:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
+        self.encoder_policy.start_epoch(0)  # a frozen encoder is left out of DDP's gradient reduction
+        self._wrap_model()
+
+    def _wrap_model(self) -> None:
+        """DDP (under torchrun) and torch.compile around the model; again when the trainable parameters change."""
         self.ddp_model = self.model
         if self.dist.enabled:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if t.compile:
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.train.compile:
             self.ddp_model = torch.compile(self.ddp_model)
 
     def _build_optimisation(self) -> None:
         t, device = self.config.train, self.device
         self.loss_fn = make_loss(self.config, self.data_plan.class_map, self.data_plan).to(device)
-        self.optimizer = make_optimizer(self.config, self.model, fused=True)
+        self.optimizer = make_optimizer(self.config, self.model, fused=True,
+                                        groups=self.encoder_policy.parameter_groups())
         self.monitor = Monitor(t.monitor, t.early_stop)
         self.schedule = LearningRateSchedule(self.optimizer, t.scheduler, self.monitor.mode, t.patience)
         amp_dtype = resolve_precision(t.precision, t.amp, device)
@@ -120,9 +135,10 @@ class Trainer:
         augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
         self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
-        self.train_batches, self.crop = make_train_batches(config, self.data_plan, self.device, self.dist, self.log)
-        self.val_images = (ValidationImages(self.data_plan.val_pairs, self.data_plan.class_map, self.data_plan.channels,
-                                            config.data.scale, config.data.normalization)
+        self.train_batches, self.crop = make_train_batches(config, self.data_plan, self.device, self.dist, self.log,
+                                                           self.normalization)
+        self.val_images = (ValidationImages(self.data_plan.val_pairs, self.data_plan.class_map,
+                                            self.data_plan.channels, config.data.scale, self.normalization)
                            if self.data_plan.val_pairs else None)
         self.start_epoch, self.skip_batches, self.step = 0, 0, 0
         self.accumulate = max(1, t.accumulate)
@@ -194,6 +210,8 @@ class Trainer:
         step-based evaluation) ends the run."""
         c = self.config
         self.train_batches.set_epoch(epoch)
+        if self.encoder_policy.start_epoch(epoch):
+            self._wrap_model()  # the encoder unfroze: DDP must reduce its gradients too
         self.model.train()
         skip, self.skip_batches = self.skip_batches, 0
         batches = len(self.train_batches)

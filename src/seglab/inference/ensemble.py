@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from seglab.data.classmap import ClassMap
 from seglab.errors import CheckpointError
-from seglab.models.outputs import input_multiple, logits_to_probabilities
+from seglab.models.outputs import input_multiple, logits_to_probabilities, min_input_size
 from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
 
 FORMAT = "seglab-ensemble"
@@ -105,6 +105,9 @@ class EnsembleModule(nn.Module):
         if self.margin:
             self.valid_input_size = first.valid_input_size
         self.input_multiple = math.lcm(*(input_multiple(m) for m in members))
+        self.min_input_size = max(min_input_size(m) for m in members)
+        # A format any member cannot be exported to, the ensemble cannot be either.
+        self.export_refusals = {fmt: why for m in members for fmt, why in getattr(m, "export_refusals", {}).items()}
         self.base_channels = max(getattr(m, "base_channels", 64) or 64 for m in members)  # memory estimate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,11 @@ value range of the image files (0..255 for 8-bit images, the default `input_max`
 `Predictor` does before and after the network:
 
     pixels / input_max -> the checkpoint's normalisation ("per_image": per image and channel zero
-    mean / unit std with the unbiased std, as `preprocess.normalize`; "minmax"; "none")
-    -> mirror padding to a size the network takes (same-padding U-Net: far sides to a multiple of
-    2 ** depth; valid-padding U-Net: `margin` context on every side, as `full_size_logits`)
+    mean / unit std with the unbiased std, as `preprocess.normalize`; "minmax"; "none"; a
+    pretrained encoder's fixed mean and std)
+    -> mirror padding to a size the network takes (models with an `input_multiple`: far sides up to
+    a multiple, 2 ** depth for a same-padding U-Net, the encoder's stride for SMP models;
+    valid-padding U-Net: `margin` context on every side, as `full_size_logits`)
     -> network -> crop to (H, W) -> sigmoid (1 output channel) or softmax (K channels).
 
 A second, optional input `stats` (B or 1, C, 2) carries a whole image's normalisation statistics
@@ -40,7 +42,7 @@ import torch.nn as nn
 
 from seglab.data.classmap import ClassMap
 from seglab.data.io import write_error
-from seglab.data.preprocess import match_channels, normalize
+from seglab.data.preprocess import Normalization, match_channels, normalize
 from seglab.errors import SeglabError
 from seglab.inference.export_graph import ExportWrapper, image_stats
 from seglab.inference.exported import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
@@ -137,7 +139,7 @@ def _parity_batches(images: list[np.ndarray], channels: int) -> list[torch.Tenso
 
 
 @torch.inference_mode()
-def reference_probabilities(model: nn.Module, pixels: torch.Tensor, normalization: str,
+def reference_probabilities(model: nn.Module, pixels: torch.Tensor, normalization: Normalization,
                             input_max: float = 255.0) -> torch.Tensor:
     """What PyTorch gives the Predictor's way: raw (B, C, H, W) -> probabilities (B, K, H, W)."""
     x = normalize(pixels.float() / input_max, normalization)
@@ -145,7 +147,7 @@ def reference_probabilities(model: nn.Module, pixels: torch.Tensor, normalizatio
 
 
 def check_parity(run_exported: Callable[..., torch.Tensor], model: nn.Module,
-                 batches: list[torch.Tensor], normalization: str, input_max: float,
+                 batches: list[torch.Tensor], normalization: Normalization, input_max: float,
                  num_outputs: int | None = None) -> tuple[float, list]:
     """Max abs difference of probabilities between the exported model and PyTorch over the batches,
     with and without the optional statistics input, and the batch shapes checked. `num_outputs`
@@ -305,6 +307,9 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
         raise SeglabError(f"invalid --tolerance: {tolerance}; expected a number > 0 (default {DEFAULT_TOLERANCE})")
     started = time.perf_counter()
     model, payload = load_model(checkpoint_path)
+    refusal = getattr(model, "export_refusals", {}).get(fmt)
+    if refusal:
+        raise SeglabError(f"{payload['model']['name']} cannot be exported to {fmt}: {refusal}")
     metadata = export_metadata(payload, input_max)
     out_path = Path(out_path) if out_path else Path(checkpoint_path).with_suffix(".onnx" if fmt == "onnx" else ".ts")
     if out_path.is_dir():

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seglab.data.preprocess import NORMALIZATIONS, normalization_statistics
-from seglab.errors import SeglabError
-from seglab.models.outputs import input_multiple, logits_to_probabilities
+from seglab.data.preprocess import Normalization, check_normalization, normalization_statistics
+from seglab.errors import ConfigError, SeglabError
+from seglab.models.outputs import input_multiple, logits_to_probabilities, min_input_size
 
 
 # ---- index arithmetic that stays dynamic when traced ---------------------------------------------
@@ -56,7 +56,7 @@ def reflect_pad_index(like: torch.Tensor, before: torch.Tensor, after: torch.Ten
     return _replicate(index, before, after)
 
 
-def graph_normalize(pixels: torch.Tensor, input_max: float, mode: str,
+def graph_normalize(pixels: torch.Tensor, input_max: float, mode: Normalization,
                     stats: torch.Tensor | None = None) -> torch.Tensor:
     """Raw pixels (B, C, H, W) -> float32 normalised as `preprocess.normalize` does.
 
@@ -78,7 +78,7 @@ def graph_normalize(pixels: torch.Tensor, input_max: float, mode: str,
     return ((x - shift) / divide).float()
 
 
-def image_stats(pixels: torch.Tensor, normalization: str, input_max: float) -> torch.Tensor | None:
+def image_stats(pixels: torch.Tensor, normalization: Normalization, input_max: float) -> torch.Tensor | None:
     """Raw pixels (B, C, H, W) -> the exported graph's `stats` input (B, C, 2) float32 for them
     (None for "none" normalisation, which has no statistics)."""
     if normalization == "none":
@@ -117,24 +117,29 @@ class ExportWrapper(nn.Module):
     intensity scaling, normalisation, padding and activation around it, in traceable tensor ops.
 
     Args:
-        model: the network, in eval mode.
-        normalization: one of `preprocess.NORMALIZATIONS`, as stored in the checkpoint.
+        model: the network, in eval mode. A model that takes only sides that are multiples of
+            `model.input_multiple`, at least `model.min_input_size` long (seglab's padded U-Net,
+            SMP models), is given its input mirrored up to such a size here, in traced ops.
+        normalization: a mode of `preprocess.NORMALIZATIONS` or fixed {"mean", "std"}, as stored in
+            the checkpoint.
         input_max: the pixels are divided by it first (255 for 8-bit files).
     """
 
-    def __init__(self, model: nn.Module, normalization: str = "per_image", input_max: float = 255.0):
+    def __init__(self, model: nn.Module, normalization: Normalization = "per_image", input_max: float = 255.0):
         super().__init__()
-        if normalization not in NORMALIZATIONS:
-            raise SeglabError(f"unknown normalization {normalization!r} in the checkpoint; "
-                              f"expected one of {', '.join(NORMALIZATIONS)}")
+        try:
+            normalization = check_normalization(normalization)
+        except ConfigError as error:
+            raise SeglabError(f"the checkpoint's normalisation cannot be exported: {error}") from None
         if not input_max > 0:
             raise SeglabError(f"input_max must be positive, got {input_max}")
         self.model = model.eval()
         self.normalization = normalization
         self.input_max = float(input_max)
         self.margin = int(getattr(model, "margin", 0))
-        self.multiple = input_multiple(model) if not self.margin else 1
-        self.multiple_steps = reflect_steps(self.multiple)
+        self.multiple = 1 if self.margin else input_multiple(model)
+        self.minimum = 1 if self.margin else min_input_size(model)
+        self.multiple_steps = reflect_steps(max(self.multiple, self.minimum))
         if self.margin:
             self.valid_first, self.valid_stride = _valid_progression(model)
             max_pad = max(self.margin, self.valid_first + self.valid_stride)
@@ -152,9 +157,9 @@ class ExportWrapper(nn.Module):
         if self.margin:
             rows = self._valid_index(height, x[0, 0, :, 0])
             cols = self._valid_index(width, x[0, 0, 0, :])
-        elif self.multiple > 1:
-            # A model that pads by itself only when needed (a Python `if`, frozen by tracing): pad here
-            # exactly as it would, so the size it sees is always a multiple and its branch is moot.
+        elif self.multiple > 1 or self.minimum > 1:
+            # The model pads by itself only when needed (Python arithmetic, frozen by tracing): pad
+            # here exactly as it would, so the size it sees always fits and its own padding is moot.
             rows = self._far_side_index(height, x[0, 0, :, 0])
             cols = self._far_side_index(width, x[0, 0, 0, :])
         else:
@@ -163,9 +168,12 @@ class ExportWrapper(nn.Module):
         return logits[:, :, :height, :width]
 
     def _far_side_index(self, size: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
-        """Source rows of the model's own padding along one axis: mirrored after the end up to a multiple."""
-        pad = (self.multiple - size % self.multiple) % self.multiple
-        return reflect_pad_index(line, torch.zeros_like(pad), pad, self.multiple_steps)
+        """Source rows of the model's own padding along one axis (`seglab.padding.pad_to_multiple`):
+        mirrored after the end up to `padded_size(size, multiple, minimum)`."""
+        multiple = self.multiple
+        target = torch.div(size + multiple - 1, multiple, rounding_mode="floor") * multiple
+        target = target.clamp(min=-(-self.minimum // multiple) * multiple)
+        return reflect_pad_index(line, torch.zeros_like(size), target - size, self.multiple_steps)
 
     def _valid_index(self, size: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
         """Source rows of the valid-padding input for one axis: `margin` mirrored before, and after

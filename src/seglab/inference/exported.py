@@ -47,7 +47,7 @@ class ExportedModel(ABC):
         self.channels = int(metadata["channels"])
         self.scale = float(metadata.get("scale", 1.0))
         self.threshold = float(metadata.get("threshold", 0.5))
-        self.normalization = str(metadata.get("normalization", "per_image"))
+        self.normalization = metadata.get("normalization", "per_image")  # a mode, or {"mean", "std"}
         self.input_max = float(metadata.get("input_max", 255.0))
         self.num_outputs = int(metadata.get("num_outputs", self.class_map.num_outputs))
         self.has_stats = "stats_input" in metadata  # the optional whole-image statistics input

@@ -22,8 +22,8 @@ import torch
 
 from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
-from seglab.data.preprocess import prepare_image
-from seglab.errors import ConfigError, DataError, SeglabError
+from seglab.data.preprocess import check_normalization, prepare_image
+from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
 from seglab.inference.options import SCALE_RULES, InferenceOptions
 from seglab.inference.postprocess import SEED_THRESHOLD, membrane_to_instances
@@ -99,7 +99,10 @@ class Predictor:
         self.class_map = class_map
         self.channels = int(preprocess["channels"])
         self.scale = float(preprocess.get("scale", 1.0))
-        self.normalization = preprocess.get("normalization", "per_image")
+        try:
+            self.normalization = check_normalization(preprocess.get("normalization", "per_image"), self.channels)
+        except ConfigError as error:
+            raise CheckpointError(f"the model's preprocessing is damaged: {error}") from None
         self.threshold = float(preprocess.get("threshold", 0.5) if threshold is None else threshold)
         self.tile, self.overlap, self.tta, self.batch_size = tile, overlap, tta, batch_size
         self.membrane_class, self.seed_threshold = membrane_class, seed_threshold

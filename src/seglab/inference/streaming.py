@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seglab.data.preprocess import match_channels, to_float
+from seglab.data.preprocess import Normalization, match_channels, to_float
 from seglab.errors import SeglabError
 from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
 from seglab.inference.tta import tta_forward
@@ -23,9 +23,12 @@ def _hwc(rows: np.ndarray) -> np.ndarray:
     return rows[..., None] if rows.ndim == 2 else rows
 
 
-def tiff_statistics(path: str | Path, channels: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+def tiff_statistics(path: str | Path, channels: int, mode: Normalization) -> tuple[np.ndarray, np.ndarray]:
     """(shift, divide) per channel of a TIFF's first page for normalisation `mode` ("per_image":
-    mean and unbiased std; "minmax": low and range; "none": 0 and 1), read in bounded bands."""
+    mean and unbiased std; "minmax": low and range; "none": 0 and 1), read in bounded bands; a
+    pretrained encoder's fixed {"mean", "std"} as they are."""
+    if isinstance(mode, dict):
+        return np.asarray(mode["mean"], dtype=np.float64), np.asarray(mode["std"], dtype=np.float64)
     with TiffRows(path) as source:
         height, width = source.height, source.width
         total, squares = np.zeros(channels), np.zeros(channels)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seglab.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from seglab.errors import SeglabError
 from seglab.models.registry import register_model
 from seglab.options import option
@@ -280,7 +281,15 @@ class DeepLabV3(nn.Module):
         rates = tuple(rate * 16 // output_stride for rate in ASPP_RATES_OS16)
         self.head = DeepLabHead(self.backbone.out_channels, num_classes, aspp_channels, rates)
         self.aux = FCNHead(self.backbone.aux_channels, num_classes) if aux_head else None
+        # torchvision's ImageNet weights were trained on inputs normalised with ImageNet's statistics.
+        self.input_normalization = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)} \
+            if pretrained_backbone else None
         self._init_heads()
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The backbone, for the encoder options of training (`--encoder-lr-scale`, ...)."""
+        return self.backbone
 
     def _init_heads(self) -> None:
         heads = [self.head] + ([self.aux] if self.aux is not None else [])

@@ -33,6 +33,12 @@ def input_multiple(model: nn.Module) -> int:
     return int(getattr(model, "input_multiple", 1) or 1)
 
 
+def min_input_size(model: nn.Module) -> int:
+    """The shortest side the model pads its input up to by itself (1: none; SMP's Mix Transformer
+    and ViT encoders need a minimum beyond their multiple)."""
+    return int(getattr(model, "min_input_size", 1) or 1)
+
+
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """(N, K, H, W) logits -> probabilities (sigmoid for K = 1, softmax otherwise)."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from seglab.models.registry import register_model
 from seglab.options import option
-from seglab.padding import center_crop, mirror_pad
+from seglab.padding import center_crop, pad_to_multiple
 
 
 class DoubleConv(nn.Sequential):
@@ -115,8 +115,6 @@ class UNet(nn.Module):
             Up(widths[i + 1], widths[i], up, conv_padding, batch_norm) for i in reversed(range(depth)))
         self.outc = nn.Conv2d(widths[0], num_classes, kernel_size=1)
         self.margin = self._valid_margin() if padding == "valid" else 0
-        # Same-padding inputs are mirror-padded to a multiple of this inside forward (and cropped back).
-        self.input_multiple = 2 ** depth if padding == "same" else 1
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -126,6 +124,12 @@ class UNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    @property
+    def input_multiple(self) -> int:
+        """Sides the padded network takes: multiples of 2 ** depth (it mirrors other inputs up to
+        one itself); 1 for "valid", whose sizes `valid_input_size` gives."""
+        return 2 ** self.depth if self.padding == "same" else 1
 
     # ---- geometry of the unpadded ("valid") network -------------------------------------------
     def valid_output_size(self, size: int) -> int | None:
@@ -163,13 +167,9 @@ class UNet(nn.Module):
                         f"input side {side} does not fit the unpadded U-Net of depth {self.depth}; "
                         f"use {self.valid_input_size(max(side - 2 * self.margin, 1))} or padding='same'")
             return self._forward_core(x)
-        multiple = 2 ** self.depth
-        pad_h, pad_w = -height % multiple, -width % multiple
-        if pad_h or pad_w:
-            # Pad on the far sides so every pooling halves an even size, then crop back: the
-            # "Target size 512 vs input 504" mismatch of tutorial U-Nets cannot happen.
-            x = mirror_pad(x, 0, pad_h, 0, pad_w)
-        logits = self._forward_core(x)
+        # Pad on the far sides so every pooling halves an even size, then crop back: the
+        # "Target size 512 vs input 504" mismatch of tutorial U-Nets cannot happen.
+        logits = self._forward_core(pad_to_multiple(x, self.input_multiple))
         return logits[..., :height, :width]
 
     def _forward_core(self, x: torch.Tensor) -> torch.Tensor:
