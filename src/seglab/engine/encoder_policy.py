@@ -59,13 +59,13 @@ class EncoderPolicy:
 
     def parameter_groups(self) -> list[dict]:
         """Optimizer groups of the trainable parameters: the rest of the model, then the encoder with
-        its `lr_scale` (one group when there is no encoder or the scale is 1). Call it before the
-        first `start_epoch`: a frozen encoder's parameters are listed too (without a gradient, the
-        optimizer step skips them)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        its `lr_scale` (one group when there is no encoder or the scale is 1). A frozen encoder's
+        parameters are listed too, whenever this is called: they train once it unfreezes (until
+        then they have no gradient, and the optimizer step skips them)."""
+        own = {id(p) for p in self.trainable}
+        params = [p for p in self.model.parameters() if p.requires_grad or id(p) in own]
         if self.encoder is None or self.lr_scale == 1.0:
             return [{"params": params}]
-        own = {id(p) for p in self.trainable}
         return [{"params": [p for p in params if id(p) not in own]},
                 {"params": [p for p in params if id(p) in own], "lr_scale": self.lr_scale}]
 
