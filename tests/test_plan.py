@@ -89,6 +89,15 @@ def test_the_default_budget_gives_about_ten_validations():
     assert chosen["train.learning_rate"] == 2e-3 and chosen["train.batch_size"] == 4
 
 
+def test_pretrained_weights_get_their_own_normalisation_and_others_per_image():
+    pretrained = {"model.name": "smp-unet", "model.encoder_weights": "imagenet"}
+    assert values(plan_rules(fingerprint(), CPU, pretrained, binary=True, train_images=25))["data.normalization"] \
+        == "auto"
+    scratch = {"model.name": "smp-unet", "model.encoder_weights": None}
+    assert values(plan_rules(fingerprint(), CPU, scratch, binary=True, train_images=25))["data.normalization"] \
+        == "per_image"
+
+
 # ---- the plain command ---------------------------------------------------------------------------
 def test_a_zero_flag_training_plans_finishes_within_its_budget_and_writes_plan_json(tmp_path, isbi_subset):
     started = time.monotonic()

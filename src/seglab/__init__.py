@@ -15,6 +15,6 @@ from seglab.models import build_model, list_models, register_model  # noqa: E402
 from seglab.options import option  # noqa: E402
 from seglab.version import __version__
 
-__all__ = ["CheckpointError", "ConfigError", "CrossValidation", "DataError", "Evaluation", "Prediction", "Predictor", "Run",
-           "RunConfig", "SeglabError", "__version__", "build_model", "check", "evaluate", "export", "list_models",
+__all__ = ["CheckpointError", "ConfigError", "CrossValidation", "DataError", "Evaluation", "Prediction", "Predictor",
+           "Run", "RunConfig", "SeglabError", "__version__", "build_model", "check", "evaluate", "export", "list_models",
            "load", "load_config", "option", "predict_files", "register_model", "report", "resume", "train"]

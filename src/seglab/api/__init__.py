@@ -6,4 +6,5 @@ from seglab.api.predicting import load
 from seglab.api.tools import check, export, report
 from seglab.api.training import Run, resume, train
 
-__all__ = ["CrossValidation", "Run", "check", "evaluate", "export", "load", "predict_files", "report", "resume", "train"]
+__all__ = ["CrossValidation", "Run", "check", "evaluate", "export", "load", "predict_files", "report", "resume",
+           "train"]

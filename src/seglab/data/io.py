@@ -42,9 +42,10 @@ def check_pixel_count(path: Path | str, height: int, width: int) -> None:
     """ImageTooLargeError for an image whose header claims more pixels than max_pixels()."""
     limit = max_pixels()
     if height * width > limit:
-        raise ImageTooLargeError(f"'{path}' claims {width}x{height} pixels ({height * width / 1e6:.0f} megapixels), over "
-                        f"the limit of {limit / 1e6:.0f} megapixels (a decompression bomb, or a very large image): "
-                        f"pass --max-pixels {height * width} to read it, or cut it into smaller files")
+        raise ImageTooLargeError(f"'{path}' claims {width}x{height} pixels ({height * width / 1e6:.0f} megapixels), "
+                                 f"over the limit of {limit / 1e6:.0f} megapixels (a decompression bomb, or a very "
+                                 "large image): "
+                                 f"pass --max-pixels {height * width} to read it, or cut it into smaller files")
 
 
 @contextmanager

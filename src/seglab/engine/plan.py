@@ -158,8 +158,12 @@ def _plan_data(plan: Plan, fp: Fingerprint, kind: str, explicit: dict) -> None:
     else:
         plan.choose("data.crop", [side, side], f"{side}x{side} crops of {fp.median_size[1]}x{fp.median_size[0]} images "
                     f"(largest objects about {largest:.0f} px across)", explicit)
-    plan.choose("data.normalization", "per_image", "zero mean, unit variance per image: contrast varies "
-                "between images", explicit)
+    if explicit.get("model.encoder_weights") not in (None, "none") or explicit.get("model.pretrained_backbone"):
+        plan.choose("data.normalization", "auto", "the pretrained encoder's mean and std, as its weights were "
+                    "trained (stored in the checkpoint)", explicit)
+    else:
+        plan.choose("data.normalization", "per_image", "zero mean, unit variance per image: contrast varies "
+                    "between images", explicit)
 
 
 def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str, explicit: dict, binary: bool, probe) -> None:
