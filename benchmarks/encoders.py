@@ -33,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import device_name  # noqa: E402
+from bench_common import bench_device, device_name, require_camvid  # noqa: E402
 
 from seglab.config import load_config, override  # noqa: E402
 from seglab.engine.runs import fit  # noqa: E402
@@ -84,10 +84,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="resize the frames (0.5 for a CPU run)")
     parser.add_argument("--weights-dir", type=Path, help="encoder weights folder: start from ImageNet weights")
     args = parser.parse_args()
-    if not (args.data / "train" / "images").is_dir() or not (args.data / "val" / "images").is_dir():
-        sys.exit(f"no CamVid at {args.data}: give --data a folder with train/ and val/ (images/ + masks/)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    require_camvid(args.data)
+    device = bench_device(args.device)
     print(f"device: {device_name(device)}; torch {torch.__version__}; budget {args.budget:.0f} s per run; "
           f"crop {args.crop}, batch {args.batch}, frames scaled by {args.scale}; {time.strftime('%Y-%m-%d %H:%M')}",
           flush=True)
