@@ -95,6 +95,8 @@ def run_isbi(args, out: Path) -> dict:
         print("\n== ISBI 25-29: the zero-flag plan IS the demo's recipe (config.yaml equal but for out and "
               "device); one run scored for both, ratio 1 by construction")
         scores = isbi_scores(planned.last_checkpoint, args.device) | _speed(planned)
+        for key, value in scores.items():
+            print(f"  {key:16s} {value:.4f}  a/b 1 (one run)")
         return {"a": "plan", "b": "demo recipe", "identical_config": True, "scores_a": scores, "scores_b": scores}
     handwritten = seglab.train(config=recipe, progress=False, log=QUIET)
     return compare("ISBI 25-29, zero-flag plan vs the demo's recipe",

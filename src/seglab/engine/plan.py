@@ -219,7 +219,9 @@ def _plan_schedule(plan: Plan, kind: str, explicit: dict, train_images: int) -> 
     else:
         epochs = float(explicit["train.epochs"])
     every = max(1, round(epochs / EVALUATIONS))
-    plan.choose("train.eval_every", every, f"about {EVALUATIONS} validations in ~{epochs:.0f} epochs", explicit)
+    reason = (f"about {EVALUATIONS} validations in ~{epochs:.0f} epochs" if epochs >= EVALUATIONS else
+              f"every epoch: only ~{epochs:.0f} fit the budget")
+    plan.choose("train.eval_every", every, reason, explicit)
 
 
 def _gpu_batch(plan: Plan, probe) -> int:
