@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	$(BIN)/seglab demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
