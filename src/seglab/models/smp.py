@@ -50,25 +50,24 @@ class PSPNetOptions(SMPOptions):
                                 "smp-pspnet 3)", min=3, max=5)
 
 
+# One help text for the three architectures whose encoder dilates instead of striding.
+OUTPUT_STRIDE_HELP = ("input size / encoder feature size: the last stages dilate instead of striding "
+                      "(default: smp-deeplabv3 8, smp-deeplabv3plus and smp-pan 16)")
+
+
 @dataclass(frozen=True)
 class DeepLabV3Options(SMPOptions):
-    output_stride: int = option(8, "input size / encoder feature size: the last stages dilate instead of "
-                                "striding (default: smp-deeplabv3 8, smp-deeplabv3plus and smp-pan 16)",
-                                choices=(8, 16))
+    output_stride: int = option(8, OUTPUT_STRIDE_HELP, choices=(8, 16))
 
 
 @dataclass(frozen=True)
 class DeepLabV3PlusOptions(SMPOptions):
-    output_stride: int = option(16, "input size / encoder feature size: the last stages dilate instead of "
-                                "striding (default: smp-deeplabv3 8, smp-deeplabv3plus and smp-pan 16)",
-                                choices=(8, 16))
+    output_stride: int = option(16, OUTPUT_STRIDE_HELP, choices=(8, 16))
 
 
 @dataclass(frozen=True)
 class PANOptions(SMPOptions):
-    output_stride: int = option(16, "input size / encoder feature size: the last stages dilate instead of "
-                                "striding (default: smp-deeplabv3 8, smp-deeplabv3plus and smp-pan 16)",
-                                choices=(16, 32))
+    output_stride: int = option(16, OUTPUT_STRIDE_HELP, choices=(16, 32))
 
 
 @dataclass(frozen=True)
