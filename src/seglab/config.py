@@ -26,7 +26,7 @@ from seglab.version import __version__
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
 MONITORS = ("val_dice", "val_miou", "val_iou", "val_loss", "val_pixel_error")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.
 LEGACY_MODEL_KEYS = {"base_channels", "depth", "up", "padding", "batch_norm", "backbone", "output_stride",
@@ -154,11 +154,15 @@ class TrainConfig:
                                 group="run control")
     load: str | None = option(None, "initial weights from a seglab checkpoint", flags=("-f", "--load"),
                               metavar="CKPT", group="run control")
-    amp: bool = option(False, "mixed precision on GPUs (bf16 where supported, else fp16)", group="speed")
-    precision: str | None = option(None, "autocast precision (default: fp32, or with --amp bf16/fp16 on GPUs)",
+    amp: bool = option(False, "mixed precision on GPUs (bf16 where supported, else fp16); what 'auto' does",
+                       group="speed")
+    precision: str | None = option("auto", "autocast precision; auto: bf16 on GPUs that have it (else fp16) and on "
+                                   "CPUs that compute bf16 natively (AVX512_BF16, AMX), fp32 elsewhere",
                                    choices=PRECISIONS, group="speed")
-    compile: bool = option(False, "torch.compile the model", group="speed")
-    channels_last: bool | None = option(None, "channels-last memory layout (default: on for CUDA)", group="speed")
+    compile: bool = option(False, "torch.compile the model (compile time is logged apart from training time)",
+                           group="speed")
+    channels_last: bool | None = option(None, "channels-last memory layout (default: the plan's measurement, else "
+                                        "on for GPUs and CPU bf16)", group="speed")
     accumulate: int = option(1, "gradient accumulation steps (no all-reduce on the inner ones)", min=1,
                              max=10**4, group="distributed")
     sync_bn: bool = option(False, "SyncBatchNorm across DDP processes", group="distributed")

@@ -19,13 +19,14 @@ import torch
 from seglab.config import RunConfig, override
 from seglab.data.fingerprint import Fingerprint, fingerprint
 from seglab.engine.data_plan import plan_data
-from seglab.runtime.device import free_memory, resolve_device
+from seglab.runtime.device import free_memory, native_cpu_bf16, resolve_device, resolve_precision
 
 # Seconds of training when the user gives neither --epochs nor --time-budget.
 DEFAULT_BUDGET = {"cpu": 420.0, "cuda": 120.0}
-# The demo's CPU recipe (U-Net-16, 256x256 crops, batch 4, paper augmentation) trains 3.0
-# images/s on 2 cores (51 epochs of 25 slices in 420 s, BENCHMARKS.md): 1.5 per core.
-CPU_IMAGES_PER_S_PER_CORE = 1.5
+# Without a probe (under torchrun every rank must plan alike): the demo's CPU recipe (U-Net-16,
+# 256x256 crops, batch 4, paper augmentation) per core, in float32 and in native bf16 with
+# channels-last (BENCHMARKS.md, "CPU speed").
+CPU_IMAGES_PER_S_PER_CORE = {"fp32": 1.5, "bf16": 3.5}
 CPU_CROP, GPU_CROP = 256, 512         # largest training crop side on each kind of device
 MIN_CROP = 128                        # crops below this side get a shallower U-Net
 OBJECTS_PER_CROP = 4                  # a crop side holds this many diameters of the largest objects
@@ -86,39 +87,50 @@ def describe_device(device: torch.device) -> dict:
         return {"type": "cuda", "name": torch.cuda.get_device_name(device), "free_bytes": free_memory(device),
                 "total_bytes": torch.cuda.get_device_properties(device).total_memory}
     return {"type": "cpu", "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
-            os.cpu_count() or 1}
+            os.cpu_count() or 1, "bf16": native_cpu_bf16()}
 
 
 def make_plan(explicit: dict[str, Any], log=print) -> Plan:
     """Plan a run of the data folder in explicit["data.root"], keeping every explicit value."""
-    from seglab.engine.probe import probe_training_step
+    from seglab.engine.probe import probe_training_step, time_cpu_training_steps
 
     provisional = override(RunConfig(), {k: v for k, v in explicit.items() if k != "out"})
     data = plan_data(provisional)
     device = resolve_device(provisional.train.device)
     channels = data.channels
+    prints = fingerprint(data.train_pairs, data.class_map)
 
     def probe(crop: int, batch: int) -> dict | None:
         return probe_training_step(device, channels, crop, batch)
 
+    def cpu_probe(values: dict[str, Any], channels_last: bool) -> float:
+        config = override(provisional, {k: v for k, v in values.items() if k != "out"})
+        dtype = resolve_precision(config.train.precision, config.train.amp, device)
+        size = tuple(round(side * config.data.scale) for side in prints.median_size)
+        return time_cpu_training_steps(config, channels, data.class_map, dtype, channels_last, size)
+
     # Under torchrun every rank plans for itself, so the plan must not depend on what one rank
     # measures while the others run: no probe there, only the GPU's total memory.
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        probe = None
-    return plan_rules(fingerprint(data.train_pairs, data.class_map), describe_device(device), explicit,
-                      data.class_map.is_binary, len(data.train_pairs), probe)
+        probe = cpu_probe = None
+    return plan_rules(prints, describe_device(device), explicit, data.class_map.is_binary, len(data.train_pairs),
+                      probe, cpu_probe)
 
 
 def plan_rules(fp: Fingerprint, device: dict, explicit: dict[str, Any], binary: bool, train_images: int,
-               probe: Callable[[int, int], dict | None] | None = None) -> Plan:
-    """The rules, from measurements only: the fingerprint, the device ({"type": "cpu", "cores": N}
-    or {"type": "cuda", "free_bytes": B}), what the user gave, and on a GPU a probe(crop, batch)
-    -> {"peak_bytes", "images_per_s"} or None (out of memory)."""
+               probe: Callable[[int, int], dict | None] | None = None,
+               cpu_probe: Callable[[dict[str, Any], bool], float] | None = None) -> Plan:
+    """The rules, from measurements only: the fingerprint, the device ({"type": "cpu", "cores": N,
+    "bf16": native bf16 feature or None} or {"type": "cuda", "free_bytes": B}), what the user gave;
+    on a GPU a probe(crop, batch) -> {"peak_bytes", "images_per_s"} or None (out of memory); on a
+    CPU a cpu_probe(planned config values, channels_last) -> images/s of that training step."""
     plan = Plan(fingerprint=fp, device=dict(device))
     kind = device["type"]
     _plan_model(plan, fp, kind, explicit)
     _plan_data(plan, fp, kind, explicit)
     _plan_optimisation(plan, fp, kind, explicit, binary, probe)
+    if kind == "cpu":
+        _plan_cpu_speed(plan, explicit, cpu_probe)
     _plan_schedule(plan, kind, explicit, train_images)
     return plan
 
@@ -196,16 +208,42 @@ def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str, explicit: dict, b
         plan.choose("train.amp", True, "mixed precision on the GPU", explicit)
 
 
+def _plan_cpu_speed(plan: Plan, explicit: dict, cpu_probe) -> None:
+    """Precision and memory layout on a CPU: bf16 where the CPU computes it natively; the layout
+    that a probe of the planned training step measures faster (it also gives the images/s the
+    schedule divides the budget by)."""
+    feature = plan.device.get("bf16")
+    precision = plan.choose("train.precision", "bf16" if feature else "fp32",
+                            f"this CPU computes bf16 natively ({feature}): autocast, weights and losses in fp32"
+                            if feature else "this CPU has no native bf16 (AVX512_BF16 or AMX): float32", explicit)
+    values = {**plan.updates(), **explicit}
+    if cpu_probe is None:
+        plan.choose("train.channels_last", precision == "bf16", "channels-last under bf16 (oneDNN's layout); "
+                    "no probe under torchrun", explicit)
+        return
+    layouts = [bool(explicit["train.channels_last"])] if "train.channels_last" in explicit else [False, True]
+    speeds = {layout: cpu_probe({**values, "train.channels_last": layout}, layout) for layout in layouts}
+    fastest = max(speeds, key=speeds.get)
+    shown = ", ".join(f"{'channels-last' if layout else 'NCHW'} {speed:.1f}" for layout, speed in speeds.items())
+    plan.choose("train.channels_last", fastest, f"measured faster for this model ({shown} images/s)", explicit)
+    plan.device.update(probe_images_per_s=round(speeds[fastest], 3),
+                       probe_layouts={"channels_last" if k else "nchw": round(v, 3) for k, v in speeds.items()})
+
+
 def _throughput(plan: Plan, kind: str) -> float:
-    """Training images per second of the planned network and crop: measured on a GPU, from the
-    measured CPU constant (per core, scaled by pixels and width) on a CPU."""
+    """Training images per second of the planned network and crop: measured by the probe (GPU or
+    CPU); without one, on a CPU, from the measured constants (per core, scaled by pixels and width)."""
     if kind == "cuda":
         return plan.device.get("probe_images_per_s", 50.0)
+    if "probe_images_per_s" in plan.device:
+        return plan.device["probe_images_per_s"]
     crop = plan.choices.get("data.crop")
     side = crop.value[0] if crop is not None and crop.value else min(plan.fingerprint.median_size)
     base = plan.choices.get("model.base_channels")
     width = base.value if base is not None else 16
-    return CPU_IMAGES_PER_S_PER_CORE * plan.device["cores"] * (256 / side) ** 2 * (16 / width) ** 2
+    precision = plan.choices.get("train.precision")
+    per_core = CPU_IMAGES_PER_S_PER_CORE["bf16" if precision is not None and precision.value == "bf16" else "fp32"]
+    return per_core * plan.device["cores"] * (256 / side) ** 2 * (16 / width) ** 2
 
 
 def _plan_schedule(plan: Plan, kind: str, explicit: dict, train_images: int) -> None:

@@ -33,7 +33,13 @@ from seglab.engine.tallies import DeviceLossTally, EpochTally, History, Monitor,
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import non_finite_tensors
-from seglab.runtime.device import autocast_factory, resolve_device, resolve_precision
+from seglab.runtime.device import (
+    autocast_factory,
+    default_channels_last,
+    describe_precision,
+    resolve_device,
+    resolve_precision,
+)
 
 LOG_EVERY = 10  # optimizer steps between host reads of the loss (progress bar, NaN checks)
 
@@ -95,7 +101,9 @@ class Trainer:
         self.encoder_policy = EncoderPolicy(self.model, t, self.config.model.name)
         if t.sync_bn and self.dist.enabled:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
+        self.amp_dtype = resolve_precision(t.precision, t.amp, device)
+        self.channels_last = (default_channels_last(device, self.amp_dtype) if t.channels_last is None
+                              else t.channels_last)
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
@@ -118,9 +126,9 @@ class Trainer:
                                         groups=self.encoder_policy.parameter_groups())
         self.monitor = Monitor(t.monitor, t.early_stop)
         self.schedule = LearningRateSchedule(self.optimizer, t.scheduler, self.monitor.mode, t.patience)
-        amp_dtype = resolve_precision(t.precision, t.amp, device)
+        amp_dtype = self.amp_dtype
         if t.amp and amp_dtype is None and device.type != "cuda":
-            self.log("note: --amp has no effect on the CPU; training in float32 (or pass --precision bf16)")
+            self.log("note: --amp has no effect on a CPU without native bf16; training in float32")
         self.autocast = autocast_factory(device, amp_dtype)
         # Always on: besides fp16 loss scaling, the scaler skips updates with non-finite gradients
         # without a host sync. Outside fp16 its scale starts at 1 and only ever halves (after a
@@ -177,6 +185,8 @@ class Trainer:
         self.log(f"run {self.run_dir}: {len(data.train_pairs)} train / {len(data.val_pairs)} val images, "
                  f"classes {data.class_map.describe()}, "
                  f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
+                 f"{describe_precision(self.amp_dtype, self.device)}, "
+                 f"{'channels-last' if self.channels_last else 'NCHW'} layout, "
                  f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
         for epoch in range(self.start_epoch, c.train.epochs):
             try:

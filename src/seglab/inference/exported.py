@@ -52,6 +52,13 @@ class ExportedModel(ABC):
         self.num_outputs = int(metadata.get("num_outputs", self.class_map.num_outputs))
         self.has_stats = "stats_input" in metadata  # the optional whole-image statistics input
 
+    @property
+    def runtime_name(self) -> str:
+        """What runs this file, for logs: "onnxruntime", "onnxruntime int8", "torchscript"."""
+        quantized = self.metadata.get("quantization")
+        base = "onnxruntime" if isinstance(self, OnnxModel) else "torchscript"
+        return f"{base} {quantized['precision']}" if quantized else base
+
     @abstractmethod
     def forward(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
         """Raw pixels (B, C, h, w) float32 [and whole-image statistics (B or 1, C, 2)] ->

@@ -8,6 +8,8 @@ from seglab.inference.tta import TTA_MODES
 from seglab.options import check_fields, option
 
 
+# Autocast precisions of a PyTorch model's forward passes (exported models compute in their own).
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # The rules of a prediction's resize factor (--scale of predict, evaluate and serve, a request's scale).
 SCALE_RULES = {"above": 0, "max": 16}
 
@@ -24,6 +26,9 @@ class InferenceOptions:
                       choices=TTA_MODES)
     batch_size: int = option(4, "tiles, or same-size images, per forward pass", min=1, max=4096,
                              flags=("-b", "--batch-size"))
+    precision: str = option("auto", "autocast precision of PyTorch models; auto: bf16 on GPUs that have it and on "
+                            "CPUs that compute bf16 natively (AVX512_BF16, AMX), fp32 elsewhere",
+                            choices=INFERENCE_PRECISIONS)
     membrane_class: int = option(0, "class index of the boundaries for instances (ISBI: 0 = membrane)", min=0)
     seed_threshold: float = option(SEED_THRESHOLD, "instances: boundary probability below which pixels seed "
                                    "a cell", above=0, below=1)

@@ -37,7 +37,13 @@ from seglab.models.outputs import (
 )
 from seglab.options import check_value
 from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
-from seglab.runtime.device import free_memory
+from seglab.runtime.device import (
+    autocast_factory,
+    default_channels_last,
+    describe_precision,
+    free_memory,
+    resolve_precision,
+)
 
 # Rough activation memory of a forward pass per input pixel and base channel (bytes), used to
 # decide when an image is too large to predict whole on the current device.
@@ -87,15 +93,21 @@ class Predictor:
                  device: str | torch.device = "cpu", threshold: float | None = None,
                  tile: tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none",
                  batch_size: int = 4, membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD,
-                 log=print):
-        checked = InferenceOptions(threshold, list(tile) if tile else None, overlap, tta, batch_size, membrane_class,
-                                   seed_threshold)
+                 precision: str = "auto", log=print):
+        checked = InferenceOptions(threshold, list(tile) if tile else None, overlap, tta, batch_size, precision,
+                                   membrane_class, seed_threshold)
         threshold, tile = checked.threshold, checked.tile_size
         if membrane_class >= class_map.num_classes:
             raise ConfigError(f"invalid inference.membrane_class (--membrane-class): {membrane_class}; the model has "
                               f"{class_map.num_classes} classes ({class_map.describe()})")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.precision = checked.precision
+        self.amp_dtype = self._autocast_dtype(model, checked.precision)
+        # The layout is the model's: chosen once, from the precision the Predictor was made with.
+        self.channels_last = default_channels_last(self.device, self.amp_dtype) and not isinstance(model,
+                                                                                                   ExportedModule)
+        self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last
+                              else torch.contiguous_format).eval()
         self.class_map = class_map
         self.channels = int(preprocess["channels"])
         self.scale = float(preprocess.get("scale", 1.0))
@@ -143,13 +155,29 @@ class Predictor:
                           "metrics": payload.get("metrics", {}), "seglab_version": payload.get("seglab_version")}
         return predictor
 
+    def _autocast_dtype(self, model: torch.nn.Module, precision: str) -> torch.dtype | None:
+        """The autocast dtype of this model's forward passes: None for float32 and for exported
+        models, which compute in their own runtime's precision."""
+        if isinstance(model, ExportedModule):
+            return None
+        return resolve_precision(precision, False, self.device)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network, for logs and servers: "pytorch bf16 (AMX)", "onnxruntime", ..."""
+        if isinstance(self.model, ExportedModule):
+            return self.model.exported.runtime_name
+        layout = ", channels-last" if self.channels_last else ""
+        return f"pytorch {describe_precision(self.amp_dtype, self.device)}{layout}"
+
     def with_options(self, **changes) -> "Predictor":
         """A Predictor that shares this one's model (no copy of the weights) with some options
         changed: threshold, tile, overlap, tta, batch_size, membrane_class, seed_threshold, checked
         as the constructor checks them. `threshold=None` keeps this one's."""
         current = {"threshold": self.threshold, "tile": list(self.tile) if self.tile else None,
                    "overlap": self.overlap, "tta": self.tta, "batch_size": self.batch_size,
-                   "membrane_class": self.membrane_class, "seed_threshold": self.seed_threshold}
+                   "precision": self.precision, "membrane_class": self.membrane_class,
+                   "seed_threshold": self.seed_threshold}
         unknown = set(changes) - set(current)
         if unknown:
             raise ConfigError(f"unknown inference option {sorted(unknown)[0]!r}; known: {', '.join(current)}")
@@ -164,16 +192,27 @@ class Predictor:
         variant.tile, variant.overlap, variant.tta = checked.tile_size, checked.overlap, checked.tta
         variant.batch_size, variant.membrane_class = checked.batch_size, checked.membrane_class
         variant.seed_threshold = checked.seed_threshold
+        variant.precision, variant.amp_dtype = checked.precision, self._autocast_dtype(self.model, checked.precision)
         return variant
 
     # ---- forward passes -----------------------------------------------------------------------
     def tile_forward(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) tiles -> probabilities (B, K, h', w') straight from the network (smaller
         than the tiles by `margin` per side for unpadded U-Nets)."""
-        return logits_to_probabilities(self.model(batch).float())
+        with self._autocast():
+            logits = self.model(self._layout(batch))
+        return logits_to_probabilities(logits.float())
 
     def _whole_forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return logits_to_probabilities(full_size_logits(self.model, batch).float())
+        with self._autocast():
+            logits = full_size_logits(self.model, self._layout(batch))
+        return logits_to_probabilities(logits.float())
+
+    def _autocast(self):
+        return autocast_factory(self.device, self.amp_dtype)()
+
+    def _layout(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def _auto_tile(self, height: int, width: int) -> tuple[int, int] | None:
         base = getattr(self.model, "base_channels", None) or 64
