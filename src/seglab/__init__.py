@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 
-from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
-from seglab.version import __version__
+from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError  # noqa: F401  (public, no torch)
+from seglab.version import __version__  # noqa: F401
 
 # Where each public name lives (the modules that define them, not re-exports).
 _HOMES = {
