@@ -23,7 +23,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
-from seglab.data.augment import BatchAugmenter, augment_preset
+from seglab.data.augment import BatchAugmenter
+from seglab.data.augment_config import augment_preset
 
 ISBI_TRAIN = Path(__file__).resolve().parents[1] / "data" / "isbi2012" / "train"
 BATCH = 8

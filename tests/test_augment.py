@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from seglab.data.augment import AUGMENT_PRESETS, AugmentConfig, BatchAugmenter, augment_config_from_dict, augment_preset
+from seglab.data.augment import BatchAugmenter
+from seglab.data.augment_config import AUGMENT_PRESETS, AugmentConfig, augment_config_from_dict, augment_preset
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.errors import SeglabError
 from seglab.viz.preview import save_augment_preview

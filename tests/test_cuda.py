@@ -11,7 +11,8 @@ import torch
 
 import seglab.engine.builders as setup_module
 from seglab.config import config_from_dict
-from seglab.data.augment import BatchAugmenter, augment_preset
+from seglab.data.augment import BatchAugmenter
+from seglab.data.augment_config import augment_preset
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.engine.tallies import DeviceLossTally
 from seglab.engine.trainer import LOG_EVERY, Trainer

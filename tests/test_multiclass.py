@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import REPO, TINY_FLAGS, run_cli
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.engine.schedule import LearningRateSchedule
-from seglab.losses import SegmentationLoss
+from seglab.losses.segmentation import SegmentationLoss
 from seglab.metrics import ConfusionMatrix
 
 CAMVID = REPO.parent / "shared" / "data" / "camvid"

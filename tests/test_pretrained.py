@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import seglab
-from seglab.data.preprocess import fixed_normalization
+from seglab.data.normalization import fixed_normalization
 
 RESNET18 = "smp-hub/resnet18.imagenet"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -5,16 +5,50 @@
     model = seglab.load(run.best_checkpoint)
     result = model.predict("data/isbi2012/test/images/00.png")     # .mask, .classes, .probabilities
     scores = seglab.evaluate(model, run.validation_pairs)           # .pooled, .mean, .table()
-"""
-from seglab.api import CrossValidation, Run, check, evaluate, export, load, predict_files, report, resume, train  # noqa: E402
-from seglab.config import RunConfig, load_config  # noqa: E402
-from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError  # noqa: E402
-from seglab.inference.predictor import Prediction, Predictor  # noqa: E402
-from seglab.metrics.scoring import Evaluation  # noqa: E402
-from seglab.models import build_model, list_models, register_model  # noqa: E402
-from seglab.options import option  # noqa: E402
-from seglab.version import __version__
 
-__all__ = ["CheckpointError", "ConfigError", "CrossValidation", "DataError", "Evaluation", "Prediction", "Predictor",
-           "Run", "RunConfig", "SeglabError", "__version__", "build_model", "check", "evaluate", "export", "list_models",
-           "load", "load_config", "option", "predict_files", "register_model", "report", "resume", "train"]
+`import seglab` imports no torch: each public name comes from its module on first use (PEP 562),
+so the command starts at once and `seglab.check` never loads torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError  # noqa: F401  (public, no torch)
+from seglab.version import __version__  # noqa: F401
+
+# Where each public name lives (the modules that define them, not re-exports).
+_HOMES = {
+    "CrossValidation": "seglab.api.folds",
+    "Evaluation": "seglab.metrics.scoring",
+    "Prediction": "seglab.inference.predictor",
+    "Predictor": "seglab.inference.predictor",
+    "Run": "seglab.api.training",
+    "RunConfig": "seglab.config",
+    "build_model": "seglab.models.registry",
+    "check": "seglab.api.tools",
+    "evaluate": "seglab.api.evaluating",
+    "export": "seglab.api.tools",
+    "list_models": "seglab.models.registry",
+    "load": "seglab.api.predicting",
+    "load_config": "seglab.config",
+    "option": "seglab.options",
+    "predict_files": "seglab.api.file_predictions",
+    "register_model": "seglab.models.registry",
+    "report": "seglab.api.tools",
+    "resume": "seglab.api.training",
+    "train": "seglab.api.training",
+}
+
+__all__ = sorted(["CheckpointError", "ConfigError", "DataError", "SeglabError", "__version__", *_HOMES])
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

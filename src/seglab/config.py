@@ -10,18 +10,18 @@ import dataclasses
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from seglab.data.augment import AUGMENT_PRESETS, augment_config_from_dict
-from seglab.data.classmap import MaskRules
-from seglab.data.preprocess import NORMALIZATIONS
+from seglab.data.augment_config import AUGMENT_PRESETS, augment_config_from_dict
+from seglab.data.normalization import NORMALIZATIONS
 from seglab.errors import ConfigError, SeglabError
 from seglab.losses import LOSSES
 from seglab.models.registry import model_spec, resolve_model_options
 from seglab.options import check_fields, option, refuse_unknown
 from seglab.version import __version__
+
+if TYPE_CHECKING:  # numpy; the command's flags are made from these sections without importing it
+    from seglab.data.classmap import MaskRules
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
@@ -73,6 +73,8 @@ class DataConfig:
 
     def mask_rules(self) -> MaskRules:
         """How masks map to classes: explicit values, a class count, or a colour table file."""
+        from seglab.data.classmap import MaskRules
+
         return MaskRules.from_options(self.mask_values, self.num_classes, self.class_names, self.ignore_value,
                                       self.mask_colors)
 
@@ -243,6 +245,8 @@ def config_from_dict(values: dict) -> RunConfig:
 
 def read_yaml(path: str | Path) -> dict:
     """The mapping of a YAML config file, as written (SeglabError for unreadable files)."""
+    import yaml  # here, not at the top: the command's help and --version need no YAML
+
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text())
@@ -310,4 +314,6 @@ def config_to_dict(config: RunConfig) -> dict:
 
 
 def dump_config(config: RunConfig) -> str:
+    import yaml
+
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from seglab.inference.postprocess import SEED_THRESHOLD
+from seglab.inference.options import SEED_THRESHOLD
 from seglab.inference.predictor import Predictor
 from seglab.runtime.device import resolve_device
 

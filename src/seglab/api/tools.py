@@ -8,7 +8,6 @@ import numpy as np
 
 from seglab.data.classmap import MaskRules
 from seglab.data.preflight import Preflight, run_preflight
-from seglab.runtime.device import resolve_device
 
 
 def check(data: str | os.PathLike, *, mask_values: list[int] | None = None, num_classes: int | None = None,
@@ -46,6 +45,7 @@ def export(model: str | os.PathLike, format: str = "onnx", output: str | os.Path
 def report(run_dir: str | os.PathLike, device: str = "cpu") -> Path:
     """Write run_dir/report.html (curves, per-class scores, best and worst validation images,
     speed, environment, config) and return its path; `device` predicts the validation images."""
+    from seglab.runtime.device import resolve_device
     from seglab.viz.report import write_report
 
     return write_report(Path(run_dir), str(resolve_device(device)))

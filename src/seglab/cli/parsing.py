@@ -14,6 +14,7 @@ import sys
 import typing
 from typing import Any
 
+from seglab.data.limits import DEFAULT_MAX_PIXELS
 from seglab.errors import SeglabError
 from seglab.options import _is_union
 
@@ -148,8 +149,6 @@ def add_dataclass_options(target, cls, prefix: str, *, group: str | None = None,
 
 
 def add_max_pixels(parser) -> None:
-    from seglab.data.io import DEFAULT_MAX_PIXELS
-
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help=f"decode images of at most N pixels; larger headers are refused as decompression "
                              f"bombs (default: {DEFAULT_MAX_PIXELS}, or $SEGLAB_MAX_PIXELS)")

@@ -5,7 +5,7 @@ import argparse
 
 from seglab.cli.parsing import add_dataclass_options, add_max_pixels, ints, positive_int
 from seglab.config import DataConfig
-from seglab.data.augment import AUGMENT_PRESETS
+from seglab.data.augment_config import AUGMENT_PRESETS
 
 MASK_OPTIONS = ("mask_values", "num_classes", "class_names", "ignore_value", "mask_colors")
 

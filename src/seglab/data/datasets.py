@@ -9,7 +9,8 @@ from torch.utils.data import Dataset
 from seglab.data.classmap import IGNORE_INDEX, ClassMap
 from seglab.data.discover import Pair
 from seglab.data.io import read_image
-from seglab.data.preprocess import Normalization, prepare_image, resize_mask
+from seglab.data.normalization import Normalization
+from seglab.data.preprocess import prepare_image, resize_mask
 from seglab.data.truth import read_truth
 from seglab.errors import DataError
 from seglab.padding import mirror_pad

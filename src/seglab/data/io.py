@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from seglab.data.limits import DEFAULT_MAX_PIXELS
 from seglab.errors import DataError, ImageTooLargeError, NotAnImageError, SeglabError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp")
@@ -24,11 +25,6 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 # The first bytes of TIFF and BigTIFF files, little- and big-endian: how an upload without a file
 # name is told to go to tifffile, as a .tif file is.
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-# Images are decoded whole only up to this many pixels (Pillow's own decompression-bomb limit,
-# 2 x 89.5 M: a 13378 x 13378 image). A file whose header claims more is refused before it is
-# decoded, as any unreadable file is. --max-pixels (or SEGLAB_MAX_PIXELS) raises it; huge TIFFs
-# given to `seglab predict` are streamed in bands and need no such limit.
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
 _PILLOW_LOCK = threading.Lock()  # Pillow's limit is module state: raise it for one read at a time
 
 

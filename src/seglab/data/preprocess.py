@@ -2,26 +2,19 @@
 
 Training and prediction both call `prepare_image`, so a model always sees what it was trained on.
 
-A normalisation is one of the modes in NORMALIZATIONS, computed from each image, or the fixed
-statistics a pretrained encoder was trained with, `{"mean": [C numbers], "std": [C numbers]}` in
-units of pixels / max (ImageNet's for most encoders), one pair per channel of the model's input
-(`fixed_normalization` spreads RGB statistics over other channel counts).
+A normalisation (`seglab.data.normalization`) is one of the modes in NORMALIZATIONS, computed from
+each image, or the fixed statistics a pretrained encoder was trained with.
 """
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seglab.errors import ConfigError, DataError
-
-NORMALIZATIONS = ("per_image", "minmax", "none")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-Normalization = Union[str, dict]  # a mode of NORMALIZATIONS, or {"mean": [...], "std": [...]}
+from seglab.data.normalization import NORMALIZATIONS, Normalization
+from seglab.errors import DataError
 
 
 def to_float(array: np.ndarray) -> np.ndarray:
@@ -45,35 +38,6 @@ def match_channels(array: np.ndarray, channels: int, name: str = "image") -> np.
         raise DataError(f"'{name}' is a colour image but the model takes 1 channel: convert it to "
                         "grayscale, or train a model with --in-channels 3")
     raise DataError(f"'{name}' has {have} channels but the model takes {channels}")
-
-
-def fixed_normalization(mean, std, channels: int) -> dict:
-    """An encoder's RGB (mean, std) for an input of `channels` channels, as its first convolution is
-    adapted (`models.pretrained.adapt_first_conv`): one channel takes the averages (its filter is
-    the sum of the RGB filters, so a gray image is seen as its RGB copy), other counts cycle R, G,
-    B, R, ... (their filters cycle the same way)."""
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
-    if channels == len(mean):
-        return {"mean": mean, "std": std}
-    if channels == 1:
-        return {"mean": [sum(mean) / len(mean)], "std": [sum(std) / len(std)]}
-    return {"mean": [mean[i % len(mean)] for i in range(channels)], "std": [std[i % len(std)] for i in range(channels)]}
-
-
-def check_normalization(value, channels: int | None = None) -> Normalization:
-    """`value` if it is a mode of NORMALIZATIONS or fixed statistics (one finite mean and one
-    positive std per channel); ConfigError otherwise."""
-    if isinstance(value, str) and value in NORMALIZATIONS:
-        return value
-    if isinstance(value, dict) and set(value) == {"mean", "std"}:
-        mean, std = value["mean"], value["std"]
-        numbers = isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) > 0
-        numbers = numbers and all(isinstance(v, (int, float)) and math.isfinite(v) for v in (*mean, *std))
-        if numbers and all(v > 0 for v in std) and (channels is None or len(mean) == channels):
-            return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-    wanted = f"{channels} " if channels else ""
-    raise ConfigError(f"invalid normalization {value!r}; expected one of {', '.join(NORMALIZATIONS)}, or "
-                      f"{{'mean': [{wanted}numbers], 'std': [{wanted}numbers > 0]}}")
 
 
 def normalization_statistics(image: torch.Tensor, mode: Normalization) -> tuple[torch.Tensor, torch.Tensor]:

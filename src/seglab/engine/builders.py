@@ -11,10 +11,10 @@ from seglab.config import OPTIMIZERS, RunConfig
 from seglab.data.classmap import ClassMap
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
-from seglab.data.preprocess import Normalization, check_normalization, fixed_normalization
+from seglab.data.normalization import Normalization, check_normalization, fixed_normalization
 from seglab.engine.data_plan import DataPlan
 from seglab.errors import SeglabError
-from seglab.losses import SegmentationLoss
+from seglab.losses.segmentation import SegmentationLoss
 from seglab.models import build_model, model_spec
 from seglab.runtime.checkpoint import load_checkpoint
 from seglab.runtime.device import free_memory

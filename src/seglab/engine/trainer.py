@@ -10,7 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from seglab.config import RunConfig, parse_eval_every
-from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
+from seglab.data.augment import BatchAugmenter
+from seglab.data.augment_config import augment_config_from_dict, augment_preset
 from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed, train_state
 from seglab.engine.builders import (

@@ -42,7 +42,8 @@ import torch.nn as nn
 
 from seglab.data.classmap import ClassMap
 from seglab.data.io import write_error
-from seglab.data.preprocess import Normalization, match_channels, normalize
+from seglab.data.normalization import Normalization
+from seglab.data.preprocess import match_channels, normalize
 from seglab.errors import SeglabError
 from seglab.inference.export_graph import ExportWrapper, image_stats
 from seglab.inference.exported import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported

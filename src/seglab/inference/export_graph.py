@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seglab.data.preprocess import Normalization, check_normalization, normalization_statistics
+from seglab.data.normalization import Normalization, check_normalization
+from seglab.data.preprocess import normalization_statistics
 from seglab.errors import ConfigError, SeglabError
 from seglab.models.outputs import input_multiple, logits_to_probabilities, min_input_size
 
@@ -120,7 +121,7 @@ class ExportWrapper(nn.Module):
         model: the network, in eval mode. A model that takes only sides that are multiples of
             `model.input_multiple`, at least `model.min_input_size` long (seglab's padded U-Net,
             SMP models), is given its input mirrored up to such a size here, in traced ops.
-        normalization: a mode of `preprocess.NORMALIZATIONS` or fixed {"mean", "std"}, as stored in
+        normalization: a mode of `normalization.NORMALIZATIONS` or fixed {"mean", "std"}, as stored in
             the checkpoint.
         input_max: the pixels are divided by it first (255 for 8-bit files).
     """

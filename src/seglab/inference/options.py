@@ -1,12 +1,19 @@
-"""The options of a Predictor, declared once: checked the same for flags of predict/evaluate and for seglab.load."""
+"""The options of a Predictor, declared once: checked the same for flags of predict/evaluate and for seglab.load.
+
+Plain values only (no torch, no scipy): the flags of predict, evaluate and serve are made from them at start-up.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seglab.inference.postprocess import SEED_THRESHOLD
-from seglab.inference.tta import TTA_MODES
 from seglab.options import check_fields, option
 
+# Test-time augmentation modes; `inference.tta.TRANSFORMS` holds each one's transforms.
+TTA_MODES = ("none", "flips", "d4")
+# Seeds of the watershed (`inference.postprocess`): interiors whose membrane probability is below this.
+# Lower values merge fewer cells until seeds go missing; 0.05-0.07 scored best on ISBI slices 25-29
+# (BENCHMARKS.md).
+SEED_THRESHOLD = 0.07
 
 # Autocast precisions of a PyTorch model's forward passes (exported models compute in their own).
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")

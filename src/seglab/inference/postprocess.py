@@ -13,10 +13,6 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from seglab.data.io import atomic_output
 
-# Seeds of the watershed: interiors whose membrane probability is below this. Lower values merge
-# fewer cells until seeds go missing; 0.05-0.07 scored best on ISBI slices 25-29 (BENCHMARKS.md).
-SEED_THRESHOLD = 0.07
-
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
     """A copy of `labels` (H, W) non-negative ints with every object of fewer than `min_size`

@@ -22,11 +22,11 @@ import torch
 
 from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image
-from seglab.data.preprocess import check_normalization, prepare_image
+from seglab.data.normalization import check_normalization
+from seglab.data.preprocess import prepare_image
 from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
-from seglab.inference.options import SCALE_RULES, InferenceOptions
-from seglab.inference.postprocess import SEED_THRESHOLD, membrane_to_instances
+from seglab.inference.options import SCALE_RULES, SEED_THRESHOLD, InferenceOptions
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
 from seglab.models.outputs import (
@@ -365,6 +365,8 @@ class Predictor:
         classes = probabilities_to_classes(probs, self.threshold).numpy()
         prediction = Prediction(probs.float().numpy(), classes, self.class_map.decode(classes), name=name)
         if instances:
+            from seglab.inference.postprocess import membrane_to_instances  # scipy, skimage: only for instances
+
             prediction.instances = membrane_to_instances(self.class_probability(prediction, self.membrane_class),
                                                          self.seed_threshold)
         return prediction

@@ -15,7 +15,6 @@ from seglab.data.discover import Pair
 from seglab.data.io import read_image
 from seglab.data.truth import read_truth
 from seglab.inference.predictor import Prediction, Predictor
-from seglab.metrics.instances import instance_scores
 from seglab.metrics.scoring import Evaluation, evaluate_images
 
 INSTANCE_KEYS = ("rand_error", "vi_split", "vi_merge", "vi")
@@ -44,6 +43,8 @@ def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], scale: float
 
 
 def _instance_scores(prediction: Prediction, truth: np.ndarray, membrane_class: int) -> dict:
+    from seglab.metrics.instances import instance_scores  # scipy, skimage: only for --instances
+
     cells = (truth != membrane_class) & (truth >= 0)  # every non-boundary class is cell interior
     scores = instance_scores(cells.astype(np.int64), prediction.instances, cell_class=1)
     return {key: float(scores[key]) for key in INSTANCE_KEYS}

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seglab.data.preprocess import Normalization, match_channels, to_float
+from seglab.data.normalization import Normalization
+from seglab.data.preprocess import match_channels, to_float
 from seglab.errors import SeglabError
 from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
 from seglab.inference.tta import tta_forward

@@ -12,6 +12,7 @@ import torch
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
+# The transforms of each mode of `inference.options.TTA_MODES`.
 # A transform is (quarter turns k, mirror): x -> rot90(flip_w(x) if mirror else x, k).
 TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
     "none": ((0, False),),
@@ -19,7 +20,6 @@ TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
     "flips": ((0, False), (0, True), (2, True), (2, False)),
     "d4": tuple((k, mirror) for mirror in (False, True) for k in range(4)),
 }
-TTA_MODES = tuple(TRANSFORMS)
 
 
 def apply_transform(x: torch.Tensor, k: int, mirror: bool) -> torch.Tensor:

@@ -1,21 +1,20 @@
-"""DeepLabV3 (Chen et al., 2017): dilated torchvision ResNet backbone, ASPP with image pooling, bilinear upsampling."""
+"""DeepLabV3 (Chen et al., 2017): dilated torchvision ResNet backbone, ASPP with image pooling, bilinear upsampling.
+
+Registered as "deeplabv3" with its options (DeepLabV3Options) in `seglab.models.builtin`.
+"""
 from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seglab.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from seglab.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from seglab.errors import SeglabError
-from seglab.models.registry import register_model
-from seglab.options import option
-
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+from seglab.models.builtin import BACKBONES
 
 
 def _torchvision_resnet(name: str):
@@ -238,19 +237,6 @@ class FCNHead(nn.Sequential):
 
 
 # ---- model ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeepLabV3Options:
-    backbone: str = option("resnet50", "dilated torchvision ResNet", choices=BACKBONES)
-    output_stride: int = option(16, "input size / feature size: 16 (ASPP rates 6/12/18) or 8 (12/24/36)",
-                                choices=(8, 16))
-    aux_head: bool = option(False, "auxiliary FCN head on layer3 (adds half its loss in training)")
-    pretrained_backbone: bool = option(False, "start the backbone from torchvision's ImageNet weights (from the "
-                                       "torch hub cache, or downloaded there)", stored=False)
-    aspp_channels: int = option(256, "channels of the ASPP branches and of the head (the paper: 256)", min=8,
-                                max=2048)
-
-
-@register_model("deeplabv3", options=DeepLabV3Options, summary="DeepLabV3: dilated ResNet with ASPP (Chen et al. 2017)")
 class DeepLabV3(nn.Module):
     """DeepLabV3: dilated ResNet, ASPP with image pooling, logits upsampled bilinearly to the input size.
 

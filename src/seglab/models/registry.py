@@ -1,7 +1,12 @@
 """Model registry: each model registers a builder and the dataclass of its options under a name.
 
-    @register_model("unet", options=UNetOptions)
-    class UNet(nn.Module): ...
+    @register_model("my-net", options=MyNetOptions)
+    class MyNet(nn.Module): ...
+
+or, costing no import of the network's module (and of torch) until a model is built, as the
+built-in models register (`seglab.models.builtin`):
+
+    register(ModelSpec("unet", "seglab.models.unet:UNet", UNetOptions, "the U-Net of ..."))
 
 `build_model(name, in_channels=1, num_classes=1, **options)` checks the options against that
 dataclass (types, ranges, unknown names) and builds the model; the same keyword arguments are
@@ -14,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Callable
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Callable
 
 from seglab.errors import ConfigError, SeglabError
 from seglab.options import check_fields, refuse_unknown
+
+if TYPE_CHECKING:  # the registry itself needs no torch: `seglab -h` lists the models without importing it
+    import torch.nn as nn
 
 # Arguments every builder takes, filled from the data (not options a user sets).
 DATA_ARGUMENTS = ("in_channels", "num_classes")

@@ -1,13 +1,12 @@
-"""U-Net (Ronneberger et al., 2015) with the paper's unpadded variant and a padded same-size one."""
-from __future__ import annotations
+"""U-Net (Ronneberger et al., 2015) with the paper's unpadded variant and a padded same-size one.
 
-from dataclasses import dataclass
+Registered as "unet" with its options (UNetOptions) in `seglab.models.builtin`.
+"""
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from seglab.models.registry import register_model
-from seglab.options import option
 from seglab.padding import center_crop, pad_to_multiple
 
 
@@ -62,19 +61,6 @@ class Up(nn.Module):
         return self.conv(x)
 
 
-@dataclass(frozen=True)
-class UNetOptions:
-    base_channels: int = option(64, "channels of the first level (the paper: 64), doubled at each pooling",
-                                min=1, max=1024)
-    depth: int = option(4, "2x2 poolings in the contracting path (the paper: 4)", min=1, max=8)
-    up: str = option("transpose", "upsampling: the paper's 2x2 up-convolution, or bilinear + 1x1 conv",
-                     choices=("transpose", "bilinear"))
-    padding: str = option("same", "same: outputs have the input's size; valid: the paper's unpadded "
-                          "convolutions", choices=("same", "valid"))
-    batch_norm: bool = option(True, "BatchNorm after each convolution (not in the paper)")
-
-
-@register_model("unet", options=UNetOptions, summary="the U-Net of Ronneberger et al. 2015, padded or unpadded")
 class UNet(nn.Module):
     """U-Net: contracting path of `depth` poolings, expanding path with skip concatenation.
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from seglab.api.predict_files import overlay_picture
+from seglab.api.file_predictions import overlay_picture
 from seglab.data.classmap import ClassMap, unpack_rgb
 from seglab.data.io import mask_picture, png_bytes
 from seglab.data.overlay import PALETTE

@@ -79,7 +79,7 @@ def write_preview(report, path: str | Path, preset: str = "paper", count: int = 
                   crop: tuple[int, int] | None = None, max_images: int = 16) -> Path:
     """A PNG grid of `count` augmented pairs of a checked data folder (a `Preflight` report), as
     training would see them (same preset and crop), from up to `max_images` pairs of one size."""
-    from seglab.data.augment import augment_preset
+    from seglab.data.augment_config import augment_preset
     from seglab.data.datasets import load_pair
     from seglab.data.io import image_info
 

@@ -12,7 +12,6 @@ from seglab.data.io import write_mask, write_rgb
 from seglab.data.overlay import PALETTE
 from seglab.data.overlay import overlay as draw_overlay
 from seglab.errors import DataError, SeglabError
-from seglab.inference.postprocess import save_instance_labels
 from seglab.inference.predictor import Prediction, Predictor
 
 
@@ -91,6 +90,8 @@ def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, predict
         summary.written.append(save_side_by_side(image, prediction.classes, outputs["viz"], title=job.source.name,
                                                  probability=probability))
     if "instances" in outputs:
+        from seglab.inference.postprocess import save_instance_labels  # scipy, skimage: only for instances
+
         if prediction.instances.max() == 0:
             log(f"warning: {job.source.name}: no pixel is below --seed-threshold {model.seed_threshold}, so no "
                 "cell was seeded; raise --seed-threshold")

@@ -7,9 +7,8 @@ import torch.nn.functional as F
 
 from seglab.data.classmap import IGNORE_INDEX
 from seglab.errors import SeglabError
+from seglab.losses import LOSSES
 from seglab.padding import center_crop
-
-LOSSES = ("ce", "ce+dice", "dice", "bce", "bce+dice")
 
 
 def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, valid: torch.Tensor,
