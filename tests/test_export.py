@@ -126,7 +126,8 @@ def test_onnx_model_equals_the_predictor(checkpoint_path, isbi_slices, tmp_path)
     out = tmp_path / "model.onnx"
     export_model(checkpoint_path, "onnx", out, parity_images=[isbi_slices[0][:64, :80]])
     image = isbi_slices[2][:211, 150:455]  # uint8 (211, 305)
-    expected = Predictor.from_file(checkpoint_path).predict(image).probabilities  # (1, H, W)
+    # the export computes in float32: so does the Predictor it is compared with
+    expected = Predictor.from_file(checkpoint_path, precision="fp32").predict(image).probabilities  # (1, H, W)
     got = OnnxModel(out).forward(torch.from_numpy(image.astype(np.float32))[None, None])[0].numpy()
     assert np.abs(got - expected).max() <= 1e-4
 
@@ -212,7 +213,7 @@ def test_tiles_through_an_export_are_normalised_as_the_whole_image(isbi_slices, 
     out = tmp_path / f"model{SUFFIX[fmt]}"
     export_model(checkpoint, fmt, out, parity_images=[isbi_slices[0][:64, :80]])
     image = isbi_slices[2][:200, :170]
-    options = {"tile": (64, 64), "overlap": 0.5, "tta": "flips", "log": lambda *args: None}
+    options = {"tile": (64, 64), "overlap": 0.5, "tta": "flips", "precision": "fp32", "log": lambda *args: None}
     expected = Predictor.from_file(checkpoint, **options).predict(image).probabilities
     got = Predictor.from_file(out, **options).predict(image).probabilities
     assert np.abs(got - expected).max() <= 1e-4

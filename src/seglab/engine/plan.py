@@ -19,7 +19,13 @@ import torch
 from seglab.config import RunConfig, override
 from seglab.data.fingerprint import Fingerprint, fingerprint
 from seglab.engine.data_plan import plan_data
-from seglab.runtime.device import free_memory, native_cpu_bf16, resolve_device, resolve_precision
+from seglab.runtime.device import (
+    free_memory,
+    is_out_of_memory,
+    native_cpu_bf16,
+    resolve_device,
+    resolve_precision,
+)
 
 # Seconds of training when the user gives neither --epochs nor --time-budget.
 DEFAULT_BUDGET = {"cpu": 420.0, "cuda": 120.0}
@@ -103,11 +109,16 @@ def make_plan(explicit: dict[str, Any], log=print) -> Plan:
     def probe(crop: int, batch: int) -> dict | None:
         return probe_training_step(device, channels, crop, batch)
 
-    def cpu_probe(values: dict[str, Any], channels_last: bool) -> float:
+    def cpu_probe(values: dict[str, Any], channels_last: bool) -> float | None:
         config = override(provisional, {k: v for k, v in values.items() if k != "out"})
         dtype = resolve_precision(config.train.precision, config.train.amp, device)
         size = tuple(round(side * config.data.scale) for side in prints.median_size)
-        return time_cpu_training_steps(config, channels, data.class_map, dtype, channels_last, size)
+        try:
+            return time_cpu_training_steps(config, channels, data.class_map, dtype, channels_last, size)
+        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if is_out_of_memory(error):
+                return None
+            raise
 
     # Under torchrun every rank plans for itself, so the plan must not depend on what one rank
     # measures while the others run: no probe there, only the GPU's total memory.
@@ -119,11 +130,12 @@ def make_plan(explicit: dict[str, Any], log=print) -> Plan:
 
 def plan_rules(fp: Fingerprint, device: dict, explicit: dict[str, Any], binary: bool, train_images: int,
                probe: Callable[[int, int], dict | None] | None = None,
-               cpu_probe: Callable[[dict[str, Any], bool], float] | None = None) -> Plan:
+               cpu_probe: Callable[[dict[str, Any], bool], float | None] | None = None) -> Plan:
     """The rules, from measurements only: the fingerprint, the device ({"type": "cpu", "cores": N,
     "bf16": native bf16 feature or None} or {"type": "cuda", "free_bytes": B}), what the user gave;
     on a GPU a probe(crop, batch) -> {"peak_bytes", "images_per_s"} or None (out of memory); on a
-    CPU a cpu_probe(planned config values, channels_last) -> images/s of that training step."""
+    CPU a cpu_probe(planned config values, channels_last) -> images/s of that training step, or
+    None when it runs out of memory."""
     plan = Plan(fingerprint=fp, device=dict(device))
     kind = device["type"]
     _plan_model(plan, fp, kind, explicit)
@@ -222,7 +234,12 @@ def _plan_cpu_speed(plan: Plan, explicit: dict, cpu_probe) -> None:
                     "no probe under torchrun", explicit)
         return
     layouts = [bool(explicit["train.channels_last"])] if "train.channels_last" in explicit else [False, True]
-    speeds = {layout: cpu_probe({**values, "train.channels_last": layout}, layout) for layout in layouts}
+    measured = {layout: cpu_probe({**values, "train.channels_last": layout}, layout) for layout in layouts}
+    speeds = {layout: speed for layout, speed in measured.items() if speed is not None}
+    if not speeds:  # out of memory: the run itself stops with the batch size to try
+        plan.choose("train.channels_last", precision == "bf16", "channels-last under bf16 (the probe ran out of "
+                    "memory)", explicit)
+        return
     fastest = max(speeds, key=speeds.get)
     shown = ", ".join(f"{'channels-last' if layout else 'NCHW'} {speed:.1f}" for layout, speed in speeds.items())
     plan.choose("train.channels_last", fastest, f"measured faster for this model ({shown} images/s)", explicit)

@@ -12,7 +12,8 @@ from dataclasses import replace
 import torch
 
 from seglab.config import RunConfig
-from seglab.data.augment import BatchAugmenter, augment_config_from_dict, augment_preset
+from seglab.data.augment import BatchAugmenter
+from seglab.data.augment_config import augment_config_from_dict, augment_preset
 from seglab.data.classmap import ClassMap
 from seglab.engine.builders import make_loss, make_model, make_optimizer
 from seglab.models.unet import UNet

@@ -14,13 +14,16 @@ from seglab.engine.rng import rng_state, set_rng_state
 from seglab.engine.tallies import EpochTally
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint
+from seglab.runtime.device import precision_name
 
 
 def checkpoint_payload(trainer, epoch: int, metrics: dict, train_state: dict | None = None) -> dict:
     """A checkpoint of the weights that are scored and predicted with (the average with --ema)."""
     c = trainer.config
+    # precision: what validation computed in, so predictions under "auto" equal the run's scores
     preprocess = {"channels": trainer.data_plan.channels, "scale": c.data.scale,
-                  "normalization": trainer.normalization, "threshold": c.train.threshold}
+                  "normalization": trainer.normalization, "threshold": c.train.threshold,
+                  "precision": precision_name(trainer.amp_dtype)}
     return make_checkpoint(trainer.scored_model, c.model.name, trainer.model_kwargs, trainer.data_plan.class_map,
                            preprocess, epoch, trainer.step, metrics, train_state)
 

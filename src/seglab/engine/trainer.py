@@ -38,6 +38,7 @@ from seglab.runtime.device import (
     autocast_factory,
     default_channels_last,
     describe_precision,
+    is_out_of_memory,
     resolve_device,
     resolve_precision,
 )
@@ -192,7 +193,9 @@ class Trainer:
         for epoch in range(self.start_epoch, c.train.epochs):
             try:
                 stop = self._train_epoch(epoch)
-            except torch.OutOfMemoryError:
+            except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+                if not is_out_of_memory(error):
+                    raise
                 crop = f" and --crop {self.crop[0]},{self.crop[1]}" if self.crop else ""
                 raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}{crop}: "
                                   f"try --batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or "

@@ -33,9 +33,9 @@ class InferenceOptions:
                       choices=TTA_MODES)
     batch_size: int = option(4, "tiles, or same-size images, per forward pass", min=1, max=4096,
                              flags=("-b", "--batch-size"))
-    precision: str = option("auto", "autocast precision of PyTorch models; auto: bf16 on GPUs that have it and on "
-                            "CPUs that compute bf16 natively (AVX512_BF16, AMX), fp32 elsewhere",
-                            choices=INFERENCE_PRECISIONS)
+    precision: str = option("auto", "autocast precision of PyTorch models; auto: the precision the model was "
+                            "validated in (bf16 runs predict in bf16 where the CPU or GPU computes it natively), "
+                            "fp32 for fp32 runs and older checkpoints", choices=INFERENCE_PRECISIONS)
     membrane_class: int = option(0, "class index of the boundaries for instances (ISBI: 0 = membrane)", min=0)
     seed_threshold: float = option(SEED_THRESHOLD, "instances: boundary probability below which pixels seed "
                                    "a cell", above=0, below=1)

@@ -42,7 +42,7 @@ from seglab.runtime.device import (
     default_channels_last,
     describe_precision,
     free_memory,
-    resolve_precision,
+    inference_precision,
 )
 
 # Rough activation memory of a forward pass per input pixel and base channel (bytes), used to
@@ -102,6 +102,7 @@ class Predictor:
                               f"{class_map.num_classes} classes ({class_map.describe()})")
         self.device = torch.device(device)
         self.precision = checked.precision
+        self.trained_precision = preprocess.get("precision")  # None: float32, or a file of seglab <= 0.2
         self.amp_dtype = self._autocast_dtype(model, checked.precision)
         # The layout is the model's: chosen once, from the precision the Predictor was made with.
         self.channels_last = default_channels_last(self.device, self.amp_dtype) and not isinstance(model,
@@ -160,7 +161,7 @@ class Predictor:
         models, which compute in their own runtime's precision."""
         if isinstance(model, ExportedModule):
             return None
-        return resolve_precision(precision, False, self.device)
+        return inference_precision(precision, self.trained_precision, self.device)
 
     @property
     def runtime(self) -> str:

@@ -77,6 +77,21 @@ def resolve_precision(precision: str | None, amp: bool, device: torch.device) ->
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def inference_precision(precision: str, trained: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a trained model's forward passes. "auto" predicts in the precision the
+    run validated in (a checkpoint's "precision"), so predictions reproduce its scores, where the
+    device computes that precision natively; float32 for checkpoints trained in float32 or written
+    before seglab recorded it. Any other value is resolved as `resolve_precision` does."""
+    if precision != "auto":
+        return resolve_precision(precision, False, device)
+    if trained == "bf16":
+        return resolve_precision("auto", False, device) if device.type == "cpu" or \
+            torch.cuda.is_bf16_supported() else None
+    if trained == "fp16" and device.type == "cuda":
+        return torch.float16
+    return None
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     """None -> "fp32", torch.bfloat16 -> "bf16", torch.float16 -> "fp16"."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
@@ -107,6 +122,12 @@ def autocast_factory(device: torch.device, dtype: torch.dtype | None):
 
 
 # ---- memory ---------------------------------------------------------------------------------------
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
 def free_memory(device: torch.device) -> int:
     """Bytes free on the device (CUDA) or available in RAM (CPU: `available_ram`)."""
     if device.type == "cuda":
