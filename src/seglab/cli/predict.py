@@ -22,7 +22,7 @@ def load_model(args: argparse.Namespace):
     return seglab.load(args.model, device=args.device, threshold=args.threshold,
                        tile=tuple(args.tile) if args.tile else None, overlap=args.overlap, tta=args.tta,
                        batch_size=args.batch_size, membrane_class=args.membrane_class,
-                       seed_threshold=args.seed_threshold, precision=args.precision)
+                       seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime)
 
 
 def register(commands) -> None:

@@ -33,6 +33,13 @@ def register(commands) -> None:
                         help="real images for the parity check (default: crops of the bundled ISBI slices)")
     export.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest allowed probability difference (default: 1e-4)")
+    export.add_argument("--quantize", choices=["int8"], help="int8: static quantization for ONNX Runtime on the "
+                        "CPU, calibrated on the run's training images, refused if its masks lose more than "
+                        "--max-dice-drop mean Dice on the run's validation images (default name: <model>.int8.onnx)")
+    export.add_argument("--calibration-images", nargs="+", metavar="IMAGE",
+                        help="--quantize: images to calibrate on (default: 16 of the run's training images)")
+    export.add_argument("--max-dice-drop", type=float, default=0.01,
+                        help="--quantize: largest loss of mean Dice against the float model (default: 0.01)")
     export.set_defaults(run=run_export)
 
     report = commands.add_parser("report", help="write RUN_DIR/report.html: curves, scores, best and worst "
@@ -84,9 +91,23 @@ def run_export(args: argparse.Namespace) -> int:
     import seglab
 
     report = seglab.export(args.model, args.format, args.output, parity_images=args.parity_images,
-                           tolerance=args.tolerance)
-    print(f"wrote {report['path']} ({report['format']}); parity on {len(report['parity_shapes'])} inputs: "
-          f"max |p - p_torch| = {report['max_abs_diff']:.2e} <= {report['tolerance']:.0e}")
+                           tolerance=args.tolerance, quantize=args.quantize,
+                           calibration_images=args.calibration_images, max_dice_drop=args.max_dice_drop)
+    print(f"wrote {report['path']} ({report['format']}{', int8' if args.quantize else ''}); parity on "
+          f"{len(report['parity_shapes'])} inputs: max |p - p_torch| = {report['max_abs_diff']:.2e} <= "
+          f"{report['tolerance']:.0e}")
+    if "quantization" in report:
+        parity = report["quantization"]["parity"]
+        print(f"int8: mean Dice {parity['dice_int8']:.4f} vs {parity['dice_float']:.4f} float on {parity['images']} "
+              f"(drop {parity['dice_drop']:.4f} <= {parity['max_dice_drop']:g}); masks agree on "
+              f"{100 * parity['mask_agreement']:.2f}% of the pixels")
+    speed = report["metadata"].get("speed")
+    if speed:
+        seconds = speed["seconds"]
+        print(f"speed on this CPU ({speed['image'][1]}x{speed['image'][0]} image): {speed['runtime']} "
+              f"{seconds[speed['runtime']]:.3f} s, {speed['pytorch_path']} {seconds['pytorch']:.3f} s: "
+              + ("`seglab predict -m` the checkpoint runs this file" if seconds[speed["runtime"]] < seconds["pytorch"]
+                 else "the checkpoint stays faster in PyTorch"))
     return 0
 
 

@@ -253,10 +253,12 @@ def _export_torchscript(wrapper: ExportWrapper, example: torch.Tensor, path: Pat
 
 def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, out_path: Path, opset: int,
                        metadata: dict, model: nn.Module, batches: list[torch.Tensor], input_max: float,
-                       tolerance: float, checkpoint_path) -> tuple[str, float, list]:
+                       tolerance: float, checkpoint_path, finish: Callable[[Path], None] | None = None,
+                       ) -> tuple[str, float, list]:
     """Export into a temporary file, run it with its own runtime against PyTorch, and rename it to
-    `out_path` only when it matches within `tolerance`. Returns (exporter, max difference, shapes)."""
-    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    `out_path` only when it matches within `tolerance` (after `finish(temporary file)`, if given).
+    Returns (exporter, max difference, shapes)."""
+    temporary = temporary_name(out_path)
     try:
         temporary.touch()  # a folder that cannot be written fails here, before a long export
         if fmt == "onnx":
@@ -271,6 +273,8 @@ def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, 
             raise SeglabError(f"{fmt} export of '{checkpoint_path}' failed its parity check: probabilities "
                               f"differ from PyTorch by up to {worst:.3g} (> {tolerance:g}) on images "
                               f"{shapes}; nothing was written")
+        if finish is not None:
+            finish(temporary)
         os.replace(temporary, out_path)
     except OSError as error:
         raise write_error(out_path, error) from None
@@ -279,9 +283,56 @@ def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, 
     return exporter, worst, shapes
 
 
+def temporary_name(out_path: Path, role: str = "tmp") -> Path:
+    """A hidden file beside `out_path` that is renamed to it once complete; it keeps the suffix,
+    so the exported file can be loaded (by suffix) before the rename."""
+    return out_path.with_name(f".{out_path.name}.{os.getpid()}.{role}{out_path.suffix}")
+
+
+def set_onnx_metadata(path: Path, values: dict) -> None:
+    """Set (replace) seglab metadata entries of an ONNX file, JSON-encoded, in place."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    kept = [(entry.key, entry.value) for entry in graph.metadata_props if entry.key not in values]
+    del graph.metadata_props[:]
+    for key, value in kept + [(key, json.dumps(value)) for key, value in values.items()]:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
+
+
+def time_against_pytorch(checkpoint_path: str | Path, exported_path: Path, image: np.ndarray,
+                         runs: int = 3) -> dict:
+    """Seconds of one whole-image prediction of `image` (H, W[, C]) through PyTorch (the checkpoint
+    at its "auto" precision) and through the exported file, on the CPU; the fastest of `runs`
+    interleaved runs each, after a warm-up. What `inference.fastest` chooses a path by."""
+    from seglab.inference.fastest import PYTORCH, cpu_model_name
+    from seglab.inference.predictor import Predictor
+
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    paths = {PYTORCH: Predictor.from_file(checkpoint_path, "cpu", runtime="pytorch", log=quiet)}
+    exported = Predictor.from_file(exported_path, "cpu", log=quiet)
+    paths[exported.runtime] = exported
+    seconds = {name: float("inf") for name in paths}
+    for name, predictor in paths.items():
+        predictor.predict(image)  # first calls choose and build kernels
+    for _ in range(runs):
+        for name, predictor in paths.items():
+            started = time.perf_counter()
+            predictor.predict(image)
+            seconds[name] = min(seconds[name], time.perf_counter() - started)
+    return {"cpu": cpu_model_name(), "image": list(image.shape[:2]), "runtime": exported.runtime,
+            "pytorch_path": paths[PYTORCH].runtime, "seconds": {k: round(v, 6) for k, v in seconds.items()}}
+
+
+def largest(images: list[np.ndarray]) -> np.ndarray:
+    return max(images, key=lambda image: image.shape[0] * image.shape[1])
+
+
 def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str | Path | None = None,
                  parity_images: list[np.ndarray] | None = None, opset: int = 17,
-                 tolerance: float = DEFAULT_TOLERANCE, input_max: float = 255.0) -> dict:
+                 tolerance: float = DEFAULT_TOLERANCE, input_max: float = 255.0, timed: bool = True) -> dict:
     """Export a checkpoint as a raw-pixels-in, probabilities-out graph, after a parity check.
 
     Args:
@@ -294,6 +345,8 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
         opset: ONNX opset.
         tolerance: largest allowed max abs difference of probabilities against PyTorch.
         input_max: the value range of the raw pixels (255 for 8-bit files): divided out in the graph.
+        timed: an ONNX file records the seconds of one prediction through it and through PyTorch
+            on this CPU (`time_against_pytorch`), by which `seglab predict -m CHECKPOINT` picks it.
 
     Returns:
         a report: path, format, exporter, opset, max_abs_diff, tolerance, parity_shapes,
@@ -322,12 +375,24 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
     wrapper = ExportWrapper(model, metadata["normalization"], input_max).eval()
     channels = metadata["channels"]
     example = torch.rand(1, channels, *TRACE_SIZE, generator=torch.Generator().manual_seed(0)) * input_max
-    batches = _parity_batches(default_parity_images() if parity_images is None else parity_images, channels)
+    images = default_parity_images() if parity_images is None else parity_images
+    batches = _parity_batches(images, channels)
     if not batches:
         raise SeglabError("no parity images: pass at least one image, or None for the bundled defaults")
+    finish = None
+    if fmt == "onnx":  # what `inference.fastest` needs to run this file instead of the checkpoint
+        from seglab.inference.fastest import source_record
+
+        metadata["source"] = source_record(checkpoint_path)
+
+    if fmt == "onnx" and timed:
+        def finish(temporary: Path) -> None:
+            speed = time_against_pytorch(checkpoint_path, temporary, np.asarray(largest(images)))
+            set_onnx_metadata(temporary, {"speed": speed})
+            metadata["speed"] = speed
 
     exporter, worst, shapes = _write_if_faithful(fmt, wrapper, example, out_path, opset, metadata, model, batches,
-                                                 input_max, tolerance, checkpoint_path)
+                                                 input_max, tolerance, checkpoint_path, finish)
     return {
         "path": str(out_path),
         "format": fmt,

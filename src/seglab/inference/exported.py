@@ -73,6 +73,18 @@ class ExportedModel(ABC):
             raise SeglabError(f"exported model takes raw pixels (B, {channels}, H, W); got {tuple(batch.shape)}")
 
 
+def json_entries(raw: dict[str, str]) -> dict:
+    """An ONNX file's metadata entries that hold JSON (seglab's); others (ONNX Runtime's own
+    "onnx.infer", "onnx.quant.pre_process" notes in quantized files) are left out."""
+    entries = {}
+    for key, value in raw.items():
+        try:
+            entries[key] = json.loads(value)
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
 def _require_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -109,12 +121,7 @@ class OnnxModel(ExportedModel):
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own unexported types
             raise SeglabError(f"onnxruntime cannot load '{path}' ({str(error).splitlines()[0]}): is it an "
                               "ONNX file written by `seglab export`?") from None
-        raw = self.session.get_modelmeta().custom_metadata_map
-        try:
-            metadata = {key: json.loads(value) for key, value in raw.items()}
-        except json.JSONDecodeError:
-            metadata = {}
-        super().__init__(path, metadata)
+        super().__init__(path, json_entries(self.session.get_modelmeta().custom_metadata_map))
         self.device = device
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name

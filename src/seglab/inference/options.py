@@ -17,6 +17,7 @@ SEED_THRESHOLD = 0.07
 
 # Autocast precisions of a PyTorch model's forward passes (exported models compute in their own).
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUNTIMES = ("auto", "pytorch")
 # The rules of a prediction's resize factor (--scale of predict, evaluate and serve, a request's scale).
 SCALE_RULES = {"above": 0, "max": 16}
 
@@ -36,6 +37,9 @@ class InferenceOptions:
     precision: str = option("auto", "autocast precision of PyTorch models; auto: the precision the model was "
                             "validated in (bf16 runs predict in bf16 where the CPU or GPU computes it natively), "
                             "fp32 for fp32 runs and older checkpoints", choices=INFERENCE_PRECISIONS)
+    runtime: str = option("auto", "what runs a checkpoint on the CPU; auto: the fastest ONNX export of it lying beside "
+                          "it (seglab export, parity-checked, timed on this CPU) when one beat PyTorch, else "
+                          "PyTorch; pytorch: the checkpoint itself", choices=RUNTIMES)
     membrane_class: int = option(0, "class index of the boundaries for instances (ISBI: 0 = membrane)", min=0)
     seed_threshold: float = option(SEED_THRESHOLD, "instances: boundary probability below which pixels seed "
                                    "a cell", above=0, below=1)

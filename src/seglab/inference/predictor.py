@@ -26,7 +26,7 @@ from seglab.data.normalization import check_normalization
 from seglab.data.preprocess import prepare_image
 from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
-from seglab.inference.options import SCALE_RULES, SEED_THRESHOLD, InferenceOptions
+from seglab.inference.options import RUNTIMES, SCALE_RULES, SEED_THRESHOLD, InferenceOptions
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
 from seglab.models.outputs import (
@@ -94,8 +94,9 @@ class Predictor:
                  tile: tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none",
                  batch_size: int = 4, membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD,
                  precision: str = "auto", log=print):
-        checked = InferenceOptions(threshold, list(tile) if tile else None, overlap, tta, batch_size, precision,
-                                   membrane_class, seed_threshold)
+        checked = InferenceOptions(threshold=threshold, tile=list(tile) if tile else None, overlap=overlap, tta=tta,
+                                   batch_size=batch_size, precision=precision, membrane_class=membrane_class,
+                                   seed_threshold=seed_threshold)
         threshold, tile = checked.threshold, checked.tile_size
         if membrane_class >= class_map.num_classes:
             raise ConfigError(f"invalid inference.membrane_class (--membrane-class): {membrane_class}; the model has "
@@ -129,7 +130,13 @@ class Predictor:
     def from_file(cls, path: str | Path, device: str | torch.device = "cpu", threshold: float | None = None,
                   **options) -> "Predictor":
         """A .pt checkpoint, an ensemble .json (of `seglab train --folds`), or an exported .onnx / .ts
-        model (run through its own runtime)."""
+        model (run through its own runtime).
+
+        `runtime` "auto" (the default) runs a checkpoint on the CPU through the fastest export of it
+        lying beside it, when `seglab export` measured one faster than PyTorch there (`inference.fastest`),
+        and logs which; "pytorch" runs the checkpoint itself."""
+        runtime = check_value("inference.runtime (--runtime)", options.pop("runtime", "auto"), str,
+                              {"choices": RUNTIMES})
         if Path(path).suffix.lower() in EXPORTED_SUFFIXES:
             from seglab.inference.exported import load_exported
 
@@ -147,6 +154,15 @@ class Predictor:
         if is_ensemble_file(path):  # fold ensembles: the members' probabilities averaged
             members, class_map, preprocess = load_members(path)
             return cls(EnsembleModule(members), class_map, preprocess, device, threshold, **options)
+        if runtime == "auto" and torch.device(device).type == "cpu" and options.get("precision", "auto") == "auto":
+            from seglab.inference.fastest import describe_choice, faster_export
+
+            found = faster_export(path)
+            if found is not None:
+                options.get("log", print)(describe_choice(*found))
+                predictor = cls.from_file(found[0], device, threshold, **options)
+                predictor.info["checkpoint"] = str(path)
+                return predictor
         payload = load_checkpoint(path)
         model = model_from_checkpoint(payload, path)
         predictor = cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, threshold,
