@@ -17,13 +17,16 @@ class ResidentBatches:
     """The whole training set as tensors on the device; an epoch is a seeded permutation of it.
 
     The permutation depends only on (seed, epoch), so every rank agrees on it and takes its own
-    stride of it, and a resumed run replays the same order.
+    stride of it, and a resumed run replays the same order. With `full_batches` the last batch is
+    filled up with the epoch's first images, so every batch has `batch_size` images: a compiled
+    model then never meets a new shape.
     """
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None,
-                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1, full_batches: bool = False):
         self.images, self.masks, self.weights = images, masks, weights
         self.batch_size = batch_size
+        self.full_batches = full_batches
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -38,7 +41,10 @@ class ResidentBatches:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.images), generator=generator)
         per_rank = math.ceil(len(order) / self.world_size)
-        order = order.repeat(2)[: per_rank * self.world_size]  # pad so ranks get equal shares
+        if self.full_batches:
+            per_rank = self.batch_size * math.ceil(per_rank / self.batch_size)
+        repeats = math.ceil(per_rank * self.world_size / len(order)) + 1
+        order = order.repeat(repeats)[: per_rank * self.world_size]  # pad so ranks get equal shares
         mine = order[self.rank::self.world_size]
         if self.images.is_cuda:  # a pageable copy would make the host wait for the GPU's queue
             mine = mine.pin_memory().to(self.images.device, non_blocking=True)

@@ -47,7 +47,7 @@ def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, 
             weights = stacked[2].to(device) if len(stacked) > 2 else None
             log(f"training set resident on {device.type}: {tuple(images.shape)}")
             return ResidentBatches(images, masks, weights, c.train.batch_size, c.train.seed,
-                                   dist.rank, dist.world_size), crop
+                                   dist.rank, dist.world_size, full_batches=c.train.compile), crop
     dataset = SegmentationDataset(plan.train_pairs, crop=crop, **common)
     return LoaderBatches(dataset, c.train.batch_size, device, c.data.workers, c.train.seed,
                          dist.rank, dist.world_size), None

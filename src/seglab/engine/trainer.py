@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -120,6 +121,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.config.train.compile:
             self.ddp_model = torch.compile(self.ddp_model)
+            self.compiled_shape = None  # compiled on the first batch (`_compile`), again after a change
 
     def _build_optimisation(self) -> None:
         t, device = self.config.train, self.device
@@ -157,6 +159,7 @@ class Trainer:
         self.losses = DeviceLossTally(self.device)
         self.history_rows: list[dict] = []
         self.stopped_by = "epochs"
+        self.compile_seconds = 0.0
 
     def _open_run_folder(self, resume_from: Path | None) -> None:
         run_dir = resume_from or default_run_dir(self.config)
@@ -213,7 +216,7 @@ class Trainer:
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
-        self.runlog.finish(self.history_rows, self.stopped_by)
+        self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds)
         distributed.barrier()
         best = self.monitor.best
         best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == best), None)
@@ -257,6 +260,9 @@ class Trainer:
         images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.config.train.compile and self.compiled_shape != tuple(images.shape):
+            with self._clock_paused():
+                self._compile(images, masks, weights)
         sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
         with sync():
             with self.autocast():
@@ -264,6 +270,28 @@ class Trainer:
             self.scaler.scale(loss / self.accumulate).backward()
         self.losses.add(loss.detach())  # stays on the device until a log or checkpoint point
         self.tally.images += images.shape[0] * self.dist.world_size
+
+    def _compile(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None) -> None:
+        """torch.compile's work for this batch shape, done on a copy of the batch before it trains, so
+        the compile time is logged apart and never counts as training time (the time budget). The
+        weights, BatchNorm statistics, gradients and random streams are left as they were."""
+        started = time.perf_counter()
+        buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
+        grads = {p: None if p.grad is None else p.grad.clone() for p in self.model.parameters()}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with self.autocast():
+                loss = self._training_loss(self.ddp_model(images.clone()), masks, weights)
+            loss.backward()
+        for name, buffer in self.model.named_buffers():
+            buffer.copy_(buffers[name])
+        for parameter, grad in grads.items():  # an accumulation in progress keeps its gradients
+            parameter.grad = grad
+        seconds = time.perf_counter() - started
+        self.compile_seconds += seconds
+        again = "recompiled" if self.compiled_shape is not None else "compiled"
+        self.compiled_shape = tuple(images.shape)
+        self.log(f"torch.compile: {again} for batches of {tuple(images.shape)} in {seconds:.1f} s (not training "
+                 "time)")
 
     def _after_update(self, epoch: int, index: int, batches: int) -> tuple[bool, bool]:
         """The optimizer step at an accumulation boundary, then what falls due at this step: the
