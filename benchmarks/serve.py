@@ -1,11 +1,13 @@
-"""seglab serve under load: requests/s and p50/p99 latency at 1, 4 and 16 concurrent clients, batching on and off.
+"""seglab serve under load: requests/s and p50/p99 latency at 1, 4 and 16 concurrent clients, by precision and batching.
 
     python benchmarks/serve.py [--device cpu] [--base-channels 16] [--size 256] [--requests 160]
                                [--clients 1,4,16] [--max-batch 8] [--max-wait-ms 5] [--threads N]
 
 One U-Net (depth 4, `--base-channels`, random He-initialised weights: speed does not depend on
-training) saved as a checkpoint, served by a real `seglab serve` process on a loopback port, twice:
-with batching (`--max-batch`, `--max-wait-ms`) and without (`--max-batch 1`). Each client count
+training) saved as a checkpoint as `seglab train` writes one on this device (its precision "auto"),
+served by a real `seglab serve` process on a loopback port: in float32 without batching (how the CPU
+served before issue 22: the reference of the RATIO lines), with the defaults without batching, and
+with the defaults and batching (`--max-batch`, `--max-wait-ms`; `--max-batch 1` leaves it out). Each client count
 sends `--requests` POST /v1/predict of real ISBI 2012 test crops (`--size` x `--size`, 8
 distinct), from that many concurrent clients (httpx, keep-alive connections). Latency is per
 request, from sending to the last byte of the mask PNG. The server's own counters give the mean
@@ -33,16 +35,19 @@ from PIL import Image
 from seglab.data.classmap import ClassMap
 from seglab.models import UNet
 from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint
+from seglab.runtime.device import precision_name, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO / "data" / "isbi2012"
 
 
-def write_checkpoint(path: Path, base_channels: int) -> Path:
+def write_checkpoint(path: Path, base_channels: int, device: torch.device) -> Path:
+    """A checkpoint as `seglab train` writes one on `device`: its precision is the one "auto" trains in."""
     torch.manual_seed(0)
     model = UNet(in_channels=1, num_classes=1, base_channels=base_channels, depth=4)
     kwargs = {"in_channels": 1, "num_classes": 1, "base_channels": base_channels, "depth": 4}
-    preprocess = {"channels": 1, "scale": 1.0, "normalization": "per_image", "threshold": 0.5}
+    preprocess = {"channels": 1, "scale": 1.0, "normalization": "per_image", "threshold": 0.5,
+                  "precision": precision_name(resolve_precision("auto", False, device))}
     return save_checkpoint(make_checkpoint(model, "unet", kwargs, ClassMap.from_values([0, 255]), preprocess), path)
 
 
@@ -59,9 +64,9 @@ def crops(size: int, count: int = 8) -> list[bytes]:
 
 
 def start_server(checkpoint: Path, device: str, max_batch: int, max_wait_ms: float,
-                 threads: int | None) -> tuple[subprocess.Popen, str]:
+                 threads: int | None, precision: str = "auto") -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "seglab", "serve", "-m", str(checkpoint), "--device", device, "--port", "0",
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--precision", precision]
     command += ["--threads", str(threads)] if threads else []
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -140,24 +145,32 @@ def main() -> None:
     threads = f"server --threads {args.threads}" if args.threads else "server threads: torch's default"
     print(f"device: {device_name(device)}, {threads}; U-Net depth 4, {args.base_channels} base channels, {args.size}x"
           f"{args.size} ISBI crops, {args.requests} requests per row")
-    print("| batching | clients | requests/s | p50 ms | p99 ms | requests per forward pass | masks off |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| precision | batching | clients | requests/s | p50 ms | p99 ms | requests per forward pass | masks off |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    # float32 unbatched is how the CPU served before issue 22 (the reference of the RATIO lines)
+    setups = [("fp32", "off", 1), ("auto", "off", 1)]
+    if args.max_batch > 1:
+        setups.append(("auto", f"on ({args.max_batch}, {args.max_wait_ms:g} ms)", args.max_batch))
+    rates: dict[tuple[str, str, int], float] = {}
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = write_checkpoint(Path(folder) / "bench.pt", args.base_channels)
-        for label, max_batch in ((f"on ({args.max_batch}, {args.max_wait_ms:g} ms)", args.max_batch), ("off", 1)):
-            process, url = start_server(checkpoint, str(device), max_batch, args.max_wait_ms, args.threads)
+        checkpoint = write_checkpoint(Path(folder) / "bench.pt", args.base_channels, device)
+        for precision, label, max_batch in setups:
+            process, url = start_server(checkpoint, str(device), max_batch, args.max_wait_ms, args.threads, precision)
             try:
                 reference = [httpx.post(f"{url}/v1/predict", content=body, timeout=300).content for body in bodies]
                 for clients in (int(c) for c in args.clients.split(",")):
                     row = measure(url, bodies, reference, args.requests, clients)
-                    print(f"| {label} | {clients} | {row['rps']:.1f} | {row['p50']:.0f} | {row['p99']:.0f} | "
-                          f"{row['per_pass']:.2f} | {row['off']} |", flush=True)
+                    rates[precision, label, clients] = row["rps"]
+                    print(f"| {precision} | {label} | {clients} | {row['rps']:.1f} | {row['p50']:.0f} | "
+                          f"{row['p99']:.0f} | {row['per_pass']:.2f} | {row['off']} |", flush=True)
             finally:
                 process.terminate()
                 process.wait(timeout=60)
         largest, flipped, pixels = batch_parity(checkpoint, bodies, str(device))
         print(f"a batched pass of the {len(bodies)} crops against single passes: probabilities differ by up to "
               f"{largest:.1e}; {flipped} of {pixels} mask pixels differ")
+    for clients in (int(c) for c in args.clients.split(",")):
+        print(f"RATIO serve clients={clients} {rates['auto', 'off', clients] / rates['fp32', 'off', clients]:.2f}")
 
 
 if __name__ == "__main__":
