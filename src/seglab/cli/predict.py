@@ -17,12 +17,17 @@ def add_inference_options(parser) -> None:
 
 
 def load_model(args: argparse.Namespace):
+    """The model the flags ask for; says on stderr what runs it (PyTorch at which precision, or the
+    export `--runtime auto` chose), as serve's first line does."""
     import seglab
 
-    return seglab.load(args.model, device=args.device, threshold=args.threshold,
-                       tile=tuple(args.tile) if args.tile else None, overlap=args.overlap, tta=args.tta,
-                       batch_size=args.batch_size, membrane_class=args.membrane_class,
-                       seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime)
+    model = seglab.load(args.model, device=args.device, threshold=args.threshold,
+                        tile=tuple(args.tile) if args.tile else None, overlap=args.overlap, tta=args.tta,
+                        batch_size=args.batch_size, membrane_class=args.membrane_class,
+                        seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime,
+                        log=lambda line: print(line, file=sys.stderr))
+    print(f"model {args.model}: {model.runtime} on {model.device}", file=sys.stderr)
+    return model
 
 
 def register(commands) -> None:
