@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from seglab.data.classmap import ClassMap
+from seglab.data.folder_lock import remove_stale_temporaries
 from seglab.data.io import write_error
 from seglab.data.preprocess import Normalization, match_channels, normalize
 from seglab.errors import SeglabError
@@ -256,6 +257,7 @@ def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, 
     """Export into a temporary file, run it with its own runtime against PyTorch, and rename it to
     `out_path` only when it matches within `tolerance`. Returns (exporter, max difference, shapes)."""
     temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(out_path.parent, out_path.name)  # of an export killed mid-write
     try:
         temporary.touch()  # a folder that cannot be written fails here, before a long export
         if fmt == "onnx":
