@@ -48,7 +48,14 @@ class ServeOptions:
     runs: str | None = option(None, "a folder of run folders, listed with their curves, metrics and reports "
                               "at /runs", metavar="DIR")
     shutdown_timeout: float = option(30.0, "seconds the requests in flight get to finish after SIGTERM or "
-                                     "Ctrl-C", min=0, metavar="S")
+                                     "Ctrl-C; then they are stopped and the process ends", min=0, max=3600,
+                                     metavar="S")
+    request_timeout: float = option(60.0, "seconds one prediction may take, waiting for the model included; a "
+                                    "request past it is stopped (between tiles) and answered 503", above=0,
+                                    max=86_400, metavar="S")
+    max_tiles: int = option(1024, "tiles one request may ask for (its tile and overlap over its image); "
+                            "requests for more are refused with a 400", min=1, max=10**7, metavar="N")
+    min_tile: int = option(64, "smallest tile side a request's tile= may ask for", min=8, max=65536, metavar="PX")
 
     def __post_init__(self):
         check_fields(self, "serve")

@@ -1,7 +1,9 @@
 """Run the app under uvicorn: a socket bound first (so --port 0 prints the real port), graceful stops.
 
 SIGTERM and Ctrl-C stop accepting connections, let the requests in flight finish (up to
---shutdown-timeout seconds), stop the batcher, and end the process with exit code 0.
+--shutdown-timeout seconds, then they are answered 503 and their tiled predictions stop), stop the
+batcher, and end the process with exit code 0. A forward pass that is still running then (one
+whole image cannot be stopped halfway) does not hold the process: it ends without waiting for it.
 """
 from __future__ import annotations
 
@@ -91,4 +93,15 @@ def serve(model: Predictor | str | os.PathLike, options: ServeOptions | None = N
     state = app.state.seglab
     why = f" ({received[0]})" if received else ""
     log(f"stopped{why}: {state.answered} predictions answered, {state.refused} requests refused")
+    if state.model_left_running:
+        end_now(log)
     return state.answered
+
+
+def end_now(log) -> None:
+    """End the process at once: the model's thread is inside PyTorch, and Python's own exit would
+    either wait for it or abort ("terminate called without an active exception")."""
+    log("the model was inside a forward pass; the process ends without waiting for it")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

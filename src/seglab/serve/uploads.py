@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from seglab.data.io import decode_image
-from seglab.errors import ConfigError, DataError, ImageTooLargeError, NotAnImageError
+from seglab.errors import ConfigError, DataError, ImageTooLargeError, NotAnImageError, ResourceError
 from seglab.options import refuse_unknown
 from seglab.serve.options import PredictQuery
 
@@ -24,6 +24,10 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its answer: nobody to answer, one line in the log."""
 
 
 def parse_query(request: Request) -> PredictQuery:
@@ -52,11 +56,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, too_large(int(declared), limit))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, too_large(size, limit, at_least=True))
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, too_large(size, limit, at_least=True))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientLeft(f"the client left during its upload (after {size} bytes)") from None
     return b"".join(chunks)
 
 
@@ -109,6 +116,9 @@ async def decode_upload(data: bytes, name: str) -> np.ndarray:
         return await run_in_threadpool(decode_image, data, name)
     except ImageTooLargeError as error:
         raise ApiError(413, str(error).replace("pass --max-pixels", "start the server with --max-pixels")) from None
+    except ResourceError:
+        raise ApiError(503, f"the server has not enough memory to decode '{name}' now; it goes on: try again later, "
+                            "or send a smaller image") from None
     except NotAnImageError as error:
         raise ApiError(415, _for_uploads(error)) from None
     except DataError as error:
@@ -117,7 +127,8 @@ async def decode_upload(data: bytes, name: str) -> np.ndarray:
 
 def _for_uploads(error: DataError) -> str:
     """The reader's advice for files on disk, said for an upload."""
-    return str(error).replace("re-export or remove it", "send the image file itself (PNG, JPEG, TIFF, ...)")
+    return (str(error).replace("re-export or remove it", "send the image file itself (PNG, JPEG, TIFF, ...)")
+            .replace("split it into single images or use `read_stack`", "send one image"))
 
 
 def _first_line(error: BaseException) -> str:
