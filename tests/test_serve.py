@@ -208,6 +208,9 @@ BAD_REQUESTS = {
     "form without a file": (dict(data=None, form=True), 400, "holds no file"),
     "planar TIFF bomb": (dict(data=PLANAR_TIFF_BOMB), 413, "claims 3x2100x2100 pixels"),
     "TIFF stack": (dict(data=tiff_bytes(np.zeros((100, 64, 64), np.uint8))), 400, "stack of 100 pages; send one"),
+    "TIFF of complex numbers": (dict(data=tiff_bytes(np.zeros((64, 64), np.complex64))), 400, "complex numbers"),
+    "TIFF of 5 channels": (dict(data=tiff_bytes(np.zeros((64, 64, 5), np.uint8), planarconfig="contig")), 400,
+                           "has 5 channels per pixel"),
     "tile below the minimum": (dict(data=GOOD, query="?tile=8&overlap=0.9"), 400, "smallest tile is 64 px"),
     "more tiles than allowed": (dict(data=GOOD, query="?tile=64&overlap=0.95"), 400, "22801 tiles, over"),
     "scale past the pixel limit": (dict(data=GOOD, query="?scale=16"), 413, "ask for a smaller scale"),
@@ -237,6 +240,8 @@ def test_every_bad_request_is_a_4xx_with_one_line_and_the_server_goes_on(served,
 
 def test_unknown_routes_and_methods_are_one_line_too(served):
     missing = httpx.get(f"{served.url}/v2/predict")
+    long = httpx.get(f"{served.url}/static/{'a' * 5000}")
+    assert long.status_code == 404 and len(long.json()["error"]) < 200  # a request is named, not repeated
     wrong_method = httpx.get(f"{served.url}/v1/predict", headers=served.headers)
     assert missing.status_code == 404 and "/v1/predict" in missing.json()["error"]
     assert wrong_method.status_code == 405 and "GET is not allowed" in wrong_method.json()["error"]

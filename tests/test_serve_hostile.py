@@ -49,6 +49,14 @@ def answered_soon(server, within: float) -> None:
     assert time.perf_counter() - started < within
 
 
+def test_a_server_without_a_token_answers_only_requests_for_localhost(strict):
+    port = strict.url.rsplit(":", 1)[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        assert httpx.get(f"{strict.url}/v1/model", headers={"Host": host}).status_code == 200, host
+    rebound = httpx.get(f"{strict.url}/v1/model", headers={"Host": f"attacker.example:{port}"})
+    assert rebound.status_code == 421 and "localhost only" in rebound.json()["error"]  # DNS rebinding
+
+
 def test_a_request_past_its_deadline_is_stopped_with_a_503_and_the_model_is_free_again(strict):
     started = time.perf_counter()
     slow = post(strict, GOOD, SLOW)
@@ -108,7 +116,13 @@ def test_an_allocation_failure_is_a_503_and_the_server_goes_on(strict):
 
 def test_sigterm_ends_a_server_whose_model_is_inside_a_long_forward_pass(checkpoint):
     # One batch of four 1024-pixel tiles, 8 TTA passes each: ~30 s of model time with no point to stop at.
-    server = start_server("-m", checkpoint, "--device", "cpu", "--shutdown-timeout", 1, "--max-pixels", 20_000_000)
+    server = start_server("-m", checkpoint, "--device", "cpu", "--shutdown-timeout", 1, "--max-pixels", 20_000_000,
+                          "--max-queue", 1, "--upload-timeout", 2)
+    slow_upload = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    slow_upload.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n" + GOOD[:1000])
+    slow_upload.settimeout(20)
+    assert slow_upload.recv(200).startswith(b"HTTP/1.1 408"), "a slow upload keeps its place in the queue"
+    slow_upload.close()
     picture = io.BytesIO()
     Image.fromarray(np.zeros((2048, 2048), np.uint8)).save(picture, "PNG")
     reply = {}
@@ -120,6 +134,8 @@ def test_sigterm_ends_a_server_whose_model_is_inside_a_long_forward_pass(checkpo
         while httpx.get(f"{server.url}/healthz").json()["in_flight"] == 0 and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(1)  # decoded and inside the model by now
+        busy = post(server, GOOD)  # --max-queue 1: refused before its body is read
+        assert busy.status_code == 503 and "--max-queue" in busy.json()["error"] and busy.headers["retry-after"]
         stopped = time.perf_counter()
         server.process.send_signal(signal.SIGTERM)
         try:

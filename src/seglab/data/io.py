@@ -127,6 +127,8 @@ def _read_tiff(path: Path | io.BytesIO, name: Path | str | None = None, stack: b
     try:
         with tifffile.TiffFile(path) as tif:
             tiff_shape(tif, name, stack)
+            if not _tifffile_decodes(tif):
+                return _pillow_tiff(tif, path, name)
             array = tif.asarray()
     except DataError:
         raise
@@ -137,6 +139,27 @@ def _read_tiff(path: Path | io.BytesIO, name: Path | str | None = None, stack: b
         raise DataError(f"'{name}' is not a readable TIFF ({type(error).__name__}: {error}): "
                         "re-export or remove it") from None
     return array
+
+
+def _tifffile_decodes(tif) -> bool:
+    """Whether tifffile has the codec of the first page (LZW, JPEG and fax need imagecodecs)."""
+    import tifffile
+
+    try:
+        tifffile.TIFF.DECOMPRESSORS[tif.pages.first.compression]
+    except KeyError:
+        return False
+    return True
+
+
+def _pillow_tiff(tif, source: Path | io.BytesIO, name: Path | str) -> np.ndarray:
+    """A one-page TIFF whose codec tifffile lacks, decoded by Pillow (which has LZW, JPEG, fax)."""
+    if len(tif.series[0].pages) != 1:
+        raise DataError(f"'{name}' is compressed with {tif.pages.first.compression.name} over several pages, which "
+                        "this installation cannot decode: pip install imagecodecs, or re-export it uncompressed")
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return _pillow_pixels(source, name)
 
 
 def tiff_shape(tif, name: Path | str, stack: bool = False, limited: bool = True) -> tuple[int, ...]:
@@ -152,15 +175,19 @@ def tiff_shape(tif, name: Path | str, stack: bool = False, limited: bool = True)
     series = tif.series[0]
     shape, axes = tuple(int(n) for n in series.shape), series.axes
     if not stack:
-        _check_single_image(shape, name)
+        _check_single_image(shape, name, series.axes)
     if limited:
         samples = math.prod(n for n, axis in zip(shape, axes) if axis == "S")
         check_decoded_size(name, math.prod(shape) // max(samples, 1), "x".join(map(str, shape)))
     return shape
 
 
-def _check_single_image(shape: tuple[int, ...], name: Path | str) -> None:
-    """DataError unless `shape` is (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."""
+def _check_single_image(shape: tuple[int, ...], name: Path | str, axes: str = "") -> None:
+    """DataError unless `shape` is (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4 (`axes`: tifffile's
+    letters for them; S marks colour samples)."""
+    if len(shape) == 3 and axes.endswith("S") and shape[-1] not in CHANNEL_COUNTS:
+        raise DataError(f"'{name}' has {shape[-1]} channels per pixel; seglab reads images of 1, 3 or 4: save the "
+                        "channels the model needs")
     if len(shape) == 3 and shape[-1] not in CHANNEL_COUNTS and shape[0] not in CHANNEL_COUNTS:
         raise DataError(f"'{name}' holds a stack of {shape[0]} images; split it into single images or use "
                         "`read_stack`")
@@ -197,6 +224,16 @@ def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
     return _decoded(io.BytesIO(data), name, data[:4] in TIFF_SIGNATURES)
 
 
+def _pillow_pixels(source: Path | io.BytesIO, name: Path | str) -> np.ndarray:
+    """A file Pillow reads as (H, W) or (H, W, 3): palette, CMYK, ... become RGB; alpha is dropped."""
+    image = _read_pil(source, name)
+    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "1"):
+        image = image.convert("RGB" if image.mode not in ("1",) else "L")
+    elif image.mode == "LA":
+        image = image.convert("L")
+    return np.asarray(image)
+
+
 def _decoded(source: Path | io.BytesIO, path: Path | str, is_tiff: bool) -> np.ndarray:
     """The pixels of a file (or an in-memory file) as (H, W, C); `path` names it in messages."""
     if is_tiff:
@@ -206,12 +243,9 @@ def _decoded(source: Path | io.BytesIO, path: Path | str, is_tiff: bool) -> np.n
         if array.ndim == 3 and array.shape[-1] == 4:
             array = array[..., :3]
     else:
-        image = _read_pil(source, path)
-        if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "1"):
-            image = image.convert("RGB" if image.mode not in ("1",) else "L")
-        elif image.mode == "LA":
-            image = image.convert("L")
-        array = np.asarray(image)
+        array = _pillow_pixels(source, path)
+    if np.iscomplexobj(array):
+        raise DataError(f"'{path}' holds complex numbers, not pixel values: save the magnitude or the real part")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:

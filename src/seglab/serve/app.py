@@ -25,9 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from seglab.data.io import max_pixels
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.inference.predictor import Prediction, Predictor
+from seglab.options import shown
 from seglab.serve import encode
 from seglab.serve.batcher import Batcher, PredictionStopped
 from seglab.serve.docs import docs_page
+from seglab.serve.host_check import LoopbackHostOnly
 from seglab.serve.limits import answer_within, check_work
 from seglab.serve.options import PredictQuery, ServeOptions
 from seglab.serve.pages import PAGE_POLICY, add_page_routes
@@ -106,10 +108,10 @@ def install_error_handlers(app: FastAPI, state: ServerState) -> None:
     async def http_error(request: Request, error: StarletteHTTPException):
         state.refused += 1
         if error.status_code == 404:
-            return error_response(404, f"no {request.url.path}: the API is POST /v1/predict, GET /v1/model, "
+            return error_response(404, f"no {shown(request.url.path)}: the API is POST /v1/predict, GET /v1/model, "
                                        "GET /healthz (documented at /docs)")
         if error.status_code == 405:
-            return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+            return error_response(405, f"{request.method[:20]} is not allowed on {shown(request.url.path)}")
         return error_response(error.status_code, str(error.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -165,6 +167,7 @@ def model_description(state: ServerState) -> dict:
         "server": {"seglab_version": __version__, "max_batch": state.batcher.max_batch,
                    "max_wait_ms": options.max_wait_ms, "max_upload_bytes": options.max_upload_bytes,
                    "max_pixels": max_pixels(), "max_tiles": options.max_tiles, "min_tile": options.min_tile,
+                   "max_queue": options.max_queue, "upload_timeout_s": options.upload_timeout,
                    "request_timeout_s": options.request_timeout, "auth": options.token is not None,
                    "runs": options.runs is not None},
     }
@@ -205,7 +208,7 @@ async def predict_request(state: ServerState, request: Request) -> Response:
         raise ApiError(400, f"invalid query.class_index: {query.class_index}; the model has {classes.num_classes} "
                             f"classes ({classes.describe()})")
     predictor, key = state.variant(query)
-    data, name = await upload_bytes(request, state.options.max_upload_bytes)
+    data, name = await upload_bytes(request, state.options.max_upload_bytes, state.options.upload_timeout)
     image = await decode_upload(data, name)
     scale = state.scale if query.scale is None else query.scale
     check_work(state.options, predictor, query, image.shape, scale)
@@ -239,12 +242,17 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None, scale:
                   description="A seglab model behind HTTP: POST an image to /v1/predict, get its mask back. "
                               "The page at / does the same in a browser.")
     app.state.seglab = state
+    if options.token is None and not options.no_auth:
+        app.add_middleware(LoopbackHostOnly)
     install_error_handlers(app, state)
     guard = [Depends(token_guard(options.token))]
 
     @app.post("/v1/predict", dependencies=guard, openapi_extra=PREDICT_DOC, response_class=Response,
               summary="Predict the mask of one image (raw bytes or a multipart 'file')")
     async def predict(request: Request):
+        if state.in_flight >= options.max_queue:  # before the body is read: uploads cannot pile up in memory
+            raise ApiError(503, f"the server is busy: {state.in_flight} predictions in progress (seglab serve "
+                                "--max-queue); try again in a moment", {"Retry-After": "1"})
         state.in_flight += 1
         try:
             response = await predict_request(state, request)

@@ -26,7 +26,6 @@ import numpy as np
 from seglab.inference.predictor import Prediction, Predictor
 from seglab.inference.tiling import interruptible
 
-
 ALONE = object()  # the key of a request that shares its forward passes with no other
 
 

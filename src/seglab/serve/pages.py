@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from seglab.options import shown
 from seglab.serve.options import ServeOptions
 from seglab.serve.runs import chunks, describe_run, find_runs, open_confined
 from seglab.serve.uploads import ApiError
@@ -43,7 +44,7 @@ def add_page_routes(app: FastAPI, options: ServeOptions, guard: list) -> None:
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str):
         if name not in assets:
-            raise ApiError(404, f"no page asset {name!r}")
+            raise ApiError(404, f"no page asset {shown(name)}")
         return asset(name)
 
     if options.runs is not None:
@@ -56,15 +57,15 @@ def add_runs_routes(app: FastAPI, root: Path, guard: list, asset) -> None:
     def run_folder(name: str) -> Path:
         runs = find_runs(root)  # looked up by name, never joined from the request: no path escapes root
         if name not in runs:
-            raise ApiError(404, f"no run {name!r} under {root.name}/")
+            raise ApiError(404, f"no run {shown(name)} under {root.name}/")
         return runs[name]
 
     def run_file(name: str, file_name: str, missing: str) -> StreamingResponse:
         path = run_folder(name) / file_name
         handle = open_confined(root, path)
         if handle is None and os.path.lexists(path):
-            raise ApiError(404, f"run {name!r}: {file_name} is not a file inside {root.name}/ (a link out of it?); "
-                                "it is not served")
+            raise ApiError(404, f"run {shown(name)}: {file_name} is not a file inside {root.name}/ (a link out of "
+                                "it?); it is not served")
         if handle is None:
             raise ApiError(404, missing)
         media_type = "image/png" if file_name.endswith(".png") else "text/html"
@@ -87,9 +88,9 @@ def add_runs_routes(app: FastAPI, root: Path, guard: list, asset) -> None:
 
     @app.get("/v1/runs/{name:path}/curves.png", dependencies=guard, summary="A run's curves.png")
     async def run_curves(name: str):
-        return await run_in_threadpool(run_file, name, "curves.png", f"run {name!r} has no curves.png yet")
+        return await run_in_threadpool(run_file, name, "curves.png", f"run {shown(name)} has no curves.png yet")
 
     @app.get("/v1/runs/{name:path}/report.html", dependencies=guard, summary="A run's report.html")
     async def run_report(name: str):
         return await run_in_threadpool(run_file, name, "report.html",
-                                       f"run {name!r} has no report.html yet (seglab report {name})")
+                                       f"run {shown(name)} has no report.html yet (seglab report RUN)")

@@ -8,6 +8,7 @@ whole image cannot be stopped halfway) does not hold the process: it ends withou
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import socket
@@ -77,6 +78,7 @@ def serve(model: Predictor | str | os.PathLike, options: ServeOptions | None = N
         from seglab.api.predicting import load
 
         model = load(model, log=log)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # not a line per odd upload in the server's log
     app = create_app(model, options, scale)
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
