@@ -3,7 +3,8 @@
 A request that would hold the model for minutes is stopped at its deadline with a 503; a client
 that leaves stops its prediction; clients that drop their uploads cost one log line each; an
 allocation failure is a 503 and the server goes on; SIGTERM ends a server whose model is inside a
-forward pass that cannot be stopped, within its shutdown timeout.
+forward pass that cannot be stopped, within its shutdown timeout, and Ctrl-C twice at once; slow
+uploads get a 408 and requests past --max-queue a 503; without a token only localhost is answered.
 """
 from __future__ import annotations
 
@@ -114,7 +115,9 @@ def test_an_allocation_failure_is_a_503_and_the_server_goes_on(strict):
     assert not any("Traceback" in line for line in strict.stderr)
 
 
-def test_sigterm_ends_a_server_whose_model_is_inside_a_long_forward_pass(checkpoint):
+@pytest.mark.parametrize("signals", [(signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)],
+                         ids=["SIGTERM", "Ctrl-C twice"])
+def test_a_stop_ends_a_server_whose_model_is_inside_a_long_forward_pass(checkpoint, signals):
     # One batch of four 1024-pixel tiles, 8 TTA passes each: ~30 s of model time with no point to stop at.
     server = start_server("-m", checkpoint, "--device", "cpu", "--shutdown-timeout", 1, "--max-pixels", 20_000_000,
                           "--max-queue", 1, "--upload-timeout", 2)
@@ -126,8 +129,14 @@ def test_sigterm_ends_a_server_whose_model_is_inside_a_long_forward_pass(checkpo
     picture = io.BytesIO()
     Image.fromarray(np.zeros((2048, 2048), np.uint8)).save(picture, "PNG")
     reply = {}
-    request = threading.Thread(target=lambda: reply.update(response=post(server, picture.getvalue(),
-                                                                         "?tile=1024&tta=d4")))
+
+    def send() -> None:
+        try:
+            reply["response"] = post(server, picture.getvalue(), "?tile=1024&tta=d4")
+        except httpx.HTTPError as error:  # the second signal drops the connection
+            reply["error"] = error
+
+    request = threading.Thread(target=send)
     try:
         request.start()
         deadline = time.time() + 20
@@ -137,16 +146,22 @@ def test_sigterm_ends_a_server_whose_model_is_inside_a_long_forward_pass(checkpo
         busy = post(server, GOOD)  # --max-queue 1: refused before its body is read
         assert busy.status_code == 503 and "--max-queue" in busy.json()["error"] and busy.headers["retry-after"]
         stopped = time.perf_counter()
-        server.process.send_signal(signal.SIGTERM)
+        for stop in signals:  # a second one: at once, without waiting for the requests in flight
+            server.process.send_signal(stop)
+            time.sleep(0.3)
         try:
             code = server.process.wait(timeout=1 + 15)
         except subprocess.TimeoutExpired:
-            raise AssertionError("SIGTERM did not end the busy server within its shutdown timeout") from None
+            raise AssertionError("the stop did not end the busy server within its shutdown timeout") from None
         seconds = time.perf_counter() - stopped
         request.join(timeout=10)
     finally:
         server.stop()
     assert code == 0 and seconds < 1 + 10, seconds
-    assert reply["response"].status_code == 503 and "stopping" in reply["response"].json()["error"]
-    assert "stopped (SIGTERM)" in "".join(server.stdout)
+    if len(signals) == 1:
+        assert reply["response"].status_code == 503 and "stopping" in reply["response"].json()["error"]
+        assert "stopped (SIGTERM)" in "".join(server.stdout)
+    else:
+        assert "stopped at once (SIGINT again): 0 predictions answered, 1 requests in flight dropped" in \
+            "".join(server.stdout)
     assert "Traceback" not in "".join(server.stderr) and "terminate called" not in "".join(server.stderr)

@@ -77,6 +77,10 @@ class ModelThread:
             except BaseException as error:  # noqa: BLE001 - handed to the caller
                 future.set_exception(error)
 
+    @property
+    def busy(self) -> bool:
+        return self._thread.is_alive()
+
     async def stop(self, timeout: float) -> bool:
         """Let the thread end after its current call; True if it did within `timeout` seconds."""
         self._calls.put(None)
@@ -121,6 +125,11 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._model = ModelThread()
         self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    @property
+    def model_busy(self) -> bool:
+        """Whether the model's thread still runs (after stop(): inside a forward pass)."""
+        return self._model is not None and self._model.busy
 
     async def stop(self, timeout: float = 2.0) -> bool:
         """Stop collecting; requests still waiting get an error, a tiled prediction running stops at
