@@ -242,9 +242,10 @@ def start_server(*args, token: str | None = None, timeout: float = 90) -> Server
 @pytest.fixture(scope="session")
 def served(checkpoint, trained_run) -> ServerProcess:
     """ONE server of the session's tiny model for the serve tests: a token, batches of up to 8 that
-    wait 25 ms, a 2 MB upload limit, 4 megapixels at most, and the session's run folder under --runs."""
-    server = start_server("-m", checkpoint, "--device", "cpu", "--max-batch", 8, "--max-wait-ms", 25,
-                          "--max-upload-mb", 2, "--max-pixels", 4_000_000, "--runs", trained_run.run_dir.parent,
+    wait 25 ms, float32 (only there does a batched forward pass round as a single one does), a 2 MB
+    upload limit, 4 megapixels at most, and the session's run folder under --runs."""
+    server = start_server("-m", checkpoint, "--device", "cpu", "--precision", "fp32", "--max-batch", 8,
+                          "--max-wait-ms", 25, "--max-upload-mb", 2, "--max-pixels", 4_000_000, "--runs", trained_run.run_dir.parent,
                           token=SERVE_TOKEN)
     yield server
     server.stop()
@@ -261,12 +262,13 @@ def serve_images(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def served_predictions(checkpoint, serve_images, tmp_path_factory) -> dict[str, Path]:
     """What `seglab predict` writes for those files: masks, overlays and instances, with default
-    options, and the crop's mask with flips TTA, 96-pixel tiles and threshold 0.4."""
+    options, and the crop's mask with flips TTA, 96-pixel tiles and threshold 0.4; in float32, as
+    the session's server predicts."""
     out = tmp_path_factory.mktemp("predicted")
     plain = run_cli("predict", "-m", checkpoint, "-i", serve_images["whole"], serve_images["crop"], "-o", out / "plain",
-                    "--overlay", "--instances", "--device", "cpu")
+                    "--overlay", "--instances", "--device", "cpu", "--precision", "fp32")
     options = run_cli("predict", "-m", checkpoint, "-i", serve_images["crop"], "-o", out / "options.png",
-                      "--tta", "flips", "--tile", 96, "-t", 0.4, "--device", "cpu")
+                      "--tta", "flips", "--tile", 96, "-t", 0.4, "--device", "cpu", "--precision", "fp32")
     assert plain.rc == 0 and options.rc == 0, plain.output + options.output
     return {"whole": out / "plain" / "00_mask.png", "crop": out / "plain" / "crop_mask.png",
             "whole_overlay": out / "plain" / "00_overlay.png", "crop_instances": out / "plain" / "crop_instances.png",

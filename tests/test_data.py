@@ -259,6 +259,16 @@ def test_read_image_of_a_truncated_png_names_it(tmp_path):
         read_mask(path)
 
 
+@pytest.mark.parametrize("compression", ["tiff_lzw", "jpeg", "group4"])
+def test_tiffs_in_codecs_tifffile_lacks_are_read_through_pillow(tmp_path, compression):
+    picture = Image.open(Path(__file__).parents[1] / "data" / "isbi2012" / "test" / "images" / "00.png")
+    picture = picture.convert("1") if compression == "group4" else picture
+    path = tmp_path / "slice.tif"
+    picture.save(path, compression=compression)  # LZW is the default of many microscopes' exporters
+    with Image.open(path) as expected:
+        assert np.array_equal(read_image(path)[..., 0], np.asarray(expected.convert("L")))
+
+
 def test_read_image_of_a_text_file_named_png_names_it(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("these are not pixels\n")

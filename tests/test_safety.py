@@ -5,22 +5,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 import yaml
 from PIL import Image
 
 import seglab
 from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi_crop, run_cli, run_main
-from seglab.errors import ConfigError
+from seglab.data.io import read_image
+from seglab.errors import ConfigError, DataError
 
 TINY_TRAIN = ("--base-channels", "4", "--depth", "2", "--crop", "64", "-b", "2", "--augment", "none", *TINY_FLAGS)
 
@@ -75,6 +80,63 @@ def test_an_output_that_is_an_input_is_refused(checkpoint, same_stem_inputs, tmp
     assert checksums(same_stem_inputs) == before and not (tmp_path / "x.png").exists()
 
 
+def test_two_predictions_into_one_folder_at_once_never_replace_each_others_masks(checkpoint, tmp_path):
+    image = copy_isbi_crop("test", "images", "00", tmp_path / "inp")
+    out = tmp_path / "out"
+    # tiles and TTA make the mask take seconds, so both runs have planned before either writes
+    args = [sys.executable, "-m", "seglab", "predict", "-m", str(checkpoint), "-i", str(image), "-o", str(out),
+            "--tile", "64", "--tta", "d4", "--device", "cpu"]
+    runs = [subprocess.Popen(args, env={**os.environ, **SUBPROCESS_ENV}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    refused = next(stderr for code, stderr in results if code == 1)
+    assert len(refused.strip().splitlines()) == 1 and "Traceback" not in refused
+    assert "is in use by process" in refused or "already exist" in refused, refused
+    assert sorted(p.name for p in out.iterdir()) == ["00_mask.png"]  # no lock file, no temporary left
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from seglab.data.io import atomic_output
+temporary = atomic_output(sys.argv[1]).__enter__()  # seglab's own writer, killed before its rename
+temporary.write_bytes(b"half a mask")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temporaries_of_a_killed_prediction_are_removed_by_the_next_run_in_that_folder(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(out / "00_mask.png")], check=False,
+                   env={**os.environ, **SUBPROCESS_ENV}, timeout=120)
+    (stale,) = [p.name for p in out.iterdir()]
+    assert stale.startswith(".00_mask.png.") and ".tmp" in stale
+    alive = out / f".01_mask.png.{os.getpid()}.abcd1234.tmp.png"  # a writer that still runs (this test)
+    alive.write_bytes(b"in progress")
+    (out / ".notes.tmp").write_text("the user's own file")
+    image = copy_isbi_crop("test", "images", "00", tmp_path / "inp", (0, 0, 64, 64))
+    done = run_cli("predict", "-m", checkpoint, "-i", image, "-o", out, "--device", "cpu")
+    assert done.rc == 0, done.output
+    assert "removed 1 temporary file" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted([alive.name, ".notes.tmp", "00_mask.png"])
+
+
+def test_temporaries_of_a_killed_export_are_removed_by_the_next_export(checkpoint, tmp_path):
+    target = tmp_path / "model.ts"
+    export = subprocess.Popen([sys.executable, "-m", "seglab", "export", "-m", str(checkpoint), "--format",
+                               "torchscript", "-o", str(target)], env={**os.environ, **SUBPROCESS_ENV},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".model.ts.*.tmp*")) and export.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    export.kill()  # kill -9 while the exported graph is written and checked
+    export.wait()
+    assert list(tmp_path.glob(".model.ts.*.tmp*")) and not target.exists()
+    seglab.export(checkpoint, "torchscript", target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ts"]
+
+
 # ---- one run per folder ----------------------------------------------------------------------------
 def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_is_intact(tmp_path, isbi_subset):
     out = tmp_path / "run"
@@ -117,6 +179,24 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (("--base-channels", "16"), "another model than this run's config asks for (base_channels 4 in last.pt, 16 now)"),
+    (("--model", "deeplabv3"), "the model 'unet' in last.pt, deeplabv3 now"),
+    (("--optimizer", "sgd"), "its optimizer has no dampening, momentum: it was another --optimizer"),
+])
+def test_resuming_with_another_model_or_optimizer_is_one_line_and_keeps_the_run(trained_run, tmp_path, flags,
+                                                                                expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "split.json", "metrics.jsonl", "last.pt", "best.pt"):
+        (run / name).write_bytes((trained_run.run_dir / name).read_bytes())
+    before = checksums(run)
+    result = run_main("train", "--resume", run, *flags, "--no-progress")
+    assert_clean_failure(result)
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert {name: digest for name, digest in checksums(run).items() if name != ".seglab.lock"} == before
+
+
 # ---- no non-finite checkpoint -----------------------------------------------------------------------
 def test_an_exploding_learning_rate_never_saves_non_finite_weights(tmp_path, isbi_subset):
     out = tmp_path / "run"
@@ -132,6 +212,39 @@ def test_an_exploding_learning_rate_never_saves_non_finite_weights(tmp_path, isb
 
 
 # ---- decompression bombs are unreadable files ---------------------------------------------------------
+@pytest.mark.parametrize("shape, options, expected", [
+    ((3, 2000, 2000), dict(photometric="rgb", planarconfig="separate"), "claims 3x2000x2000 pixels"),
+    ((200, 500, 500), {}, "holds a stack of 200 pages"),
+], ids=["planar RGB", "stack"])
+def test_a_tiff_is_judged_by_its_header_before_any_page_is_decoded(tmp_path, monkeypatch, shape, options,
+                                                                    expected):
+    monkeypatch.setenv("SEGLAB_MAX_PIXELS", "1000000")
+    path = tmp_path / "bomb.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), compression="zlib", **options)
+    assert path.stat().st_size < 300_000  # 12 MB and 50 MB of pixels
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=expected):
+            read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, f"{peak / 1e6:.0f} MB allocated: pixels were decoded"
+
+
+def test_images_smaller_than_2x2_are_refused_alike_by_check_and_train(tmp_path, isbi_subset):
+    data = tmp_path / "data"
+    shutil.copytree(isbi_subset, data)
+    Image.new("L", (1, 1)).save(data / "images" / "03.png")
+    Image.new("L", (1, 1), 255).save(data / "masks" / "03.png")
+    check = run_main("check", data)
+    assert check.rc == 1 and "image '" in check.stdout and "03.png' is 1x1 pixels" in check.stdout, check.stdout
+    train = run_main("train", data, "--out", tmp_path / "run", *TINY_TRAIN)
+    assert_clean_failure(train)
+    assert "03.png' is 1x1 pixels; seglab trains on images of at least 2x2" in train.stderr
+    assert len(train.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def write_png_bomb(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
     """A 1x1 PNG whose header claims width x height pixels (the IHDR chunk rewritten, CRC fixed)."""
     Image.new("L", (1, 1)).save(path)
@@ -207,6 +320,11 @@ def test_a_bad_training_value_is_refused_alike_by_flag_yaml_and_python(tmp_path,
     assert not any((tmp_path / d).exists() for d in ("cli", "yaml", "api"))  # refused before any folder
 
 
+# 10^7 copies of "x" in 300 bytes, under a known key: main wrote them all into its error message.
+ALIAS_BOMB = "train: {epochs: [&a [x, x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abcdef", "bcdefg")) + "]}\n"
+
+
 @pytest.mark.parametrize("yaml_text, expected", [
     ("train: {batch_size: two}", "invalid train.batch_size (--batch-size): 'two'; expected an integer"),
     ("data: {crop: abc}", "invalid data.crop (--crop): 'abc'"),
@@ -215,13 +333,17 @@ def test_a_bad_training_value_is_refused_alike_by_flag_yaml_and_python(tmp_path,
     ("train: {epoch: 5}", "unknown option 'epoch' in config section 'train'; did you mean 'epochs'?"),
     ("trian: {epochs: 5}", "unknown option 'trian' in the config (sections); did you mean 'train'?"),
     ("- just\n- a list", "must hold a mapping"),
-])
+    (ALIAS_BOMB, "expands to more than 100000 values (YAML aliases"),
+    ("train: {epochs: " + "[" * 3000 + "]" * 3000 + "}", "nests values too deeply"),
+    ("model: {name: [" + ", ".join(["unet"] * 10_000) + "]}", "invalid model.name (--model): ['unet', 'unet'"),
+], ids=lambda value: value[:24])
 def test_a_yaml_value_of_the_wrong_type_is_one_line(tmp_path, isbi_subset, yaml_text, expected):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml_text)
     result = run_main("train", isbi_subset, "--config", config, *TINY_FLAGS)
     assert_clean_failure(result)
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert len(result.stderr) < 1000  # a value is named, never printed whole
 
 
 @pytest.mark.parametrize("flag, value, expected", [
@@ -294,11 +416,14 @@ def test_out_onto_a_file_or_under_a_file_is_one_line(tmp_path, isbi_subset):
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 96 KiB tmpfs: room for a mask or two, not for a checkpoint (root and mount(8) needed)."""
+def small_tmpfs(tmp_path, request):
+    """A 96 KiB tmpfs (or the size a test's `tmpfs_size` mark asks for): room for a mask or two, not
+    for a checkpoint (root and mount(8) needed)."""
+    mark = request.node.get_closest_marker("tmpfs_size")
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mark.args[0] if mark else '96k'}", "tmpfs",
+                           str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
     yield mount
@@ -319,12 +444,20 @@ def test_prediction_into_a_full_disk_is_one_line_and_leaves_no_partial_file(chec
             image.load()  # every file that is there is whole
 
 
-def test_training_into_a_full_disk_says_what_is_true(tmp_path, isbi_subset, small_tmpfs):
-    result = run_cli("train", isbi_subset, "--out", small_tmpfs / "run", "-e", "2", "--base-channels", "16",
-                     *TINY_TRAIN[2:])
+@pytest.mark.tmpfs_size("160k")  # config, split, events and best.pt (50 KB) fit; last.pt (160 KB) does not
+def test_training_into_a_full_disk_says_what_is_true_and_keeps_the_run_folder_consistent(isbi_subset, small_tmpfs):
+    run = small_tmpfs / "run"
+    result = run_cli("train", isbi_subset, "--out", run, "-e", "2", "--checkpoint-interval", "0", *TINY_TRAIN)
     assert_clean_failure(result)
-    assert "the disk is full" in result.stderr
-    assert "--resume" not in result.stderr and "train again" in result.stderr  # there is no last.pt
+    assert "the disk is full" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    has_last = (run / "last.pt").is_file()
+    assert ("--resume" in result.stderr) == has_last and ("train again" in result.stderr) != has_last
+    rows = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]  # whole lines
+    assert rows == list(range(1, len(rows) + 1))
+    for name in ("best.pt", "last.pt"):  # a checkpoint never holds a row metrics.jsonl lacks
+        if (run / name).is_file():
+            assert torch.load(run / name, weights_only=True)["epoch"] + 1 in rows, (name, rows)
+    assert (run / "best.pt").is_file(), "the tmpfs size no longer splits best.pt from last.pt"
 
 
 def test_training_into_a_read_only_file_system_is_one_line(tmp_path, isbi_subset, small_tmpfs):

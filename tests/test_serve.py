@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tifffile
 from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, run_cli, run_main, start_server
 from PIL import Image
 
@@ -73,7 +74,8 @@ def test_the_probability_map_is_the_models_probability_in_16_bits(served, checkp
     reply = post(served, serve_images["crop"].read_bytes(), "?output=probability")
     assert reply.status_code == 200
     served_probability = png_array(reply.content).astype(np.float64) / PROBABILITY_SCALE
-    local = seglab.load(checkpoint, device="cpu", log=lambda *_: None).predict(serve_images["crop"]).probabilities[0]
+    local = seglab.load(checkpoint, device="cpu", precision="fp32", log=lambda *_: None)
+    local = local.predict(serve_images["crop"]).probabilities[0]
     assert served_probability.shape == (200, 300)
     assert np.abs(served_probability - local).max() <= 0.5 / PROBABILITY_SCALE + 1e-6
 
@@ -86,10 +88,17 @@ def test_the_model_is_described_and_the_api_documented(served):
     assert model["model"] == "unet" and model["model_kwargs"]["base_channels"] == 4
     assert model["training"]["epoch"] >= 1 and "val_dice" in model["training"]["metrics"]
     assert model["server"]["max_batch"] == 8 and model["server"]["max_upload_bytes"] == 2_000_000
-    schema = httpx.get(f"{served.url}/openapi.json").json()
+    assert model["server"]["max_tiles"] == 1024 and model["server"]["min_tile"] == 64
+    assert model["inference"]["runtime"] == "pytorch fp32"  # as the server was told
+    schema = httpx.get(f"{served.url}/openapi.json", headers=served.headers).json()
     parameters = {p["name"] for p in schema["paths"]["/v1/predict"]["post"]["parameters"]}
     assert {"threshold", "tta", "tile", "output", "format"} <= parameters
-    assert httpx.get(f"{served.url}/docs").status_code == 200
+    docs = httpx.get(f"{served.url}/docs", headers=served.headers)
+    assert docs.status_code == 200 and "/v1/predict" in docs.text and "threshold" in docs.text
+    assert "<script" not in docs.text and "http" not in docs.text.replace(served.url, "")  # nothing from a CDN
+    for path in ("/docs", "/openapi.json"):  # the API's description needs the token like the API
+        assert httpx.get(f"{served.url}{path}").status_code == 401
+    assert httpx.get(f"{served.url}/redoc").status_code == 404
 
 
 # ---- load: batching under 16 concurrent clients ---------------------------------------------------------
@@ -101,7 +110,7 @@ def well_decided_crops(checkpoint, count: int = 6, margin: float = 5e-6) -> list
     the threshold are not used."""
     import seglab
 
-    model = seglab.load(checkpoint, device="cpu", log=lambda *_: None)
+    model = seglab.load(checkpoint, device="cpu", precision="fp32", log=lambda *_: None)
     chosen = []
     for index in range(40):
         with Image.open(ISBI / "test" / "images" / f"{index % 30:02d}.png") as slice_:
@@ -174,7 +183,16 @@ def chunks_over(limit: int):
         yield b"\0" * 65536
 
 
+def tiff_bytes(array: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, compression="zlib", **options)
+    return buffer.getvalue()
+
+
 GOOD = (ISBI / "test" / "images" / "02.png").read_bytes()
+# 3 x 2100 x 2100 planar RGB in 13 KB: its first page's "first two axes" are 3 x 2100, which is
+# what main checked; 13 megapixels is over the served 4.
+PLANAR_TIFF_BOMB = tiff_bytes(np.zeros((3, 2100, 2100), np.uint8), photometric="rgb", planarconfig="separate")
 BAD_REQUESTS = {
     "not an image": (dict(data=b"hello, I am text\n" * 20), 415, "is not an image"),
     "truncated": (dict(data=GOOD[:3000]), 400, "corrupt or truncated"),
@@ -190,6 +208,14 @@ BAD_REQUESTS = {
     "repeated option": (dict(data=GOOD, query="?tta=flips&tta=d4"), 400, "given 2 times"),
     "json of an overlay": (dict(data=GOOD, query="?output=overlay&format=json"), 400, "format=json is for"),
     "form without a file": (dict(data=None, form=True), 400, "holds no file"),
+    "planar TIFF bomb": (dict(data=PLANAR_TIFF_BOMB), 413, "claims 3x2100x2100 pixels"),
+    "TIFF stack": (dict(data=tiff_bytes(np.zeros((100, 64, 64), np.uint8))), 400, "stack of 100 pages; send one"),
+    "TIFF of complex numbers": (dict(data=tiff_bytes(np.zeros((64, 64), np.complex64))), 400, "complex numbers"),
+    "TIFF of 5 channels": (dict(data=tiff_bytes(np.zeros((64, 64, 5), np.uint8), planarconfig="contig")), 400,
+                           "has 5 channels per pixel"),
+    "tile below the minimum": (dict(data=GOOD, query="?tile=8&overlap=0.9"), 400, "smallest tile is 64 px"),
+    "more tiles than allowed": (dict(data=GOOD, query="?tile=64&overlap=0.95"), 400, "22801 tiles, over"),
+    "scale past the pixel limit": (dict(data=GOOD, query="?scale=16"), 413, "ask for a smaller scale"),
 }
 
 
@@ -216,6 +242,8 @@ def test_every_bad_request_is_a_4xx_with_one_line_and_the_server_goes_on(served,
 
 def test_unknown_routes_and_methods_are_one_line_too(served):
     missing = httpx.get(f"{served.url}/v2/predict")
+    long = httpx.get(f"{served.url}/static/{'a' * 5000}")
+    assert long.status_code == 404 and len(long.json()["error"]) < 200  # a request is named, not repeated
     wrong_method = httpx.get(f"{served.url}/v1/predict", headers=served.headers)
     assert missing.status_code == 404 and "/v1/predict" in missing.json()["error"]
     assert wrong_method.status_code == 405 and "GET is not allowed" in wrong_method.json()["error"]
@@ -225,7 +253,7 @@ def test_unknown_routes_and_methods_are_one_line_too(served):
 
 
 # ---- the runs page's API --------------------------------------------------------------------------------
-def test_runs_under_the_runs_folder_are_listed_with_curves_metrics_and_report(served):
+def test_runs_under_the_runs_folder_are_listed_with_curves_metrics_and_report(served, trained_run):
     listing = httpx.get(f"{served.url}/v1/runs", headers=served.headers).json()
     (run,) = [entry for entry in listing["runs"] if entry["name"] == "run"]
     assert run["model"] == "unet" and run["last"]["epoch"] == 8 and "val_dice" in run["last"]
@@ -237,6 +265,34 @@ def test_runs_under_the_runs_folder_are_listed_with_curves_metrics_and_report(se
         report.headers["content-security-policy"]
     escape = httpx.get(f"{served.url}/v1/runs/..%2F..%2Fetc/report.html", headers=served.headers)
     assert escape.status_code == 404 and "no run" in escape.json()["error"]
+    assert listing["root"] == trained_run.run_dir.parent.name  # names under --runs, no paths of the server
+
+
+def test_the_runs_page_serves_nothing_a_symlink_leads_out_of_the_runs_folder(served, trained_run, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the server's secret\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.yaml").write_bytes((trained_run.run_dir / "config.yaml").read_bytes())
+    runs = trained_run.run_dir.parent
+    evil = runs / "evil"
+    evil.mkdir()
+    try:
+        for name in ("config.yaml", "metrics.jsonl"):
+            (evil / name).write_bytes((trained_run.run_dir / name).read_bytes())
+        (evil / "report.html").symlink_to(secret)
+        (runs / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        listing = httpx.get(f"{served.url}/v1/runs", headers=served.headers)
+        shown = {entry["name"]: entry for entry in listing.json()["runs"]}
+        assert "linked" not in shown and "report.html" in shown["evil"]["error"], shown
+        for path in ("evil/report.html", "linked/report.html", "linked/curves.png"):
+            reply = httpx.get(f"{served.url}/v1/runs/{path}", headers=served.headers)
+            assert reply.status_code == 404 and "secret" not in reply.text, (path, reply.text)
+        assert "secret" not in listing.text and str(runs) not in listing.text
+    finally:
+        (runs / "linked").unlink(missing_ok=True)
+        for child in evil.iterdir():
+            child.unlink()
+        evil.rmdir()
 
 
 # ---- starting and stopping ------------------------------------------------------------------------------

@@ -17,10 +17,12 @@ from seglab.data.normalization import NORMALIZATIONS
 from seglab.errors import ConfigError, SeglabError
 from seglab.losses import LOSSES
 from seglab.models.registry import model_spec, resolve_model_options
-from seglab.options import check_fields, option, refuse_unknown
+from seglab.options import check_fields, option, refuse_unknown, shown
 from seglab.version import __version__
 
 if TYPE_CHECKING:  # numpy; the command's flags are made from these sections without importing it
+    import yaml
+
     from seglab.data.classmap import MaskRules
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
@@ -88,10 +90,12 @@ class ModelConfig:
 
     def __post_init__(self):
         if not isinstance(self.name, str):
-            raise ConfigError(f"invalid model.name (--model): {self.name!r}; expected a registered model's name")
+            raise ConfigError(f"invalid model.name (--model): {shown(self.name)}; expected a registered model's "
+                              "name")
         model_spec(self.name)  # unknown names fail here, with the list of registered models
         if not isinstance(self.options, dict):
-            raise ConfigError(f"invalid model options {self.options!r}; expected a mapping of option names to values")
+            raise ConfigError(f"invalid model options {shown(self.options)}; expected a mapping of option names to "
+                              "values")
         object.__setattr__(self, "options", resolve_model_options(self.name, self.options, defaults=False))
 
     def resolved(self) -> dict:
@@ -175,16 +179,17 @@ class TrainConfig:
         if isinstance(self.augment, dict):
             augment_config_from_dict(self.augment)
         elif self.augment not in AUGMENT_PRESETS:
-            raise ConfigError(f"invalid train.augment (--augment): {self.augment!r}; expected one of: "
+            raise ConfigError(f"invalid train.augment (--augment): {shown(self.augment)}; expected one of: "
                               f"{', '.join(AUGMENT_PRESETS)}")
         if isinstance(self.class_weights, str) and self.class_weights not in ("auto", "none"):
-            raise ConfigError(f"invalid train.class_weights (--class-weights): {self.class_weights!r}; expected "
-                              "'auto', 'none' or numbers, one per class")
+            raise ConfigError(f"invalid train.class_weights (--class-weights): {shown(self.class_weights)}; "
+                              "expected 'auto', 'none' or numbers, one per class")
         if isinstance(self.class_weights, list) and any(not w >= 0 for w in self.class_weights):
             raise ConfigError(f"invalid train.class_weights (--class-weights): {self.class_weights}; weights "
                               "must be >= 0")
         if not DEVICE_PATTERN.match(self.device):
-            raise ConfigError(f"invalid train.device (--device): {self.device!r}; expected cpu, cuda, cuda:N or auto")
+            raise ConfigError(f"invalid train.device (--device): {shown(self.device)}; expected cpu, cuda, cuda:N "
+                              "or auto")
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def parse_eval_every(value: int | str) -> tuple[int, str]:
     unit = {"": "epoch", "e": "epoch", "epoch": "epoch", "epochs": "epoch",
             "step": "step", "steps": "step", "it": "step", "iter": "step", "iters": "step"}.get(text[len(digits):])
     if isinstance(value, bool) or not digits.isdigit() or int(digits) < 1 or unit is None:
-        raise ConfigError(f"invalid train.eval_every (--eval-every): {value!r}; expected N epochs (5 or "
+        raise ConfigError(f"invalid train.eval_every (--eval-every): {shown(value)}; expected N epochs (5 or "
                           "'5 epochs') or N optimizer steps ('500 steps')")
     return int(digits), unit
 
@@ -243,13 +248,65 @@ def config_from_dict(values: dict) -> RunConfig:
     return RunConfig(out=values.get("out"), model=_model_from_dict(model), **sections)
 
 
+# A config holds a few hundred values; YAML aliases can repeat a value so that a kilobyte expands to
+# billions of them (the "billion laughs"), which every later step would walk.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root: yaml.Node, path: Path) -> int:
+    """How many values the node graph `root` holds once its aliases are expanded, counted without
+    expanding it (each node's count once); SeglabError past MAX_YAML_VALUES or for an alias cycle."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), MAX_YAML_VALUES + 1)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise SeglabError(f"config file '{path}' expands to more than {MAX_YAML_VALUES} values (YAML aliases "
+                                  "repeating values): write the config out without nested aliases")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise SeglabError(f"config file '{path}' holds a value that contains itself (a YAML alias cycle): "
+                              "write the config out without it")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _load_yaml(text: str, path: Path):
+    """yaml.safe_load(text), refusing documents whose aliases expand past MAX_YAML_VALUES."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict:
     """The mapping of a YAML config file, as written (SeglabError for unreadable files)."""
     import yaml  # here, not at the top: the command's help and --version need no YAML
 
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
+        values = _load_yaml(path.read_text(), path)
+    except RecursionError:
+        raise SeglabError(f"config file '{path}' nests values too deeply to read: write it flatter") from None
     except FileNotFoundError:
         raise SeglabError(f"config file '{path}' does not exist") from None
     except IsADirectoryError:
@@ -300,7 +357,7 @@ def override(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
             model_options[name] = value
             continue
         if section not in sections:
-            raise ConfigError(f"unknown config section {section!r} in {key!r}; known: data, model, train")
+            raise ConfigError(f"unknown config section {shown(section)} in {shown(key)}; known: data, model, train")
         refuse_unknown([name], [f.name for f in fields(sections[section])], f"config section '{section}'")
         sections[section] = dataclasses.replace(sections[section], **{name: value})
     return RunConfig(out=out, model=ModelConfig(model_name, model_options), **sections)

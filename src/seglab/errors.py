@@ -23,3 +23,7 @@ class NotAnImageError(DataError):
 
 class ImageTooLargeError(DataError):
     """An image whose header claims more pixels than the limit: a decompression bomb, or a very large image."""
+
+
+class ResourceError(SeglabError):
+    """A valid request the machine has not the resources for now (memory): a 503 from the server."""

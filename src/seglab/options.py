@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from typing import Any, Union
@@ -37,6 +38,17 @@ def option(default: Any, help: str, *, min: float | None = None, max: float | No
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 2, 6, 6, 4, 4
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 80, 80, 40
+
+
+def shown(value: Any) -> str:
+    """repr(value) cut to a few dozen characters: an error message names a value, it never prints
+    a whole one (a YAML value can hold millions)."""
+    return _SHOWN.repr(value)
 
 
 class _Mismatch(Exception):
@@ -157,7 +169,7 @@ def check_value(label: str, value: Any, annotation, meta: dict) -> Any:
     """The value converted to its declared type, or ConfigError naming `label`, the value and the rule."""
     def refuse() -> ConfigError:
         form = f"{meta['metavar']}, " if meta.get("metavar") and not meta.get("choices") else ""
-        return ConfigError(f"invalid {label}: {value!r}; expected {form}{_expected(annotation, meta)}")
+        return ConfigError(f"invalid {label}: {shown(value)}; expected {form}{_expected(annotation, meta)}")
 
     try:
         converted = _coerce(value, annotation)
@@ -196,11 +208,11 @@ def check_fields(instance: Any, owner: str) -> None:
 
 def refuse_unknown(given, known, where: str) -> None:
     """ConfigError for names in `given` that are not in `known`, suggesting the nearest one."""
-    unknown = sorted(set(given) - set(known))
+    unknown = sorted(set(given) - set(known), key=str)
     if not unknown:
         return
     name = unknown[0]
-    close = difflib.get_close_matches(name, list(known), n=1)
+    close = difflib.get_close_matches(name, list(known), n=1) if isinstance(name, str) else []
     hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
     more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-    raise ConfigError(f"unknown option {name!r} in {where}{more}{hint}")
+    raise ConfigError(f"unknown option {shown(name)} in {where}{more}{hint}")

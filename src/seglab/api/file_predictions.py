@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from seglab.api.output_plan import PredictJob, collect_inputs, plan_outputs
-from seglab.data.io import write_mask, write_rgb
+from seglab.api.output_plan import PredictJob, check_plan, collect_inputs, plan_outputs
+from seglab.data.folder_lock import LOCK_FILE, FolderInUse, FolderLock, remove_stale_temporaries
+from seglab.data.io import write_error, write_mask, write_rgb
 from seglab.data.overlay import PALETTE
 from seglab.data.overlay import overlay as draw_overlay
 from seglab.errors import DataError, SeglabError
@@ -47,19 +49,42 @@ def predict_files(model: Predictor | str | os.PathLike, inputs: list, output: li
                         viz=viz, instances=instances, overwrite=overwrite)
     stop_on_error = len(jobs) == 1 if stop_on_error is None else stop_on_error
     summary = PredictSummary(len(jobs))
-    for job in (j for j in jobs if j.streamed):
-        _stream(model, job, summary, stop_on_error, log)
-    by_source = {job.source: job for job in jobs if not job.streamed}
-    for source, image, result in model.stream(list(by_source), scale, instances):
-        job = by_source[source]
-        if isinstance(result, DataError):
-            if stop_on_error:
-                raise result
-            log(f"warning: skipped {result}")
-            summary.skipped.append((job.source, str(result)))
-            continue
-        _write_outputs(model, job, image, result, palette, summary, log)
+    with output_folders_locked(jobs, log):
+        check_plan(jobs, overwrite)  # again: files another run wrote before this one took the folders
+        for job in (j for j in jobs if j.streamed):
+            _stream(model, job, summary, stop_on_error, log)
+        by_source = {job.source: job for job in jobs if not job.streamed}
+        for source, image, result in model.stream(list(by_source), scale, instances):
+            job = by_source[source]
+            if isinstance(result, DataError):
+                if stop_on_error:
+                    raise result
+                log(f"warning: skipped {result}")
+                summary.skipped.append((job.source, str(result)))
+                continue
+            _write_outputs(model, job, image, result, palette, summary, log)
     return summary
+
+
+@contextmanager
+def output_folders_locked(jobs: list[PredictJob], log):
+    """Hold the lock of every folder the jobs write into (made if missing), so that a second
+    `seglab predict` into one of them is refused in one line instead of replacing these outputs;
+    temporary files a killed run left there are removed first."""
+    folders = sorted({path.parent.resolve() for job in jobs for path in job.outputs.values()})
+    with ExitStack() as held:
+        for folder in folders:
+            try:
+                held.enter_context(FolderLock(folder, remove=True))
+            except FolderInUse as error:
+                raise SeglabError(f"output folder '{folder}' is in use by {error.holder}: wait for it to finish, "
+                                  "or choose another -o") from None
+            except OSError as error:
+                raise write_error(folder / LOCK_FILE, error) from None
+            removed = remove_stale_temporaries(folder)
+            if removed:
+                log(f"note: removed {len(removed)} temporary file(s) an interrupted seglab run left in {folder}")
+        yield
 
 
 def _stream(model: Predictor, job: PredictJob, summary: PredictSummary, stop_on_error: bool, log) -> None:

@@ -17,16 +17,13 @@ def add_inference_options(parser) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """The model the flags ask for; says on stderr what runs it (PyTorch at which precision, or the
-    export `--runtime auto` chose), as serve's first line does."""
+    """The model the flags ask for."""
     import seglab
 
     model = seglab.load(args.model, device=args.device, threshold=args.threshold,
                         tile=tuple(args.tile) if args.tile else None, overlap=args.overlap, tta=args.tta,
                         batch_size=args.batch_size, membrane_class=args.membrane_class,
-                        seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime,
-                        log=lambda line: print(line, file=sys.stderr))
-    print(f"model {args.model}: {model.runtime} on {model.device}", file=sys.stderr)
+                        seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime)
     return model
 
 
@@ -63,7 +60,9 @@ def register(commands) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     import seglab
 
-    summary = seglab.predict_files(load_model(args), args.input, args.output, scale=args.scale,
+    model = load_model(args)
+    print(f"model {args.model}: {model.runtime} on {model.device}")  # as serve's first line says it
+    summary = seglab.predict_files(model, args.input, args.output, scale=args.scale,
                                    save=not args.no_save, overlay=args.overlay, viz=args.viz,
                                    instances=args.instances, palette=args.palette, overwrite=args.overwrite)
     if summary.skipped:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from seglab.cli.parsing import add_dataclass_options
@@ -28,10 +29,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from seglab.serve.server import serve
 
     # Checked before the model loads, so a refused --host costs no time.
-    options = ServeOptions(host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_VARIABLE),
-                           no_auth=args.no_auth, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                           max_upload_mb=args.max_upload_mb, threads=args.threads, runs=args.runs,
-                           shutdown_timeout=args.shutdown_timeout)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions) if f.metadata.get("cli", True)}
+    options = ServeOptions(**{**flags, "token": args.token or os.environ.get(TOKEN_VARIABLE),
+                              "no_auth": args.no_auth})
     if args.scale is not None:
         check_value("inference.scale (--scale)", args.scale, float, SCALE_RULES)
     if options.runs is not None and not os.path.isdir(options.runs):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from seglab.data.augment_config import AugmentConfig
 from seglab.data.classmap import IGNORE_INDEX
+from seglab.data.io import MIN_IMAGE_SIDE
 from seglab.errors import SeglabError
 
 
@@ -248,8 +249,8 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) 
 def _check_batch(images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None) -> None:
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"images must be (N, C, H, W) float, got {tuple(images.shape)} {images.dtype}")
-    if images.shape[-2] < 2 or images.shape[-1] < 2:
-        raise ValueError(f"images must be at least 2x2 pixels, got {tuple(images.shape)}")
+    if min(images.shape[-2:]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"images must be at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels, got {tuple(images.shape)}")
     expected = (images.shape[0], *images.shape[-2:])
     if tuple(masks.shape) != expected or masks.is_floating_point():
         raise ValueError(f"masks must be {expected} integer class indices, "

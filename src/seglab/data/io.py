@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import tempfile
 import threading
@@ -18,13 +19,20 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from seglab.data.limits import DEFAULT_MAX_PIXELS
-from seglab.errors import DataError, ImageTooLargeError, NotAnImageError, SeglabError
+from seglab.errors import DataError, ImageTooLargeError, NotAnImageError, ResourceError, SeglabError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 # The first bytes of TIFF and BigTIFF files, little- and big-endian: how an upload without a file
 # name is told to go to tifffile, as a .tif file is.
 TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# A TIFF read as one image may hold a few pages besides it (thumbnails, or 3 or 4 gray pages that
+# are its channels); one with more is a stack, refused before its page headers are all parsed.
+MAX_TIFF_PAGES = 64
+CHANNEL_COUNTS = (1, 3, 4)
+# The smallest side of an image seglab trains on (check and train refuse smaller ones): the
+# augmentation resamples on a grid of at least 2x2 pixels.
+MIN_IMAGE_SIDE = 2
 _PILLOW_LOCK = threading.Lock()  # Pillow's limit is module state: raise it for one read at a time
 
 
@@ -36,12 +44,25 @@ def max_pixels() -> int:
 
 def check_pixel_count(path: Path | str, height: int, width: int) -> None:
     """ImageTooLargeError for an image whose header claims more pixels than max_pixels()."""
+    check_decoded_size(path, height * width, f"{width}x{height}")
+
+
+def check_decoded_size(path: Path | str, pixels: int, shape_text: str) -> None:
+    """ImageTooLargeError when the header of `path` claims `pixels` (every page and every axis but
+    the colour samples, multiplied) beyond max_pixels(); `shape_text` shows the claimed shape."""
     limit = max_pixels()
-    if height * width > limit:
-        raise ImageTooLargeError(f"'{path}' claims {width}x{height} pixels ({height * width / 1e6:.0f} megapixels), "
+    if pixels > limit:
+        raise ImageTooLargeError(f"'{path}' claims {shape_text} pixels ({pixels / 1e6:.0f} megapixels), "
                                  f"over the limit of {limit / 1e6:.0f} megapixels (a decompression bomb, or a very "
                                  "large image): "
-                                 f"pass --max-pixels {height * width} to read it, or cut it into smaller files")
+                                 f"pass --max-pixels {pixels} to read it, or cut it into smaller files")
+
+
+def check_trainable_size(path: Path | str, height: int, width: int) -> None:
+    """DataError naming `path` when the image is smaller than MIN_IMAGE_SIDE on a side."""
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise DataError(f"image '{path}' is {width}x{height} pixels; seglab trains on images of at least "
+                        f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}: remove it or export it larger")
 
 
 @contextmanager
@@ -86,25 +107,97 @@ def _read_pil(path: Path | io.BytesIO, name: Path | str | None = None) -> Image.
     except UnidentifiedImageError:
         raise NotAnImageError(f"'{name}' is not an image Pillow can read (wrong extension or not an image): "
                               "re-export or remove it") from None
+    except MemoryError:
+        raise ResourceError(f"not enough memory to decode '{name}': free memory or cut the image into smaller "
+                            "files") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"'{name}' is corrupt or truncated ({error}): re-export or remove it") from None
 
 
-def _read_tiff(path: Path | io.BytesIO, name: Path | str | None = None) -> np.ndarray:
+def _read_tiff(path: Path | io.BytesIO, name: Path | str | None = None, stack: bool = False) -> np.ndarray:
+    """The first series of a TIFF, decoded only after its header passed the pixel limit (and, unless
+    `stack`, the single-image rule of `tiff_shape`)."""
     import tifffile
 
     name = path if name is None else name
     try:
         with tifffile.TiffFile(path) as tif:
-            shape = tif.pages[0].shape
-            check_pixel_count(name, int(shape[0]), int(shape[1]) if len(shape) > 1 else 1)
+            tiff_shape(tif, name, stack)
+            if not _tifffile_decodes(tif):
+                return _pillow_tiff(tif, path, name)
             array = tif.asarray()
     except DataError:
         raise
+    except MemoryError:
+        raise ResourceError(f"not enough memory to decode '{name}': free memory or cut the image into smaller "
+                            "files") from None
     except Exception as error:  # tifffile raises many types for broken files; all mean "unreadable"
         raise DataError(f"'{name}' is not a readable TIFF ({type(error).__name__}: {error}): "
                         "re-export or remove it") from None
     return array
+
+
+def _tifffile_decodes(tif) -> bool:
+    """Whether tifffile has the codec of the first page (LZW, JPEG and fax need imagecodecs)."""
+    import tifffile
+
+    try:
+        tifffile.TIFF.DECOMPRESSORS[tif.pages.first.compression]
+    except KeyError:
+        return False
+    return True
+
+
+def _pillow_tiff(tif, source: Path | io.BytesIO, name: Path | str) -> np.ndarray:
+    """A one-page TIFF whose codec tifffile lacks, decoded by Pillow (which has LZW, JPEG, fax)."""
+    if len(tif.series[0].pages) != 1:
+        raise DataError(f"'{name}' is compressed with {tif.pages.first.compression.name} over several pages, which "
+                        "this installation cannot decode: pip install imagecodecs, or re-export it uncompressed")
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return _pillow_pixels(source, name)
+
+
+def tiff_shape(tif, name: Path | str, stack: bool = False, limited: bool = True) -> tuple[int, ...]:
+    """The shape `tif.asarray()` would return (its first series), read from the headers and checked
+    before anything is decoded: unless `stack`, it must be one image, (H, W), (H, W, C) or (C, H, W)
+    with C in 1, 3, 4 (DataError naming the file otherwise); if `limited`, every page and every
+    axis counts towards the pixel limit, colour samples aside."""
+    pages = len(tif.pages)  # walks the page offsets only: cheap even for 10^5 pages
+    if not stack and pages > MAX_TIFF_PAGES:
+        raise DataError(f"'{name}' holds a stack of {pages} pages; split it into single images or use `read_stack`")
+    if not tif.series:
+        raise DataError(f"'{name}' holds no image data: re-export or remove it")
+    series = tif.series[0]
+    shape, axes = tuple(int(n) for n in series.shape), series.axes
+    if not stack:
+        _check_single_image(shape, name, series.axes)
+    if limited:
+        samples = math.prod(n for n, axis in zip(shape, axes) if axis == "S")
+        check_decoded_size(name, math.prod(shape) // max(samples, 1), "x".join(map(str, shape)))
+    return shape
+
+
+def _check_single_image(shape: tuple[int, ...], name: Path | str, axes: str = "") -> None:
+    """DataError unless `shape` is (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4 (`axes`: tifffile's
+    letters for them; S marks colour samples)."""
+    if len(shape) == 3 and axes.endswith("S") and shape[-1] not in CHANNEL_COUNTS:
+        raise DataError(f"'{name}' has {shape[-1]} channels per pixel; seglab reads images of 1, 3 or 4: save the "
+                        "channels the model needs")
+    if len(shape) == 3 and shape[-1] not in CHANNEL_COUNTS and shape[0] not in CHANNEL_COUNTS:
+        raise DataError(f"'{name}' holds a stack of {shape[0]} images; split it into single images or use "
+                        "`read_stack`")
+    if len(shape) not in (2, 3):
+        raise DataError(f"'{name}' has shape {shape}; expected a 2-D image with optional channels")
+
+
+def _tiff_height_width_channels(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(H, W, C) of a single-image TIFF shape as `_decoded` lays it out."""
+    if len(shape) == 2:
+        return shape[0], shape[1], 1
+    if shape[-1] not in CHANNEL_COUNTS:  # (C, H, W) planar
+        return shape[1], shape[2], shape[0]
+    return shape[0], shape[1], shape[2]
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -127,24 +220,28 @@ def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
     return _decoded(io.BytesIO(data), name, data[:4] in TIFF_SIGNATURES)
 
 
+def _pillow_pixels(source: Path | io.BytesIO, name: Path | str) -> np.ndarray:
+    """A file Pillow reads as (H, W) or (H, W, 3): palette, CMYK, ... become RGB; alpha is dropped."""
+    image = _read_pil(source, name)
+    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "1"):
+        image = image.convert("RGB" if image.mode not in ("1",) else "L")
+    elif image.mode == "LA":
+        image = image.convert("L")
+    return np.asarray(image)
+
+
 def _decoded(source: Path | io.BytesIO, path: Path | str, is_tiff: bool) -> np.ndarray:
     """The pixels of a file (or an in-memory file) as (H, W, C); `path` names it in messages."""
     if is_tiff:
         array = _read_tiff(source, path)
-        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        if array.ndim == 3 and array.shape[-1] not in CHANNEL_COUNTS:
             array = np.moveaxis(array, 0, -1)  # (C, H, W) planar TIFF -> (H, W, C)
-        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
-            raise DataError(f"'{path}' holds a stack of {array.shape[0]} images; "
-                            "split it into single images or use `read_stack`")
         if array.ndim == 3 and array.shape[-1] == 4:
             array = array[..., :3]
     else:
-        image = _read_pil(source, path)
-        if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "1"):
-            image = image.convert("RGB" if image.mode not in ("1",) else "L")
-        elif image.mode == "LA":
-            image = image.convert("L")
-        array = np.asarray(image)
+        array = _pillow_pixels(source, path)
+    if np.iscomplexobj(array):
+        raise DataError(f"'{path}' holds complex numbers, not pixel values: save the magnitude or the real part")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
@@ -160,13 +257,14 @@ def image_info(path: str | Path) -> tuple[int, int, int, str]:
         import tifffile
 
         try:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                shape, dtype = page.shape, page.dtype
+            with tifffile.TiffFile(path) as tif:  # huge TIFFs are not refused here: predict streams them
+                height, width, channels = _tiff_height_width_channels(tiff_shape(tif, path, limited=False))
+                dtype = tif.series[0].dtype
+        except DataError:
+            raise
         except Exception as error:  # any tifffile failure means the header is unreadable
             raise DataError(f"'{path}' is not a readable TIFF ({error}): re-export or remove it") from None
-        channels = shape[-1] if len(shape) == 3 and shape[-1] in (1, 3, 4) else 1
-        return int(shape[0]), int(shape[1]), min(int(channels), 3), str(dtype)
+        return height, width, 1 if channels == 1 else min(channels, 3), str(dtype)
     try:
         with _pillow_opening(path) as image:
             width, height = image.size
@@ -185,7 +283,7 @@ def read_stack(path: str | Path) -> np.ndarray:
     """Read a multi-page TIFF as (Z, H, W) or (Z, H, W, C)."""
     path = Path(path)
     _check_readable(path)
-    array = _read_tiff(path)
+    array = _read_tiff(path, stack=True)
     return array if array.ndim >= 3 else array[None]
 
 
@@ -238,7 +336,8 @@ def atomic_output(path: str | Path):
     directory = path.parent if str(path.parent) else Path(".")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+        # .NAME.PID.RANDOM.tmp.EXT: the process id tells a later run whether it is stale
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix,
                                             dir=directory)
     except OSError as error:
         raise write_error(path, error) from None

@@ -10,7 +10,7 @@ import numpy as np
 
 from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
 from seglab.data.discover import MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map
-from seglab.data.io import image_info, read_image
+from seglab.data.io import check_trainable_size, image_info, read_image
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.errors import DataError
 
@@ -82,6 +82,17 @@ def _header(report: Preflight, path: Path) -> tuple[int, int, int, str] | None:
         return None
 
 
+def _trainable(report: Preflight, path: Path, height: int, width: int) -> bool:
+    """False after recording an image too small to train on as an error."""
+    try:
+        check_trainable_size(path, height, width)
+    except DataError as error:
+        report.errors.append(str(error))
+        report.bad_files.add(path)
+        return False
+    return True
+
+
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
                   class_names: list[str] | None = None, ignore_value: int | None = None,
                   rgb: bool = False) -> Preflight:
@@ -110,7 +121,7 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
         sizes: Counter[tuple] = Counter()
         for pair_image, pair_mask in [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]:
             info = _header(report, pair_image)
-            if info is None:
+            if info is None or (pair_mask is not None and not _trainable(report, pair_image, *info[:2])):
                 continue
             height, width, channels, dtype = info
             sizes[(width, height, channels, dtype)] += 1

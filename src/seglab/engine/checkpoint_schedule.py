@@ -14,6 +14,13 @@ from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import save_checkpoint
 
 
+def resume_hint(run_dir: Path, how: str = "") -> str:
+    """What to do after a failed run, true to what is on disk (`how`: words after the command)."""
+    if (run_dir / "last.pt").is_file():
+        return f"`seglab train --resume {run_dir}`{how} continues from its last.pt"
+    return "train again (there is no last.pt to resume from)"
+
+
 class CheckpointSchedule:
     """Rank 0's checkpoint writes (`enabled` False on the other ranks: every call does nothing)."""
 
@@ -57,10 +64,7 @@ class CheckpointSchedule:
             self.write_last(self._last())
 
     def resume_hint(self, how: str = "") -> str:
-        """What to do after a failed run, true to what is on disk (`how`: words after the command)."""
-        if (self.run_dir / "last.pt").is_file():
-            return f"`seglab train --resume {self.run_dir}`{how} continues from its last.pt"
-        return "train again (there is no last.pt to resume from)"
+        return resume_hint(self.run_dir, how)
 
     def _save(self, payload: dict, name: str) -> None:
         try:

@@ -8,7 +8,7 @@ import numpy as np
 from seglab.config import RunConfig
 from seglab.data.classmap import ClassMap
 from seglab.data.discover import DataLayout, Pair, discover, infer_class_map, survey_masks
-from seglab.data.io import image_info
+from seglab.data.io import check_trainable_size, image_info
 from seglab.data.splits import fold_split, split_pairs
 from seglab.errors import DataError, SeglabError
 
@@ -63,6 +63,8 @@ def plan_data(config: RunConfig) -> DataPlan:
         train_pairs, val_pairs = _held_out(data, layout, pairs, config.train.seed)
         survey = survey_masks([p.mask for p in train_pairs + val_pairs])
         class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
+    for pair in train_pairs + val_pairs:  # headers only: what `seglab check` refuses, train refuses too
+        check_trainable_size(pair.image, *image_info(pair.image)[:2])
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
     counts = [survey.counts.get(value, 0) for value in class_map.values]
     return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts)

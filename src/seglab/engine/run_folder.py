@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-import sys
 from datetime import datetime
 from pathlib import Path
 
 from seglab.config import RunConfig
+from seglab.data.folder_lock import FolderInUse, FolderLock, remove_stale_temporaries
 from seglab.engine import distributed
 from seglab.errors import SeglabError
 
@@ -28,16 +27,13 @@ def restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-LOCK_FILE = ".seglab.lock"
-
-
 class RunFolderLock:
     """An OS-level lock on a run folder, held by one run at a time (rank 0 of a torchrun job).
 
-    `fcntl.flock` on RUN_DIR/.seglab.lock: the kernel releases it when the holding process exits,
-    even by kill -9, so a dead run never leaves the folder locked; a restarted torchrun job finds
-    it free. The file records the holder's process id and command for the message of the next
-    run that finds it taken.
+    A `data.folder_lock.FolderLock` on RUN_DIR/.seglab.lock: the kernel releases it when the holding
+    process exits, even by kill -9, so a dead run never leaves the folder locked; a restarted
+    torchrun job finds it free. The file records the holder's process id and command for the
+    message of the next run that finds it taken.
     """
 
     def __init__(self, run_dir: Path):
@@ -60,30 +56,21 @@ class RunFolderLock:
         return lock
 
     def acquire(self) -> None:
-        """Create the folder if needed and take the lock, or raise SeglabError naming the holder."""
-        import fcntl
-
+        """Create the folder if needed and take the lock, or raise SeglabError naming the holder.
+        Temporary files of a run killed mid-write are removed then."""
         prepare_run_folder(self.run_dir)
-        path = self.run_dir / LOCK_FILE
-        handle = open(path, "a+")
+        lock = FolderLock(self.run_dir)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise SeglabError(f"run folder '{self.run_dir}' is in use by {holder}: wait for that run to finish, "
-                              "or choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])}, "
-                     f"since {datetime.now():%Y-%m-%d %H:%M:%S})\n")
-        handle.flush()
-        self._handle = handle
+            lock.acquire()
+        except FolderInUse as error:
+            raise SeglabError(f"run folder '{self.run_dir}' is in use by {error.holder}: wait for that run to "
+                              "finish, or choose another --out") from None
+        remove_stale_temporaries(self.run_dir)
+        self._handle = lock
 
     def release(self) -> None:
         if self._handle is not None:
-            self._handle.close()  # closing the file drops the flock
+            self._handle.release()
             self._handle = None
 
 

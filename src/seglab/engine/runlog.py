@@ -4,12 +4,15 @@ and report.html are drawn by the API after fit returns: the engine draws nothing
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from seglab.config import RunConfig, dump_config
 from seglab.data.io import atomic_output, write_error
 from seglab.data.splits import write_split
+from seglab.engine.checkpoint_schedule import resume_hint
+from seglab.errors import SeglabError
 from seglab.version import __version__
 
 SUMMARY_FILE = "summary.json"
@@ -70,12 +73,10 @@ class RunLog:
         metrics.jsonl and TensorBoard, and print its line."""
         if not self.enabled:
             return
-        path = self.run_dir / "metrics.jsonl"
         try:
-            with open(path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-        except OSError as error:
-            raise write_error(path, error) from None
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
+        except OSError as error:  # opening it failed
+            raise write_error(self.run_dir / "metrics.jsonl", error) from None
         if self._writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step", "time"):
@@ -96,6 +97,25 @@ class RunLog:
                    "seglab_version": __version__}
         with atomic_output(self.run_dir / SUMMARY_FILE) as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` to `path` whole, or not at all: a failed write (a full disk) is cut back to the
+    file's previous end, so the file never holds half a row, and raised as one line. Synced, so a
+    checkpoint written after it never holds a row the file lacks."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.lseek(descriptor, 0, os.SEEK_END)
+        data = line.encode() + b"\n"
+        try:
+            while data:
+                data = data[os.write(descriptor, data):]
+            os.fsync(descriptor)
+        except OSError as error:
+            os.ftruncate(descriptor, end)
+            raise SeglabError(f"{write_error(path, error)}; then {resume_hint(path.parent)}") from None
+    finally:
+        os.close(descriptor)
 
 
 def epoch_line(row: dict, epochs: int, improved: bool, by_step: bool = False) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from seglab.engine.rng import rng_state, set_rng_state
 from seglab.engine.tallies import EpochTally
 from seglab.errors import SeglabError
+from seglab.options import shown
 from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint
 from seglab.runtime.device import precision_name
 
@@ -41,22 +42,38 @@ def last_payload(trainer, epoch: int, metrics: dict, position: dict) -> dict:
     return checkpoint_payload(trainer, epoch, metrics, state)
 
 
+def model_differences(saved: dict, name: str, kwargs: dict) -> list[str]:
+    """What differs between a checkpoint's model ({"name", "kwargs"}) and the model `name`(**kwargs):
+    ["base_channels 4 in last.pt, 16 now", ...]; empty when they are the same."""
+    if saved["name"] != name:
+        return [f"the model {shown(saved['name'])} in last.pt, {name} now"]
+    keys = sorted(set(saved["kwargs"]) | set(kwargs))
+    return [f"{key} {shown(saved['kwargs'].get(key))} in last.pt, {shown(kwargs.get(key))} now"
+            for key in keys if saved["kwargs"].get(key) != kwargs.get(key)]
+
+
 def restore(trainer, run_dir: Path) -> None:
     """Put `trainer` where last.pt of `run_dir` left the run."""
-    payload = load_checkpoint(run_dir / "last.pt")
+    path = run_dir / "last.pt"
+    payload = load_checkpoint(path)
     state = payload.get("train_state")
     if state is None:
-        raise SeglabError(f"'{run_dir / 'last.pt'}' holds no training state to resume from")
+        raise SeglabError(f"'{path}' holds no training state to resume from")
     if (trainer.ema is None) != ("ema" not in state):
-        raise SeglabError(f"'{run_dir / 'last.pt'}' was trained {'with' if 'ema' in state else 'without'} --ema: "
+        raise SeglabError(f"'{path}' was trained {'with' if 'ema' in state else 'without'} --ema: "
                           "resume it with the same --ema setting")
-    trainer.model.load_state_dict(state["raw_weights"] if trainer.ema is not None else payload["state_dict"])
-    if trainer.ema is not None:
-        trainer.ema.load_state_dict(state["ema"], payload["state_dict"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.schedule.load_state_dict(state["schedule"])
-    trainer.scaler.load_state_dict(state["scaler"])
-    trainer.augmenter.load_state_dict(state["augmenter"])
+    differences = model_differences(payload["model"], trainer.config.model.name, trainer.model_kwargs)
+    if differences:
+        raise SeglabError(f"cannot resume from '{path}': it holds another model than this run's config asks for "
+                          f"({'; '.join(differences)}): resume without flags that change the model (or the data), "
+                          "or start a new run with another --out")
+    try:
+        _load_states(trainer, payload, state)
+    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        why = " ".join(f"{type(error).__name__}: {error}".split())[:160]
+        raise SeglabError(f"cannot resume from '{path}': its training state does not fit this run's settings "
+                          f"({why}): resume with the optimizer, schedule and "
+                          "options it was trained with, or start a new run with another --out") from None
     set_rng_state(state["rng"])
     position = state["position"]
     trainer.start_epoch, trainer.skip_batches = position["epoch"], position["batch"]
@@ -66,3 +83,19 @@ def restore(trainer, run_dir: Path) -> None:
     trainer.history_rows = list(state["history"])
     where = f"epoch {trainer.start_epoch + 1}" + (f", batch {trainer.skip_batches}" if trainer.skip_batches else "")
     trainer.log(f"resuming {run_dir} at {where} (step {trainer.step})")
+
+
+def _load_states(trainer, payload: dict, state: dict) -> None:
+    """The weights and the optimizer, schedule, scaler and augmentation states of last.pt."""
+    trainer.model.load_state_dict(state["raw_weights"] if trainer.ema is not None else payload["state_dict"])
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(state["ema"], payload["state_dict"])
+    needed = [set(group) for group in trainer.optimizer.param_groups]
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    # torch fills in settings newer than the file; a setting still missing is another optimizer's
+    missing = sorted(set().union(*(keys - set(group) for keys, group in zip(needed, trainer.optimizer.param_groups))))
+    if missing:
+        raise ValueError(f"its optimizer has no {', '.join(missing)}: it was another --optimizer")
+    trainer.schedule.load_state_dict(state["schedule"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    trainer.augmenter.load_state_dict(state["augmenter"])

@@ -414,8 +414,10 @@ class Trainer:
             if improved or self.val_images is None or self.monitor.best is None:
                 self.checkpoints.hold_best(train_state.checkpoint_payload(self, epoch, metrics))  # copies the weights
             resume_at = {**position, "tally": vars(EpochTally())}
-            self.checkpoints.period_closed(lambda: train_state.last_payload(self, epoch, metrics, resume_at))
+            # The row first: a checkpoint never holds a row metrics.jsonl lacks (a full disk stops
+            # the run between the two writes; --resume cuts metrics.jsonl back to last.pt's rows).
             self.runlog.add_row(row, c.train.epochs, improved)
+            self.checkpoints.period_closed(lambda: train_state.last_payload(self, epoch, metrics, resume_at))
             if stop:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.monitor.evals_since_best} "
                          "evaluations")

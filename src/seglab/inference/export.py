@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from seglab.data.classmap import ClassMap
+from seglab.data.folder_lock import remove_stale_temporaries
 from seglab.data.io import write_error
 from seglab.data.normalization import Normalization
 from seglab.data.preprocess import match_channels, normalize
@@ -259,6 +260,7 @@ def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, 
     `out_path` only when it matches within `tolerance` (after `finish(temporary file)`, if given).
     Returns (exporter, max difference, shapes)."""
     temporary = temporary_name(out_path)
+    remove_stale_temporaries(out_path.parent, out_path.name)  # of an export killed mid-write
     try:
         temporary.touch()  # a folder that cannot be written fails here, before a long export
         if fmt == "onnx":
@@ -286,7 +288,8 @@ def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, 
 def temporary_name(out_path: Path, role: str = "tmp") -> Path:
     """A hidden file beside `out_path` that is renamed to it once complete; it keeps the suffix,
     so the exported file can be loaded (by suffix) before the rename."""
-    return out_path.with_name(f".{out_path.name}.{os.getpid()}.{role}{out_path.suffix}")
+    tag = "tmp" if role == "tmp" else f"{role}.tmp"  # data.folder_lock's pattern: stale ones get removed
+    return out_path.with_name(f".{out_path.name}.{os.getpid()}.{tag}{out_path.suffix}")
 
 
 def set_onnx_metadata(path: Path, values: dict) -> None:

@@ -24,6 +24,8 @@ stride, so the tiled prediction equals the whole-image prediction.
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -35,6 +37,26 @@ from seglab.padding import mirror_indices
 Forward = Callable[[torch.Tensor], torch.Tensor]
 ReadRows = Callable[[int, int], np.ndarray]
 Band = tuple[int, int, torch.Tensor]
+_interruption = threading.local()  # .check: the stop test of the predictions running on this thread
+
+
+@contextmanager
+def interruptible(check: Callable[[], None]):
+    """While inside, every overlap-tile prediction on this thread calls `check()` before each batch
+    of tiles; `check` raises to stop it there (a server whose client left, or whose deadline or
+    shutdown came). A whole image is one forward pass and runs to its end."""
+    previous = getattr(_interruption, "check", None)
+    _interruption.check = check
+    try:
+        yield
+    finally:
+        _interruption.check = previous
+
+
+def _check_interruption() -> None:
+    check = getattr(_interruption, "check", None)
+    if check is not None:
+        check()
 
 
 # ---- pure geometry ------------------------------------------------------------------------------
@@ -197,6 +219,7 @@ def _channels_first(pixels: np.ndarray) -> torch.Tensor:
 
 def _run_batch(forward: Forward, pending: list[tuple[torch.Tensor, int, int]], accumulator: _RowAccumulator,
                device: torch.device | str, num_outputs: int | None) -> None:
+    _check_interruption()
     batch = torch.stack([tile for tile, _, _ in pending]).to(device)  # (B, C, in_h, in_w)
     with torch.no_grad():
         probs = forward(batch)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from seglab.errors import ConfigError, SeglabError
-from seglab.options import check_fields, refuse_unknown
+from seglab.options import check_fields, refuse_unknown, shown
 
 if TYPE_CHECKING:  # the registry itself needs no torch: `seglab -h` lists the models without importing it
     import torch.nn as nn
@@ -104,7 +104,7 @@ def model_spec(name: str) -> ModelSpec:
     try:
         return _SPECS[name]
     except KeyError:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {shown(name)}; choose one of: {', '.join(list_models())}") from None
 
 
 def resolve_model_options(name: str, given: dict, defaults: bool = True) -> dict:
@@ -112,7 +112,7 @@ def resolve_model_options(name: str, given: dict, defaults: bool = True) -> dict
     `defaults` is False. Raises ConfigError naming an unknown or invalid option."""
     spec = model_spec(name)
     known = [f.name for f in spec.option_fields()]
-    refuse_unknown(given, known, f"the options of model {name!r}")
+    refuse_unknown(given, known, f"the options of model {shown(name)}")
     instance = spec.options(**given)
     check_fields(instance, f"model.{name}" if False else "model")
     values = dataclasses.asdict(instance)

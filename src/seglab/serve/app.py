@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,11 +25,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from seglab.data.io import max_pixels
 from seglab.errors import ConfigError, DataError, SeglabError
 from seglab.inference.predictor import Prediction, Predictor
+from seglab.options import shown
 from seglab.serve import encode
-from seglab.serve.batcher import Batcher
+from seglab.serve.batcher import Batcher, PredictionStopped
+from seglab.serve.docs import docs_page
+from seglab.serve.host_check import LoopbackHostOnly
+from seglab.serve.limits import answer_within, check_work
 from seglab.serve.options import PredictQuery, ServeOptions
-from seglab.serve.pages import add_page_routes
-from seglab.serve.uploads import ApiError, decode_upload, parse_query, upload_bytes
+from seglab.serve.pages import PAGE_POLICY, add_page_routes
+from seglab.serve.uploads import ApiError, ClientLeft, decode_upload, parse_query, upload_bytes
 from seglab.version import __version__
 
 TOKEN_COOKIE = "seglab_token"  # set by the page, so that <img> and links carry the token too
@@ -48,6 +52,7 @@ class ServerState:
     answered: int = 0
     refused: int = 0
     variants: dict = field(default_factory=dict)
+    model_left_running: bool = False           # the stop found the model inside a forward pass
 
     def variant(self, query: PredictQuery) -> tuple[Predictor, tuple]:
         """The predictor for a request's inference options (shared by every request with the same),
@@ -73,9 +78,26 @@ def error_response(status: int, message: str, headers: dict | None = None) -> JS
     return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
 
 
+def is_allocation_failure(error: BaseException) -> bool:
+    """MemoryError, or PyTorch's "DefaultCPUAllocator: can't allocate memory" / "out of memory"."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text))
+
+
+OUT_OF_MEMORY = ("the server has not enough memory for this prediction now; it goes on: try again later, or send "
+                 "a smaller image or ask for tiles")
+
+
 def install_error_handlers(app: FastAPI, state: ServerState) -> None:
     """Every failure is one line of JSON: refusals with their 4xx, unknown routes 404/405, and a bug
-    a 500 that names no internals (the traceback goes to the server's log)."""
+    a 500 that names no internals (the traceback goes to the server's log). A client that left gets
+    one line in the log and no answer."""
+
+    @app.exception_handler(ClientLeft)
+    async def client_left(request: Request, error: ClientLeft):
+        logger.warning("seglab serve: %s %s: %s", request.method, request.url.path, error)
+        return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
 
     @app.exception_handler(ApiError)
     async def refused(request: Request, error: ApiError):
@@ -86,10 +108,10 @@ def install_error_handlers(app: FastAPI, state: ServerState) -> None:
     async def http_error(request: Request, error: StarletteHTTPException):
         state.refused += 1
         if error.status_code == 404:
-            return error_response(404, f"no {request.url.path}: the API is POST /v1/predict, GET /v1/model, "
+            return error_response(404, f"no {shown(request.url.path)}: the API is POST /v1/predict, GET /v1/model, "
                                        "GET /healthz (documented at /docs)")
         if error.status_code == 405:
-            return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+            return error_response(405, f"{request.method[:20]} is not allowed on {shown(request.url.path)}")
         return error_response(error.status_code, str(error.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -138,13 +160,17 @@ def model_description(state: ServerState) -> dict:
         "input": {"channels": predictor.channels, "scale": predictor.scale if state.scale is None else state.scale,
                   "normalization": predictor.normalization},
         "inference": {"threshold": predictor.threshold, "tile": list(predictor.tile) if predictor.tile else None,
-                      "overlap": predictor.overlap, "tta": predictor.tta, "device": str(predictor.device)},
+                      "overlap": predictor.overlap, "tta": predictor.tta, "device": str(predictor.device),
+                      "runtime": predictor.runtime},
         # metrics rows count epochs from 1 (the checkpoint's own "epoch" is the loop's index)
         "training": {"epoch": metrics.get("epoch", info.get("epoch")), "step": info.get("step"), "metrics": metrics,
                      "seglab_version": info.get("seglab_version")},
         "server": {"seglab_version": __version__, "max_batch": state.batcher.max_batch,
                    "max_wait_ms": options.max_wait_ms, "max_upload_bytes": options.max_upload_bytes,
-                   "max_pixels": max_pixels(), "auth": options.token is not None, "runs": options.runs is not None},
+                   "max_pixels": max_pixels(), "max_tiles": options.max_tiles, "min_tile": options.min_tile,
+                   "max_queue": options.max_queue, "upload_timeout_s": options.upload_timeout,
+                   "request_timeout_s": options.request_timeout, "auth": options.token is not None,
+                   "runs": options.runs is not None},
     }
 
 
@@ -183,17 +209,18 @@ async def predict_request(state: ServerState, request: Request) -> Response:
         raise ApiError(400, f"invalid query.class_index: {query.class_index}; the model has {classes.num_classes} "
                             f"classes ({classes.describe()})")
     predictor, key = state.variant(query)
-    data, name = await upload_bytes(request, state.options.max_upload_bytes)
+    data, name = await upload_bytes(request, state.options.max_upload_bytes, state.options.upload_timeout)
     image = await decode_upload(data, name)
     scale = state.scale if query.scale is None else query.scale
+    check_work(state.options, predictor, query, image.shape, scale)
+    prediction = state.batcher.predict(predictor, key, image, name, scale, instances=query.output == "instances")
     try:
-        prediction, batch = await state.batcher.predict(predictor, key, image, name, scale,
-                                                        instances=query.output == "instances")
+        prediction, batch = await answer_within(request, prediction, state.options.request_timeout)
     except DataError as error:  # the image does not fit the model (channels)
         raise ApiError(422, str(error)) from None
     except ConfigError as error:
         raise ApiError(400, str(error)) from None
-    except SeglabError as error:  # out of memory on the device
+    except (SeglabError, PredictionStopped) as error:  # out of memory on the device; the server stops
         raise ApiError(503, str(error)) from None
     return await run_in_threadpool(render, state, query, image, prediction, batch)
 
@@ -208,21 +235,33 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None, scale:
     async def lifespan(app: FastAPI):
         state.batcher.start()
         yield
-        await state.batcher.stop()
+        state.model_left_running = not await state.batcher.stop()
 
-    app = FastAPI(title="seglab serve", version=__version__, lifespan=lifespan,
+    # /docs and /openapi.json are this app's own routes (below): behind the token, no CDN.
+    app = FastAPI(title="seglab serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="A seglab model behind HTTP: POST an image to /v1/predict, get its mask back. "
                               "The page at / does the same in a browser.")
     app.state.seglab = state
+    if options.token is None and not options.no_auth:
+        app.add_middleware(LoopbackHostOnly)
     install_error_handlers(app, state)
     guard = [Depends(token_guard(options.token))]
 
     @app.post("/v1/predict", dependencies=guard, openapi_extra=PREDICT_DOC, response_class=Response,
               summary="Predict the mask of one image (raw bytes or a multipart 'file')")
     async def predict(request: Request):
+        if state.in_flight >= options.max_queue:  # before the body is read: uploads cannot pile up in memory
+            raise ApiError(503, f"the server is busy: {state.in_flight} predictions in progress (seglab serve "
+                                "--max-queue); try again in a moment", {"Retry-After": "1"})
         state.in_flight += 1
         try:
             response = await predict_request(state, request)
+        except (MemoryError, RuntimeError) as error:  # decoding, predicting or encoding ran out of memory
+            if not is_allocation_failure(error):
+                raise
+            logger.warning("seglab serve: out of memory answering a prediction (%s)", one_line(error)[:200])
+            raise ApiError(503, OUT_OF_MEMORY) from None
         finally:
             state.in_flight -= 1
         state.answered += 1
@@ -236,6 +275,14 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None, scale:
     async def healthz():
         return {"status": "ok", "uptime_s": round(time.time() - state.started, 3), "in_flight": state.in_flight,
                 "answered": state.answered, "refused": state.refused, "batching": state.batcher.counters.to_dict()}
+
+    @app.get("/openapi.json", dependencies=guard, include_in_schema=False)
+    async def openapi():
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=guard, include_in_schema=False)
+    async def docs():
+        return HTMLResponse(docs_page(app.openapi()), headers={"Content-Security-Policy": PAGE_POLICY})
 
     add_page_routes(app, options, guard)
     return app

@@ -48,12 +48,28 @@ class ServeOptions:
     runs: str | None = option(None, "a folder of run folders, listed with their curves, metrics and reports "
                               "at /runs", metavar="DIR")
     shutdown_timeout: float = option(30.0, "seconds the requests in flight get to finish after SIGTERM or "
-                                     "Ctrl-C", min=0, metavar="S")
+                                     "Ctrl-C; then they are stopped and the process ends", min=0, max=3600,
+                                     metavar="S")
+    request_timeout: float = option(60.0, "seconds one prediction may take, waiting for the model included; a "
+                                    "request past it is stopped (between tiles) and answered 503", above=0,
+                                    max=86_400, metavar="S")
+    max_tiles: int = option(1024, "tiles one request may ask for (its tile and overlap over its image); "
+                            "requests for more are refused with a 400", min=1, max=10**7, metavar="N")
+    min_tile: int = option(64, "smallest tile side a request's tile= may ask for", min=8, max=65536, metavar="PX")
+    upload_timeout: float = option(30.0, "seconds a request's body may take to arrive; slower uploads are refused "
+                                   "with a 408 (and give back their place in --max-queue)", above=0, max=86_400,
+                                   metavar="S")
+    max_queue: int = option(32, "predictions held at once (uploading, waiting or running); more are answered 503 "
+                            "before their body is read, which bounds the memory uploads can take", min=1,
+                            max=100_000, metavar="N")
 
     def __post_init__(self):
         check_fields(self, "serve")
         if self.token is not None and not self.token.strip():
             raise ConfigError("invalid serve.token (--token): an empty token; give a secret string")
+        if self.max_batch and self.max_queue < self.max_batch:
+            raise ConfigError(f"--max-queue {self.max_queue} is below --max-batch {self.max_batch}: batches could "
+                              "never fill; raise --max-queue")
         if self.token and self.no_auth:
             raise ConfigError("--token and --no-auth contradict each other: give one of them")
         if not is_loopback(self.host) and not self.token and not self.no_auth:

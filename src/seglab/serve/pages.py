@@ -1,14 +1,17 @@
 """The page at / and the runs page at /runs: files of this package, served by the process (no CDN, no internet)."""
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
+from seglab.options import shown
 from seglab.serve.options import ServeOptions
-from seglab.serve.runs import describe_run, find_runs
+from seglab.serve.runs import chunks, describe_run, find_runs, open_confined
 from seglab.serve.uploads import ApiError
 
 STATIC_FILES = {"index.html": "text/html", "runs.html": "text/html", "common.js": "text/javascript",
@@ -41,18 +44,39 @@ def add_page_routes(app: FastAPI, options: ServeOptions, guard: list) -> None:
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str):
         if name not in assets:
-            raise ApiError(404, f"no page asset {name!r}")
+            raise ApiError(404, f"no page asset {shown(name)}")
         return asset(name)
 
-    if options.runs is None:
-        return
-    root = Path(options.runs)
+    if options.runs is not None:
+        add_runs_routes(app, Path(options.runs), guard, asset)
+
+
+def add_runs_routes(app: FastAPI, root: Path, guard: list, asset) -> None:
+    """/runs and its API: the run folders under `root`, their curves.png and report.html."""
 
     def run_folder(name: str) -> Path:
         runs = find_runs(root)  # looked up by name, never joined from the request: no path escapes root
         if name not in runs:
-            raise ApiError(404, f"no run {name!r} under {root.name}/")
+            raise ApiError(404, f"no run {shown(name)} under {root.name}/")
         return runs[name]
+
+    def run_file(name: str, file_name: str, missing: str) -> StreamingResponse:
+        path = run_folder(name) / file_name
+        handle = open_confined(root, path)
+        if handle is None and os.path.lexists(path):
+            raise ApiError(404, f"run {shown(name)}: {file_name} is not a file inside {root.name}/ (a link out of "
+                                "it?); it is not served")
+        if handle is None:
+            raise ApiError(404, missing)
+        media_type = "image/png" if file_name.endswith(".png") else "text/html"
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        if media_type == "text/html":
+            headers["Content-Security-Policy"] = REPORT_POLICY
+        return StreamingResponse(chunks(handle), media_type=media_type, headers=headers)
+
+    def listing() -> dict:
+        return {"root": root.resolve().name,
+                "runs": [describe_run(root, name, folder) for name, folder in find_runs(root).items()]}
 
     @app.get("/runs", include_in_schema=False)
     async def runs_page():
@@ -60,19 +84,13 @@ def add_page_routes(app: FastAPI, options: ServeOptions, guard: list) -> None:
 
     @app.get("/v1/runs", dependencies=guard, summary="The run folders under --runs DIR, with their last metrics")
     async def runs_list():
-        return JSONResponse({"root": str(root), "runs": [describe_run(name, folder)
-                                                         for name, folder in find_runs(root).items()]})
+        return JSONResponse(await run_in_threadpool(listing))  # files are read off the event loop
 
     @app.get("/v1/runs/{name:path}/curves.png", dependencies=guard, summary="A run's curves.png")
     async def run_curves(name: str):
-        path = run_folder(name) / "curves.png"
-        if not path.is_file():
-            raise ApiError(404, f"run {name!r} has no curves.png yet")
-        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
+        return await run_in_threadpool(run_file, name, "curves.png", f"run {shown(name)} has no curves.png yet")
 
     @app.get("/v1/runs/{name:path}/report.html", dependencies=guard, summary="A run's report.html")
     async def run_report(name: str):
-        path = run_folder(name) / "report.html"
-        if not path.is_file():
-            raise ApiError(404, f"run {name!r} has no report.html yet (seglab report {name})")
-        return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": REPORT_POLICY})
+        return await run_in_threadpool(run_file, name, "report.html",
+                                       f"run {shown(name)} has no report.html yet (seglab report RUN)")

@@ -1,11 +1,14 @@
 """Run the app under uvicorn: a socket bound first (so --port 0 prints the real port), graceful stops.
 
 SIGTERM and Ctrl-C stop accepting connections, let the requests in flight finish (up to
---shutdown-timeout seconds), stop the batcher, and end the process with exit code 0.
+--shutdown-timeout seconds, then they are answered 503 and their tiled predictions stop), stop the
+batcher, and end the process with exit code 0. A forward pass that is still running then (one
+whole image cannot be stopped halfway) does not hold the process: it ends without waiting for it.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import socket
@@ -75,20 +78,48 @@ def serve(model: Predictor | str | os.PathLike, options: ServeOptions | None = N
         from seglab.api.predicting import load
 
         model = load(model, log=log)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # not a line per odd upload in the server's log
     app = create_app(model, options, scale)
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=options.shutdown_timeout)
-    server = uvicorn.Server(config)
+    server = impatient_server(uvicorn, config, app.state.seglab, log)
     auth = "token required" if options.token else "no token"
-    log(f"serving {model.info.get('source', 'the model')} at http://{shown}:{port}/ ({auth}; API docs at /docs); "
-        "Ctrl-C stops")
+    log(f"serving {model.info.get('source', 'the model')} ({model.runtime} on {model.device}) "
+        f"at http://{shown}:{port}/ ({auth}; API docs at /docs); Ctrl-C stops")
     sys.stdout.flush()  # whoever started the server reads the address from this line
     with stop_requests() as received:
         server.run(sockets=[sock])
     state = app.state.seglab
     why = f" ({received[0]})" if received else ""
     log(f"stopped{why}: {state.answered} predictions answered, {state.refused} requests refused")
+    if state.model_left_running or state.batcher.model_busy:
+        end_now(log)
     return state.answered
+
+
+def impatient_server(uvicorn, config, state, log):
+    """A uvicorn.Server that ends the process at a second stop signal (Ctrl-C twice), counting what it
+    answered, instead of uvicorn's forced exit (which skips the shutdown and prints a traceback)."""
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit:
+                log(f"stopped at once ({signal.Signals(sig).name} again): {state.answered} predictions answered, "
+                    f"{state.in_flight} requests in flight dropped")
+                end_now(log, quiet=True)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+def end_now(log, quiet: bool = False) -> None:
+    """End the process at once: the model's thread is inside PyTorch, and Python's own exit would
+    either wait for it or abort ("terminate called without an active exception")."""
+    if not quiet:
+        log("the model was inside a forward pass; the process ends without waiting for it")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

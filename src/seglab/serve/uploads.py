@@ -2,18 +2,20 @@
 bounded in bytes (raw image bytes or a multipart file), its image decoded as `seglab predict` reads files."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from seglab.data.io import decode_image
-from seglab.errors import ConfigError, DataError, ImageTooLargeError, NotAnImageError
+from seglab.errors import ConfigError, DataError, ImageTooLargeError, NotAnImageError, ResourceError
 from seglab.options import refuse_unknown
 from seglab.serve.options import PredictQuery
 
 LIST_FIELDS = ("tile",)  # query values given as "H,W" (or "HxW")
+MAX_NAME = 100  # characters of an upload's file name that messages repeat
 
 
 class ApiError(Exception):
@@ -24,6 +26,10 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its answer: nobody to answer, one line in the log."""
 
 
 def parse_query(request: Request) -> PredictQuery:
@@ -45,18 +51,25 @@ def parse_query(request: Request) -> PredictQuery:
         raise ApiError(400, str(error)) from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, seconds: float = 30.0) -> bytes:
     """The request body, refused with a 413 as soon as it passes `limit` bytes (before it is all read,
-    whatever Content-Length claims)."""
+    whatever Content-Length claims), and with a 408 when it takes more than `seconds` to arrive."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, too_large(int(declared), limit))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, too_large(size, limit, at_least=True))
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, too_large(size, limit, at_least=True))
+                chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientLeft(f"the client left during its upload (after {size} bytes)") from None
+    except TimeoutError:
+        raise ApiError(408, f"the upload took longer than this server's {seconds:g} s (seglab serve "
+                            "--upload-timeout) and was dropped: send the image faster or smaller") from None
     return b"".join(chunks)
 
 
@@ -65,9 +78,10 @@ def too_large(size: int, limit: int, at_least: bool = False) -> str:
             f"{limit / 1e6:g} MB (seglab serve --max-upload-mb)")
 
 
-async def upload_bytes(request: Request, limit: int) -> tuple[bytes, str]:
-    """(the image file's bytes, its name for messages) from a raw body or a multipart form's one file."""
-    body = await read_body(request, limit)
+async def upload_bytes(request: Request, limit: int, seconds: float = 30.0) -> tuple[bytes, str]:
+    """(the image file's bytes, its name for messages) from a raw body or a multipart form's one file,
+    which must arrive within `seconds`."""
+    body = await read_body(request, limit, seconds)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         if not body:
             raise ApiError(400, "empty request body: send the image file's bytes, or a multipart form with "
@@ -85,7 +99,7 @@ async def upload_bytes(request: Request, limit: int) -> tuple[bytes, str]:
     upload = files[0]
     data = await upload.read()
     await form.close()
-    return data, upload.filename or "upload"
+    return data, (upload.filename or "upload")[:MAX_NAME]
 
 
 def _replay(body: bytes):
@@ -109,6 +123,9 @@ async def decode_upload(data: bytes, name: str) -> np.ndarray:
         return await run_in_threadpool(decode_image, data, name)
     except ImageTooLargeError as error:
         raise ApiError(413, str(error).replace("pass --max-pixels", "start the server with --max-pixels")) from None
+    except ResourceError:
+        raise ApiError(503, f"the server has not enough memory to decode '{name}' now; it goes on: try again later, "
+                            "or send a smaller image") from None
     except NotAnImageError as error:
         raise ApiError(415, _for_uploads(error)) from None
     except DataError as error:
@@ -117,7 +134,8 @@ async def decode_upload(data: bytes, name: str) -> np.ndarray:
 
 def _for_uploads(error: DataError) -> str:
     """The reader's advice for files on disk, said for an upload."""
-    return str(error).replace("re-export or remove it", "send the image file itself (PNG, JPEG, TIFF, ...)")
+    return (str(error).replace("re-export or remove it", "send the image file itself (PNG, JPEG, TIFF, ...)")
+            .replace("split it into single images or use `read_stack`", "send one image"))
 
 
 def _first_line(error: BaseException) -> str:
