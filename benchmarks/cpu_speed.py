@@ -43,8 +43,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-
-from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from train_throughput import (  # noqa: E402
     REFERENCE_CLIP,
     REFERENCE_LR,
@@ -58,6 +56,7 @@ from train_throughput import (  # noqa: E402
 )
 
 import seglab
+from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seglab.engine.tallies import EpochTally
 from seglab.engine.trainer import Trainer
@@ -224,8 +223,9 @@ def inference(names: list[str], args, workdir: Path) -> dict[str, float]:
             report = seglab.export(checkpoint, quantize="int8", max_dice_drop=0.01 if trained else 1.0,
                                    calibration_images=None if trained else [image])
             parity = report["quantization"]["parity"]
-            notes["onnxruntime int8"] = (f"Dice {parity['dice_int8']:.4f} vs {parity['dice_float']:.4f}, masks agree "
-                                         f"{100 * parity['mask_agreement']:.2f}%" if trained else "untrained: speed only")
+            notes["onnxruntime int8"] = (f"Dice {parity['dice_int8']:.4f} vs {parity['dice_float']:.4f}, masks "
+                                         f"agree {100 * parity['mask_agreement']:.2f}%" if trained
+                                         else "untrained: speed only")
             int8 = seglab.load(report["path"])
             calls["onnxruntime int8"] = lambda: int8.predict(image)
         seconds = interleaved(calls, args.iters)

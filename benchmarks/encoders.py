@@ -34,7 +34,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import bench_device, device_name, require_camvid  # noqa: E402
-
 from seglab.config import load_config, override  # noqa: E402
 from seglab.engine.runs import fit  # noqa: E402
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import httpx
 import torch
-from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from PIL import Image
 
+from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.data.classmap import ClassMap
 from seglab.models import UNet
 from seglab.runtime.checkpoint import make_checkpoint, save_checkpoint

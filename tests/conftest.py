@@ -245,7 +245,8 @@ def served(checkpoint, trained_run) -> ServerProcess:
     wait 25 ms, float32 (only there does a batched forward pass round as a single one does), a 2 MB
     upload limit, 4 megapixels at most, and the session's run folder under --runs."""
     server = start_server("-m", checkpoint, "--device", "cpu", "--precision", "fp32", "--max-batch", 8,
-                          "--max-wait-ms", 25, "--max-upload-mb", 2, "--max-pixels", 4_000_000, "--runs", trained_run.run_dir.parent,
+                          "--max-wait-ms", 25, "--max-upload-mb", 2, "--max-pixels", 4_000_000,
+                          "--runs", trained_run.run_dir.parent,
                           token=SERVE_TOKEN)
     yield server
     server.stop()

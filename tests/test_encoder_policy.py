@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import torch
-from conftest import SUBPROCESS_ENV, assert_clean_failure, run_group, run_main
 
 import seglab
+from conftest import SUBPROCESS_ENV, assert_clean_failure, run_group, run_main
 from seglab.engine.rng import seed_everything
 
 QUIET = lambda *args, **kwargs: None  # noqa: E731

@@ -16,8 +16,8 @@ import seglab
 from seglab.data.io import read_image
 from seglab.errors import SeglabError
 from seglab.models import build_model, list_models, model_spec
-from seglab.models.smp import ARCHITECTURES, input_multiple
 from seglab.models.registry import resolve_model_options
+from seglab.models.smp import ARCHITECTURES, input_multiple
 
 QUIET = lambda *args, **kwargs: None  # noqa: E731
 # The smallest options of each model, so that the whole set stays within a couple of minutes.

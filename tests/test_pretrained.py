@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import seglab
+from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main
 from seglab.data.normalization import fixed_normalization
 
 RESNET18 = "smp-hub/resnet18.imagenet"

@@ -21,9 +21,9 @@ import httpx
 import numpy as np
 import pytest
 import tifffile
-from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, run_cli, run_main, start_server
 from PIL import Image
 
+from conftest import ISBI, SUBPROCESS_ENV, assert_clean_failure, run_cli, run_main, start_server
 from seglab.serve.encode import PROBABILITY_SCALE, run_lengths
 from seglab.serve.options import PredictQuery, is_loopback
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from seglab.models.pretrained import fetch_weights as _fetch, weights_dir_from, weights_source
+from seglab.models.pretrained import fetch_weights as _fetch
+from seglab.models.pretrained import weights_dir_from, weights_source
 from seglab.models.registry import build_model, list_models, model_spec, resolve_model_options
 from seglab.models.smp import ARCHITECTURES, input_multiple
 

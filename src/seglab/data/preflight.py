@@ -119,7 +119,8 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
                 report.warnings.append(f"{where}{len(scan.unpaired_masks)} masks without an image: "
                                        f"{list_files(scan.unpaired_masks, root)}; check the names")
         sizes: Counter[tuple] = Counter()
-        for pair_image, pair_mask in [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]:
+        files = [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]
+        for pair_image, pair_mask in files:
             info = _header(report, pair_image)
             if info is None or (pair_mask is not None and not _trainable(report, pair_image, *info[:2])):
                 continue
@@ -134,7 +135,8 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
                                      f"is {mask_w}x{mask_h}: masks must have their image's size")
                 report.bad_files.add(pair_mask)
         for (width, height, channels, dtype), count in sorted(sizes.items(), key=lambda kv: -kv[1]):
-            report.lines.append(f"  {count} x {width}x{height}, {channels} channel{'s' if channels > 1 else ''}, {dtype}")
+            plural = "s" if channels > 1 else ""
+            report.lines.append(f"  {count} x {width}x{height}, {channels} channel{plural}, {dtype}")
         if len({key[2] for key in sizes}) > 1:
             report.warnings.append(f"{where}images have mixed channel counts; they are converted to the first "
                                    "image's channel count, or pass --in-channels")

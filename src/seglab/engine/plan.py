@@ -19,13 +19,7 @@ import torch
 from seglab.config import RunConfig, override
 from seglab.data.fingerprint import Fingerprint, fingerprint
 from seglab.engine.data_plan import plan_data
-from seglab.runtime.device import (
-    free_memory,
-    is_out_of_memory,
-    native_cpu_bf16,
-    resolve_device,
-    resolve_precision,
-)
+from seglab.runtime.device import free_memory, is_out_of_memory, native_cpu_bf16, resolve_device, resolve_precision
 
 # Seconds of training when the user gives neither --epochs nor --time-budget.
 DEFAULT_BUDGET = {"cpu": 420.0, "cuda": 120.0}

@@ -292,7 +292,8 @@ class DeepLabV3(nn.Module):
             # Checked up front: BatchNorm deep in the backbone would fail with a cryptic message.
             raise SeglabError(
                 f"a batch of one {size[0]}x{size[1]} image gives a 1x1 feature map and BatchNorm cannot "
-                f"train on one value per channel: use a batch of 2 or more, or images with a side longer than {stride} pixels")
+                f"train on one value per channel: use a batch of 2 or more, or images with a side longer "
+                f"than {stride} pixels")
         mid, features = self.backbone(x)  # (N, 256 e, ., .), (N, 512 e, h, w)
         logits = F.interpolate(self.head(features), size=size, mode="bilinear", align_corners=False)
         if self.aux is None or not self.training:

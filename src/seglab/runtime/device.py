@@ -2,7 +2,6 @@
 layout a run uses, how much memory is free."""
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from pathlib import Path
 

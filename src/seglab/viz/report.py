@@ -174,7 +174,8 @@ def _metrics_table(row: dict | None) -> str:
                      f"<td style='text-align:left'>{bar}</td></tr>")
     lines.append(f"<tr class='mean'><td>mean</td><td>{_number(row.get('val_dice'))}</td>"
                  f"<td>{_number(row.get('val_iou'))}</td><td></td></tr></tbody></table>")
-    lines.append(f"<p class='sub'>epoch {row.get('epoch')}, step {row.get('step')}; pixel error {_number(row.get('val_pixel_error'))}</p>")
+    lines.append(f"<p class='sub'>epoch {row.get('epoch')}, step {row.get('step')}; "
+                 f"pixel error {_number(row.get('val_pixel_error'))}</p>")
     return "\n".join(lines)
 
 
