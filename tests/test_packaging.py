@@ -23,8 +23,8 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SUBPROCESS_ENV, start_server
 
+from conftest import REPO, SUBPROCESS_ENV, start_server
 from seglab.version import __version__
 
 pytestmark = pytest.mark.packaging
@@ -74,6 +74,12 @@ def test_the_release_files_name_the_version_of_version_py():
     licence = (REPO / "LICENSE").read_text()
     assert licence.startswith("MIT License") and "the seglab authors" in licence
     assert 'license = "MIT"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_the_dockerfile_pins_the_torch_of_the_makefile():
+    makefile = re.search(r"^TORCH_PINS := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    dockerfile = re.search(r'^ARG TORCH_PINS="(.+)"$', (REPO / "Dockerfile").read_text(), re.M).group(1)
+    assert dockerfile.split() == makefile.split()
 
 
 def installed_env() -> dict[str, str]:
