@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The local wheels of torch/torchvision; pinned first so no dependency pulls another torch.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test container-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q --durations=30
+
+# Build the Dockerfile with podman and run the image as the README does (root, a Debian-like machine).
+container-test: $(VENV)/.installed
+	SEGLAB_COMMAND=$(BIN)/seglab bash scripts/container_test.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -201,17 +201,21 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(*args, token: str | None = None, timeout: float = 90) -> ServerProcess:
-    """`seglab serve ARGS --port 0` in a fresh process; returns once it prints its address."""
+def start_server(*args, token: str | None = None, timeout: float = 90, program: Path | None = None,
+                 cwd: Path | None = None) -> ServerProcess:
+    """`seglab serve ARGS --port 0` in a fresh process; returns once it prints its address. `program`:
+    another `seglab` command (an installed one) than this interpreter's `python -m seglab`."""
     import queue
     import threading
 
     env = {**os.environ, **SUBPROCESS_ENV}
     env.pop("SEGLAB_TOKEN", None)
-    command = [sys.executable, "-m", "seglab", "serve", *[str(a) for a in args], "--port", "0"]
+    seglab = [str(program)] if program else [sys.executable, "-m", "seglab"]
+    command = [*seglab, "serve", *[str(a) for a in args], "--port", "0"]
     if token:
         command += ["--token", token]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     stdout, stderr, lines = [], [], queue.Queue()
 
     def drain(stream, into, announce):
