@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_speed.py            # the issue's models; about 15 minutes on 2 cores
     python benchmarks/cpu_speed.py --quick    # U-Net-16 only, fewer steps: under two minutes
-    python benchmarks/cpu_speed.py --compile  # also U-Net-16 with torch.compile (minutes of compiling)
+    python benchmarks/cpu_speed.py --compile  # also torch.compile: U-Net-16 training, every inference model
 
 Training step (images/s of the whole step, on synthetic 512x512 images with blob masks):
     seglab  `Trainer._train_epoch` of a real Trainer built from a RunConfig on a data folder, as
@@ -18,8 +18,9 @@ Inference (512x512 ISBI slices, one image per call, median of interleaved runs):
     plain   the tutorial loop: `model.eval()`, `torch.no_grad()`, float32 `model(x)`, NCHW.
     seglab  the Predictor on a checkpoint (precision "auto" = the training's, bf16 here), and on
             its exports: ONNX Runtime float32 and int8 (`seglab export --quantize int8`, calibrated
-            and Dice-checked on the run). U-Net-16 is trained for `--train-seconds` first so the
-            int8 check means something; U-Net-64 keeps random weights (speed only, parity n/a).
+            and Dice-checked on the run); `--compile` adds the Predictor under torch.compile.
+            U-Net-16 is trained for `--train-seconds` first so the int8 check means something;
+            U-Net-64 keeps random weights (speed only, parity n/a).
 Start-up: `benchmarks/startup.py`'s measurements (fresh interpreters).
 
 The lines at the end:
@@ -228,6 +229,12 @@ def inference(names: list[str], args, workdir: Path) -> dict[str, float]:
                                          else "untrained: speed only")
             int8 = seglab.load(report["path"])
             calls["onnxruntime int8"] = lambda: int8.predict(image)
+        if args.compile:
+            compiled = seglab.load(checkpoint, device="cpu", compile=True, log=QUIET)
+            started = time.perf_counter()
+            compiled.predict(image)  # the compilation, for this image size
+            notes[compiled.runtime] = f"compiled in {time.perf_counter() - started:.1f} s (not counted)"
+            calls[compiled.runtime] = lambda: compiled.predict(image)
         seconds = interleaved(calls, args.iters)
         base = seconds["plain fp32 loop"]
         print(f"{name}:")
@@ -251,7 +258,8 @@ def startup(args) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="U-Net-16 only, few steps: under two minutes")
-    parser.add_argument("--compile", action="store_true", help="also time U-Net-16 training with torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile: U-Net-16 training, "
+                        "inference of each model")
     parser.add_argument("--iters", type=int, default=None, help="timed steps per training measurement")
     parser.add_argument("--train-seconds", type=float, default=90.0, help="training of the U-Net-16 for inference")
     parser.add_argument("--checkpoint", type=Path, help="a trained U-Net-16 checkpoint instead of training one")

@@ -242,3 +242,17 @@ def test_a_compiled_run_compiles_once_outside_its_time_and_never_recompiles(tmp_
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["compile_seconds"] > 0
     torch._dynamo.reset()
+
+
+def test_compiled_predictions_agree_with_eager_ones(checkpoint):
+    """torch.compile (inductor's C++ code on the CPU) computes the session's model as eager PyTorch
+    does, to 1e-5 in probability in float32 (operations fused, sums reordered); the runtime says it
+    is compiled. One image size: each new shape costs another compilation."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (96, 80), dtype=np.uint8)
+    eager = seglab.load(checkpoint, device="cpu", precision="fp32", log=lambda *_: None)
+    compiled = seglab.load(checkpoint, device="cpu", precision="fp32", compile=True, log=lambda *_: None)
+    assert compiled.runtime == "pytorch fp32, compiled" and eager.runtime == "pytorch fp32"
+    expected, got = eager.predict(image).probabilities, compiled.predict(image).probabilities
+    assert np.abs(got - expected).max() <= 1e-5
+    torch._dynamo.reset()

@@ -11,7 +11,7 @@ from seglab.runtime.device import resolve_device
 def load(path: str | os.PathLike, *, device: str = "auto", threshold: float | None = None,
          tile: int | tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none", batch_size: int = 4,
          membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD, precision: str = "auto",
-         runtime: str = "auto", log=print) -> Predictor:
+         runtime: str = "auto", compile: bool = False, log=print) -> Predictor:
     """A Predictor for a seglab checkpoint (.pt), or a model exported by `seglab.export` (.onnx, .ts).
 
     >>> model = seglab.load("runs/isbi/best.pt", tta="flips")
@@ -26,10 +26,12 @@ def load(path: str | os.PathLike, *, device: str = "auto", threshold: float | No
     `membrane_class` and `seed_threshold` steer instances; `precision` is the autocast of PyTorch
     models ("auto": the precision the run validated in, where the device computes it natively);
     `runtime` "auto" runs a checkpoint on the CPU through the fastest parity-checked ONNX export of it
-    beside it (`seglab export`, `seglab export --quantize int8`), "pytorch" the checkpoint itself.
+    beside it (`seglab export`, `seglab export --quantize int8`), "pytorch" the checkpoint itself;
+    `compile` runs PyTorch models through torch.compile (each new input shape compiles once).
     Options are checked as `seglab predict` checks its flags.
     """
     tile = (tile, tile) if isinstance(tile, int) else tile
     return Predictor.from_file(os.fspath(path), resolve_device(device), threshold, tile=tile, overlap=overlap,
                                tta=tta, batch_size=batch_size, membrane_class=membrane_class,
-                               seed_threshold=seed_threshold, precision=precision, runtime=runtime, log=log)
+                               seed_threshold=seed_threshold, precision=precision, runtime=runtime, compile=compile,
+                               log=log)

@@ -23,7 +23,8 @@ def load_model(args: argparse.Namespace):
     model = seglab.load(args.model, device=args.device, threshold=args.threshold,
                         tile=tuple(args.tile) if args.tile else None, overlap=args.overlap, tta=args.tta,
                         batch_size=args.batch_size, membrane_class=args.membrane_class,
-                        seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime)
+                        seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime,
+                        compile=args.compile)
     return model
 
 

@@ -40,6 +40,8 @@ class InferenceOptions:
     runtime: str = option("auto", "what runs a checkpoint on the CPU; auto: the fastest ONNX export of it lying beside "
                           "it (seglab export, parity-checked, timed on this CPU) when one beat PyTorch, else "
                           "PyTorch; pytorch: the checkpoint itself", choices=RUNTIMES)
+    compile: bool = option(False, "torch.compile PyTorch models (each new input shape compiles once, seconds to "
+                           "minutes; pays off over many same-size images)")
     membrane_class: int = option(0, "class index of the boundaries for instances (ISBI: 0 = membrane)", min=0)
     seed_threshold: float = option(SEED_THRESHOLD, "instances: boundary probability below which pixels seed "
                                    "a cell", above=0, below=1)

@@ -93,10 +93,10 @@ class Predictor:
                  device: str | torch.device = "cpu", threshold: float | None = None,
                  tile: tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none",
                  batch_size: int = 4, membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD,
-                 precision: str = "auto", log=print):
+                 precision: str = "auto", compile: bool = False, log=print):
         checked = InferenceOptions(threshold=threshold, tile=list(tile) if tile else None, overlap=overlap, tta=tta,
-                                   batch_size=batch_size, precision=precision, membrane_class=membrane_class,
-                                   seed_threshold=seed_threshold)
+                                   batch_size=batch_size, precision=precision, compile=compile,
+                                   membrane_class=membrane_class, seed_threshold=seed_threshold)
         threshold, tile = checked.threshold, checked.tile_size
         if membrane_class >= class_map.num_classes:
             raise ConfigError(f"invalid inference.membrane_class (--membrane-class): {membrane_class}; the model has "
@@ -110,6 +110,11 @@ class Predictor:
                                                                                                    ExportedModule)
         self.model = model.to(self.device, memory_format=torch.channels_last if self.channels_last
                               else torch.contiguous_format).eval()
+        # Exported models run in their own runtime; a compiled module passes attribute reads
+        # (base_channels, margin, ...) through to the model it wraps.
+        self.compiled = checked.compile and not isinstance(model, ExportedModule)
+        if self.compiled:
+            self.model = torch.compile(self.model)
         self.class_map = class_map
         self.channels = int(preprocess["channels"])
         self.scale = float(preprocess.get("scale", 1.0))
@@ -154,7 +159,8 @@ class Predictor:
         if is_ensemble_file(path):  # fold ensembles: the members' probabilities averaged
             members, class_map, preprocess = load_members(path)
             return cls(EnsembleModule(members), class_map, preprocess, device, threshold, **options)
-        if runtime == "auto" and torch.device(device).type == "cpu" and options.get("precision", "auto") == "auto":
+        if (runtime == "auto" and torch.device(device).type == "cpu" and options.get("precision", "auto") == "auto"
+                and not options.get("compile")):
             from seglab.inference.fastest import describe_choice, faster_export
 
             found = faster_export(path)
@@ -185,7 +191,8 @@ class Predictor:
         if isinstance(self.model, ExportedModule):
             return self.model.exported.runtime_name
         layout = ", channels-last" if self.channels_last else ""
-        return f"pytorch {describe_precision(self.amp_dtype, self.device)}{layout}"
+        compiled = ", compiled" if self.compiled else ""
+        return f"pytorch {describe_precision(self.amp_dtype, self.device)}{layout}{compiled}"
 
     def with_options(self, **changes) -> "Predictor":
         """A Predictor that shares this one's model (no copy of the weights) with some options
