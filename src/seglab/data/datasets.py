@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from seglab.data.classmap import IGNORE_INDEX, ClassMap
+from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import Pair
-from seglab.data.io import read_image
 from seglab.data.normalization import Normalization
 from seglab.data.preprocess import prepare_image, resize_mask
 from seglab.data.truth import read_truth
@@ -16,12 +16,15 @@ from seglab.errors import DataError
 from seglab.padding import mirror_pad
 
 
-def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float,
-              normalization: Normalization) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float, normalization: Normalization,
+              files: DecodedFiles | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Read, map and scale one pair: image (C, h, w) float32 and mask (h, w) int64 class indices at
-    `scale`, and the truth (H, W) int64 at the files' own size (the mask itself at scale 1)."""
-    array = read_image(pair.image)
-    truth = torch.from_numpy(read_truth(pair.mask, class_map, array.shape[:2], pair.image))
+    `scale`, and the truth (H, W) int64 at the files' own size (the mask itself at scale 1).
+    `files`: the run's store of decoded files (`data.decoded`), else the files are read."""
+    files = files if files is not None else DecodedFiles(budget_bytes=0)
+    array = files.image(pair.image)
+    truth = torch.from_numpy(read_truth(pair.mask, class_map, array.shape[:2], pair.image,
+                                        raw=files.mask(pair.mask)))
     image = prepare_image(array, channels, scale, normalization, name=str(pair.image))
     return image, resize_mask(truth, tuple(image.shape[-2:])), truth
 
@@ -57,7 +60,8 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
                  normalization: Normalization = "per_image", crop: tuple[int, int] | None = None,
-                 cache: bool = False, seed: int = 0, border_weight: tuple[float, float] | None = None):
+                 cache: bool = False, seed: int = 0, border_weight: tuple[float, float] | None = None,
+                 files: DecodedFiles | None = None):
         if not pairs:
             raise DataError("no image/mask pairs to load")
         self.pairs = list(pairs)
@@ -70,6 +74,7 @@ class SegmentationDataset(Dataset):
         self.epoch = 0
         self.border_weight = border_weight
         self._cache: dict[int, tuple] | None = {} if cache else None
+        self.files = files  # what the run's preparation decoded (not for worker processes)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -81,7 +86,8 @@ class SegmentationDataset(Dataset):
         """The whole (uncropped) item."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        item = load_pair(self.pairs[index], self.class_map, self.channels, self.scale, self.normalization)[:2]
+        item = load_pair(self.pairs[index], self.class_map, self.channels, self.scale, self.normalization,
+                         self.files)[:2]
         if self.border_weight is not None:
             from seglab.data.weightmap import border_weight_map
 
@@ -106,8 +112,9 @@ class ValidationImages:
     file's own size for the scores, which are computed at the size predictions are written)."""
 
     def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
-                 normalization: Normalization = "per_image"):
+                 normalization: Normalization = "per_image", files: DecodedFiles | None = None):
         self.pairs = list(pairs)
+        self.files = files
         self.class_map, self.channels, self.scale, self.normalization = class_map, channels, scale, normalization
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -117,5 +124,5 @@ class ValidationImages:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if index not in self._cache:
             self._cache[index] = load_pair(self.pairs[index], self.class_map, self.channels, self.scale,
-                                           self.normalization)
+                                           self.normalization, self.files)
         return self._cache[index]

@@ -154,14 +154,15 @@ class MaskSurvey:
         return sorted(self.counts)
 
 
-def survey_masks(masks: list[Path], max_files: int | None = 500) -> MaskSurvey:
-    """Read masks (an evenly spread sample of at most `max_files`) and count their values."""
+def survey_masks(masks: list[Path], max_files: int | None = 500, read=read_mask) -> MaskSurvey:
+    """Read masks (an evenly spread sample of at most `max_files`) and count their values; `read`:
+    path -> raw values, `read_mask` or a store that decodes each file once (`data.decoded`)."""
     if max_files is not None and len(masks) > max_files:
         picks = np.linspace(0, len(masks) - 1, max_files).round().astype(int)
         masks = [masks[i] for i in sorted(set(picks.tolist()))]
     survey = MaskSurvey()
     for path in masks:
-        mask = read_mask(path)
+        mask = read(path)
         survey.files_read += 1
         if mask.ndim == 3:
             survey.rgb_files.append(path)

@@ -12,8 +12,9 @@ import numpy as np
 from scipy import ndimage
 
 from seglab.data.classmap import IGNORE_INDEX, ClassMap
+from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import Pair
-from seglab.data.io import image_info, read_image
+from seglab.data.io import image_info
 from seglab.data.preprocess import to_float
 from seglab.data.truth import read_truth
 
@@ -67,15 +68,18 @@ def _regions(truth: np.ndarray, class_index: int) -> tuple[int, float]:
     return count, float(np.median(2 * np.sqrt(areas / np.pi)))
 
 
-def fingerprint(pairs: list[Pair], class_map: ClassMap, sample: int = SAMPLED) -> Fingerprint:
-    """Measure the training pairs: sizes from every header, the rest from an evenly spread sample."""
+def fingerprint(pairs: list[Pair], class_map: ClassMap, sample: int = SAMPLED,
+                files: DecodedFiles | None = None) -> Fingerprint:
+    """Measure the training pairs: sizes from every header, the rest from an evenly spread sample
+    (decoded through `files`, the run's store, when given)."""
+    files = files if files is not None else DecodedFiles(budget_bytes=0)
     sizes = np.array([image_info(pair.image)[:2] for pair in pairs])  # (N, 2) as (H, W)
     counts = np.zeros(class_map.num_classes, dtype=np.int64)
     regions: dict[int, list[tuple[int, float]]] = {k: [] for k in range(class_map.num_classes)}
     gray, means, stds, channels = [], [], [], 1
     for pair in _spread(pairs, sample):
-        image = read_image(pair.image)
-        truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image)
+        image = files.image(pair.image)
+        truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image, raw=files.mask(pair.mask))
         channels = max(channels, image.shape[-1])
         gray.append(_is_gray(image))
         pixels = to_float(image)

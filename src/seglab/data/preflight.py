@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
+from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map
-from seglab.data.io import check_trainable_size, image_info, read_image
+from seglab.data.io import check_trainable_size, image_info
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.errors import DataError
 
@@ -95,7 +96,9 @@ def _trainable(report: Preflight, path: Path, height: int, width: int) -> bool:
 
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
                   class_names: list[str] | None = None, ignore_value: int | None = None,
-                  rgb: bool = False) -> Preflight:
+                  rgb: bool = False, decoded: DecodedFiles | None = None) -> Preflight:
+    """What `seglab check` reports on the folder `root`; `decoded`: the store that keeps what it
+    decodes for the steps after it (`seglab train` hands it to the plan and the training)."""
     report = Preflight()
     try:
         layout = discover(root)
@@ -149,24 +152,24 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
             report.errors.append(f"no image/mask pairs in '{root}': put images in images/ and masks in masks/ "
                                  "with matching names")
         return report
-    facts = _read_sample(report, pairs, root)
+    facts = _read_sample(report, pairs, root, decoded if decoded is not None else DecodedFiles(budget_bytes=0))
     if facts:
         readable = sum(1 for p in pairs if p.mask not in report.bad_files)
         _check_masks(report, facts, root, readable, mask_values, num_classes, class_names, ignore_value, rgb)
     return report
 
 
-def _read_sample(report: Preflight, pairs: list, root: Path) -> list[MaskFacts]:
+def _read_sample(report: Preflight, pairs: list, root: Path, files: DecodedFiles) -> list[MaskFacts]:
     """Decode an evenly spread sample of pairs (catches truncated files the headers hide)."""
     facts, unreadable = [], []
     for pair in _spread(pairs, MAX_SURVEYED):
         try:
-            read_image(pair.image)
+            files.image(pair.image)
         except DataError as error:
             unreadable.append(str(error))
             report.bad_files.add(pair.image)
         try:
-            facts.append(mask_facts(pair.mask))
+            facts.append(mask_facts(pair.mask, files.mask(pair.mask)))
         except DataError as error:
             unreadable.append(str(error))
             report.bad_files.add(pair.mask)
