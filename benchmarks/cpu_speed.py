@@ -59,6 +59,7 @@ from train_throughput import (  # noqa: E402
 import seglab
 from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from seglab.engine.recipe import Recipe
 from seglab.engine.tallies import EpochTally
 from seglab.engine.trainer import Trainer
 from seglab.models import build_model
@@ -84,7 +85,7 @@ def seglab_rate(folder: Path, run_dir: Path, model: str, options: dict, crop: in
                                          **train),
                        out=str(run_dir))
     notes: list[str] = []
-    trainer = Trainer(config, progress=False, log=notes.append)
+    trainer = Trainer(Recipe.from_data(config), progress=False, log=notes.append)
     source = trainer.train_batches
     trainer.train_batches = FirstBatches(source, 2)  # warm-up (and, compiled, the compilation)
     trainer._train_epoch(0)

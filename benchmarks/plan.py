@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seglab  # noqa: E402
 from bench_common import device_name  # noqa: E402
-from seglab.api.training import config_updates, planned_config  # noqa: E402
+from seglab.api.preparing import config_updates, prepare_updates  # noqa: E402
 from seglab.config import config_to_dict  # noqa: E402
 from seglab.demo import demo_config  # noqa: E402
 from seglab.runtime.device import resolve_device  # noqa: E402
@@ -86,8 +86,8 @@ def compare(name: str, a: tuple[str, dict], b: tuple[str, dict], lower_is_better
 
 def run_isbi(args, out: Path) -> dict:
     options = dict(val_files=HELD_OUT, class_names=ISBI_NAMES, time_budget=args.budget, device=args.device)
-    planned_recipe, _ = planned_config(ISBI, None, config_updates(options | {"out": str(out / "isbi-plan")}),
-                                       log=QUIET)
+    planned_recipe = prepare_updates(ISBI, None, config_updates(options | {"out": str(out / "isbi-plan")}),
+                                     log=QUIET).config
     recipe = demo_config(resolve_device(args.device), out / "isbi-demo", args.budget, ISBI)
     planned = seglab.train(ISBI, out=out / "isbi-plan", progress=False, log=QUIET, **options)
     if _recipe(planned_recipe) == _recipe(recipe):

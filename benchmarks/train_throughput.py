@@ -52,6 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seglab.data.loaders import ResidentBatches
+from seglab.engine.recipe import Recipe
 from seglab.engine.tallies import EpochTally
 from seglab.engine.trainer import Trainer
 from seglab.models import UNet
@@ -217,7 +218,7 @@ def time_seglab(folder: Path, run_dir: Path, batch: int, args, device: torch.dev
                           amp=device.type == "cuda", compile=args.compile, device=str(device), seed=0),
         out=str(run_dir))
     messages: list[str] = []
-    trainer = Trainer(config, progress=False, log=messages.append)
+    trainer = Trainer(Recipe.from_data(config), progress=False, log=messages.append)
     loss = trainer.loss_fn
     assert loss.num_outputs == 1 and loss.use_ce and loss.dice_weight == 1.0, "expected SegmentationLoss bce+dice"
     source = trainer.train_batches

@@ -188,12 +188,13 @@ def test_seglab_draws_without_pyplot(tmp_path, isbi_subset):
 
 def test_a_trainer_built_directly_cleans_up_as_a_context_manager(tmp_path, isbi_subset):
     from seglab.config import config_from_dict
+    from seglab.engine.recipe import Recipe
     from seglab.engine.trainer import Trainer
 
     config = config_from_dict({"out": str(tmp_path / "run"), "data": {"root": str(isbi_subset)},
                                "model": {"base_channels": 4, "depth": 2},
                                "train": {"epochs": 1, "device": "cpu", "seed": 5}})
     before = torch.random.get_rng_state()
-    with Trainer(config, progress=False, log=QUIET) as trainer:
+    with Trainer(Recipe.from_data(config), progress=False, log=QUIET) as trainer:
         trainer.fit()
     assert torch.equal(torch.random.get_rng_state(), before)  # the run's seeding is undone

@@ -1,11 +1,15 @@
-"""Files written by seglab 0.1.0 keep working: a checkpoint predicts as it did, a config.yaml loads."""
+"""Files written by seglab 0.1.0 keep working: a checkpoint predicts as it did, a config.yaml loads;
+and a run folder of seglab 0.2 (no recipe.yaml) resumes."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 import seglab
+from conftest import TINY_FLAGS, TRAINED_EPOCHS, run_main
 from seglab.config import config_to_dict, load_config
 from seglab.data.io import read_mask
 
@@ -32,3 +36,13 @@ def test_a_config_yaml_of_seglab_0_1_0_loads_with_its_own_models_options():
                                        "batch_norm": True}
     assert config.data.crop == [64] and config.train.epochs == 2
     assert "backbone" not in config_to_dict(config)["model"]
+
+
+def test_a_run_folder_of_seglab_0_2_without_a_recipe_resumes_on_its_own_split(trained_run, checkpoint, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run_dir, ignore=shutil.ignore_patterns("recipe.yaml", "plan.json"))
+    result = run_main("train", "--resume", run_dir, "--epochs", TRAINED_EPOCHS + 1, *TINY_FLAGS)
+    assert result.rc == 0, result.output
+    assert json.loads((run_dir / "split.json").read_text()) == json.loads(
+        (trained_run.run_dir / "split.json").read_text())
+    assert seglab.Recipe.load(run_dir / "recipe.yaml").config.train.epochs == TRAINED_EPOCHS + 1  # written now

@@ -14,6 +14,7 @@ from seglab.config import config_from_dict
 from seglab.data.augment import BatchAugmenter
 from seglab.data.augment_config import augment_preset
 from seglab.data.classmap import IGNORE_INDEX
+from seglab.engine.recipe import Recipe
 from seglab.engine.tallies import DeviceLossTally
 from seglab.engine.trainer import LOG_EVERY, Trainer
 
@@ -56,7 +57,7 @@ def test_a_gpu_training_epoch_synchronises_only_to_read_the_loss_tally(tmp_path,
               "model": {"base_channels": 16, "depth": 4},
               "train": {"epochs": 1, "batch_size": 2, "device": "cuda", "augment": "strong", "loss": "auto",
                         "precision": precision, "channels_last": True, "border_weight": [10.0, 5.0]}}
-    trainer = Trainer(config_from_dict(config), progress=False, log=QUIET)
+    trainer = Trainer(Recipe.from_data(config_from_dict(config)), progress=False, log=QUIET)
     real_read, reads = DeviceLossTally.read, []
 
     def read_allowed(self):

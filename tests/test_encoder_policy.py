@@ -100,12 +100,14 @@ def test_encoder_options_need_a_model_with_an_encoder(isbi_subset, tmp_path):
 
 DDP_FREEZE = """
 import os, sys, torch
-from seglab.api.training import config_updates, resolve_config
+from seglab.api.preparing import config_updates, resolve_config
+from seglab.engine.recipe import Recipe
 from seglab.engine.trainer import Trainer
 data, out = sys.argv[1], sys.argv[2]
 options = dict(model="smp-unet", encoder="tu-test_resnet", epochs=2, freeze_encoder_epochs=1, batch_size=2, crop=64,
                augment="none", validation=20, device="cpu", out=out)
-with Trainer(resolve_config(data, None, config_updates(options)), progress=False, log=lambda *a, **k: None) as t:
+recipe = Recipe.from_data(resolve_config(data, None, config_updates(options)))
+with Trainer(recipe, progress=False, log=lambda *a, **k: None) as t:
     trains = {id(p) for p in t.encoder_policy.trainable}  # the encoder's parameters that its forward uses
     start = {k: v.detach().clone() for k, v in t.model.named_parameters() if id(v) in trains}
     torch.save(start, f"{out}/encoder-start-rank{os.environ['RANK']}.pt")

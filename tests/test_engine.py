@@ -14,6 +14,7 @@ import torch
 import seglab
 from conftest import run_group
 from seglab.config import config_from_dict, parse_eval_every
+from seglab.engine.recipe import Recipe
 from seglab.engine.runs import fit, resume
 from seglab.engine.trainer import LOG_EVERY, Trainer
 from seglab.errors import SeglabError
@@ -101,7 +102,8 @@ def test_checkpoints_are_written_at_most_every_interval_and_a_crash_resumes_from
     fit(config_from_dict(_config(tmp_path / "straight", isbi_dir, **slow)), progress=False, log=QUIET)
     assert sorted(writes) == [("best.pt", 0), ("best.pt", 3), ("last.pt", 0), ("last.pt", 3)]
 
-    crashing = Trainer(config_from_dict(_config(tmp_path / "crashed", isbi_dir, **slow)), progress=False, log=QUIET)
+    crashing = Trainer(Recipe.from_data(config_from_dict(_config(tmp_path / "crashed", isbi_dir, **slow))),
+                       progress=False, log=QUIET)
     real_epoch = crashing._train_epoch
 
     def dies_in_epoch_3(epoch):
@@ -145,7 +147,7 @@ def test_training_steps_read_nothing_back_to_the_host_between_log_points(tmp_pat
     The step (batches, augmentation, forward, loss, backward, scaler, optimizer, schedule) makes
     none: the loss tally is read once every LOG_EVERY steps and at the end of the epoch."""
     config = _config(tmp_path / "run", isbi_dir, epochs=1, batch_size=2, augment="paper", loss="auto")
-    trainer = Trainer(config_from_dict(config), progress=False, log=QUIET)
+    trainer = Trainer(Recipe.from_data(config_from_dict(config)), progress=False, log=QUIET)
     callers = []
 
     def spy(name, real):
@@ -186,9 +188,10 @@ def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(tmp_path, isbi_di
 DDP_SCRIPT = """
 import json, os, sys, torch
 from seglab.config import config_from_dict
+from seglab.engine.recipe import Recipe
 from seglab.engine.trainer import Trainer
 config = config_from_dict(json.loads(sys.argv[1]))
-trainer = Trainer(config, progress=False)
+trainer = Trainer(Recipe.from_data(config), progress=False)
 trainer.fit()
 torch.save(trainer.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
 """

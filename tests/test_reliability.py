@@ -293,6 +293,7 @@ def test_a_full_disk_during_a_save_stops_the_run_and_keeps_the_previous_checkpoi
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run_keeping_the_last_good_checkpoint(tmp_path, isbi_subset):
+    from seglab.engine.recipe import Recipe
     from seglab.engine.trainer import Trainer
 
     config = config_from_dict({"out": str(tmp_path / "run"),
@@ -301,7 +302,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run_keeping_the_last_good_c
                                "train": {"epochs": 3, "batch_size": 2, "device": "cpu", "augment": "none",
                                          "max_bad_steps": 3, "checkpoint_interval": 0}})
     messages = []
-    trainer = Trainer(config, progress=False, log=messages.append)
+    trainer = Trainer(Recipe.from_data(config), progress=False, log=messages.append)
     real_loss = trainer.loss_fn.forward
 
     def poisoned(logits, target, weights=None):

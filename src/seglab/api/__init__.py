@@ -10,12 +10,15 @@ import importlib
 
 _HOMES = {
     "CrossValidation": "seglab.api.folds",
+    "Recipe": "seglab.engine.recipe",
     "Run": "seglab.api.training",
     "check": "seglab.api.tools",
     "evaluate": "seglab.api.evaluating",
     "export": "seglab.api.tools",
+    "fit": "seglab.api.training",
     "load": "seglab.api.predicting",
     "predict_files": "seglab.api.file_predictions",
+    "prepare": "seglab.api.preparing",
     "report": "seglab.api.tools",
     "resume": "seglab.api.training",
     "train": "seglab.api.training",

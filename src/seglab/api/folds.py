@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seglab.api.training import Run, finish_run
-from seglab.config import RunConfig, override
 from seglab.data.io import atomic_output
 from seglab.engine import runs
-from seglab.engine.plan import Plan
+from seglab.engine.recipe import Recipe
 from seglab.engine.run_folder import default_run_dir
 from seglab.inference.ensemble import write_ensemble
 
@@ -52,14 +51,15 @@ def fold_folder(parent: Path, fold: int) -> Path:
     return parent / f"fold-{fold}"
 
 
-def train_folds(config: RunConfig, plan: Plan | None = None, progress: bool = True, log=print) -> CrossValidation:
-    """Train the folds of `config` (all K, or only data.fold) under its out folder."""
+def train_folds(recipe: Recipe, progress: bool = True, log=print) -> CrossValidation:
+    """Train the folds of `recipe` (all K, or only data.fold) under its out folder."""
+    config = recipe.config
     parent = Path(config.out) if config.out else default_run_dir(config)
     folds = config.data.folds
     for fold in [config.data.fold] if config.data.fold else range(1, folds + 1):
-        fold_config = override(config, {"data.fold": fold, "out": str(fold_folder(parent, fold))})
+        fold_recipe = recipe.with_updates({"data.fold": fold, "out": str(fold_folder(parent, fold))})
         log(f"fold {fold} of {folds}: {fold_folder(parent, fold)}")
-        history = runs.fit(fold_config, progress=progress, log=log, plan=plan.to_json() if plan else None)
+        history = runs.fit(fold_recipe, progress=progress, log=log)
         finish_run(history, log)
         if not history.is_main:
             return CrossValidation(parent, folds)

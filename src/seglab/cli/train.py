@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 
 from seglab.cli.parsing import add_dataclass_options, add_max_pixels, add_option
 from seglab.config import DataConfig, TrainConfig
@@ -56,39 +57,81 @@ def _default(field: dataclasses.Field):
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
-def register(commands) -> None:
-    train = commands.add_parser("train", help="train a model on a data folder",
-                                description="Train a model. Flags override --config; every option has the "
-                                            "same name in YAML (data/model/train sections) and in seglab.train().")
-    train.add_argument("data", nargs="?", help="data folder: images/ + masks/, or train/ val/ test/ subfolders "
-                       "(or data.root in --config)")
-    train.add_argument("--config", metavar="FILE.yaml", help="YAML file with data/model/train sections")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    train.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data>-<model>-<time>)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    add_max_pixels(train)
-    add_dataclass_options(train.add_argument_group("data"), DataConfig, "data", group="data", skip=("root",))
-    add_model_options(train.add_argument_group("model"))
+def add_run_options(parser) -> None:
+    """What `seglab train` and `seglab plan` both take: DATA, --config, --out and every option."""
+    parser.add_argument("data", nargs="?", help="data folder: images/ + masks/, or train/ val/ test/ subfolders "
+                        "(or data.root in --config)")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with data/model/train sections")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data>-<model>-<time>)")
+    add_max_pixels(parser)
+    add_dataclass_options(parser.add_argument_group("data"), DataConfig, "data", group="data", skip=("root",))
+    add_model_options(parser.add_argument_group("model"))
     for group, title in GROUPS:
-        target = train.add_argument_group(title)
+        target = parser.add_argument_group(title)
         add_dataclass_options(target, TrainConfig, "train", group=group)
         if group in ("run control", "folds"):
             add_dataclass_options(target, DataConfig, "data", group=group)
+
+
+def register(commands) -> None:
+    train = commands.add_parser("train", help="train a model on a data folder (or a recipe from seglab plan)",
+                                description="Train a model. Flags override --config or --recipe; every option has "
+                                            "the same name in YAML (data/model/train sections) and in seglab.train().")
+    train.add_argument("--recipe", metavar="FILE.yaml", help="train the recipe `seglab plan` wrote, exactly: its "
+                       "config, split and class map (the data folder is not searched again)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_run_options(train)
     train.set_defaults(run=run)
+    plan = commands.add_parser("plan", help="check and split a data folder, plan the run, and write its recipe",
+                               description="Plan a run without training it: the folder checked and split, the class "
+                                           "map, the fingerprint and the plan's choices with their reasons, written "
+                                           "to one YAML file to read, edit and train (seglab train --recipe FILE). "
+                                           "Flags as seglab train's; they are kept in the recipe.")
+    plan.add_argument("-o", "--output", metavar="FILE.yaml", required=True, help="the recipe file to write")
+    add_run_options(plan)
+    plan.set_defaults(run=run_plan)
+
+
+def _updates(args: argparse.Namespace) -> dict:
+    """The flags given, as dotted config updates (and out)."""
+    updates = {key: value for key, value in vars(args).items() if "." in key and value is not None}
+    if args.out:
+        updates["out"] = args.out
+    return updates
 
 
 def run(args: argparse.Namespace) -> int:
     import seglab
 
-    updates = {key: value for key, value in vars(args).items() if "." in key and value is not None}
     progress = not args.no_progress
     if args.resume:
-        if args.data or args.config or args.out:
-            raise SeglabError("--resume takes the run's own folder and config.yaml: give no DATA, --config or "
+        if args.data or args.config or args.out or args.recipe:
+            raise SeglabError("--resume takes the run's own folder and recipe: give no DATA, --config, --recipe or "
                               "--out with it")
-        seglab.resume(args.resume, progress=progress, **updates)
+        seglab.resume(args.resume, progress=progress, **_updates(args))
         return 0
-    if args.out:
-        updates["out"] = args.out
-    seglab.train(args.data, config=args.config, progress=progress, **updates)
+    if args.recipe:
+        if args.data or args.config:
+            raise SeglabError("--recipe holds the data's files and the config: give no DATA or --config with it "
+                              "(other flags override it)")
+        seglab.fit(args.recipe, progress=progress, **_updates(args))
+        return 0
+    seglab.train(args.data, config=args.config, progress=progress, **_updates(args))
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """`seglab plan`: prepare, save the recipe, and say what it holds."""
+    import seglab
+
+    if Path(args.output).is_dir():
+        raise SeglabError(f"-o '{args.output}' is a folder: give the recipe's file name (e.g. "
+                          f"{args.output}/recipe.yaml)")
+    recipe = seglab.prepare(args.data, config=args.config, **_updates(args))
+    path = recipe.save(args.output)
+    folds = f" ({recipe.config.data.folds} folds)" if recipe.folded else ""
+    print(f"split{folds}: {len(recipe.train_pairs)} train / {len(recipe.val_pairs)} val images; classes "
+          f"{recipe.class_map.describe()}; {recipe.channels} image channel{'s' if recipe.channels > 1 else ''}")
+    print(f"recipe: {path} (read or edit it, then: seglab train --recipe {path})")
     return 0

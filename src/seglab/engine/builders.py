@@ -12,7 +12,7 @@ from seglab.data.classmap import ClassMap
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
 from seglab.data.normalization import Normalization, check_normalization, fixed_normalization
-from seglab.engine.data_plan import DataPlan
+from seglab.engine.recipe import Recipe
 from seglab.errors import SeglabError
 from seglab.losses.segmentation import SegmentationLoss
 from seglab.models import build_model, model_spec
@@ -23,21 +23,21 @@ from seglab.runtime.device import free_memory
 RESIDENT_FRACTION = 0.25
 
 
-def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, dist, log=print,
+def make_train_batches(recipe: Recipe, device: torch.device, dist, log=print,
                        normalization: Normalization = "per_image"):
     """The training batches and the size the augmenter cuts them to: (ResidentBatches, crop) when the
     training set fits on the device, else (LoaderBatches, None) with the dataset cropping. `dist`
     gives rank and world_size; crop is (H, W) or None; `normalization` is the run's resolved one
-    (`input_normalization`)."""
-    c = config
+    (`input_normalization`). The pixels the recipe's preparation decoded are used, not read again."""
+    c = recipe.config
     crop = (c.data.crop[0], c.data.crop[-1]) if c.data.crop else None
     border = tuple(c.train.border_weight) if c.train.border_weight else None
-    if border is not None and (len(border) != 2 or not plan.class_map.is_binary):
+    if border is not None and (len(border) != 2 or not recipe.class_map.is_binary):
         raise SeglabError("--border-weight takes W0,SIGMA (e.g. 10,5) and binary masks whose class 1 is "
                           "the cells (ISBI: 255 = cell interior)")
-    common = dict(class_map=plan.class_map, channels=plan.channels, scale=c.data.scale,
+    common = dict(class_map=recipe.class_map, channels=recipe.channels, scale=c.data.scale,
                   normalization=normalization, seed=c.train.seed, border_weight=border)
-    dataset = SegmentationDataset(plan.train_pairs, cache=True, **common)
+    dataset = SegmentationDataset(recipe.train_pairs, cache=True, files=recipe.files, **common)
     first_image = dataset.load(0)[0]
     estimate = first_image[0].numel() * (first_image.shape[0] + 3) * 4 * len(dataset)
     if estimate < RESIDENT_FRACTION * free_memory(device):
@@ -48,7 +48,7 @@ def make_train_batches(config: RunConfig, plan: DataPlan, device: torch.device, 
             log(f"training set resident on {device.type}: {tuple(images.shape)}")
             return ResidentBatches(images, masks, weights, c.train.batch_size, c.train.seed,
                                    dist.rank, dist.world_size, full_batches=c.train.compile), crop
-    dataset = SegmentationDataset(plan.train_pairs, crop=crop, **common)
+    dataset = SegmentationDataset(recipe.train_pairs, crop=crop, **common)
     return LoaderBatches(dataset, c.train.batch_size, device, c.data.workers, c.train.seed,
                          dist.rank, dist.world_size), None
 
@@ -89,7 +89,7 @@ def load_initial_weights(model: nn.Module, path: Path, model_kwargs: dict, log=p
     return payload["preprocess"]
 
 
-def class_weights_for(config: RunConfig, plan: "DataPlan | None") -> list[float] | None:
+def class_weights_for(config: RunConfig, class_counts: list[int] | None) -> list[float] | None:
     """--class-weights: explicit numbers, or "auto": median frequency balancing over the training
     masks (weight_k = median(freq) / freq_k; classes absent from the masks get weight 0)."""
     weights = config.train.class_weights
@@ -97,15 +97,17 @@ def class_weights_for(config: RunConfig, plan: "DataPlan | None") -> list[float]
         return None
     if weights != "auto":
         return [float(w) for w in weights]
-    if plan is None or plan.class_counts is None:
+    if class_counts is None:
         raise SeglabError("--class-weights auto needs the training masks' class counts")
-    counts = np.asarray(plan.class_counts, dtype=np.float64)
+    counts = np.asarray(class_counts, dtype=np.float64)
     freq = counts / max(counts.sum(), 1)
     median = np.median(freq[freq > 0])
     return [float(median / f) if f > 0 else 0.0 for f in freq]
 
 
-def make_loss(config: RunConfig, class_map: ClassMap, plan: "DataPlan | None" = None) -> SegmentationLoss:
+def make_loss(config: RunConfig, class_map: ClassMap, class_counts: list[int] | None = None) -> SegmentationLoss:
+    """The loss `config` names for `class_map` (auto: BCE/CE + Dice); `class_counts`: pixels per
+    class, for --class-weights auto."""
     name = config.train.loss
     if name == "auto":
         name = "bce+dice" if class_map.is_binary else "ce+dice"
@@ -113,7 +115,7 @@ def make_loss(config: RunConfig, class_map: ClassMap, plan: "DataPlan | None" = 
         name = {"ce": "bce", "ce+dice": "bce+dice"}.get(name, name)  # sigmoid CE is binary CE
     else:
         name = {"bce": "ce", "bce+dice": "ce+dice"}.get(name, name)
-    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, plan))
+    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, class_counts))
 
 
 def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False,

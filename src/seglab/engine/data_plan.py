@@ -7,6 +7,7 @@ import numpy as np
 
 from seglab.config import RunConfig
 from seglab.data.classmap import ClassMap
+from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import DataLayout, Pair, discover, infer_class_map, survey_masks
 from seglab.data.io import check_trainable_size, image_info
 from seglab.data.splits import fold_split, split_pairs
@@ -15,7 +16,7 @@ from seglab.errors import DataError, SeglabError
 
 @dataclass
 class DataPlan:
-    """Which files train, which validate, and how their masks map to classes."""
+    """Which files train, which validate, and how their masks map to classes (a Recipe's data part)."""
 
     layout: DataLayout
     train_pairs: list[Pair]
@@ -23,6 +24,7 @@ class DataPlan:
     class_map: ClassMap
     channels: int
     class_counts: list[int] | None = None  # pixels per class in the surveyed masks
+    folded: list[tuple[Pair, int]] | None = None  # with --folds K: every pair and its fold 1..K
 
 
 def _held_out(data, layout: DataLayout, pairs: list[Pair], seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -45,26 +47,34 @@ def rare_presence(pairs: list[Pair], survey, class_map: ClassMap) -> list[bool] 
     return present if share < 0.02 or sum(present) < len(pairs) / 2 else None
 
 
-def plan_data(config: RunConfig) -> DataPlan:
+def plan_data(config: RunConfig, files: DecodedFiles | None = None, layout: DataLayout | None = None) -> DataPlan:
+    """The split and class map of `config`'s data folder: found once (`layout`, when the caller
+    found it already), masks read through `files` (the run's store of decoded files)."""
     data = config.data
     if not data.root:
         raise SeglabError("no data folder given: seglab train DATA_DIR")
-    layout = discover(data.root)
+    layout = layout or discover(data.root)
+    read = (files if files is not None else DecodedFiles(budget_bytes=0)).mask
     pairs = layout.training_pairs()
     if not pairs:
         raise DataError(f"no image/mask pairs found in '{layout.root}': run `seglab check {layout.root}`")
+    folded = None
     if data.folds:  # every labelled pair takes part: the folds are the validation splits
         pairs = pairs + (layout.labelled("val") if layout.has_named_splits else [])
-        survey = survey_masks([p.mask for p in pairs])
+        survey = survey_masks([p.mask for p in pairs], read=read)
         class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
-        train_pairs, val_pairs = fold_split(pairs, data.folds, data.fold or 1, config.train.seed,
-                                            rare_presence(pairs, survey, class_map))
+        presence = rare_presence(pairs, survey, class_map)
+        fold_of = {pair: fold for fold in range(1, data.folds + 1)
+                   for pair in fold_split(pairs, data.folds, fold, config.train.seed, presence)[1]}
+        folded = [(pair, fold_of[pair]) for pair in pairs]
+        train_pairs = [pair for pair, fold in folded if fold != (data.fold or 1)]
+        val_pairs = [pair for pair, fold in folded if fold == (data.fold or 1)]
     else:
         train_pairs, val_pairs = _held_out(data, layout, pairs, config.train.seed)
-        survey = survey_masks([p.mask for p in train_pairs + val_pairs])
+        survey = survey_masks([p.mask for p in train_pairs + val_pairs], read=read)
         class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
     for pair in train_pairs + val_pairs:  # headers only: what `seglab check` refuses, train refuses too
         check_trainable_size(pair.image, *image_info(pair.image)[:2])
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
     counts = [survey.counts.get(value, 0) for value in class_map.values]
-    return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts)
+    return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts, folded)

@@ -17,8 +17,9 @@ from typing import Any, Callable
 import torch
 
 from seglab.config import RunConfig, override
+from seglab.data.decoded import DecodedFiles
 from seglab.data.fingerprint import Fingerprint, fingerprint
-from seglab.engine.data_plan import plan_data
+from seglab.engine.data_plan import DataPlan
 from seglab.runtime.device import free_memory, is_out_of_memory, native_cpu_bf16, resolve_device, resolve_precision
 
 # Seconds of training when the user gives neither --epochs nor --time-budget.
@@ -90,15 +91,15 @@ def describe_device(device: torch.device) -> dict:
             os.cpu_count() or 1, "bf16": native_cpu_bf16()}
 
 
-def make_plan(explicit: dict[str, Any], log=print) -> Plan:
-    """Plan a run of the data folder in explicit["data.root"], keeping every explicit value."""
+def make_plan(explicit: dict[str, Any], data: DataPlan, files: DecodedFiles | None = None, log=print) -> Plan:
+    """Plan a run of `data` (the split of the folder in explicit["data.root"]), keeping every
+    explicit value; the fingerprint decodes its sample through `files` (the run's store)."""
     from seglab.engine.probe import probe_training_step, time_cpu_training_steps
 
     provisional = override(RunConfig(), {k: v for k, v in explicit.items() if k != "out"})
-    data = plan_data(provisional)
     device = resolve_device(provisional.train.device)
     channels = data.channels
-    prints = fingerprint(data.train_pairs, data.class_map)
+    prints = fingerprint(data.train_pairs, data.class_map, files=files)
 
     def probe(crop: int, batch: int) -> dict | None:
         return probe_training_step(device, channels, crop, batch)

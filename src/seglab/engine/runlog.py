@@ -1,4 +1,4 @@
-"""RunLog: what a run writes besides checkpoints. config.yaml, split.json, metrics.jsonl, TensorBoard
+"""RunLog: what a run writes besides checkpoints. recipe.yaml, config.yaml, split.json, metrics.jsonl, TensorBoard
 events and the log line while it trains; summary.json at the end. Only rank 0 writes. (curves.png
 and report.html are drawn by the API after fit returns: the engine draws nothing.)"""
 from __future__ import annotations
@@ -8,10 +8,11 @@ import os
 import time
 from pathlib import Path
 
-from seglab.config import RunConfig, dump_config
+from seglab.config import dump_config
 from seglab.data.io import atomic_output, write_error
 from seglab.data.splits import write_split
 from seglab.engine.checkpoint_schedule import resume_hint
+from seglab.engine.recipe import RECIPE_FILE, Recipe
 from seglab.errors import SeglabError
 from seglab.version import __version__
 
@@ -31,20 +32,22 @@ class RunLog:
         self._writer = None
         self._last_overlays: float | None = None  # monotonic() of the last pictures sent
 
-    def start(self, config: RunConfig, rows: list[dict], train_pairs: list, val_pairs: list,
-              plan: dict | None = None) -> None:
+    def start(self, recipe: Recipe, rows: list[dict]) -> None:
         """Begin (rows empty) or continue a run whose checkpoint holds `rows`. A crashed run may
         have logged periods after its last checkpoint; they are dropped here and trained again.
-        split.json records which files train and which validate."""
+        recipe.yaml is what the run trains (`seglab train --recipe` retrains it); config.yaml,
+        split.json (which files train and which validate) and plan.json repeat parts of it for the
+        readers of 0.2 run folders."""
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.run_dir / "config.yaml") as tmp:
-            tmp.write_text(dump_config(config))
-        write_split(self.run_dir, train_pairs, val_pairs)
-        if plan is not None:
+            tmp.write_text(dump_config(recipe.config))
+        write_split(self.run_dir, recipe.train_pairs, recipe.val_pairs)
+        if recipe.plan is not None:
             with atomic_output(self.run_dir / PLAN_FILE) as tmp:
-                tmp.write_text(json.dumps(plan, indent=1))
+                tmp.write_text(json.dumps(recipe.plan, indent=1))
+        recipe.save(self.run_dir / RECIPE_FILE)
         with atomic_output(self.run_dir / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
         try:

@@ -22,10 +22,10 @@ def checkpoint_payload(trainer, epoch: int, metrics: dict, train_state: dict | N
     """A checkpoint of the weights that are scored and predicted with (the average with --ema)."""
     c = trainer.config
     # precision: what validation computed in, so predictions under "auto" equal the run's scores
-    preprocess = {"channels": trainer.data_plan.channels, "scale": c.data.scale,
+    preprocess = {"channels": trainer.recipe.channels, "scale": c.data.scale,
                   "normalization": trainer.normalization, "threshold": c.train.threshold,
                   "precision": precision_name(trainer.amp_dtype)}
-    return make_checkpoint(trainer.scored_model, c.model.name, trainer.model_kwargs, trainer.data_plan.class_map,
+    return make_checkpoint(trainer.scored_model, c.model.name, trainer.model_kwargs, trainer.recipe.class_map,
                            preprocess, epoch, trainer.step, metrics, train_state)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from seglab.config import RunConfig, parse_eval_every
+from seglab.config import parse_eval_every
 from seglab.data.augment import BatchAugmenter
 from seglab.data.augment_config import augment_config_from_dict, augment_preset
 from seglab.data.datasets import ValidationImages
@@ -24,9 +24,9 @@ from seglab.engine.builders import (
     make_train_batches,
 )
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
-from seglab.engine.data_plan import plan_data
 from seglab.engine.ema import WeightAverage
 from seglab.engine.encoder_policy import EncoderPolicy
+from seglab.engine.recipe import Recipe
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
 from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
@@ -54,27 +54,32 @@ class Trainer:
     stopping's look at the monitored metric, and best.pt/last.pt: with `--eval-every N` a period
     is an epoch (validated every N epochs); with `--eval-every "N steps"` it is N optimizer steps,
     each validated, whatever the epoch boundaries.
+
+    It trains `recipe` as it is: its config, split, class map and channels, and the pixels its
+    preparation decoded; it never looks for the data again.
     """
 
-    def __init__(self, config: RunConfig, resume_from: Path | None = None, progress: bool = True, log=print):
+    def __init__(self, recipe: Recipe, resume_from: Path | None = None, progress: bool = True, log=print):
         # What this run changes in the process, put back by close(): the process group (when this
         # trainer joined it), cuDNN autotuning and the global random generators.
         self._saved_rng, self._saved_cudnn = rng_state(), torch.backends.cudnn.benchmark
+        config = recipe.config
         device = resolve_device(config.train.device)
         self._owns_group = not distributed.initialized()
         self.dist = distributed.setup(device.type)
         try:
             if device.type == "cuda" and self.dist.enabled:
                 device = torch.device("cuda", self.dist.local_rank)
-            self.device, self.config = device, config
+            self.device, self.config, self.recipe = device, config, recipe
             self.log = log if self.dist.is_main else (lambda *a, **k: None)
             self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
             self.progress = progress and self.dist.is_main
             seed_everything(config.train.seed)
-            self.data_plan = plan_data(config)
             self._build_model()
             self._build_optimisation()
             self._build_data()
+            # what validation reads later stays decoded; the rest is in the training batches now
+            recipe.files.release({path for pair in recipe.val_pairs for path in (pair.image, pair.mask)})
             self._open_run_folder(resume_from)
         except BaseException:
             self.close()
@@ -97,10 +102,10 @@ class Trainer:
         set_rng_state(self._saved_rng)
 
     def _build_model(self) -> None:
-        t, device, class_map = self.config.train, self.device, self.data_plan.class_map
-        self.model, self.model_kwargs = make_model(self.config, self.data_plan.channels, class_map.num_outputs)
+        t, device, class_map = self.config.train, self.device, self.recipe.class_map
+        self.model, self.model_kwargs = make_model(self.config, self.recipe.channels, class_map.num_outputs)
         loaded = load_initial_weights(self.model, Path(t.load), self.model_kwargs, self.log) if t.load else None
-        self.normalization = input_normalization(self.config, self.model, self.data_plan.channels, loaded)
+        self.normalization = input_normalization(self.config, self.model, self.recipe.channels, loaded)
         self.encoder_policy = EncoderPolicy(self.model, t, self.config.model.name)
         if t.sync_bn and self.dist.enabled:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -125,7 +130,7 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         t, device = self.config.train, self.device
-        self.loss_fn = make_loss(self.config, self.data_plan.class_map, self.data_plan).to(device)
+        self.loss_fn = make_loss(self.config, self.recipe.class_map, self.recipe.class_counts).to(device)
         self.optimizer = make_optimizer(self.config, self.model, fused=True,
                                         groups=self.encoder_policy.parameter_groups())
         self.monitor = Monitor(t.monitor, t.early_stop)
@@ -147,11 +152,12 @@ class Trainer:
         augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
         self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
-        self.train_batches, self.crop = make_train_batches(config, self.data_plan, self.device, self.dist, self.log,
+        self.train_batches, self.crop = make_train_batches(self.recipe, self.device, self.dist, self.log,
                                                            self.normalization)
-        self.val_images = (ValidationImages(self.data_plan.val_pairs, self.data_plan.class_map,
-                                            self.data_plan.channels, config.data.scale, self.normalization)
-                           if self.data_plan.val_pairs else None)
+        recipe = self.recipe
+        self.val_images = (ValidationImages(recipe.val_pairs, recipe.class_map, recipe.channels, config.data.scale,
+                                            self.normalization, recipe.files)
+                           if recipe.val_pairs else None)
         self.start_epoch, self.skip_batches, self.step = 0, 0, 0
         self.accumulate = max(1, t.accumulate)
         self.clock = TrainingClock(self.device)
@@ -181,12 +187,12 @@ class Trainer:
         return self.ema.model if self.ema is not None else self.model
 
     # ---- the loop -----------------------------------------------------------------------------
-    def fit(self, stop_after_epoch: int | None = None, plan: dict | None = None) -> History:
+    def fit(self, stop_after_epoch: int | None = None) -> History:
         """Train to the end of the schedule, or stop after epoch `stop_after_epoch` (1-based) as a
         preempted job would; `resume` then continues to the bit-identical result on the CPU."""
         c = self.config
-        self.runlog.start(c, self.history_rows, self.data_plan.train_pairs, self.data_plan.val_pairs, plan)
-        data = self.data_plan
+        self.runlog.start(self.recipe, self.history_rows)
+        data = self.recipe
         self.log(f"run {self.run_dir}: {len(data.train_pairs)} train / {len(data.val_pairs)} val images, "
                  f"classes {data.class_map.describe()}, "
                  f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
@@ -377,7 +383,7 @@ class Trainer:
 
     def _validate(self) -> dict:
         draw = self.runlog.overlays_due()
-        result = validate(self.scored_model, self.val_images, self.loss_fn, self.data_plan.class_map, self.device,
+        result = validate(self.scored_model, self.val_images, self.loss_fn, self.recipe.class_map, self.device,
                           self.config.train.threshold, self.dist.rank, self.dist.world_size, self.autocast(),
                           num_overlays=2 if draw else 0)
         if draw:
