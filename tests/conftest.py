@@ -80,6 +80,29 @@ def run_main(*args) -> CliResult:
     return CliResult(rc, out.getvalue(), err.getvalue())
 
 
+def train_until_killed(config, epochs: int) -> None:
+    """Train the RunConfig `config` as a job killed after `epochs` epochs would: the process ends as
+    epoch `epochs` + 1 starts, and only what reached the disk (last.pt, metrics.jsonl) survives."""
+    from seglab.engine.recipe import Recipe
+    from seglab.engine.trainer import Trainer
+
+    trainer = Trainer(Recipe.from_data(config), progress=False, log=lambda *a, **k: None)
+    real_epoch = trainer._train_epoch
+
+    def killed_at(epoch: int) -> bool:
+        if epoch == epochs:
+            raise KeyboardInterrupt  # the process ends here
+        return real_epoch(epoch)
+
+    trainer._train_epoch = killed_at
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        trainer.close()  # the process ended: the kernel drops its lock on the run folder
+
+
 def assert_clean_failure(result: CliResult) -> None:
     """A user error: exit code 1, a one-line message, no Python traceback."""
     assert result.rc == 1, f"expected exit 1, got {result.rc}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import seglab
-from conftest import run_group
+from conftest import run_group, train_until_killed
 from seglab.config import config_from_dict, parse_eval_every
 from seglab.engine.recipe import Recipe
 from seglab.engine.runs import fit, resume
@@ -53,8 +53,7 @@ def test_eval_every_reads_epochs_or_steps_and_refuses_anything_else():
 def test_resume_after_an_interruption_gives_bit_identical_weights(tmp_path, isbi_dir):
     paper = {"augment": "paper", "loss": "auto", "save_every": 3}
     fit(config_from_dict(_config(tmp_path / "straight", isbi_dir, epochs=3, **paper)), progress=False, log=QUIET)
-    fit(config_from_dict(_config(tmp_path / "stopped", isbi_dir, epochs=3, **paper)), progress=False, log=QUIET,
-        stop_after_epoch=1)
+    train_until_killed(config_from_dict(_config(tmp_path / "stopped", isbi_dir, epochs=3, **paper)), epochs=1)
     resume(tmp_path / "stopped", progress=False, log=QUIET)
     straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "stopped" / "last.pt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -71,9 +70,8 @@ def test_eval_every_n_steps_validates_mid_epoch_and_resumes_bit_identically(tmp_
     assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
     report = (tmp_path / "straight" / "report.html").read_text()
     assert "best val_dice (step " in report and (tmp_path / "straight" / "curves.png").stat().st_size > 0
-    # Stopped at the end of epoch 1, the run resumes from its step-4 evaluation, mid-epoch.
-    fit(config_from_dict(_config(tmp_path / "stopped", isbi_dir, **steps)), progress=False, log=QUIET,
-        stop_after_epoch=1)
+    # Killed at the end of epoch 1, the run resumes from its step-4 evaluation, mid-epoch.
+    train_until_killed(config_from_dict(_config(tmp_path / "stopped", isbi_dir, **steps)), epochs=1)
     assert [r["step"] for r in _rows(tmp_path / "stopped")] == [4]
     resume(tmp_path / "stopped", progress=False, log=QUIET)
     straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "stopped" / "last.pt")

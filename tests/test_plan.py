@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import seglab
-from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main
+from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main, train_until_killed
 from seglab.config import config_from_dict
 from seglab.data.fingerprint import Fingerprint
 from seglab.engine.ema import WeightAverage
@@ -207,7 +207,7 @@ def test_ema_runs_score_the_average_and_resume_bit_identically(tmp_path, isbi_di
                                  "train": {"epochs": 3, "batch_size": 4, "device": "cpu", "augment": "paper",
                                            "ema": 0.9, "checkpoint_interval": 0}})
     fit(config(tmp_path / "straight"), progress=False, log=QUIET)
-    fit(config(tmp_path / "stopped"), progress=False, log=QUIET, stop_after_epoch=1)
+    train_until_killed(config(tmp_path / "stopped"), epochs=1)
     resume(tmp_path / "stopped", progress=False, log=QUIET)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)

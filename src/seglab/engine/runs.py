@@ -10,17 +10,16 @@ from seglab.engine.trainer import Trainer
 from seglab.errors import SeglabError
 
 
-def fit(recipe: Recipe | RunConfig, progress: bool = True, log=print, stop_after_epoch: int | None = None) -> History:
+def fit(recipe: Recipe | RunConfig, progress: bool = True, log=print) -> History:
     """Train what `recipe` says; returns the per-epoch history and the run folder. A RunConfig is a
     whole recipe whose data folder is split here, with no plan (the demo's, the benchmarks')."""
     if isinstance(recipe, RunConfig):
         recipe = Recipe.from_data(recipe)
     with Trainer(recipe, progress=progress, log=log) as trainer:
-        return trainer.fit(stop_after_epoch)
+        return trainer.fit()
 
 
-def resume(run_dir: str | Path, updates: dict | None = None, progress: bool = True, log=print,
-           stop_after_epoch: int | None = None) -> History:
+def resume(run_dir: str | Path, updates: dict | None = None, progress: bool = True, log=print) -> History:
     """Continue the run in `run_dir` from its last.pt, with its own recipe.yaml (plus `updates`); a
     run folder of seglab 0.2 has none: its config.yaml is split again, as 0.2 did."""
     run_dir = Path(run_dir)
@@ -32,4 +31,4 @@ def resume(run_dir: str | Path, updates: dict | None = None, progress: bool = Tr
     else:
         recipe = Recipe.from_data(override(load_config(run_dir / "config.yaml"), updates))
     with Trainer(recipe, resume_from=run_dir, progress=progress, log=log) as trainer:
-        return trainer.fit(stop_after_epoch)
+        return trainer.fit()

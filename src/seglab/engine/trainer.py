@@ -187,9 +187,9 @@ class Trainer:
         return self.ema.model if self.ema is not None else self.model
 
     # ---- the loop -----------------------------------------------------------------------------
-    def fit(self, stop_after_epoch: int | None = None) -> History:
-        """Train to the end of the schedule, or stop after epoch `stop_after_epoch` (1-based) as a
-        preempted job would; `resume` then continues to the bit-identical result on the CPU."""
+    def fit(self) -> History:
+        """Train to the end of the schedule (or the time budget, or early stopping). A run killed on
+        the way resumes from its last.pt to the bit-identical result on the CPU (`runs.resume`)."""
         c = self.config
         self.runlog.start(self.recipe, self.history_rows)
         data = self.recipe
@@ -215,10 +215,9 @@ class Trainer:
             if not stop and (by_epoch or (last_epoch and self.tally.images)):
                 validate = not by_epoch or (epoch + 1) % self.eval_count == 0 or last_epoch
                 stop = self._close_period(epoch, validate, {"epoch": epoch + 1, "batch": 0})
-            interrupted = stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
-            if stop or out_of_time or interrupted:
-                self.stopped_by = "early_stop" if stop else "max_time" if out_of_time else "interrupted"
-            if last_epoch or stop or interrupted:
+            if stop or out_of_time:
+                self.stopped_by = "early_stop" if stop else "max_time"
+            if last_epoch or stop:
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
