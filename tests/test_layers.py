@@ -1,4 +1,5 @@
-"""Imports point one way: a module may import its own package and the layers below it, never above.
+"""Imports point one way: a module may import its own package and the layers below it, never above,
+and the modules of a package import each other without a circle.
 
 The layers (ARCHITECTURE.md): errors, version < options, padding < data < metrics, models < losses
 < config < runtime < engine, inference < viz < api < demo, serve < cli. Function-level imports count too.
@@ -75,6 +76,64 @@ def violations(root: Path) -> list[str]:
 
 def test_imports_point_down_the_layers():
     assert violations(SRC) == []
+
+
+def module_name(path: Path, root: Path) -> str:
+    """'engine.trainer' for engine/trainer.py, 'api' for api/__init__.py."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(root: Path) -> dict[str, set[str]]:
+    """Each module's imports of other modules of its own package, at any depth (a function-level
+    import only hides a circle until that function runs)."""
+    modules = {module_name(path, root): path for path in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                base = node.module.removeprefix("seglab").lstrip(".")
+                if node.module.split(".")[0] == "seglab":
+                    for alias in node.names:  # `from seglab.engine import runs` imports the module runs
+                        full = f"{base}.{alias.name}" if base else alias.name
+                        targets.add(full if full in modules else base)
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name.removeprefix("seglab.") for alias in node.names
+                            if alias.name.startswith("seglab.")}
+        package = name.split(".")[0]
+        graph[name] = {t for t in targets if t in modules and t != name and t.split(".")[0] == package}
+    return graph
+
+
+def import_circles(root: Path) -> list[str]:
+    """Every circle of imports inside a package, once each: 'a -> b -> a'."""
+    graph, circles = package_imports(root), set()
+
+    def walk(module: str, path: list[str]) -> None:
+        for target in sorted(graph[module]):
+            if target in path:
+                circle = path[path.index(target):]
+                start = circle.index(min(circle))  # one rotation per circle
+                circles.add(" -> ".join(circle[start:] + circle[:start] + [min(circle)]))
+            elif target > path[0]:  # each circle is found from its smallest module only
+                walk(target, path + [target])
+
+    for module in sorted(graph):
+        walk(module, [module])
+    return sorted(circles)
+
+
+def test_no_package_imports_itself_in_a_circle():
+    assert import_circles(SRC) == []
+
+
+def test_the_circle_check_finds_a_function_level_circle(tmp_path):
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "training.py").write_text("def fit():\n    from seglab.api.folds import train_folds\n")
+    (tmp_path / "api" / "folds.py").write_text("from seglab.api.training import Run\n")
+    (tmp_path / "api" / "tools.py").write_text("from seglab.api import training\n")
+    assert import_circles(tmp_path) == ["api.folds -> api.training -> api.folds"]
 
 
 @pytest.mark.parametrize("module, line, expected", [

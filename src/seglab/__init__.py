@@ -23,7 +23,7 @@ _HOMES = {
     "Prediction": "seglab.inference.predictor",
     "Predictor": "seglab.inference.predictor",
     "Recipe": "seglab.engine.recipe",
-    "Run": "seglab.api.training",
+    "Run": "seglab.api.run_results",
     "RunConfig": "seglab.config",
     "build_model": "seglab.models.registry",
     "check": "seglab.api.tools",

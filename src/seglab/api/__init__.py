@@ -11,7 +11,7 @@ import importlib
 _HOMES = {
     "CrossValidation": "seglab.api.folds",
     "Recipe": "seglab.engine.recipe",
-    "Run": "seglab.api.training",
+    "Run": "seglab.api.run_results",
     "check": "seglab.api.tools",
     "evaluate": "seglab.api.evaluating",
     "export": "seglab.api.tools",

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seglab.api.training import Run, finish_run
+from seglab.api.run_results import Run, finish_run
 from seglab.data.io import atomic_output
 from seglab.engine import runs
 from seglab.engine.recipe import Recipe

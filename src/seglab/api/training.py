@@ -2,104 +2,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from seglab.api.preparing import config_updates, prepare_updates
-from seglab.config import RunConfig, parse_eval_every
-from seglab.data.splits import read_split
+from seglab.api.run_results import Run, finish_run
+from seglab.config import RunConfig
 from seglab.engine import runs
 from seglab.engine.recipe import Recipe
-from seglab.engine.tallies import History
-from seglab.errors import SeglabError
-
-
-@dataclass
-class Run:
-    """A run folder and what its training wrote.
-
-    >>> run = seglab.train("data/isbi2012", epochs=2, base_channels=8, crop=128, out="runs/try")
-    >>> run.best_value, run.best_epoch           # (0.71..., 2): best val_dice and its epoch
-    >>> run.load().predict("data/isbi2012/test/images/00.png").mask.shape   # (512, 512)
-    """
-
-    run_dir: Path
-    config: RunConfig
-    rows: list[dict] = field(default_factory=list)
-    best_value: float | None = None
-    best_epoch: int | None = None
-    stopped_by: str | None = None
-
-    @property
-    def monitor(self) -> str:
-        return self.config.train.monitor
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.pt"
-
-    @property
-    def validation_pairs(self) -> list:
-        """The (image, mask) Pairs the run validated on (split.json)."""
-        return read_split(self.run_dir)["val"]
-
-    @property
-    def training_pairs(self) -> list:
-        return read_split(self.run_dir)["train"]
-
-    def load(self, checkpoint: str = "best", **options):
-        """A Predictor of best.pt (or "last"); options as `seglab.load`."""
-        from seglab.api.predicting import load
-
-        return load(self.run_dir / f"{checkpoint}.pt", **options)
-
-    def evaluate(self, data=None, checkpoint: str = "best", **options):
-        """Scores of best.pt (or "last") on `data` (a folder or pairs), by default the run's own
-        validation images; options as `seglab.evaluate`."""
-        from seglab.api.evaluating import evaluate
-
-        return evaluate(self.run_dir / f"{checkpoint}.pt", self.validation_pairs if data is None else data, **options)
-
-    def report(self, device: str = "cpu") -> Path:
-        """Write (again) the run's report.html; returns its path."""
-        from seglab.api.tools import report
-
-        return report(self.run_dir, device)
-
-    @classmethod
-    def open(cls, run_dir: str | os.PathLike) -> "Run":
-        """The Run of an existing run folder (config.yaml, metrics.jsonl, summary.json)."""
-        from seglab.viz.report import read_run
-
-        record = read_run(Path(run_dir))
-        best = record.best_row()
-        return cls(record.run_dir, record.config, record.rows, best.get(record.config.train.monitor) if best else None,
-                   best.get("epoch") if best else None, record.summary.get("stopped_by"))
-
-    @classmethod
-    def from_history(cls, history: History) -> "Run":
-        return cls(history.run_dir, history.config, history.epochs, history.best_metric, history.best_epoch,
-                   history.stopped_by)
-
-
-def finish_run(history: History, log=print) -> Run:
-    """curves.png and report.html of a finished run (rank 0 only; a report that cannot be drawn
-    never fails the run), and its Run."""
-    config = history.config
-    if history.is_main and history.epochs:
-        from seglab.viz.plots import plot_curves
-        from seglab.viz.report import write_report
-
-        plot_curves(history.epochs, history.run_dir / "curves.png", x=parse_eval_every(config.train.eval_every)[1])
-        try:
-            log(f"report: {write_report(history.run_dir, device='cpu')}")
-        except SeglabError as error:
-            log(f"note: no report.html ({error})")
-    return Run.from_history(history)
 
 
 def fit(recipe: Recipe | str | os.PathLike, *, progress: bool = True, log=print, **overrides):

@@ -5,7 +5,7 @@ import argparse
 import os
 
 from seglab.errors import SeglabError
-from seglab.models.smp import WEIGHTS_DIR_VARIABLE
+from seglab.models.smp_architecture import WEIGHTS_DIR_VARIABLE
 
 
 def register(commands) -> None:

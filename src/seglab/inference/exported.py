@@ -10,7 +10,8 @@ still matches the channels (`channels`) and resizes by `scale` as training did.
 "minmax" normalisation normalises each input with its own statistics; for tiles of a larger image
 pass the whole image's as `stats` (`seglab.inference.export_graph.image_stats`), as `Predictor` does, so that tiles
 are normalised as the whole image is. Files exported before seglab had the `stats` input
-(`has_stats` False) ignore it.
+(`has_stats` False) ignore it. `ExportedModule` wraps one as the module a Predictor (and streamed
+TIFF prediction) calls.
 """
 from __future__ import annotations
 
@@ -177,3 +178,17 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
     if zipfile.is_zipfile(path):
         return TorchScriptModel(path, device)
     return OnnxModel(path, device)
+
+
+class ExportedModule(torch.nn.Module):
+    """Adapts an exported model (raw pixels -> probabilities) to the Predictor's module calls:
+    it returns logits whose sigmoid/softmax gives back the exported probabilities."""
+
+    def __init__(self, exported):
+        super().__init__()
+        self.exported = exported
+        self.image_stats: torch.Tensor | None = None  # (1, C, 2) of the image being tiled, if any
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        probs = self.exported.forward(batch, self.image_stats).float().clamp(1e-7, 1 - 1e-7)
+        return torch.logit(probs) if probs.shape[1] == 1 else probs.log()

@@ -26,6 +26,7 @@ from seglab.data.normalization import check_normalization
 from seglab.data.preprocess import prepare_image
 from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
+from seglab.inference.exported import ExportedModule
 from seglab.inference.options import RUNTIMES, SCALE_RULES, SEED_THRESHOLD, InferenceOptions
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
@@ -411,17 +412,3 @@ class Predictor:
 
 
 _END = object()
-
-
-class ExportedModule(torch.nn.Module):
-    """Adapts an exported model (raw pixels -> probabilities) to the Predictor's module calls:
-    it returns logits whose sigmoid/softmax gives back the exported probabilities."""
-
-    def __init__(self, exported):
-        super().__init__()
-        self.exported = exported
-        self.image_stats: torch.Tensor | None = None  # (1, C, 2) of the image being tiled, if any
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        probs = self.exported.forward(batch, self.image_stats).float().clamp(1e-7, 1 - 1e-7)
-        return torch.logit(probs) if probs.shape[1] == 1 else probs.log()

@@ -14,6 +14,7 @@ import torch
 from seglab.data.normalization import Normalization
 from seglab.data.preprocess import match_channels, to_float
 from seglab.errors import SeglabError
+from seglab.inference.exported import ExportedModule
 from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
 from seglab.inference.tta import tta_forward
 
@@ -53,8 +54,6 @@ def tiff_statistics(path: str | Path, channels: int, mode: Normalization) -> tup
 
 def predict_huge_tiff(predictor, in_path: str | Path, out_path: str | Path, tile: int = 512) -> Path:
     """Predict the TIFF at `in_path` into a mask TIFF at `out_path` (the user's mask values)."""
-    from seglab.inference.predictor import ExportedModule
-
     if predictor.scale != 1.0:
         raise SeglabError("streamed TIFF prediction needs a model trained at --scale 1")
     exported = predictor.model if isinstance(predictor.model, ExportedModule) else None

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from seglab.errors import ConfigError, SeglabError
-from seglab.models.smp import WEIGHTS_DIR_VARIABLE
+from seglab.models.smp_architecture import WEIGHTS_DIR_VARIABLE
 from seglab.models.weight_files import (
     HubFile,
     download_checked,

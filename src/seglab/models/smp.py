@@ -13,9 +13,8 @@ import functools
 from dataclasses import dataclass
 
 from seglab.models.registry import ModelSpec, register
+from seglab.models.smp_architecture import WEIGHTS_DIR_VARIABLE, Architecture
 from seglab.options import option
-
-WEIGHTS_DIR_VARIABLE = "SEGLAB_WEIGHTS_DIR"
 
 
 @dataclass(frozen=True)
@@ -76,21 +75,6 @@ class DPTOptions(EncoderOptions):
                           "efficientnet-b0, mit_b0, ...) or tu-NAME for a timm model; `seglab models` lists a "
                           "curated set (default: resnet34; smp-dpt: tu-vit_base_patch16_224.augreg_in21k)",
                           metavar="NAME")
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """What seglab knows of an SMP architecture before building it."""
-
-    name: str                 # seglab's model name
-    smp_class: str            # the class in segmentation_models_pytorch
-    summary: str
-    options: type
-    smallest_encoder: str     # the encoder of its quickest working model (timm's test models: for tests)
-    onnx_refusal: str = ""    # why it cannot be exported to ONNX ("" when it can)
-    torchscript_refusal: str = ""
-    feature_minimum: int = 1   # the deepest encoder features must be at least this many pixels a side
-    feature_multiple: int = 1  # ... and a multiple of this many
 
 
 _PYRAMID_POOLING = ("its pyramid pooling averages the features into 1, 2, 3 and 6 bins of a size known only "

@@ -24,7 +24,7 @@ from seglab.models.pretrained import (
     weights_dir_from,
     weights_source,
 )
-from seglab.models.smp import Architecture
+from seglab.models.smp_architecture import Architecture
 from seglab.padding import pad_to_multiple
 
 
