@@ -63,6 +63,7 @@ def add_run_options(parser) -> None:
                         "(or data.root in --config)")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with data/model/train sections")
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<data>-<model>-<time>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     add_max_pixels(parser)
     add_dataclass_options(parser.add_argument_group("data"), DataConfig, "data", group="data", skip=("root",))
     add_model_options(parser.add_argument_group("model"))
@@ -80,7 +81,6 @@ def register(commands) -> None:
     train.add_argument("--recipe", metavar="FILE.yaml", help="train the recipe `seglab plan` wrote, exactly: its "
                        "config, split and class map (the data folder is not searched again)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     add_run_options(train)
     train.set_defaults(run=run)
     plan = commands.add_parser("plan", help="check and split a data folder, plan the run, and write its recipe",
