@@ -126,10 +126,12 @@ def test_prediction_pictures_go_to_tensorboard_at_most_once_an_interval(tmp_path
 
     import numpy as np
 
+    from seglab.data.classmap import ClassMap
     from seglab.engine import runlog as runlog_module
 
     log = runlog_module.RunLog(tmp_path / "run", enabled=True, unit="epoch", log=QUIET)
-    log.start(config_from_dict(_config(tmp_path / "run", isbi_dir)), [], [], [])
+    log.start(Recipe(config_from_dict(_config(tmp_path / "run", isbi_dir)), [], [], ClassMap.from_values([0, 255]), 1),
+              [])
     assert log.overlays_due()  # the first evaluation draws
     log.add_overlays([np.zeros((8, 16, 3), np.uint8)], step=1)
     assert not log.overlays_due()  # the next ones within the interval do not
