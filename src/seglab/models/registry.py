@@ -114,7 +114,7 @@ def resolve_model_options(name: str, given: dict, defaults: bool = True) -> dict
     known = [f.name for f in spec.option_fields()]
     refuse_unknown(given, known, f"the options of model {shown(name)}")
     instance = spec.options(**given)
-    check_fields(instance, f"model.{name}" if False else "model")
+    check_fields(instance, "model")  # errors name model.OPTION, as the flags and YAML keys are named
     values = dataclasses.asdict(instance)
     return values if defaults else {k: values[k] for k in given}
 
