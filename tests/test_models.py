@@ -103,3 +103,19 @@ def test_smp_options_are_flags_yaml_keys_and_keywords_alike():
     stored = model_spec("smp-unet").stored(resolve_model_options("smp-unet", {"encoder_weights": "imagenet"}))
     assert "encoder_weights" not in stored and "weights_dir" not in stored and stored["encoder"] == "resnet34"
     assert resolve_model_options("smp-unet", {"encoder_weights": "none"})["encoder_weights"] is None
+
+
+def test_the_u_nets_pooling_without_gradients_equals_max_pooling():
+    """HalvingMaxPool's strided maxima give nn.MaxPool2d(2)'s values on odd and even sizes, in
+    both memory layouts and in bf16; with gradients it is the pooling itself (same gradients)."""
+    from seglab.models.unet import HalvingMaxPool
+
+    pool, reference = HalvingMaxPool(), torch.nn.MaxPool2d(2)
+    for shape, dtype, layout in [((2, 3, 7, 9), torch.float32, torch.contiguous_format),
+                                 ((1, 16, 64, 48), torch.bfloat16, torch.channels_last)]:
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=layout)
+        with torch.no_grad():
+            assert torch.equal(pool(x), reference(x))
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    pool(x).sum().backward()
+    assert x.grad.sum() == 9 * 2 and set(x.grad.unique().tolist()) == {0.0, 1.0}  # one winner per window

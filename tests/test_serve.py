@@ -390,3 +390,17 @@ def test_the_batcher_groups_only_same_size_requests_and_tiled_ones_go_alone(chec
     assert [prediction.mask.shape for prediction, _ in results] == [(32, 40)] * 6 + [(48, 48)] * 2
     alone, counters = asyncio.run(scenario(tiled, (("tile", (16,)),)))
     assert [batch for _, batch in alone] == [1] * 8 and counters.batches == 8
+
+
+def test_small_answers_are_not_held_back_by_delayed_acks(served):
+    """Connections set TCP_NODELAY: a response's headers and body are two writes, and without it the
+    second waited for the client's delayed ACK, 40 ms on Linux (GET /healthz took 44 ms on
+    loopback; 1 ms with it). Median of 15 keep-alive requests, bounded well under 40 ms."""
+    with httpx.Client(base_url=served.url) as client:
+        client.get("/healthz")
+        seconds = []
+        for _ in range(15):
+            started = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            seconds.append(time.perf_counter() - started)
+    assert sorted(seconds)[7] < 0.02, seconds

@@ -24,11 +24,12 @@ RESIDENT_FRACTION = 0.25
 
 
 def make_train_batches(recipe: Recipe, device: torch.device, dist, log=print,
-                       normalization: Normalization = "per_image"):
+                       normalization: Normalization = "per_image", full_batches: bool = False):
     """The training batches and the size the augmenter cuts them to: (ResidentBatches, crop) when the
     training set fits on the device, else (LoaderBatches, None) with the dataset cropping. `dist`
     gives rank and world_size; crop is (H, W) or None; `normalization` is the run's resolved one
-    (`input_normalization`). The pixels the recipe's preparation decoded are used, not read again."""
+    (`input_normalization`); `full_batches` drops resident epochs' short last batch (a compiled
+    model then meets one shape). The pixels the recipe's preparation decoded are used, not read again."""
     c = recipe.config
     crop = (c.data.crop[0], c.data.crop[-1]) if c.data.crop else None
     border = tuple(c.train.border_weight) if c.train.border_weight else None
@@ -47,7 +48,7 @@ def make_train_batches(recipe: Recipe, device: torch.device, dist, log=print,
             weights = stacked[2].to(device) if len(stacked) > 2 else None
             log(f"training set resident on {device.type}: {tuple(images.shape)}")
             return ResidentBatches(images, masks, weights, c.train.batch_size, c.train.seed,
-                                   dist.rank, dist.world_size, full_batches=c.train.compile), crop
+                                   dist.rank, dist.world_size, full_batches=full_batches), crop
     dataset = SegmentationDataset(recipe.train_pairs, crop=crop, **common)
     return LoaderBatches(dataset, c.train.batch_size, device, c.data.workers, c.train.seed,
                          dist.rank, dist.world_size), None

@@ -38,6 +38,7 @@ from seglab.runtime.checkpoint import non_finite_tensors
 from seglab.runtime.device import (
     autocast_factory,
     default_channels_last,
+    default_compile,
     describe_precision,
     is_out_of_memory,
     resolve_device,
@@ -75,6 +76,8 @@ class Trainer:
             self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
             self.progress = progress and self.dist.is_main
             seed_everything(config.train.seed)
+            self.compiles = (default_compile(device, config.train.max_time, self.dist.enabled)
+                             if config.train.compile is None else config.train.compile)
             self._build_model()
             self._build_optimisation()
             self._build_data()
@@ -124,7 +127,7 @@ class Trainer:
         if self.dist.enabled:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.config.train.compile:
+        if self.compiles:
             self.ddp_model = torch.compile(self.ddp_model)
             self.compiled_shape = None  # compiled on the first batch (`_compile`), again after a change
 
@@ -153,7 +156,7 @@ class Trainer:
         self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
         self.train_batches, self.crop = make_train_batches(self.recipe, self.device, self.dist, self.log,
-                                                           self.normalization)
+                                                           self.normalization, full_batches=self.compiles)
         recipe = self.recipe
         self.val_images = (ValidationImages(recipe.val_pairs, recipe.class_map, recipe.channels, config.data.scale,
                                             self.normalization, recipe.files)
@@ -197,7 +200,8 @@ class Trainer:
                  f"classes {data.class_map.describe()}, "
                  f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
                  f"{describe_precision(self.amp_dtype, self.device)}, "
-                 f"{'channels-last' if self.channels_last else 'NCHW'} layout, "
+                 f"{'channels-last' if self.channels_last else 'NCHW'} layout"
+                 f"{', torch.compile' if self.compiles else ''}, "
                  f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
         for epoch in range(self.start_epoch, c.train.epochs):
             try:
@@ -265,7 +269,7 @@ class Trainer:
         images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if self.config.train.compile and self.compiled_shape != tuple(images.shape):
+        if self.compiles and self.compiled_shape != tuple(images.shape):
             with self._clock_paused():
                 self._compile(images, masks, weights)
         sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
@@ -283,20 +287,38 @@ class Trainer:
         started = time.perf_counter()
         buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
         grads = {p: None if p.grad is None else p.grad.clone() for p in self.model.parameters()}
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            with self.autocast():
-                loss = self._training_loss(self.ddp_model(images.clone()), masks, weights)
-            loss.backward()
-        for name, buffer in self.model.named_buffers():
-            buffer.copy_(buffers[name])
-        for parameter, grad in grads.items():  # an accumulation in progress keeps its gradients
-            parameter.grad = grad
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with self.autocast():
+                    loss = self._training_loss(self.ddp_model(images.clone()), masks, weights)
+                loss.backward()
+        except Exception as error:  # inductor's C++ build, an operator it cannot trace, ...
+            self._compile_failed(error)
+        finally:
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(buffers[name])
+            for parameter, grad in grads.items():  # an accumulation in progress keeps its gradients
+                parameter.grad = grad
+        if not self.compiles:
+            return
         seconds = time.perf_counter() - started
         self.compile_seconds += seconds
         again = "recompiled" if self.compiled_shape is not None else "compiled"
         self.compiled_shape = tuple(images.shape)
         self.log(f"torch.compile: {again} for batches of {tuple(images.shape)} in {seconds:.1f} s (not training "
                  "time)")
+
+    def _compile_failed(self, error: Exception) -> None:
+        """A compilation the user asked for stops the run in one line; one the default chose gives
+        way to eager mode with a note."""
+        if is_out_of_memory(error):
+            raise error
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        if self.config.train.compile:
+            raise SeglabError(f"torch.compile failed on this machine ({reason}): train without --compile") from None
+        self.log(f"note: torch.compile failed ({reason}); training without it")
+        self.compiles = False
+        self.ddp_model = self.ddp_model._orig_mod  # the DDP wrapper or the model, as before compiling
 
     def _after_update(self, epoch: int, index: int, batches: int) -> tuple[bool, bool]:
         """The optimizer step at an accumulation boundary, then what falls due at this step: the

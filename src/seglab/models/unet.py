@@ -23,11 +23,30 @@ class DoubleConv(nn.Sequential):
         super().__init__(*layers)
 
 
+class HalvingMaxPool(nn.MaxPool2d):
+    """nn.MaxPool2d(2), computed without gradients as two element-wise maxima of strided views:
+    (N, C, H, W) -> (N, C, H // 2, W // 2), the same values. PyTorch's CPU pooling also writes the
+    argmax indices, which inference never needs: the maxima took 0.7 ms where pooling took 1.7 ms
+    (bf16, channels-last) or 14 ms (NCHW) on a 16 x 512 x 512 map (2-core EPYC). With gradients
+    (their backward is 8x slower), in traced exports and under torch.compile it is nn.MaxPool2d."""
+
+    def __init__(self):
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling()):
+            return super().forward(x)
+        height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor, as the pooling does
+        rows = torch.maximum(x[..., 0:height:2, :width], x[..., 1:height:2, :width])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class Down(nn.Sequential):
     """2x2 max-pool then DoubleConv: halves the size, changes the channels."""
 
     def __init__(self, in_channels: int, out_channels: int, padding: int = 1, batch_norm: bool = True):
-        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels, padding, batch_norm))
+        super().__init__(HalvingMaxPool(), DoubleConv(in_channels, out_channels, padding, batch_norm))
 
 
 class Up(nn.Module):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -229,7 +230,8 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None, scale:
     """The app serving `predictor` (a Predictor from seglab.load) with `options` (ServeOptions)."""
     options = options or ServeOptions()
     state = ServerState(predictor, options, scale)
-    state.batcher = Batcher(options.batch_limit(predictor.device.type), options.max_wait_ms)
+    bf16 = predictor.amp_dtype == torch.bfloat16
+    state.batcher = Batcher(options.batch_limit(predictor.device.type, bf16), options.max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

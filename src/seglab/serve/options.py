@@ -15,7 +15,10 @@ from seglab.inference.options import SCALE_RULES, InferenceOptions
 from seglab.options import check_fields, option
 
 OUTPUTS = ("mask", "overlay", "probability", "instances")
-GPU_MAX_BATCH = 8
+# Requests per forward pass by default where batched passes pay: GPUs, and CPUs computing in bf16
+# (oneDNN's bf16 convolutions: 16 clients got 1.74x the requests/s batched; BENCHMARKS.md). A
+# float32 CPU gains nothing from batches (0.6x-1.0x measured), so it runs each request alone.
+BATCHED_MAX_BATCH = 8
 FORMATS = ("png", "json")
 
 
@@ -37,8 +40,8 @@ class ServeOptions:
                                metavar="TOKEN")
     no_auth: bool = option(False, "serve without a token on an address other machines reach", cli=False)
     max_batch: int | None = option(None, "requests for same-size images that share one forward pass (default: "
-                                   f"{GPU_MAX_BATCH} on a GPU; 1, no batching, on the CPU, where batched passes "
-                                   "measured slower)", min=1, max=256)
+                                   f"{BATCHED_MAX_BATCH} on a GPU and a CPU predicting in bf16; 1, no batching, "
+                                   "on a float32 CPU, where batched passes measured slower)", min=1, max=256)
     max_wait_ms: float = option(5.0, "milliseconds the first request of a batch waits for others", min=0,
                                 max=10_000, metavar="MS")
     max_upload_mb: float = option(64.0, "largest request body in megabytes (10^6 bytes)", above=0, max=100_000,
@@ -81,9 +84,9 @@ class ServeOptions:
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
 
-    def batch_limit(self, device_type: str) -> int:
-        """--max-batch, or its default for the model's device ("cuda", "cpu")."""
-        return self.max_batch or (GPU_MAX_BATCH if device_type == "cuda" else 1)
+    def batch_limit(self, device_type: str, bf16: bool) -> int:
+        """--max-batch, or its default for the model's device ("cuda", "cpu") and precision."""
+        return self.max_batch or (BATCHED_MAX_BATCH if device_type == "cuda" or bf16 else 1)
 
 
 def _inference_rule(name: str) -> dataclasses.Field:
