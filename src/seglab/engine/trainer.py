@@ -38,7 +38,6 @@ from seglab.runtime.checkpoint import non_finite_tensors
 from seglab.runtime.device import (
     autocast_factory,
     default_channels_last,
-    default_compile,
     describe_precision,
     is_out_of_memory,
     resolve_device,
@@ -76,8 +75,7 @@ class Trainer:
             self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
             self.progress = progress and self.dist.is_main
             seed_everything(config.train.seed)
-            self.compiles = (default_compile(device, config.train.max_time, self.dist.enabled)
-                             if config.train.compile is None else config.train.compile)
+            self.compiles = config.train.compile
             self._build_model()
             self._build_optimisation()
             self._build_data()
@@ -299,8 +297,6 @@ class Trainer:
                 buffer.copy_(buffers[name])
             for parameter, grad in grads.items():  # an accumulation in progress keeps its gradients
                 parameter.grad = grad
-        if not self.compiles:
-            return
         seconds = time.perf_counter() - started
         self.compile_seconds += seconds
         again = "recompiled" if self.compiled_shape is not None else "compiled"
@@ -309,16 +305,12 @@ class Trainer:
                  "time)")
 
     def _compile_failed(self, error: Exception) -> None:
-        """A compilation the user asked for stops the run in one line; one the default chose gives
-        way to eager mode with a note."""
+        """A compilation that fails (no C++ compiler, an operator inductor cannot trace) stops the
+        run in one line, before any step trained; out-of-memory errors go on as such."""
         if is_out_of_memory(error):
             raise error
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        if self.config.train.compile:
-            raise SeglabError(f"torch.compile failed on this machine ({reason}): train without --compile") from None
-        self.log(f"note: torch.compile failed ({reason}); training without it")
-        self.compiles = False
-        self.ddp_model = self.ddp_model._orig_mod  # the DDP wrapper or the model, as before compiling
+        raise SeglabError(f"torch.compile failed on this machine ({reason}): train without --compile") from None
 
     def _after_update(self, epoch: int, index: int, batches: int) -> tuple[bool, bool]:
         """The optimizer step at an accumulation boundary, then what falls due at this step: the

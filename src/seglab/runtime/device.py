@@ -113,21 +113,6 @@ def default_channels_last(device: torch.device, dtype: torch.dtype | None) -> bo
     return device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
 
 
-# torch.compile on a CPU repays its compilation within minutes: U-Net-16 compiled in 36 s and then
-# trained 1.5x faster (BENCHMARKS.md, "CPU speed"), so CPU runs with at least this budget compile
-# by default. GPUs and runs bounded by epochs alone keep eager mode unless asked.
-COMPILE_MIN_BUDGET_S = 300.0
-
-
-def default_compile(device: torch.device, max_time: float | None, distributed: bool) -> bool:
-    """Whether a run compiles when the user did not say: a one-process CPU run whose time budget
-    repays the compilation, on a machine with the C++ compiler inductor needs."""
-    import shutil
-
-    return (device.type == "cpu" and not distributed and max_time is not None and max_time >= COMPILE_MIN_BUDGET_S
-            and shutil.which("g++") is not None)
-
-
 def autocast_factory(device: torch.device, dtype: torch.dtype | None):
     """A zero-argument callable returning the autocast context (a no-op for float32)."""
     if dtype is None:
