@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from seglab.config import RunConfig
+from seglab.config import RunConfig, monitor_mode
 
 
 @dataclass
@@ -103,12 +103,12 @@ class TrainingClock:
 
 
 class Monitor:
-    """What "best" means: the monitored metric (maximised, or minimised for losses and errors),
+    """What "best" means: the monitored metric (maximised or minimised, as config.MONITORS declares),
     its best value, and the evaluations since it last improved (for early stopping)."""
 
     def __init__(self, metric: str, early_stop: int | None = None):
         self.metric, self.early_stop = metric, early_stop
-        self.mode = "min" if metric.endswith(("loss", "error")) else "max"
+        self.mode = monitor_mode(metric)
         self.best: float | None = None
         self.evals_since_best = 0
 
