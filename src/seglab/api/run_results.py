@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seglab.config import RunConfig, parse_eval_every
-from seglab.engine.tallies import History
+from seglab.engine.history import History
 from seglab.errors import SeglabError
 from seglab.runtime.run_files import read_run, read_split
 
