@@ -10,9 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from seglab.config import parse_eval_every
 from seglab.data.augment import BatchAugmenter
-from seglab.data.augment_config import augment_config_from_dict, augment_preset
 from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed, train_state
 from seglab.engine.builders import (
@@ -33,6 +31,7 @@ from seglab.engine.rng import rng_state, seed_everything, set_rng_state
 from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
+from seglab.engine.train_state import TrainState
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import non_finite_tensors
@@ -73,7 +72,7 @@ class Trainer:
                 device = torch.device("cuda", self.dist.local_rank)
             self.device, self.config, self.recipe = device, config, recipe
             self.log = log if self.dist.is_main else (lambda *a, **k: None)
-            self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
+            self.eval_count, self.eval_unit = config.train.evaluation
             self.progress = progress and self.dist.is_main
             seed_everything(config.train.seed)
             self.compiles = config.train.compile
@@ -151,8 +150,7 @@ class Trainer:
 
     def _build_data(self) -> None:
         t, config = self.config.train, self.config
-        augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
-        self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
+        self.augmenter = BatchAugmenter(t.augment_config, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
         self.train_batches, self.crop = make_train_batches(self.recipe, self.device, self.dist, self.log,
                                                            self.normalization, full_batches=self.compiles)
@@ -160,12 +158,9 @@ class Trainer:
         self.val_images = (ValidationImages(recipe.val_pairs, recipe.class_map, recipe.channels, config.data.scale,
                                             self.normalization, recipe.files)
                            if recipe.val_pairs else None)
-        self.start_epoch, self.skip_batches, self.step = 0, 0, 0
         self.accumulate = max(1, t.accumulate)
         self.clock = TrainingClock(self.device)
-        self.tally = EpochTally()
         self.losses = DeviceLossTally(self.device)
-        self.history_rows: list[dict] = []
         self.stopped_by = "epochs"
         self.compile_seconds = 0.0
 
@@ -180,8 +175,16 @@ class Trainer:
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
                                   f"{self.run_dir} to continue it, or choose another --out")
             resume_from = self.run_dir  # torchrun restarted this worker: pick up where the job stopped
+        self._continue_from(train_state.restore(self, Path(resume_from)) if resume_from is not None else TrainState())
         if resume_from is not None:
-            train_state.restore(self, Path(resume_from))
+            where = f"epoch {self.start_epoch + 1}" + (f", batch {self.skip_batches}" if self.skip_batches else "")
+            self.log(f"resuming {self.run_dir} at {where} (step {self.step})")
+
+    def _continue_from(self, state: TrainState) -> None:
+        """Stand where `state` says (a new run: at the start)."""
+        self.start_epoch, self.skip_batches, self.step = state.epoch, state.batch, state.step
+        self.clock.elapsed, self.tally, self.history_rows = state.elapsed, state.tally, state.rows
+        self.monitor.best, self.monitor.evals_since_best = state.best, state.evals_since_best
 
     @property
     def scored_model(self) -> torch.nn.Module:
