@@ -10,9 +10,9 @@ import numpy as np
 
 from seglab.api.output_names import PredictJob, check_outputs, collect_inputs, name_outputs
 from seglab.data.folder_lock import LOCK_FILE, FolderInUse, FolderLock, remove_stale_temporaries
-from seglab.data.io import write_error, write_mask, write_rgb
 from seglab.data.overlay import PALETTE
 from seglab.data.overlay import overlay as draw_overlay
+from seglab.data.writing import write_error, write_mask, write_rgb
 from seglab.errors import DataError, SeglabError
 from seglab.inference.predictor import Prediction, Predictor
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seglab.api.run_results import Run, finish_run
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 from seglab.engine import runs
 from seglab.engine.recipe import Recipe
 from seglab.engine.run_folder import default_run_dir

@@ -17,7 +17,7 @@ from seglab.config import DataConfig, RunConfig, config_from_dict, config_to_dic
 from seglab.data.classmap import ClassMap
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import DataLayout, Pair
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 from seglab.engine.split import Split, split_data
 from seglab.errors import ConfigError, DataError
 from seglab.options import refuse_unknown, shown

@@ -34,7 +34,7 @@ def is_ensemble_file(path: str | Path) -> bool:
 
 def write_ensemble(path: Path, members: list[Path], extra: dict | None = None) -> Path:
     """An ensemble file at `path` naming `members` (relative to its folder)."""
-    from seglab.data.io import atomic_output
+    from seglab.data.writing import atomic_output
 
     record = {"format": FORMAT, "version": VERSION,
               "members": [str(Path(m).resolve().relative_to(path.parent.resolve())) for m in members], **(extra or {})}

@@ -16,18 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.discover import Pair
-from seglab.data.io import read_image, write_error
+from seglab.data.io import read_image
 from seglab.data.truth import read_truth
+from seglab.data.writing import write_error
 from seglab.errors import DataError, SeglabError
-from seglab.inference.export import (
-    DEFAULT_TOLERANCE,
-    default_parity_images,
-    export_model,
-    largest,
-    set_onnx_metadata,
-    temporary_name,
-    time_against_pytorch,
-)
+from seglab.inference.export import DEFAULT_TOLERANCE, default_parity_images, export_model, temporary_name
+from seglab.inference.export_timing import largest, time_against_pytorch
+from seglab.inference.fastest import set_onnx_metadata
 from seglab.inference.predictor import Predictor
 from seglab.metrics.scoring import evaluate_images
 from seglab.runtime.run_files import SPLIT_FILE, read_split

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from seglab.config import RunConfig, dump_config, load_config, monitor_mode
 from seglab.data.discover import Pair
-from seglab.data.io import atomic_output, write_error
+from seglab.data.writing import atomic_output, write_error
 from seglab.errors import SeglabError
 
 CONFIG_FILE = "config.yaml"

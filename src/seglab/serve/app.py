@@ -267,6 +267,14 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Fas
         state.answered += 1
         return response
 
+    _add_description_routes(app, state, guard)
+    add_page_routes(app, options, guard)
+    return app
+
+
+def _add_description_routes(app: FastAPI, state: ServerState, guard: list) -> None:
+    """/v1/model, /healthz, and the API's own /openapi.json and /docs (behind the token, no CDN)."""
+
     @app.get("/v1/model", dependencies=guard, summary="The model: classes, colours, input, training")
     async def model():
         return model_description(state)
@@ -283,6 +291,3 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Fas
     @app.get("/docs", dependencies=guard, include_in_schema=False)
     async def docs():
         return HTMLResponse(docs_page(app.openapi()), headers={"Content-Security-Policy": PAGE_POLICY})
-
-    add_page_routes(app, options, guard)
-    return app

@@ -9,8 +9,8 @@ from PIL import Image
 
 from seglab.api.file_predictions import overlay_picture
 from seglab.data.classmap import ClassMap, unpack_rgb
-from seglab.data.io import mask_picture, png_bytes
 from seglab.data.overlay import PALETTE
+from seglab.data.writing import mask_picture, png_bytes
 from seglab.inference.predictor import Prediction, Predictor
 
 PNG = "image/png"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 from seglab.errors import SeglabError
 from seglab.runtime.run_files import RunRecord, read_run, read_split
 
