@@ -8,38 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
-from seglab.data.io import is_image_file, read_mask
+from seglab.data.folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, FolderScan, LabelSource, Pair, find_dir, list_images
+from seglab.data.io import read_mask
+from seglab.data.labels.found import scan_annotations
 from seglab.errors import DataError
 
-IMAGE_DIR_NAMES = ("images", "imgs", "image")
-MASK_DIR_NAMES = ("masks", "labels", "label", "annot", "mask", "annotations")
 SPLIT_NAMES = ("train", "val", "test")
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}  # valid/: Roboflow's
 # Above this many distinct values a mask is taken for an exported picture, not class indices.
 MAX_IMPLICIT_CLASSES = 32
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One training example: an image file and its mask file."""
-
-    image: Path
-    mask: Path
-
-
-@dataclass
-class FolderScan:
-    """What one images/ + masks/ pair of folders holds."""
-
-    image_dir: Path | None
-    mask_dir: Path | None
-    pairs: list[Pair] = field(default_factory=list)
-    unpaired_images: list[Path] = field(default_factory=list)
-    unpaired_masks: list[Path] = field(default_factory=list)
-    mask_suffix: str = ""
-
-    @property
-    def images(self) -> list[Path]:
-        return sorted([p.image for p in self.pairs] + self.unpaired_images)
 
 
 @dataclass
@@ -61,17 +38,9 @@ class DataLayout:
         """Pairs to train (and by default validate) on: the train split, else the whole folder."""
         return self.labelled("train") if self.has_named_splits else self.labelled("all")
 
-
-def _find_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        for candidate in (folder / name, folder / name.capitalize(), folder / name.upper()):
-            if candidate.is_dir():
-                return candidate
-    return None
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    def label_sources(self) -> list[LabelSource]:
+        """Where the splits' masks came from when they were rasterised from annotations."""
+        return [scan.labels for scan in self.splits.values() if scan.labels is not None]
 
 
 def detect_mask_suffix(image_stems: set[str], mask_stems: list[str]) -> str:
@@ -93,15 +62,19 @@ def detect_mask_suffix(image_stems: set[str], mask_stems: list[str]) -> str:
 
 
 def scan_folder(folder: Path) -> FolderScan:
-    """Pair the files of folder/images (or imgs, image) with folder/masks (or labels, ...)."""
-    image_dir = _find_dir(folder, IMAGE_DIR_NAMES)
-    mask_dir = _find_dir(folder, MASK_DIR_NAMES)
+    """Pair the files of folder/images (or imgs, image) with folder/masks (or labels, ...), or with
+    the masks rasterised from the folder's COCO or YOLO annotations (`data.labels`)."""
+    annotated = scan_annotations(folder)
+    if annotated is not None:
+        return annotated
+    image_dir = find_dir(folder, IMAGE_DIR_NAMES)
+    mask_dir = find_dir(folder, MASK_DIR_NAMES)
     if image_dir is None:
-        return FolderScan(None, mask_dir, unpaired_masks=_list_images(mask_dir) if mask_dir else [])
-    images = _list_images(image_dir)
+        return FolderScan(None, mask_dir, unpaired_masks=list_images(mask_dir) if mask_dir else [])
+    images = list_images(image_dir)
     if mask_dir is None:
         return FolderScan(image_dir, None, unpaired_images=images)
-    masks = _list_images(mask_dir)
+    masks = list_images(mask_dir)
     image_by_stem = {p.stem: p for p in images}
     suffix = detect_mask_suffix(set(image_by_stem), [m.stem for m in masks])
     scan = FolderScan(image_dir, mask_dir, mask_suffix=suffix)
@@ -126,7 +99,8 @@ def discover(root: str | Path) -> DataLayout:
         raise DataError(f"data folder '{root}' does not exist: check the path")
     if not root.is_dir():
         raise DataError(f"'{root}' is a file; give the data folder that holds images/ and masks/")
-    splits = {name: scan_folder(root / name) for name in SPLIT_NAMES if (root / name).is_dir()}
+    folders = {name: next((root / f for f in SPLIT_FOLDERS[name] if (root / f).is_dir()), None) for name in SPLIT_NAMES}
+    splits = {name: scan_folder(folder) for name, folder in folders.items() if folder is not None}
     splits = {name: scan for name, scan in splits.items() if scan.image_dir is not None}
     if not splits:
         scan = scan_folder(root)

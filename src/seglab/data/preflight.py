@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
+from seglab.data.classmap import ClassMap, MaskRules, pack_rgb, unpack_rgb
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map
 from seglab.data.io import check_trainable_size, image_info
+from seglab.data.labels.class_rules import label_rules, with_colours
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.errors import DataError
 
@@ -107,6 +108,7 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
         return report
     report.layout = layout
     root = layout.root
+    report.lines += [source.describe() for source in layout.label_sources()]
     pairs = []
     for split, scan in layout.splits.items():
         where = "" if split == "all" else f"{split}: "
@@ -155,7 +157,12 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
     facts = _read_sample(report, pairs, root, decoded if decoded is not None else DecodedFiles(budget_bytes=0))
     if facts:
         readable = sum(1 for p in pairs if p.mask not in report.bad_files)
-        _check_masks(report, facts, root, readable, mask_values, num_classes, class_names, ignore_value, rgb)
+        told = MaskRules(tuple(mask_values) if mask_values else None, num_classes,
+                         tuple(class_names) if class_names else None, ignore_value, rgb)
+        rules = label_rules(layout, told, {v for f in facts for v in f.counts}, facts[0].path).as_kwargs()
+        _check_masks(report, facts, root, readable, **rules)
+        if report.class_map is not None:
+            report.class_map = with_colours(report.class_map, facts[0].path)
     return report
 
 

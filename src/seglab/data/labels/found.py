@@ -1,0 +1,63 @@
+"""Labels found in a folder that are not mask files: COCO JSON or YOLO polygons, turned into a
+FolderScan of (image, cached mask) pairs that the rest of seglab reads as any mask folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from seglab.data.folders import FolderScan, LabelSource, Pair
+from seglab.data.io import image_info
+from seglab.data.labels.cache import build_cache, cache_folder, content_key, load_cache
+from seglab.data.labels.coco import find_coco_file, read_coco
+from seglab.data.labels.shapes import ImageLabels, rasterise
+from seglab.data.labels.yolo import find_yolo_labels, names_file, read_yolo
+from seglab.errors import DataError
+
+
+def scan_annotations(folder: Path) -> FolderScan | None:
+    """The pairs of a folder labelled by a COCO file or YOLO label files (None when it holds
+    neither), their masks rasterised once into the cache. Raises DataError (file and entry) for
+    annotations that cannot be rasterised."""
+    coco = find_coco_file(folder)
+    if coco is not None:
+        key = content_key([coco])
+        cached = load_cache(cache_folder(folder, "COCO", key), folder)
+        if cached is None:
+            images, classes = read_coco(coco, folder)
+            cached = _build(folder, "COCO", key, coco, images, classes)
+        return _scan(cached, "COCO", coco, folder / "images" if (folder / "images").is_dir() else folder)
+    yolo = find_yolo_labels(folder)
+    if yolo is not None:
+        image_dir, label_dir = yolo
+        names = names_file(folder)
+        label_files = sorted(p for p in label_dir.iterdir() if p.suffix == ".txt")
+        image_names = ",".join(sorted(p.name for p in image_dir.iterdir()))
+        key = content_key(label_files + ([names] if names else []), image_names)
+        cached = load_cache(cache_folder(folder, "YOLO", key), folder)
+        if cached is None:
+            images, classes = read_yolo(image_dir, label_dir, names)
+            cached = _build(folder, "YOLO", key, label_dir, images, classes)
+        return _scan(cached, "YOLO", label_dir, image_dir)
+    return None
+
+
+def _build(folder: Path, kind: str, key: str, source: Path, images: list[ImageLabels], classes: dict[int, str]):
+    """Rasterise every image's shapes into the cache (values as uint8 when they fit, else uint16),
+    once the files are known to be the sizes the annotations were drawn on."""
+    for labels in images:  # the size an annotation file states must be its image's
+        height, width = image_info(labels.image)[:2]
+        if (height, width) != (labels.height, labels.width):
+            raise DataError(f"{source}: {labels.entry}: image '{labels.image}' is {width}x{height} but its "
+                            f"annotations are for {labels.width}x{labels.height}: fix the width and height")
+    dtype = np.uint8 if max(classes, default=0) <= 255 else np.uint16
+    return build_cache(cache_folder(folder, kind, key), folder, [i.image for i in images], classes,
+                       lambda index: rasterise(images[index], dtype))
+
+
+def _scan(cached, kind: str, source: Path, image_dir: Path) -> FolderScan:
+    classes = dict(sorted(cached.classes.items()))
+    labels = LabelSource(kind, source, (0,) + tuple(classes), ("background",) + tuple(classes.values()),
+                         cached.folder, cached.reused)
+    pairs = sorted((Pair(image, mask) for image, mask in cached.pairs), key=lambda p: p.image.name)
+    return FolderScan(image_dir, cached.folder, pairs, labels=labels)
