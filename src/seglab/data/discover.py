@@ -11,6 +11,7 @@ from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
 from seglab.data.folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, FolderScan, LabelSource, Pair, find_dir, list_images
 from seglab.data.io import read_mask
 from seglab.data.labels.found import scan_annotations
+from seglab.data.labels.label_table import remap_scan
 from seglab.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -92,8 +93,9 @@ def scan_folder(folder: Path) -> FolderScan:
     return scan
 
 
-def discover(root: str | Path) -> DataLayout:
-    """Describe a data folder: `root/images + root/masks`, or `root/{train,val,test}/...`."""
+def discover(root: str | Path, label_map: str | Path | None = None) -> DataLayout:
+    """Describe a data folder: `root/images + root/masks`, or `root/{train,val,test}/...`; with
+    `label_map` (a JSON table), masks are remapped through it (`data.labels.label_table`)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder '{root}' does not exist: check the path")
@@ -109,7 +111,17 @@ def discover(root: str | Path) -> DataLayout:
                 f"no images/ folder in '{root}': expected {root}/images + {root}/masks "
                 f"(or imgs/, labels/, ...) or train/, val/, test/ subfolders holding them")
         splits = {"all": scan}
+    if label_map is not None:
+        splits = {name: _remapped(scan, Path(label_map)) for name, scan in splits.items()}
     return DataLayout(root, splits)
+
+
+def _remapped(scan: FolderScan, table: Path) -> FolderScan:
+    folder = scan.image_dir.parent
+    if scan.labels is not None:
+        raise DataError(f"--label-map {table} remaps mask files, but '{folder}' is labelled by {scan.labels.kind} "
+                        f"{scan.labels.source}: leave --label-map out")
+    return remap_scan(scan, folder, table) if scan.mask_dir is not None else scan
 
 
 @dataclass

@@ -26,16 +26,17 @@ class LabelSource:
 
     kind: str                 # "COCO", "YOLO" or "label table"
     source: Path              # the annotation file, or the folder of label files
-    values: tuple[int, ...]   # 0 = background first, then the categories' values
+    values: tuple[int, ...]   # annotations: 0 = background first, then the categories' values
     names: tuple[str, ...]
     cache_dir: Path
     reused: bool              # read from the cache (True) or rasterised by this call (False)
     ignore_value: int | None = None
 
     def describe(self) -> str:
-        how = "read from the cache" if self.reused else "rasterised into"
-        return (f"labels: {self.kind} {self.source} ({len(self.values) - 1} categories), {how} "
-                f"{self.cache_dir}")
+        made = "remapped into" if self.kind == "label table" else "rasterised into"
+        how = "read from the cache" if self.reused else made
+        names = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+        return f"labels: {self.kind} {self.source} ({len(self.values)} classes: {names}), {how} {self.cache_dir}"
 
 
 @dataclass

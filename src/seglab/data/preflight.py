@@ -97,12 +97,13 @@ def _trainable(report: Preflight, path: Path, height: int, width: int) -> bool:
 
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
                   class_names: list[str] | None = None, ignore_value: int | None = None,
-                  rgb: bool = False, decoded: DecodedFiles | None = None) -> Preflight:
+                  rgb: bool = False, decoded: DecodedFiles | None = None, label_map: str | None = None) -> Preflight:
     """What `seglab check` reports on the folder `root`; `decoded`: the store that keeps what it
-    decodes for the steps after it (`seglab train` hands it to the plan and the training)."""
+    decodes for the steps after it (`seglab train` hands it to the plan and the training);
+    `label_map`: a JSON table the masks are remapped through first."""
     report = Preflight()
     try:
-        layout = discover(root)
+        layout = discover(root, label_map)
     except DataError as error:
         report.errors.append(str(error))
         return report

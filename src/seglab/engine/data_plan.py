@@ -31,7 +31,7 @@ class DataPlan:
 def _held_out(data, layout: DataLayout, pairs: list[Pair], seed: int) -> tuple[list[Pair], list[Pair]]:
     """(train, val): a separate --val-dir, the folder's own val/ split, or a seeded hold-out."""
     if data.val_dir:
-        val_layout = discover(data.val_dir)
+        val_layout = discover(data.val_dir, data.label_map)
         return pairs, val_layout.labelled("val") or val_layout.training_pairs()
     if layout.has_named_splits and layout.labelled("val"):
         return pairs, layout.labelled("val")
@@ -54,7 +54,7 @@ def plan_data(config: RunConfig, files: DecodedFiles | None = None, layout: Data
     data = config.data
     if not data.root:
         raise SeglabError("no data folder given: seglab train DATA_DIR")
-    layout = layout or discover(data.root)
+    layout = layout or discover(data.root, data.label_map)
     read = (files if files is not None else DecodedFiles(budget_bytes=0)).mask
     pairs = layout.training_pairs()
     if not pairs:

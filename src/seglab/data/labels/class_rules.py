@@ -37,7 +37,9 @@ def label_rules(layout: DataLayout | None, user: MaskRules, seen: set[int], firs
     if sources and not told_values:
         classes = {value: name for source in sources for value, name in zip(source.values, source.names)}
         values = tuple(sorted(classes))
-        return MaskRules(values, None, user.class_names or tuple(classes[v] for v in values), user.ignore_value)
+        ignore = next((s.ignore_value for s in sources if s.ignore_value is not None), None)
+        return MaskRules(values, None, user.class_names or tuple(classes[v] for v in values),
+                         ignore if user.ignore_value is None else user.ignore_value)
     if (not told_values and user.ignore_value is None and VOC_BORDER in seen and not seen - {VOC_BORDER} <= {0}
             and palette_colours(first_mask) is not None):
         return dataclasses.replace(user, ignore_value=VOC_BORDER)
