@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main
 from label_formats import coco_folder, expected_classes, near_boundary, rle_string, yolo_folder
 from PIL import Image
 
 import seglab
+from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main
 from seglab.data.discover import discover
 from seglab.data.labels.shapes import ImageLabels, Shape, decode_rle_string, polygon_bitmap, rasterise
 
@@ -198,3 +198,31 @@ def test_label_table_remaps_label_ids(tmp_path, isbi_subset):
     refused = run_main("check", data, "--label-map", table)
     assert_clean_failure(refused)
     assert "holds value 255, which the label map" in refused.output
+
+
+def _move_all(source: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in list(source.iterdir()):
+        shutil.move(str(path), dest / path.name)
+
+
+def test_roboflow_and_ultralytics_split_layouts(tmp_path, isbi_subset):
+    """Roboflow's COCO export: train/ and valid/ each with its images and _annotations.coco.json;
+    Ultralytics': images/train, labels/train, images/val, labels/val and data.yaml at the top."""
+    roboflow = tmp_path / "roboflow"
+    for split in ("train", "valid"):
+        made = coco_folder(isbi_subset, tmp_path / f"coco-{split}")
+        _move_all(made.parent / "images", roboflow / split)
+        made.rename(roboflow / split / "_annotations.coco.json")
+    ultralytics = tmp_path / "ultralytics"
+    for split in ("train", "val"):
+        made = yolo_folder(isbi_subset, tmp_path / f"yolo-{split}")
+        _move_all(made / "images", ultralytics / "images" / split)
+        _move_all(made / "labels", ultralytics / "labels" / split)
+        shutil.copyfile(made / "data.yaml", ultralytics / "data.yaml")
+    for root, kind in ((roboflow, "COCO"), (ultralytics, "YOLO")):
+        layout = discover(root)
+        assert sorted(layout.splits) == ["train", "val"], root
+        assert all(len(layout.labelled(s)) == 5 and layout.splits[s].labels.kind == kind for s in layout.splits)
+        report = seglab.check(root)
+        assert report.ok and report.class_map.names == ("background", "membrane", "cell"), str(report)

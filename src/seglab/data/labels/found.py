@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.folders import FolderScan, LabelSource, Pair
+from seglab.data.folders import FolderScan, LabelSource, Pair, list_images
 from seglab.data.io import image_info
 from seglab.data.labels.cache import build_cache, cache_folder, content_key, load_cache
 from seglab.data.labels.coco import find_coco_file, read_coco
@@ -28,18 +28,32 @@ def scan_annotations(folder: Path) -> FolderScan | None:
             cached = _build(folder, "COCO", key, coco, images, classes)
         return _scan(cached, "COCO", coco, folder / "images" if (folder / "images").is_dir() else folder)
     yolo = find_yolo_labels(folder)
-    if yolo is not None:
-        image_dir, label_dir = yolo
-        names = names_file(folder)
-        label_files = sorted(p for p in label_dir.iterdir() if p.suffix == ".txt")
-        image_names = ",".join(sorted(p.name for p in image_dir.iterdir()))
-        key = content_key(label_files + ([names] if names else []), image_names)
-        cached = load_cache(cache_folder(folder, "YOLO", key), folder)
-        if cached is None:
-            images, classes = read_yolo(image_dir, label_dir, names)
-            cached = _build(folder, "YOLO", key, label_dir, images, classes)
-        return _scan(cached, "YOLO", label_dir, image_dir)
-    return None
+    return None if yolo is None else _yolo_scan(folder, *yolo, names_file(folder), "YOLO")
+
+
+def ultralytics_splits(root: Path) -> dict[str, FolderScan]:
+    """Ultralytics' own layout: root/images/SPLIT + root/labels/SPLIT (train, val or valid, test),
+    names in root/data.yaml; {} when the folder is not laid out so."""
+    splits = {}
+    for split, names in (("train", ("train",)), ("val", ("val", "valid")), ("test", ("test",))):
+        for name in names:
+            image_dir, label_dir = root / "images" / name, root / "labels" / name
+            if image_dir.is_dir() and label_dir.is_dir() and any(p.suffix == ".txt" for p in label_dir.iterdir()):
+                splits[split] = _yolo_scan(root, image_dir, label_dir, names_file(root), f"YOLO {name}")
+                break
+    return splits
+
+
+def _yolo_scan(folder: Path, image_dir: Path, label_dir: Path, names: Path | None, kind: str) -> FolderScan:
+    """The pairs of YOLO label files, keyed by their content, the names file's and the image names."""
+    label_files = sorted(p for p in label_dir.iterdir() if p.suffix == ".txt")
+    image_names = ",".join(sorted(p.name for p in image_dir.iterdir()))
+    key = content_key(label_files + ([names] if names else []), image_names)
+    cached = load_cache(cache_folder(folder, kind, key), folder)
+    if cached is None:
+        images, classes = read_yolo(image_dir, label_dir, names)
+        cached = _build(folder, kind, key, label_dir, images, classes)
+    return _scan(cached, "YOLO", label_dir, image_dir)
 
 
 def _build(folder: Path, kind: str, key: str, source: Path, images: list[ImageLabels], classes: dict[int, str]):
@@ -60,4 +74,7 @@ def _scan(cached, kind: str, source: Path, image_dir: Path) -> FolderScan:
     labels = LabelSource(kind, source, (0,) + tuple(classes), ("background",) + tuple(classes.values()),
                          cached.folder, cached.reused)
     pairs = sorted((Pair(image, mask) for image, mask in cached.pairs), key=lambda p: p.image.name)
-    return FolderScan(image_dir, cached.folder, pairs, labels=labels)
+    labelled = {pair.image for pair in pairs}
+    # Images the annotations do not mention: listed, so `seglab check` warns as for images without masks.
+    unlabelled = [path for path in list_images(image_dir) if path not in labelled]
+    return FolderScan(image_dir, cached.folder, pairs, unlabelled, labels=labels)
