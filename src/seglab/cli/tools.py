@@ -48,6 +48,18 @@ def register(commands) -> None:
     report.add_argument("--device", default="cpu", help="device for the validation predictions (default: cpu)")
     report.set_defaults(run=run_report)
 
+    _register_data(commands)
+
+    demo = commands.add_parser("demo", help="train, predict and evaluate on the bundled ISBI 2012 slices")
+    demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
+    demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    demo.add_argument("--time-budget", type=float, help="seconds of training (default: 420 on CPU, 60 on GPU)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=run_demo)
+
+
+def _register_data(commands) -> None:
+    """`seglab data carvana` (download) and `seglab data convert SRC DST`."""
     data = commands.add_parser("data", help="download a public data set, or convert labels into class-index masks")
     tasks = data.add_subparsers(dest="task", required=True, metavar="{carvana,convert}")
     carvana = tasks.add_parser("carvana", help="Kaggle's Carvana Image Masking Challenge, downloaded and checked")
@@ -62,13 +74,6 @@ def register(commands) -> None:
     add_dataclass_options(convert.add_argument_group("masks"), DataConfig, "",
                           skip=tuple(f for f in DataConfig.__dataclass_fields__ if f not in MASK_OPTIONS))
     convert.set_defaults(run=run_convert)
-
-    demo = commands.add_parser("demo", help="train, predict and evaluate on the bundled ISBI 2012 slices")
-    demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
-    demo.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    demo.add_argument("--time-budget", type=float, help="seconds of training (default: 420 on CPU, 60 on GPU)")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(run=run_demo)
 
 
 def run_check(args: argparse.Namespace) -> int:
