@@ -14,6 +14,7 @@ from PIL import Image
 
 import seglab
 from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main
+from seglab.api.evaluating import as_pairs
 from seglab.data.discover import discover
 from seglab.data.labels.shapes import ImageLabels, Shape, decode_rle_string, polygon_bitmap, rasterise
 
@@ -104,6 +105,10 @@ def _coco_case(folder: Path, case: str) -> str:
         data["images"][0]["file_name"] = "../../../../etc/passwd"
     elif case == "odd coordinates":
         first["segmentation"] = [[1, 2, 3, 4, 5]]
+    elif case == "other size":
+        data["images"][1]["width"] = 256
+    elif case == "repeated image":
+        data["images"][1]["file_name"] = data["images"][0]["file_name"]
     path.write_text("{not json" if case == "not JSON" else json.dumps(data))
     return {"outside": r"annotations\[0\] \(id 1\) polygon 0: point \(500, 0\) lies outside its 128x128 image",
             "unknown category": r"annotations\[0\] \(id 1\): category_id 9 is not in 'categories'",
@@ -111,6 +116,8 @@ def _coco_case(folder: Path, case: str) -> str:
             "annotation without image": r"annotations\[0\] \(id 1\): image_id 99 is not in 'images'",
             "escaping file name": r"images\[0\] \(id 1\): file_name '../../../../etc/passwd' leads outside",
             "odd coordinates": r"annotations\[0\] \(id 1\) polygon 0: is not a list of at least 3 x, y pairs",
+            "other size": r"images\[1\] \(id 2\): image '.*01.png' is 128x128 but its annotations are for 256x128",
+            "repeated image": r"images\[1\] \(id 2\): repeats the image '00.png'",
             "not JSON": r"annotations.json: not JSON"}[case]
 
 
@@ -132,7 +139,7 @@ def _yolo_case(folder: Path, case: str) -> str:
 
 @pytest.mark.parametrize("kind,case", [("coco", c) for c in (
     "outside", "unknown category", "image without annotations", "annotation without image", "escaping file name",
-    "odd coordinates", "not JSON")] + [("yolo", c) for c in (
+    "odd coordinates", "other size", "repeated image", "not JSON")] + [("yolo", c) for c in (
         "label without image", "image without label", "unknown class", "box", "outside")])
 def test_malformed_annotations_are_refused_in_one_line(annotated, kind, case):
     import re
@@ -194,6 +201,8 @@ def test_label_table_remaps_label_ids(tmp_path, isbi_subset):
     shutil.copytree(isbi_subset, data)
     report = seglab.check(data, label_map=table)
     assert report.ok and report.class_map.names == ("membrane", "cell") and report.class_map.ignore_value == 255
+    scored = as_pairs(data, label_map=table)  # what `seglab evaluate --label-map` scores against
+    assert len(scored) == 5 and set(np.unique(np.asarray(Image.open(scored[0].mask)))) == {0, 1}
     table.write_text(json.dumps({"0": 0}))
     refused = run_main("check", data, "--label-map", table)
     assert_clean_failure(refused)
@@ -206,9 +215,10 @@ def _move_all(source: Path, dest: Path) -> None:
         shutil.move(str(path), dest / path.name)
 
 
-def test_roboflow_and_ultralytics_split_layouts(tmp_path, isbi_subset):
+def test_roboflow_ultralytics_and_coco_split_layouts(tmp_path, isbi_subset):
     """Roboflow's COCO export: train/ and valid/ each with its images and _annotations.coco.json;
-    Ultralytics': images/train, labels/train, images/val, labels/val and data.yaml at the top."""
+    Ultralytics': images/train, labels/train, images/val, labels/val and data.yaml at the top;
+    COCO's own: annotations/instances_train2017.json, instances_val2017.json, train2017/, val2017/."""
     roboflow = tmp_path / "roboflow"
     for split in ("train", "valid"):
         made = coco_folder(isbi_subset, tmp_path / f"coco-{split}")
@@ -220,7 +230,13 @@ def test_roboflow_and_ultralytics_split_layouts(tmp_path, isbi_subset):
         _move_all(made / "images", ultralytics / "images" / split)
         _move_all(made / "labels", ultralytics / "labels" / split)
         shutil.copyfile(made / "data.yaml", ultralytics / "data.yaml")
-    for root, kind in ((roboflow, "COCO"), (ultralytics, "YOLO")):
+    coco = tmp_path / "coco2017"
+    for split in ("train2017", "val2017"):
+        made = coco_folder(isbi_subset, tmp_path / f"coco-{split}")
+        _move_all(made.parent / "images", coco / split)
+        (coco / "annotations").mkdir(exist_ok=True)
+        made.rename(coco / "annotations" / f"instances_{split}.json")
+    for root, kind in ((roboflow, "COCO"), (ultralytics, "YOLO"), (coco, "COCO")):
         layout = discover(root)
         assert sorted(layout.splits) == ["train", "val"], root
         assert all(len(layout.labelled(s)) == 5 and layout.splits[s].labels.kind == kind for s in layout.splits)

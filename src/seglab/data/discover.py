@@ -10,7 +10,7 @@ import numpy as np
 from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
 from seglab.data.folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, FolderScan, LabelSource, Pair, find_dir, list_images
 from seglab.data.io import read_mask
-from seglab.data.labels.found import scan_annotations, ultralytics_splits
+from seglab.data.labels.found import coco_splits, scan_annotations, ultralytics_splits
 from seglab.data.labels.label_table import remap_scan
 from seglab.errors import DataError
 
@@ -103,7 +103,8 @@ def discover(root: str | Path, label_map: str | Path | None = None) -> DataLayou
         raise DataError(f"'{root}' is a file; give the data folder that holds images/ and masks/")
     folders = {name: next((root / f for f in SPLIT_FOLDERS[name] if (root / f).is_dir()), None) for name in SPLIT_NAMES}
     splits = {name: scan_folder(folder) for name, folder in folders.items() if folder is not None}
-    splits = {name: scan for name, scan in splits.items() if scan.image_dir is not None} or ultralytics_splits(root)
+    splits = ({name: scan for name, scan in splits.items() if scan.image_dir is not None}
+              or ultralytics_splits(root) or coco_splits(root))
     if not splits:
         scan = scan_folder(root)
         if scan.image_dir is None:
@@ -220,10 +221,10 @@ def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
                     tuple(class_names) if class_names else tuple(str(v) for v in values), ignore_value, rgb)
 
 
-def labelled_pairs(data: str | Path, split: str | None = None) -> list[Pair]:
+def labelled_pairs(data: str | Path, split: str | None = None, label_map: str | Path | None = None) -> list[Pair]:
     """Pairs to score in a data folder: the named split, else val, test, the whole folder, or
-    train, the first that has pairs."""
-    layout = discover(data)
+    train, the first that has pairs (masks remapped through `label_map`, as the run trained)."""
+    layout = discover(data, label_map)
     if split is not None:
         if split not in layout.splits:
             raise DataError(f"'{data}' has no {split}/ split; it has: {', '.join(layout.splits)}")

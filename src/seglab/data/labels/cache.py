@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.io import write_mask
+from seglab.data.io import atomic_output, write_mask
+from seglab.errors import SeglabError
 
 CACHE_DIR_NAME = ".seglab-cache"
 # Bump when rasterisation changes, so caches of an older seglab are rebuilt, not read.
@@ -80,11 +81,15 @@ def mask_name(image: Path, data_folder: Path) -> str:
 def build_cache(folder: Path, data_folder: Path, images: list[Path], classes: dict[int, str],
                 draw: Callable[[int], np.ndarray]) -> CachedMasks:
     """Write `draw(i)` ((H, W) class mask of images[i]) for every image into `folder`, atomically."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(folder.parent)
     staging = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(folder.parent)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    except OSError as error:
+        raise SeglabError(f"cannot write the label cache '{folder.parent}' ({error.strerror or error}): free space "
+                          "or make the data folder writable") from None
     try:
         pairs = []
         for index, image in enumerate(images):
@@ -92,7 +97,8 @@ def build_cache(folder: Path, data_folder: Path, images: list[Path], classes: di
             write_mask(staging / name, draw(index))
             pairs.append([str(image.relative_to(data_folder)), name])
         manifest = {"version": CACHE_VERSION, "pairs": pairs, "classes": [[v, n] for v, n in classes.items()]}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        with atomic_output(staging / MANIFEST) as temporary:  # a failed write is one line, as for masks
+            Path(temporary).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         try:
             os.rename(staging, folder)
         except OSError:  # another run built the same cache first: theirs is as good

@@ -59,13 +59,15 @@ def read_categories(entries: list, problems: Problems, used: set) -> dict[int, s
                          "categories from 1")
         elif ident != 0:
             names[ident] = str(entry.get("name", ident))
-    return names
+    repeated = {name for name in names.values() if list(names.values()).count(name) > 1}
+    return {ident: f"{name} ({ident})" if name in repeated else name for ident, name in names.items()}
 
 
-def image_entries(entries: list, folder: Path, problems: Problems) -> dict[int, ImageLabels]:
-    """Image id -> ImageLabels (no shapes yet): file names resolved inside `folder` (or its images/)."""
+def image_entries(entries: list, folder: Path, bases: list[Path], problems: Problems) -> dict[int, ImageLabels]:
+    """Image id -> ImageLabels (no shapes yet): file names resolved in the first of `bases` (folders
+    inside the data folder `folder`) that holds them, never outside them."""
     images: dict[int, ImageLabels] = {}
-    bases = [base for base in (folder / "images", folder) if base.is_dir()]
+    seen: set[Path] = set()
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             problems.add(f"images[{index}]", "is not an object")
@@ -88,10 +90,11 @@ def image_entries(entries: list, folder: Path, problems: Problems) -> dict[int, 
         path = path or next((base / Path(name).name for base in bases if (base / Path(name).name).is_file()), None)
         if path is None:
             problems.add(where, f"image file '{name}' is not in {' or '.join(str(b) for b in bases)}")
-        elif ident in images:
-            problems.add(where, "repeats an image id")
+        elif ident in images or path in seen:
+            problems.add(where, "repeats an image id" if ident in images else f"repeats the image '{name}'")
         else:
             images[ident] = ImageLabels(path, height, width, where)
+            seen.add(path)
     return images
 
 
@@ -133,15 +136,24 @@ def segmentation_shape(segmentation, value: int, image: ImageLabels, where: str,
     return Shape(value, where, polygons=tuple(polygons), crowd=crowd)
 
 
+def image_folders(folder: Path, path: Path) -> list[Path]:
+    """Where a COCO file's images may be: folder/images, the folder itself, and for COCO's own
+    annotations/instances_train2017.json, folder/train2017 (or folder/images/train2017) first."""
+    subset = path.stem.removeprefix("instances_") if path.stem.startswith("instances_") else None
+    places = ([folder / subset, folder / "images" / subset] if subset else []) + [folder / "images", folder]
+    return [place for place in places if place.is_dir()]
+
+
 def read_coco(path: Path, folder: Path) -> tuple[list[ImageLabels], dict[int, str]]:
     """The images of the COCO file `path` (found in `folder`) with their shapes, and the categories
-    (id -> name). Raises DataError naming the file and the entry of the first problem."""
+    (id -> name; a name used twice gets its id added). Raises DataError naming the file and the
+    entry of the first problem."""
     data = load_json(path)
     problems = Problems(path)
     annotations = data["annotations"]
     used = {a.get("category_id") for a in annotations if isinstance(a, dict)}
     categories = read_categories(data["categories"], problems, used)
-    images = image_entries(data["images"], folder, problems)
+    images = image_entries(data["images"], folder, image_folders(folder, path), problems)
     problems.raise_any(ADVICE)
     for index, entry in enumerate(annotations):
         ident = entry.get("id") if isinstance(entry, dict) else None

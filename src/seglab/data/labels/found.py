@@ -9,7 +9,7 @@ import numpy as np
 from seglab.data.folders import FolderScan, LabelSource, Pair, list_images
 from seglab.data.io import image_info
 from seglab.data.labels.cache import build_cache, cache_folder, content_key, load_cache
-from seglab.data.labels.coco import find_coco_file, read_coco
+from seglab.data.labels.coco import find_coco_file, image_folders, read_coco
 from seglab.data.labels.shapes import ImageLabels, rasterise
 from seglab.data.labels.yolo import find_yolo_labels, names_file, read_yolo
 from seglab.errors import DataError
@@ -21,14 +21,26 @@ def scan_annotations(folder: Path) -> FolderScan | None:
     annotations that cannot be rasterised."""
     coco = find_coco_file(folder)
     if coco is not None:
-        key = content_key([coco])
-        cached = load_cache(cache_folder(folder, "COCO", key), folder)
-        if cached is None:
-            images, classes = read_coco(coco, folder)
-            cached = _build(folder, "COCO", key, coco, images, classes)
-        return _scan(cached, "COCO", coco, folder / "images" if (folder / "images").is_dir() else folder)
+        return _coco_scan(folder, coco, "COCO")
     yolo = find_yolo_labels(folder)
     return None if yolo is None else _yolo_scan(folder, *yolo, names_file(folder), "YOLO")
+
+
+def coco_splits(root: Path) -> dict[str, FolderScan]:
+    """COCO's own layout: root/annotations/instances_train2017.json, instances_val2017.json, ...
+    with the images in root/train2017, root/val2017; {} unless each file names a split of its own."""
+    files = sorted((root / "annotations").glob("instances_*.json")) if (root / "annotations").is_dir() else []
+    named = {}
+    for path in files:
+        subset = path.stem.removeprefix("instances_")
+        split = next((s for s in ("train", "val", "test") if subset.startswith(s)), None)
+        if split is None or split in named:
+            return {}  # find_coco_file refuses the folder, naming its files
+        named[split] = path
+    if len(named) < 2:
+        return {}
+    return {split: _coco_scan(root, path, f"COCO {path.stem.removeprefix('instances_')}")
+            for split, path in named.items()}
 
 
 def ultralytics_splits(root: Path) -> dict[str, FolderScan]:
@@ -42,6 +54,17 @@ def ultralytics_splits(root: Path) -> dict[str, FolderScan]:
                 splits[split] = _yolo_scan(root, image_dir, label_dir, names_file(root), f"YOLO {name}")
                 break
     return splits
+
+
+def _coco_scan(folder: Path, path: Path, kind: str) -> FolderScan:
+    """The pairs of one COCO file, keyed by its content."""
+    key = content_key([path])
+    cached = load_cache(cache_folder(folder, kind, key), folder)
+    if cached is None:
+        images, classes = read_coco(path, folder)
+        cached = _build(folder, kind, key, path, images, classes)
+    image_dir = next((p.parent for p, _ in cached.pairs), image_folders(folder, path)[0])
+    return _scan(cached, "COCO", path, image_dir)
 
 
 def _yolo_scan(folder: Path, image_dir: Path, label_dir: Path, names: Path | None, kind: str) -> FolderScan:
@@ -71,7 +94,8 @@ def _build(folder: Path, kind: str, key: str, source: Path, images: list[ImageLa
 
 def _scan(cached, kind: str, source: Path, image_dir: Path) -> FolderScan:
     classes = dict(sorted(cached.classes.items()))
-    labels = LabelSource(kind, source, (0,) + tuple(classes), ("background",) + tuple(classes.values()),
+    nothing = "unlabelled" if "background" in classes.values() else "background"  # mask value 0
+    labels = LabelSource(kind, source, (0,) + tuple(classes), (nothing,) + tuple(classes.values()),
                          cached.folder, cached.reused)
     pairs = sorted((Pair(image, mask) for image, mask in cached.pairs), key=lambda p: p.image.name)
     labelled = {pair.image for pair in pairs}

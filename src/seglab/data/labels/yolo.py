@@ -43,12 +43,12 @@ def read_names(path: Path | None) -> list[str] | None:
     if path is None:
         return None
     if path.suffix == ".txt":
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line.strip() for line in read_text(path).splitlines() if line.strip()]
     import yaml  # only for YOLO folders: `seglab check` of a mask folder does not load it
 
     try:
-        names = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("names")
-    except (yaml.YAMLError, AttributeError, OSError) as error:
+        names = (yaml.safe_load(read_text(path)) or {}).get("names")
+    except (yaml.YAMLError, AttributeError) as error:
         raise DataError(f"{path}: cannot read 'names' ({str(error).splitlines()[0]}): {ADVICE}") from None
     if isinstance(names, dict) and all(isinstance(k, int) for k in names) \
             and sorted(names) == list(range(len(names))):
@@ -58,9 +58,17 @@ def read_names(path: Path | None) -> list[str] | None:
     raise DataError(f"{path}: 'names' must list the class names (or map 0, 1, ... to them): {ADVICE}")
 
 
+def read_text(path: Path) -> str:
+    """A label or names file's text; DataError naming it when it cannot be read as UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read '{path}' as text ({error}): {ADVICE}") from None
+
+
 def label_lines(path: Path, image: ImageLabels, count: int | None, problems: Problems) -> None:
     """The polygons of one label file into image.shapes: class k is mask value k + 1 (0: background)."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         words = line.split()
         if not words:
             continue
