@@ -165,6 +165,7 @@ def test_coco_folder_trains_through_the_cli_and_converts(tmp_path, annotated):
     assert converted.rc == 0, converted.output
     classes = json.loads((tmp_path / "copy" / "classes.json").read_text())
     assert [c["name"] for c in classes["classes"]] == ["background", "membrane", "cell"]
+    assert seglab.check(tmp_path / "copy").class_map.names == ("background", "membrane", "cell")  # classes.json
     assert sorted(p.name for p in (tmp_path / "copy" / "masks").iterdir()) == [f"0{i}.png" for i in range(5)]
     cached = discover(folder).splits["all"].pairs[0]  # 00.png's rasterised classes, indices as they were
     assert np.array_equal(np.asarray(Image.open(tmp_path / "copy" / "masks" / "00.png")),
