@@ -53,7 +53,7 @@ from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is 
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seglab.data.loaders import ResidentBatches
 from seglab.engine.recipe import Recipe
-from seglab.engine.tallies import EpochTally
+from seglab.engine.history import EpochTally
 from seglab.engine.trainer import Trainer
 from seglab.models import UNet
 from seglab.runtime.device import resolve_device, resolve_precision

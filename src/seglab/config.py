@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # numpy; the command's flags are made from these sections wit
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
-MONITORS = ("val_dice", "val_miou", "val_iou", "val_loss", "val_pixel_error")
+# The metrics best.pt and early stopping may judge, each with the direction that is better.
+MONITORS = {"val_dice": "max", "val_miou": "max", "val_iou": "max", "val_loss": "min", "val_pixel_error": "min"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.
@@ -150,7 +151,7 @@ class TrainConfig:
                                metavar="DECAY", group="optimisation")
     eval_every: int | str = option(1, "validate every N epochs (5), or every N optimizer steps ('500 steps')",
                                    metavar="N[steps]", group="run control")
-    monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=MONITORS,
+    monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=tuple(MONITORS),
                           group="run control")
     early_stop: int | None = option(None, "stop after N evaluations without improvement of --monitor", min=1,
                                     metavar="N", group="run control")
@@ -205,6 +206,14 @@ class RunConfig:
     def __post_init__(self):
         if self.out is not None and not isinstance(self.out, str):
             object.__setattr__(self, "out", str(self.out))
+
+
+def monitor_mode(metric: str) -> str:
+    """"max" or "min": which way `metric` (one of MONITORS) gets better."""
+    try:
+        return MONITORS[metric]
+    except KeyError:
+        raise ConfigError(f"cannot monitor {metric!r}: choose one of {', '.join(MONITORS)}") from None
 
 
 def parse_eval_every(value: int | str) -> tuple[int, str]:

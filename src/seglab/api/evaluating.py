@@ -40,7 +40,9 @@ def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Ite
     if not isinstance(model, Predictor):
         from seglab.api.predicting import load
 
-        model = load(model, **load_options)
+        model = load(model, scale=scale, **load_options)
     elif load_options:
         raise TypeError(f"options {sorted(load_options)} apply when a path is given; this Predictor is already built")
-    return evaluate_predictor(model, as_pairs(data, split, label_map), scale, instances=instances)
+    elif scale is not None:
+        model = model.with_options(scale=scale)
+    return evaluate_predictor(model, as_pairs(data, split, label_map), instances=instances)

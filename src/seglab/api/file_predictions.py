@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.api.output_plan import PredictJob, check_plan, collect_inputs, plan_outputs
+from seglab.api.output_names import PredictJob, check_outputs, collect_inputs, name_outputs
 from seglab.data.folder_lock import LOCK_FILE, FolderInUse, FolderLock, remove_stale_temporaries
 from seglab.data.io import write_error, write_mask, write_rgb
 from seglab.data.overlay import PALETTE
@@ -39,22 +39,24 @@ def predict_files(model: Predictor | str | os.PathLike, inputs: list, output: li
     if not isinstance(model, Predictor):
         from seglab.api.predicting import load
 
-        model = load(model, log=log)
+        model = load(model, scale=scale, log=log)
+    elif scale is not None:
+        model = model.with_options(scale=scale)
     if not (save or overlay or viz or instances):
         raise SeglabError("nothing to write: --no-save with no --overlay, --viz or --instances; drop --no-save "
                           "or ask for one of them")
     files = collect_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     outputs = [output] if isinstance(output, (str, os.PathLike)) else output
-    jobs = plan_outputs(files, [os.fspath(o) for o in outputs] if outputs else None, save=save, overlay=overlay,
+    jobs = name_outputs(files, [os.fspath(o) for o in outputs] if outputs else None, save=save, overlay=overlay,
                         viz=viz, instances=instances, overwrite=overwrite)
     stop_on_error = len(jobs) == 1 if stop_on_error is None else stop_on_error
     summary = PredictSummary(len(jobs))
     with output_folders_locked(jobs, log):
-        check_plan(jobs, overwrite)  # again: files another run wrote before this one took the folders
+        check_outputs(jobs, overwrite)  # again: files another run wrote before this one took the folders
         for job in (j for j in jobs if j.streamed):
             _stream(model, job, summary, stop_on_error, log)
         by_source = {job.source: job for job in jobs if not job.streamed}
-        for source, image, result in model.stream(list(by_source), scale, instances):
+        for source, image, result in model.stream(list(by_source), instances):
             job = by_source[source]
             if isinstance(result, DataError):
                 if stop_on_error:

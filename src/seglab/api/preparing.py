@@ -17,9 +17,9 @@ from typing import Any
 from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override, read_yaml
 from seglab.data.decoded import DecodedFiles
 from seglab.data.preflight import Preflight, run_preflight
-from seglab.engine.data_plan import plan_data
 from seglab.engine.plan import make_plan
 from seglab.engine.recipe import Recipe
+from seglab.engine.split import split_data
 from seglab.errors import DataError, SeglabError
 from seglab.models.registry import list_models, model_spec
 from seglab.options import refuse_unknown
@@ -128,7 +128,7 @@ def prepare_updates(data, config: RunConfig | str | os.PathLike | None, updates:
     files = DecodedFiles()
     report = check_training_data(resolved, log, files)
     # The plan chooses no option that changes the split, so the split of `resolved` is the run's.
-    split = plan_data(resolved, files, report.layout)
+    split = split_data(resolved, files, report.layout)
     if explicit is None:
         return Recipe.from_split(resolved, split, None, files)
     # The values the user gave, as checked (crop=256 is [256]): what the plan must leave alone.

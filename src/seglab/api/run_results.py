@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seglab.config import RunConfig, parse_eval_every
-from seglab.data.splits import read_split
-from seglab.engine.tallies import History
+from seglab.engine.history import History
 from seglab.errors import SeglabError
+from seglab.runtime.run_files import read_run, read_split
 
 
 @dataclass
@@ -73,8 +73,6 @@ class Run:
     @classmethod
     def open(cls, run_dir: str | os.PathLike) -> "Run":
         """The Run of an existing run folder (config.yaml, metrics.jsonl, summary.json)."""
-        from seglab.viz.report import read_run
-
         record = read_run(Path(run_dir))
         best = record.best_row()
         return cls(record.run_dir, record.config, record.rows, best.get(record.config.train.monitor) if best else None,

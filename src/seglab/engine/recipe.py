@@ -18,7 +18,7 @@ from seglab.data.classmap import ClassMap
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import DataLayout, Pair
 from seglab.data.io import atomic_output
-from seglab.engine.data_plan import DataPlan, plan_data
+from seglab.engine.split import Split, split_data
 from seglab.errors import ConfigError, DataError
 from seglab.options import refuse_unknown, shown
 
@@ -64,10 +64,10 @@ class Recipe:
                   layout: DataLayout | None = None) -> "Recipe":
         """The recipe of `config` as given (no plan): its data folder split, its masks surveyed."""
         files = files if files is not None else DecodedFiles()
-        return cls.from_split(config, plan_data(config, files, layout), plan, files)
+        return cls.from_split(config, split_data(config, files, layout), plan, files)
 
     @classmethod
-    def from_split(cls, config: RunConfig, split: DataPlan, plan: dict | None = None,
+    def from_split(cls, config: RunConfig, split: Split, plan: dict | None = None,
                    files: DecodedFiles | None = None) -> "Recipe":
         return cls(config, split.train_pairs, split.val_pairs, split.class_map, split.channels, split.class_counts,
                    split.folded, plan, files if files is not None else DecodedFiles())

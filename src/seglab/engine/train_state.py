@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seglab.engine.history import EpochTally
 from seglab.engine.rng import rng_state, set_rng_state
-from seglab.engine.tallies import EpochTally
 from seglab.errors import SeglabError
 from seglab.options import shown
 from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint
@@ -23,10 +23,9 @@ def checkpoint_payload(trainer, epoch: int, metrics: dict, train_state: dict | N
     c = trainer.config
     # precision: what validation computed in, so predictions under "auto" equal the run's scores
     preprocess = {"channels": trainer.recipe.channels, "scale": c.data.scale,
-                  "normalization": trainer.normalization, "threshold": c.train.threshold,
-                  "precision": precision_name(trainer.amp_dtype)}
+                  "normalization": trainer.normalization, "precision": precision_name(trainer.amp_dtype)}
     return make_checkpoint(trainer.scored_model, c.model.name, trainer.model_kwargs, trainer.recipe.class_map,
-                           preprocess, epoch, trainer.step, metrics, train_state)
+                           preprocess, epoch, trainer.step, metrics, train_state, {"threshold": c.train.threshold})
 
 
 def last_payload(trainer, epoch: int, metrics: dict, position: dict) -> dict:

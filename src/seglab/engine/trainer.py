@@ -26,12 +26,13 @@ from seglab.engine.builders import (
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
 from seglab.engine.ema import WeightAverage
 from seglab.engine.encoder_policy import EncoderPolicy
+from seglab.engine.history import DeviceLossTally, EpochTally, History, TrainingClock
+from seglab.engine.monitor import Monitor
 from seglab.engine.recipe import Recipe
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
 from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
-from seglab.engine.tallies import DeviceLossTally, EpochTally, History, Monitor, TrainingClock
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import non_finite_tensors

@@ -48,8 +48,9 @@ from seglab.data.preprocess import match_channels, normalize
 from seglab.errors import SeglabError
 from seglab.inference.export_graph import ExportWrapper, image_stats
 from seglab.inference.exported import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
+from seglab.inference.options import InferenceOptions
 from seglab.models.outputs import full_size_logits, logits_to_probabilities
-from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint, postprocess_of
 from seglab.version import __version__
 
 FORMATS = ("onnx", "torchscript")
@@ -68,11 +69,11 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     from seglab.inference.ensemble import EnsembleModule, is_ensemble_file, load_members, read_ensemble
 
     if is_ensemble_file(path):
-        members, class_map, preprocess = load_members(path)
+        members, class_map, preprocess, postprocess = load_members(path)
         names = [str(p) for p in read_ensemble(path)[0]]
         return (EnsembleModule(members).eval(),
                 {"model": {"name": "ensemble", "kwargs": {"members": names}}, "class_map": class_map.to_dict(),
-                 "preprocess": preprocess})
+                 "preprocess": preprocess, "postprocess": postprocess})
     payload = load_checkpoint(path)
     return model_from_checkpoint(payload, path).eval(), payload
 
@@ -90,7 +91,7 @@ def export_metadata(payload: dict, input_max: float) -> dict:
         "channels": int(preprocess["channels"]),
         "scale": float(preprocess.get("scale", 1.0)),
         "normalization": preprocess.get("normalization", "per_image"),
-        "threshold": float(preprocess.get("threshold", 0.5)),
+        "threshold": postprocess_of(payload)["threshold"],
         "input_max": float(input_max),
         "input": f"{INPUT_NAME}: raw pixels (B, C, H, W) float32 in 0..input_max; the graph normalises",
         "stats_input": f"{STATS_NAME} (optional): (B or 1, C, 2) float32 (shift, divide) of the whole image in "
@@ -314,7 +315,7 @@ def time_against_pytorch(checkpoint_path: str | Path, exported_path: Path, image
     from seglab.inference.predictor import Predictor
 
     quiet = lambda *args, **kwargs: None  # noqa: E731
-    paths = {PYTORCH: Predictor.from_file(checkpoint_path, "cpu", runtime="pytorch", log=quiet)}
+    paths = {PYTORCH: Predictor.from_file(checkpoint_path, "cpu", InferenceOptions(runtime="pytorch"), log=quiet)}
     exported = Predictor.from_file(exported_path, "cpu", log=quiet)
     paths[exported.runtime] = exported
     seconds = {name: float("inf") for name in paths}

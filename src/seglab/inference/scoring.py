@@ -20,8 +20,7 @@ from seglab.metrics.scoring import Evaluation, evaluate_images
 INSTANCE_KEYS = ("rand_error", "vi_split", "vi_merge", "vi")
 
 
-def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], scale: float | None = None,
-                       instances: bool = False,
+def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], instances: bool = False,
                        keep: Callable[[Pair, np.ndarray, Prediction, np.ndarray], None] | None = None) -> Evaluation:
     """Per-image and pooled scores of `predictor` on `pairs`, masks read through its class map.
 
@@ -33,7 +32,7 @@ def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], scale: float
     def predict(pair: Pair):
         image = read_image(pair.image)
         truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image)
-        prediction = predictor.predict(image, scale, instances=instances, name=str(pair.image))
+        prediction = predictor.predict(image, instances=instances, name=str(pair.image))
         extra = _instance_scores(prediction, truth, predictor.membrane_class) if instances else {}
         if keep is not None:
             keep(pair, image, prediction, truth)

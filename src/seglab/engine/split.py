@@ -1,4 +1,4 @@
-"""Which files of a run train and which validate, how their masks map to classes, and split.json."""
+"""Which files of a run train and which validate (the split), and how their masks map to classes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ from seglab.errors import DataError, SeglabError
 
 
 @dataclass
-class DataPlan:
+class Split:
     """Which files train, which validate, and how their masks map to classes (a Recipe's data part)."""
 
     layout: DataLayout
@@ -48,7 +48,7 @@ def rare_presence(pairs: list[Pair], survey, class_map: ClassMap) -> list[bool] 
     return present if share < 0.02 or sum(present) < len(pairs) / 2 else None
 
 
-def plan_data(config: RunConfig, files: DecodedFiles | None = None, layout: DataLayout | None = None) -> DataPlan:
+def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: DataLayout | None = None) -> Split:
     """The split and class map of `config`'s data folder: found once (`layout`, when the caller
     found it already), masks read through `files` (the run's store of decoded files)."""
     data = config.data
@@ -78,4 +78,4 @@ def plan_data(config: RunConfig, files: DecodedFiles | None = None, layout: Data
         check_trainable_size(pair.image, *image_info(pair.image)[:2])
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
     counts = [survey.counts.get(value, 0) for value in class_map.values]
-    return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts, folded)
+    return Split(layout, train_pairs, val_pairs, class_map, channels, counts, folded)
