@@ -89,6 +89,19 @@ def test_cache_is_read_again_and_rebuilt_when_the_file_changes(annotated):
     assert [p.name for p in rebuilt.cache_dir.parent.iterdir()] == [rebuilt.cache_dir.name]  # no temporaries
 
 
+def test_a_read_only_folder_is_cached_in_the_users_cache(annotated, tmp_path, monkeypatch):
+    from seglab.data.labels import cache
+
+    folder = annotated("coco")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    # The tests run as root, for whom every folder is writable: answer as for a read-only folder.
+    readable = os.access
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: mode != os.W_OK and readable(path, mode))
+    labels = discover(folder).splits["all"].labels
+    assert labels.cache_dir.is_relative_to(tmp_path / "home" / "seglab" / "labels")
+    assert not (folder / ".seglab-cache").exists() and discover(folder).splits["all"].labels.reused
+
+
 def _coco_case(folder: Path, case: str) -> str:
     path = folder / "annotations.json"
     data = json.loads(path.read_text())

@@ -105,20 +105,28 @@ def _filled(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
     return (np.cumsum(toggles, axis=1)[:, :width] & 1).astype(bool)
 
 
-def shape_bitmap(shape: Shape, height: int, width: int) -> np.ndarray:
-    """(H, W) bool of one shape."""
+def shape_bitmap(shape: Shape, height: int, width: int) -> tuple[np.ndarray, int, int]:
+    """(bitmap (h, w) bool, top, left): one shape within its bounding box in the H x W image, so an
+    image of many small instances never holds a full-size bitmap for each."""
     if shape.runs is not None:
-        return runs_bitmap(shape.runs, height, width)
-    return polygon_bitmap(shape.polygons, height, width)
+        return runs_bitmap(shape.runs, height, width), 0, 0
+    points = np.concatenate(shape.polygons)
+    top, left = (max(int(np.floor(points[:, axis].min())), 0) for axis in (1, 0))
+    bottom = min(int(np.ceil(points[:, 1].max())), height)
+    right = min(int(np.ceil(points[:, 0].max())), width)
+    if bottom <= top or right <= left:
+        return np.zeros((0, 0), dtype=bool), 0, 0
+    moved = tuple(polygon - (left, top) for polygon in shape.polygons)
+    return polygon_bitmap(moved, bottom - top, right - left), top, left
 
 
 def rasterise(labels: ImageLabels, dtype=np.uint8) -> np.ndarray:
     """The class mask (H, W) `dtype` of one image: 0 where nothing is labelled, else the value of
     the region on top (crowd regions under instances, smaller instances over larger ones)."""
-    drawn = [(shape, shape_bitmap(shape, labels.height, labels.width)) for shape in labels.shapes]
+    drawn = [(shape, *shape_bitmap(shape, labels.height, labels.width)) for shape in labels.shapes]
     order = sorted(range(len(drawn)), key=lambda i: (not drawn[i][0].crowd, -int(drawn[i][1].sum()), i))
     mask = np.zeros((labels.height, labels.width), dtype=dtype)
     for index in order:
-        shape, bitmap = drawn[index]
-        mask[bitmap] = shape.value
+        shape, bitmap, top, left = drawn[index]
+        mask[top:top + bitmap.shape[0], left:left + bitmap.shape[1]][bitmap] = shape.value
     return mask
