@@ -39,7 +39,7 @@ def annotated(tmp_path, isbi_subset):
 def test_polygons_rasterise_to_the_isbi_masks(annotated, isbi_subset, kind):
     layout = discover(annotated(kind))
     scan = layout.splits["all"]
-    assert scan.labels.names == ("background", "membrane", "cell") and len(scan.pairs) == 5
+    assert scan.labels.names == ("membrane", "cell") and len(scan.pairs) == 5  # every pixel labelled: no background
     for pair in scan.pairs:
         got = np.asarray(Image.open(pair.mask))
         want = expected_classes(isbi_subset / "masks" / pair.image.name)
@@ -82,9 +82,12 @@ def test_cache_is_read_again_and_rebuilt_when_the_file_changes(annotated):
     assert os.stat(next(again.cache_dir.glob("*.png"))).st_mtime_ns == stamp  # read, not rewritten
     data = json.loads((folder / "annotations.json").read_text())
     data["categories"][1]["name"] = "interior"
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] == 2 or a["image_id"] != 1]
     (folder / "annotations.json").write_text(json.dumps(data))
     rebuilt = discover(folder).splits["all"].labels
-    assert not rebuilt.reused and rebuilt.cache_dir != first.cache_dir and rebuilt.names[-1] == "interior"
+    assert not rebuilt.reused and rebuilt.cache_dir != first.cache_dir
+    # 00.png's membrane is no longer labelled: value 0 becomes a class of its own
+    assert rebuilt.names == ("background", "membrane", "interior") and rebuilt.values == (0, 1, 2)
     assert not first.cache_dir.exists()  # the stale cache is gone
     assert [p.name for p in rebuilt.cache_dir.parent.iterdir()] == [rebuilt.cache_dir.name]  # no temporaries
 
@@ -173,16 +176,16 @@ def test_coco_folder_trains_through_the_cli_and_converts(tmp_path, annotated):
                       "-v", 20, "--out", run, *TINY_FLAGS)
     assert trained.rc == 0, trained.output
     payload = seglab.load(run / "best.pt").class_map
-    assert payload.names == ("background", "membrane", "cell") and payload.values == (0, 1, 2)
+    assert payload.names == ("membrane", "cell") and payload.values == (1, 2)
     converted = run_main("data", "convert", folder, tmp_path / "copy")
     assert converted.rc == 0, converted.output
     classes = json.loads((tmp_path / "copy" / "classes.json").read_text())
-    assert [c["name"] for c in classes["classes"]] == ["background", "membrane", "cell"]
-    assert seglab.check(tmp_path / "copy").class_map.names == ("background", "membrane", "cell")  # classes.json
+    assert [(c["name"], c["value"]) for c in classes["classes"]] == [("membrane", 1), ("cell", 2)]
+    assert seglab.check(tmp_path / "copy").class_map.names == ("membrane", "cell")  # read from classes.json
     assert sorted(p.name for p in (tmp_path / "copy" / "masks").iterdir()) == [f"0{i}.png" for i in range(5)]
-    cached = discover(folder).splits["all"].pairs[0]  # 00.png's rasterised classes, indices as they were
+    cached = discover(folder).splits["all"].pairs[0]  # 00.png as rasterised: category ids 1 and 2
     assert np.array_equal(np.asarray(Image.open(tmp_path / "copy" / "masks" / "00.png")),
-                          np.asarray(Image.open(cached.mask)))
+                          np.asarray(Image.open(cached.mask)) - 1)  # class indices 0 and 1
 
 
 @pytest.mark.skipif(not (CAMVID / "train" / "masks").is_dir(), reason="CamVid is not on this machine")
@@ -255,4 +258,4 @@ def test_roboflow_ultralytics_and_coco_split_layouts(tmp_path, isbi_subset):
         assert sorted(layout.splits) == ["train", "val"], root
         assert all(len(layout.labelled(s)) == 5 and layout.splits[s].labels.kind == kind for s in layout.splits)
         report = seglab.check(root)
-        assert report.ok and report.class_map.names == ("background", "membrane", "cell"), str(report)
+        assert report.ok and report.class_map.names == ("membrane", "cell"), str(report)

@@ -26,7 +26,7 @@ class LabelSource:
 
     kind: str                 # "COCO", "YOLO" or "label table"
     source: Path              # the annotation file, or the folder of label files
-    values: tuple[int, ...]   # annotations: 0 = background first, then the categories' values
+    values: tuple[int, ...]   # annotations: 0 = background (when some pixel is unlabelled), the categories' values
     names: tuple[str, ...]
     cache_dir: Path
     reused: bool              # read from the cache (True) or rasterised by this call (False)

@@ -21,7 +21,7 @@ from seglab.errors import SeglabError
 
 CACHE_DIR_NAME = ".seglab-cache"
 # Bump when rasterisation changes, so caches of an older seglab are rebuilt, not read.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 MANIFEST = "labels.json"
 
 
@@ -33,6 +33,7 @@ class CachedMasks:
     pairs: list[tuple[Path, Path]]
     classes: dict[int, str]
     reused: bool
+    unlabelled: bool = True  # some pixel of some mask is 0: nothing labelled it
 
 
 def content_key(files: list[Path], *extra: str) -> str:
@@ -65,11 +66,12 @@ def load_cache(folder: Path, data_folder: Path) -> CachedMasks | None:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         pairs = [(data_folder / image, folder / mask) for image, mask in manifest["pairs"]]
         classes = {int(value): str(name) for value, name in manifest["classes"]}
+        unlabelled = bool(manifest["unlabelled"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not all(image.is_file() and mask.is_file() for image, mask in pairs):
         return None
-    return CachedMasks(folder, pairs, classes, reused=True)
+    return CachedMasks(folder, pairs, classes, reused=True, unlabelled=unlabelled)
 
 
 def mask_name(image: Path, data_folder: Path) -> str:
@@ -91,12 +93,15 @@ def build_cache(folder: Path, data_folder: Path, images: list[Path], classes: di
         raise SeglabError(f"cannot write the label cache '{folder.parent}' ({error.strerror or error}): free space "
                           "or make the data folder writable") from None
     try:
-        pairs = []
+        pairs, unlabelled = [], False
         for index, image in enumerate(images):
             name = mask_name(image, data_folder)
-            write_mask(staging / name, draw(index))
+            mask = draw(index)
+            unlabelled = unlabelled or not mask.all()
+            write_mask(staging / name, mask)
             pairs.append([str(image.relative_to(data_folder)), name])
-        manifest = {"version": CACHE_VERSION, "pairs": pairs, "classes": [[v, n] for v, n in classes.items()]}
+        manifest = {"version": CACHE_VERSION, "pairs": pairs, "classes": [[v, n] for v, n in classes.items()],
+                    "unlabelled": unlabelled}
         with atomic_output(staging / MANIFEST) as temporary:  # a failed write is one line, as for masks
             Path(temporary).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         try:
@@ -110,7 +115,7 @@ def build_cache(folder: Path, data_folder: Path, images: list[Path], classes: di
         if old != folder and old.name.startswith(folder.name.rsplit("-", 1)[0] + "-") and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     built = load_cache(folder, data_folder)
-    return CachedMasks(folder, built.pairs if built else [], classes, reused=False)
+    return CachedMasks(folder, built.pairs if built else [], classes, reused=False, unlabelled=unlabelled)
 
 
 def _remove_stale_builds(parent: Path) -> None:

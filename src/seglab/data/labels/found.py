@@ -94,9 +94,11 @@ def _build(folder: Path, kind: str, key: str, source: Path, images: list[ImageLa
 
 def _scan(cached, kind: str, source: Path, image_dir: Path) -> FolderScan:
     classes = dict(sorted(cached.classes.items()))
-    nothing = "unlabelled" if "background" in classes.values() else "background"  # mask value 0
-    labels = LabelSource(kind, source, (0,) + tuple(classes), (nothing,) + tuple(classes.values()),
-                         cached.folder, cached.reused)
+    # Value 0 (nothing labelled there) is a class only when some pixel has it: annotations that
+    # cover every pixel (ISBI's membrane and cells) train exactly their own categories.
+    nothing = {0: "unlabelled" if "background" in classes.values() else "background"} if cached.unlabelled else {}
+    classes = nothing | classes
+    labels = LabelSource(kind, source, tuple(classes), tuple(classes.values()), cached.folder, cached.reused)
     pairs = sorted((Pair(image, mask) for image, mask in cached.pairs), key=lambda p: p.image.name)
     labelled = {pair.image for pair in pairs}
     # Images the annotations do not mention: listed, so `seglab check` warns as for images without masks.
