@@ -34,14 +34,17 @@ def _area(contour: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
 
 
-def rle_string(bitmap: np.ndarray) -> str:
-    """(H, W) bool -> COCO's compressed RLE string (pycocotools' rleToString, written from its spec)."""
+def rle_runs(bitmap: np.ndarray) -> list[int]:
+    """(H, W) bool -> COCO's uncompressed RLE counts: column-major runs, zeros first."""
     flat = bitmap.T.ravel().astype(np.int8)
     changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat[0]:
-        runs = [0] + runs
+    runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    return [0] + runs if flat[0] else runs
+
+
+def rle_string(bitmap: np.ndarray) -> str:
+    """(H, W) bool -> COCO's compressed RLE string (pycocotools' rleToString, written from its spec)."""
+    runs = rle_runs(bitmap)
     out = []
     for i, run in enumerate(runs):
         x = run - runs[i - 2] if i > 2 else run
@@ -56,7 +59,8 @@ def rle_string(bitmap: np.ndarray) -> str:
 
 def coco_folder(isbi: Path, dest: Path, rle_stems: tuple[str, ...] = ()) -> Path:
     """dest/images + dest/annotations.json from an images/ + masks/ ISBI folder; the images of
-    `rle_stems` are labelled with one compressed-RLE crowd region per class instead of polygons."""
+    `rle_stems` are labelled with one RLE crowd region per class instead of polygons (membrane as
+    a compressed string, cells as uncompressed counts)."""
     (dest / "images").mkdir(parents=True)
     images, annotations = [], []
     for index, image_path in enumerate(sorted((isbi / "images").glob("*.png")), start=1):
@@ -65,9 +69,9 @@ def coco_folder(isbi: Path, dest: Path, rle_stems: tuple[str, ...] = ()) -> Path
         height, width = mask.shape
         images.append({"id": index, "file_name": image_path.name, "width": width, "height": height})
         if image_path.stem in rle_stems:
-            for value, klass in ((1, mask == 0), (2, mask == 255)):
+            for value, klass, counts in ((1, mask == 0, rle_string), (2, mask == 255, rle_runs)):
                 annotations.append({"image_id": index, "category_id": value, "iscrowd": 1,
-                                    "segmentation": {"size": [height, width], "counts": rle_string(klass)}})
+                                    "segmentation": {"size": [height, width], "counts": counts(klass)}})
             continue
         for value, polygon, _ in region_polygons(mask):
             annotations.append({"image_id": index, "category_id": value, "iscrowd": 0,
