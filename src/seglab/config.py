@@ -10,9 +10,9 @@ import dataclasses
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from seglab.data.augment_config import AUGMENT_PRESETS, augment_config_from_dict
+from seglab.data.augment_config import AUGMENT_PRESETS, AugmentConfig, augment_config_from_dict, augment_preset
 from seglab.data.normalization import NORMALIZATIONS
 from seglab.errors import ConfigError, SeglabError
 from seglab.losses import LOSSES
@@ -179,10 +179,13 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self, "train")
-        parse_eval_every(self.eval_every)
+        # Parsed here, at the boundary, and kept typed (not fields: config.yaml keeps what was written).
+        object.__setattr__(self, "_evaluation", parse_eval_every(self.eval_every))
         if isinstance(self.augment, dict):
-            augment_config_from_dict(self.augment)
-        elif self.augment not in AUGMENT_PRESETS:
+            object.__setattr__(self, "_augment_config", augment_config_from_dict(self.augment))
+        elif self.augment in AUGMENT_PRESETS:
+            object.__setattr__(self, "_augment_config", augment_preset(self.augment))
+        else:
             raise ConfigError(f"invalid train.augment (--augment): {shown(self.augment)}; expected one of: "
                               f"{', '.join(AUGMENT_PRESETS)}")
         if isinstance(self.class_weights, str) and self.class_weights not in ("auto", "none"):
@@ -194,6 +197,16 @@ class TrainConfig:
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(f"invalid train.device (--device): {shown(self.device)}; expected cpu, cuda, cuda:N "
                               "or auto")
+
+    @property
+    def evaluation(self) -> EvalPeriod:
+        """eval_every as (count, unit)."""
+        return self._evaluation
+
+    @property
+    def augment_config(self) -> AugmentConfig:
+        """augment (a preset's name or a mapping) as the AugmentConfig it names."""
+        return self._augment_config
 
 
 @dataclass(frozen=True)
@@ -216,7 +229,14 @@ def monitor_mode(metric: str) -> str:
         raise ConfigError(f"cannot monitor {metric!r}: choose one of {', '.join(MONITORS)}") from None
 
 
-def parse_eval_every(value: int | str) -> tuple[int, str]:
+class EvalPeriod(NamedTuple):
+    """How often a run validates: every `count` epochs or optimizer steps (`unit`)."""
+
+    count: int
+    unit: str  # "epoch" | "step"
+
+
+def parse_eval_every(value: int | str) -> EvalPeriod:
     """--eval-every value -> (count, "epoch" | "step"): 5, "5", "5epochs" and "5 epochs" mean every
     5 epochs; "500steps" or "500 steps" every 500 optimizer steps."""
     text = str(value).strip().lower().replace(" ", "")
@@ -226,7 +246,7 @@ def parse_eval_every(value: int | str) -> tuple[int, str]:
     if isinstance(value, bool) or not digits.isdigit() or int(digits) < 1 or unit is None:
         raise ConfigError(f"invalid train.eval_every (--eval-every): {shown(value)}; expected N epochs (5 or "
                           "'5 epochs') or N optimizer steps ('500 steps')")
-    return int(digits), unit
+    return EvalPeriod(int(digits), unit)
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig}

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seglab.config import RunConfig, parse_eval_every
+from seglab.config import RunConfig
 from seglab.engine.history import History
 from seglab.errors import SeglabError
 from seglab.runtime.run_files import read_run, read_split
@@ -92,7 +92,7 @@ def finish_run(history: History, log=print) -> Run:
         from seglab.viz.plots import plot_curves
         from seglab.viz.report import write_report
 
-        plot_curves(history.epochs, history.run_dir / "curves.png", x=parse_eval_every(config.train.eval_every)[1])
+        plot_curves(history.epochs, history.run_dir / "curves.png", x=config.train.evaluation.unit)
         try:
             log(f"report: {write_report(history.run_dir, device='cpu')}")
         except SeglabError as error:

@@ -48,6 +48,14 @@ class RunLog:
         # purge_step hides the dropped periods' events from TensorBoard too
         self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=rows[-1]["step"] + 1 if rows else None)
 
+    def log_start(self, recipe: Recipe, model, device, setup: list[str]) -> None:
+        """The run's first line: its folder, images, classes, parameters, device and `setup` (precision,
+        layout, ...)."""
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        self.log(f"run {self.run_dir}: {len(recipe.train_pairs)} train / {len(recipe.val_pairs)} val images, "
+                 f"classes {recipe.class_map.describe()}, {parameters:.2f}M parameters, device {device}, "
+                 + ", ".join(setup))
+
     def overlays_due(self) -> bool:
         """Whether this evaluation should draw prediction pictures: at most once a minute, since
         drawn at every evaluation of a 5-minute GPU run on ISBI they took 426 MB of event files."""

@@ -8,6 +8,7 @@ resumed run continues to the bit-identical result on the CPU.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seglab.engine.history import EpochTally
@@ -51,8 +52,25 @@ def model_differences(saved: dict, name: str, kwargs: dict) -> list[str]:
             for key in keys if saved["kwargs"].get(key) != kwargs.get(key)]
 
 
-def restore(trainer, run_dir: Path) -> None:
-    """Put `trainer` where last.pt of `run_dir` left the run."""
+@dataclass
+class TrainState:
+    """Where a run stands between two steps: the epoch and the batches of it already trained, the
+    optimizer steps and training seconds so far, the monitor's best value and the evaluations since,
+    the metrics rows, and the running sums of the period not yet logged. A new run starts at TrainState()."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    best: float | None = None
+    evals_since_best: int = 0
+    rows: list[dict] = field(default_factory=list)
+    tally: EpochTally = field(default_factory=EpochTally)
+
+
+def restore(trainer, run_dir: Path) -> TrainState:
+    """Load last.pt of `run_dir` into the trainer's model, optimizer, schedule, scaler, augmenter and
+    the random generators; returns where the run stood (the trainer continues from it)."""
     path = run_dir / "last.pt"
     payload = load_checkpoint(path)
     state = payload.get("train_state")
@@ -75,13 +93,8 @@ def restore(trainer, run_dir: Path) -> None:
                           "options it was trained with, or start a new run with another --out") from None
     set_rng_state(state["rng"])
     position = state["position"]
-    trainer.start_epoch, trainer.skip_batches = position["epoch"], position["batch"]
-    trainer.tally = EpochTally(**position["tally"])
-    trainer.step, trainer.clock.elapsed = payload["step"], state["elapsed"]
-    trainer.monitor.best, trainer.monitor.evals_since_best = state["best"], state["evals_since_best"]
-    trainer.history_rows = list(state["history"])
-    where = f"epoch {trainer.start_epoch + 1}" + (f", batch {trainer.skip_batches}" if trainer.skip_batches else "")
-    trainer.log(f"resuming {run_dir} at {where} (step {trainer.step})")
+    return TrainState(position["epoch"], position["batch"], payload["step"], state["elapsed"], state["best"],
+                      state["evals_since_best"], list(state["history"]), EpochTally(**position["tally"]))
 
 
 def _load_states(trainer, payload: dict, state: dict) -> None:

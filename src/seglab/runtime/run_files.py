@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from seglab.config import RunConfig, dump_config, load_config, monitor_mode, parse_eval_every
+from seglab.config import RunConfig, dump_config, load_config, monitor_mode
 from seglab.data.discover import Pair
 from seglab.data.io import atomic_output, write_error
 from seglab.errors import SeglabError
@@ -173,6 +173,6 @@ def read_run(run_dir: Path) -> RunRecord:
         raise SeglabError(f"'{run_dir}' is not a run folder (no config.yaml): give the folder `seglab train --out` "
                           "wrote")
     config = load_config(config_file)
-    eval_count, unit = parse_eval_every(config.train.eval_every)
+    eval_count, unit = config.train.evaluation
     return RunRecord(run_dir, config, config_file.read_text(), read_metrics(run_dir), unit, eval_count,
                      read_summary(run_dir))
