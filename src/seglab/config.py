@@ -54,6 +54,8 @@ class DataConfig:
     ignore_value: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
                                       flags=("--ignore-index",), metavar="V")
     mask_colors: str | None = option(None, "JSON colour table for RGB colour masks", metavar="FILE.json")
+    label_map: str | None = option(None, "JSON table of mask value -> class value, applied before classes are "
+                                   "found (e.g. Cityscapes labelId -> trainId; 255: ignored)", metavar="FILE.json")
     normalization: str = option("auto", "intensity normalisation; auto: the pretrained encoder's mean and std "
                                 "(ImageNet's), or the --load checkpoint's, else per_image (zero mean, unit "
                                 "variance per image and channel; the default)", choices=("auto",) + NORMALIZATIONS)

@@ -107,7 +107,8 @@ def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, predict
     outputs = job.outputs
     if "mask" in outputs:
         mask = prediction.classes if palette else prediction.mask
-        summary.written.append(write_mask(outputs["mask"], mask, palette=_palette(PALETTE) if palette else None))
+        colours = PALETTE if model.class_map.colors is None else np.asarray(model.class_map.colors, dtype=np.uint8)
+        summary.written.append(write_mask(outputs["mask"], mask, palette=_palette(colours) if palette else None))
     if "overlay" in outputs:
         summary.written.append(write_rgb(outputs["overlay"], overlay_picture(image, prediction)))
     if "viz" in outputs:
@@ -135,7 +136,8 @@ def overlay_picture(image: np.ndarray, prediction: Prediction, alpha: float = 0.
 
 
 def _palette(colours: np.ndarray) -> np.ndarray:
-    """(256, 3): the overlay colours, class 0 included, repeated to fill the table."""
+    """(256, 3): the class colours (a palette mask's, else the overlay's), class 0 included, repeated
+    to fill the table."""
     return np.resize(colours, (256, 3)).astype(np.uint8)
 
 

@@ -97,7 +97,8 @@ def config_value(config: RunConfig, key: str) -> Any:
 def check_training_data(config: RunConfig, log=print, files: DecodedFiles | None = None) -> Preflight:
     """The preflight `seglab check` runs, refusing folders that cannot train (DataError: the first
     problem, and how many more there are); warnings are logged. What it decodes stays in `files`."""
-    report = run_preflight(config.data.root, **config.data.mask_rules().as_kwargs(), decoded=files)
+    report = run_preflight(config.data.root, **config.data.mask_rules().as_kwargs(), decoded=files,
+                           label_map=config.data.label_map)
     if report.errors:
         more = len(report.errors) - 1
         raise DataError(report.errors[0] + (f" (and {more} more problems: run `seglab check {config.data.root}`)"

@@ -52,6 +52,8 @@ def register(commands) -> None:
                           help="which split to score (default: val, test, the whole folder or train)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--per-image", action="store_true", help="also print a row per image")
+    evaluate.add_argument("--label-map", metavar="FILE.json", help="the table the masks were remapped through "
+                          "in training (seglab train --label-map)")
     evaluate.add_argument("--instances", action="store_true",
                           help="add the ISBI scores: adapted Rand error and variation of information of cells")
     add_inference_options(evaluate)
@@ -77,6 +79,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import seglab
 
-    scores = seglab.evaluate(load_model(args), args.data, split=args.split, instances=args.instances)
+    scores = seglab.evaluate(load_model(args), args.data, split=args.split, instances=args.instances,
+                             label_map=args.label_map)
     print(scores.dumps(model=args.model, data=args.data) if args.json else scores.table(per_image=args.per_image))
     return 0

@@ -171,7 +171,8 @@ def _classes(values) -> tuple[ClassMap, int, list[int] | None]:
     """(class map, channels, pixels per class) of the recipe's `classes` mapping."""
     if not isinstance(values, dict):
         raise ConfigError("the recipe's 'classes' must be a mapping: values, names, ignore_value, rgb, channels")
-    refuse_unknown(values, ("values", "names", "ignore_value", "rgb", "channels", "pixels"), "the recipe's classes")
+    refuse_unknown(values, ("values", "names", "ignore_value", "rgb", "colors", "channels", "pixels"),
+                   "the recipe's classes")
     try:
         class_map = ClassMap.from_dict(values)
     except (KeyError, TypeError, ValueError) as error:

@@ -8,8 +8,9 @@ import numpy as np
 from seglab.config import RunConfig
 from seglab.data.classmap import ClassMap
 from seglab.data.decoded import DecodedFiles
-from seglab.data.discover import DataLayout, Pair, discover, infer_class_map, survey_masks
+from seglab.data.discover import DataLayout, Pair, discover, survey_masks
 from seglab.data.io import check_trainable_size, image_info
+from seglab.data.labels.class_rules import class_map_for
 from seglab.data.splits import fold_split, split_pairs
 from seglab.errors import DataError, SeglabError
 
@@ -30,7 +31,7 @@ class Split:
 def _held_out(data, layout: DataLayout, pairs: list[Pair], seed: int) -> tuple[list[Pair], list[Pair]]:
     """(train, val): a separate --val-dir, the folder's own val/ split, or a seeded hold-out."""
     if data.val_dir:
-        val_layout = discover(data.val_dir)
+        val_layout = discover(data.val_dir, data.label_map)
         return pairs, val_layout.labelled("val") or val_layout.training_pairs()
     if layout.has_named_splits and layout.labelled("val"):
         return pairs, layout.labelled("val")
@@ -53,7 +54,7 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     data = config.data
     if not data.root:
         raise SeglabError("no data folder given: seglab train DATA_DIR")
-    layout = layout or discover(data.root)
+    layout = layout or discover(data.root, data.label_map)
     read = (files if files is not None else DecodedFiles(budget_bytes=0)).mask
     pairs = layout.training_pairs()
     if not pairs:
@@ -62,7 +63,7 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     if data.folds:  # every labelled pair takes part: the folds are the validation splits
         pairs = pairs + (layout.labelled("val") if layout.has_named_splits else [])
         survey = survey_masks([p.mask for p in pairs], read=read)
-        class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
+        class_map = class_map_for(survey, layout, data.mask_rules())
         presence = rare_presence(pairs, survey, class_map)
         fold_of = {pair: fold for fold in range(1, data.folds + 1)
                    for pair in fold_split(pairs, data.folds, fold, config.train.seed, presence)[1]}
@@ -72,7 +73,7 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     else:
         train_pairs, val_pairs = _held_out(data, layout, pairs, config.train.seed)
         survey = survey_masks([p.mask for p in train_pairs + val_pairs], read=read)
-        class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
+        class_map = class_map_for(survey, layout, data.mask_rules())
     for pair in train_pairs + val_pairs:  # headers only: what `seglab check` refuses, train refuses too
         check_trainable_size(pair.image, *image_info(pair.image)[:2])
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
