@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seglab.data.io import atomic_output
 from seglab.data.labels.class_rules import CLASSES_FILE
 from seglab.data.mask_repair import fix_and_recheck, require_empty_folder
 from seglab.data.preflight import format_preflight, run_preflight
+from seglab.data.writing import atomic_output
 
 
 def convert_folder(source: str | Path, dest: str | Path, label_map: str | None = None, **rules) -> tuple[str, bool]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.io import atomic_output, write_mask
+from seglab.data.writing import atomic_output, write_mask
 from seglab.errors import SeglabError
 
 CACHE_DIR_NAME = ".seglab-cache"
