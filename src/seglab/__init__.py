@@ -20,7 +20,7 @@ from seglab.version import __version__  # noqa: F401
 _HOMES = {
     **API_HOMES,
     "Evaluation": "seglab.metrics.scoring",
-    "Prediction": "seglab.inference.predictor",
+    "Prediction": "seglab.inference.prediction",
     "Predictor": "seglab.inference.predictor",
     "RunConfig": "seglab.config",
     "build_model": "seglab.models.registry",

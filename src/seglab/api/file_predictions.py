@@ -14,7 +14,8 @@ from seglab.data.overlay import PALETTE
 from seglab.data.overlay import overlay as draw_overlay
 from seglab.data.writing import write_error, write_mask, write_rgb
 from seglab.errors import DataError, SeglabError
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 
 
 @dataclass

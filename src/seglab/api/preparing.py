@@ -14,7 +14,7 @@ import dataclasses
 import os
 from typing import Any
 
-from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override, read_yaml
+from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override
 from seglab.data.decoded import DecodedFiles
 from seglab.data.preflight import Preflight, run_preflight
 from seglab.engine.plan import make_plan
@@ -23,6 +23,7 @@ from seglab.engine.split import split_data
 from seglab.errors import DataError, SeglabError
 from seglab.models.registry import list_models, model_spec
 from seglab.options import refuse_unknown
+from seglab.yaml_files import read_yaml
 
 _DATA_FIELDS = [f.name for f in dataclasses.fields(DataConfig) if f.name != "root"]
 _TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from seglab.config import DataConfig, RunConfig, config_from_dict, config_to_dict, override, read_yaml
+from seglab.config import DataConfig, RunConfig, config_from_dict, config_to_dict, override
 from seglab.data.classmap import ClassMap
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import DataLayout, Pair
@@ -21,6 +21,7 @@ from seglab.data.writing import atomic_output
 from seglab.engine.split import Split, split_data
 from seglab.errors import ConfigError, DataError
 from seglab.options import refuse_unknown, shown
+from seglab.yaml_files import read_yaml
 
 RECIPE_FILE = "recipe.yaml"
 CONFIG_KEYS = ("seglab_version", "data", "model", "train", "out")

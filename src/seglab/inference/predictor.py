@@ -14,21 +14,20 @@ import copy
 import dataclasses
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from seglab.data.classmap import ClassMap
-from seglab.data.io import read_image
 from seglab.data.normalization import check_normalization
 from seglab.data.preprocess import prepare_image
 from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
 from seglab.inference.exported import ExportedModule
 from seglab.inference.options import LOADING_OPTIONS, InferenceOptions
+from seglab.inference.prediction import ImageInput, Prediction, as_array
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
 from seglab.models.outputs import (
@@ -51,34 +50,6 @@ from seglab.runtime.device import (
 ACTIVATION_BYTES_PER_PIXEL_CHANNEL = 48
 AUTO_TILE = 512
 EXPORTED_SUFFIXES = (".onnx", ".ts", ".torchscript")
-ImageInput = Union[str, Path, np.ndarray, "PIL.Image.Image"]  # noqa: F821 (PIL only when given)
-
-
-@dataclass
-class Prediction:
-    probabilities: np.ndarray          # (K, H, W) float32; K = 1 (sigmoid, P(class 1)) for binary models
-    classes: np.ndarray                # (H, W) int64 class indices
-    mask: np.ndarray                   # (H, W) the user's mask values (uint8 / uint16), (H, W, 3) colours
-    instances: np.ndarray | None = None  # (H, W) int32 cell labels 1..N (0 = boundary), when asked for
-    name: str = "image"
-
-
-def as_array(image: ImageInput) -> tuple[np.ndarray, str]:
-    """A path, a NumPy array (H, W) or (H, W, C), or a PIL image -> ((H, W, C) array, a name for messages)."""
-    if isinstance(image, (str, Path)):
-        return read_image(image), str(image)
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3) or image.size == 0:
-            raise DataError(f"an image array must be (H, W) or (H, W, C), not shape {image.shape}")
-        return (image[..., None] if image.ndim == 2 else image), "array"
-    if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image, without importing Pillow here
-        if image.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-            image = image.convert("RGB")
-        elif image.mode in ("1", "LA"):
-            image = image.convert("L")
-        array = np.asarray(image)
-        return (array[..., None] if array.ndim == 2 else array), "PIL image"
-    raise DataError(f"cannot predict a {type(image).__name__}: give a file path, a NumPy array or a PIL image")
 
 
 class Predictor:

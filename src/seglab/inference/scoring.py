@@ -14,7 +14,8 @@ import numpy as np
 from seglab.data.discover import Pair
 from seglab.data.io import read_image
 from seglab.data.truth import read_truth
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.metrics.scoring import Evaluation, evaluate_images
 
 INSTANCE_KEYS = ("rand_error", "vi_split", "vi_merge", "vi")

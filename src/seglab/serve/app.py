@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seglab.data.io import max_pixels
 from seglab.errors import ConfigError, DataError, SeglabError
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.options import shown
 from seglab.serve import encode
 from seglab.serve.batcher import Batcher, PredictionStopped

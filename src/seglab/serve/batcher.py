@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import interruptible
 
 ALONE = object()  # the key of a request that shares its forward passes with no other

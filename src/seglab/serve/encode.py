@@ -11,7 +11,8 @@ from seglab.api.file_predictions import overlay_picture
 from seglab.data.classmap import ClassMap, unpack_rgb
 from seglab.data.overlay import PALETTE
 from seglab.data.writing import mask_picture, png_bytes
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 
 PNG = "image/png"
 TIFF = "image/tiff"
