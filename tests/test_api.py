@@ -213,3 +213,19 @@ def test_with_options_is_a_replace_of_the_predictors_one_options_object(checkpoi
         model.with_options(runtime="auto")
     with pytest.raises(SeglabError, match="scale"):
         model.with_options(scale=0)
+
+
+def test_objects_show_themselves_in_a_few_lines_and_as_html(checkpoint, isbi_subset):
+    model = seglab.load(checkpoint, device="cpu", runtime="pytorch", tta="flips")
+    shown = repr(model)
+    assert shown.startswith("Predictor(unet from best.pt: ") and "tta flips" in shown and len(shown.splitlines()) <= 5
+    image = np.asarray(Image.open(isbi_subset / "images" / "00.png"))[:96, :80]
+    prediction = model.predict(image, name="00.png")
+    assert repr(prediction).startswith("Prediction('00.png', 80x96: ") and "%" in repr(prediction)
+    assert "<img src='data:image/png;base64," in prediction._repr_html_()
+    assert prediction.overlay().shape == (96, 80, 3)
+    scores = seglab.evaluate(model, [(isbi_subset / "images" / "00.png", isbi_subset / "masks" / "00.png")])
+    assert repr(scores).startswith("Evaluation(1 images; pooled mDice ") and len(repr(scores).splitlines()) == 2
+    assert scores._repr_html_().count("<tr>") == len(scores.classes) + 2
+    config = seglab.load_config(checkpoint.parent / "config.yaml")
+    assert repr(config).startswith("RunConfig(data ") and len(repr(config).splitlines()) <= 5

@@ -219,6 +219,22 @@ class RunConfig:
         if self.out is not None and not isinstance(self.out, str):
             object.__setattr__(self, "out", str(self.out))
 
+    def __repr__(self) -> str:
+        """The options that differ from the defaults, a line per section (config_to_dict has them all)."""
+        lines = [f"RunConfig(data {self.data.root!r}, model {self.model.name} {self.model.options or ''}".rstrip()]
+        for name, section in (("data", self.data), ("train", self.train)):
+            changed = [f"{f.name}={getattr(section, f.name)!r}" for f in fields(section)
+                       if f.name != "root" and getattr(section, f.name) != _default(f)]
+            if changed:
+                lines.append(f"  {name}: {', '.join(changed)}")
+        if self.out:
+            lines.append(f"  out: {self.out!r}")
+        return "\n".join(lines) + ")"
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
 
 def monitor_mode(metric: str) -> str:
     """"max" or "min": which way `metric` (one of MONITORS) gets better."""

@@ -4,6 +4,7 @@ numpy and Pillow only, no torch. A failed write leaves the previous file (or non
 """
 from __future__ import annotations
 
+import base64
 import errno
 import io
 import os
@@ -109,6 +110,17 @@ def png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_data_uri(picture: np.ndarray, width: int | None = None) -> str:
+    """An (H, W, 3) uint8 picture as a data: URI of a PNG (for pages and notebooks), shrunk to
+    `width` pixels across when it is wider."""
+    image = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8))
+    if width and image.width > width:
+        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.BOX)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def write_rgb(path: str | Path, rgb: np.ndarray) -> Path:

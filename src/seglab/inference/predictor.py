@@ -169,6 +169,17 @@ class Predictor:
             return None
         return inference_precision(precision, self.trained_precision, self.device)
 
+    def __repr__(self) -> str:
+        source = Path(self.info.get("checkpoint") or self.info.get("source") or "model").name
+        model = (self.info.get("model") or {}).get("name", type(self.model).__name__)
+        changed = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(InferenceOptions)
+                   if f.name not in ("threshold", "scale")
+                   and getattr(self.options, f.name) != f.default}
+        settings = ", ".join([f"threshold {self.threshold:g}", f"scale {self.scale:g}",
+                              *(f"{name} {value}" for name, value in changed.items())])
+        return (f"Predictor({model} from {source}: {self.class_map.describe()}\n"
+                f"  {self.runtime} on {self.device}; {settings})")
+
     @property
     def runtime(self) -> str:
         """What runs the network, for logs and servers: "pytorch bf16 (AMX)", "onnxruntime", ..."""
@@ -267,7 +278,7 @@ class Predictor:
             raise SeglabError(f"out of memory on {self.device} predicting '{name}' ({width}x{height}): try "
                               f"--tile {max(64, tile // 2)} and --batch-size 1, or --device cpu") from None
         probs = resize_probabilities(probs[None], (height, width))[0]
-        return self.finish(probs, instances, name)
+        return self.finish(probs, instances, name, array)
 
     @torch.inference_mode()
     def predict_batch(self, arrays: list[np.ndarray], names: list[str],
@@ -299,7 +310,8 @@ class Predictor:
                                   "try --batch-size 1, --tile 512, or --device cpu") from None
             for (index, _), image_probs in zip(members, probs):
                 size = arrays[index].shape[:2]
-                results[index] = self.finish(resize_probabilities(image_probs[None], size)[0], instances, names[index])
+                full_size = resize_probabilities(image_probs[None], size)[0]
+                results[index] = self.finish(full_size, instances, names[index], arrays[index])
         return results
 
     def predict_many(self, images: Iterable[ImageInput], instances: bool = False) -> Iterator[Prediction]:
@@ -348,10 +360,12 @@ class Predictor:
                     else:
                         yield item, got[0], next(predictions)
 
-    def finish(self, probs: torch.Tensor, instances: bool = False, name: str = "image") -> Prediction:
+    def finish(self, probs: torch.Tensor, instances: bool = False, name: str = "image",
+               image: np.ndarray | None = None) -> Prediction:
         """Probabilities (K, H, W) -> classes, mask values and, if asked, cell instances."""
         classes = probabilities_to_classes(probs, self.threshold).numpy()
-        prediction = Prediction(probs.float().numpy(), classes, self.class_map.decode(classes), name=name)
+        prediction = Prediction(probs.float().numpy(), classes, self.class_map.decode(classes), name=name,
+                                image=image, class_names=self.class_map.names)
         if instances:
             from seglab.inference.postprocess import membrane_to_instances  # scipy, skimage: only for instances
 

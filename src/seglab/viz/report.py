@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import platform
 import tempfile
@@ -13,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from seglab.data.writing import atomic_output
+from seglab.data.writing import atomic_output, png_data_uri
 from seglab.errors import SeglabError
 from seglab.runtime.run_files import RunRecord, read_run, read_split
 
@@ -58,12 +56,7 @@ class Example:
 
 
 def _png_data_uri(picture: np.ndarray, width: int | None = PANEL_WIDTH) -> str:
-    image = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8))
-    if width and image.width > width:
-        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.BOX)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_data_uri(picture, width)
 
 
 def _file_data_uri(path: Path) -> str:
