@@ -28,6 +28,12 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
 # The metrics best.pt and early stopping may judge, each with the direction that is better.
 MONITORS = {"val_dice": "max", "val_miou": "max", "val_iou": "max", "val_loss": "min", "val_pixel_error": "min"}
+# The options the training plan chooses when they are not given (engine.plan; a test keeps the two
+# together): the command's help says "planned" for them instead of a default the plan replaces.
+PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.base_channels", "model.depth",
+                     "train.amp", "train.augment", "train.batch_size", "train.channels_last", "train.class_weights",
+                     "train.epochs", "train.eval_every", "train.learning_rate", "train.max_time", "train.monitor",
+                     "train.precision", "train.scheduler"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterable
 
 from seglab.data.discover import Pair, labelled_pairs
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError
 from seglab.inference.predictor import Predictor
 from seglab.inference.scoring import evaluate_predictor
 from seglab.metrics.scoring import Evaluation
@@ -42,7 +42,8 @@ def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Ite
 
         model = load(model, scale=scale, **load_options)
     elif load_options:
-        raise TypeError(f"options {sorted(load_options)} apply when a path is given; this Predictor is already built")
+        raise ConfigError(f"seglab.evaluate: options {sorted(load_options)} apply when a path is given; this Predictor "
+                          "is built already: use predictor.with_options(...)")
     elif scale is not None:
         model = model.with_options(scale=scale)
     return evaluate_predictor(model, as_pairs(data, split, label_map), instances=instances)

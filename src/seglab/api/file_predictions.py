@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seglab.api.keywords import checked_keywords
 from seglab.api.output_names import PredictJob, check_outputs, collect_inputs, name_outputs
 from seglab.data.folder_lock import LOCK_FILE, FolderInUse, FolderLock, remove_stale_temporaries
 from seglab.data.overlay import PALETTE
@@ -25,6 +26,7 @@ class PredictSummary:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
+@checked_keywords("seglab.predict_files")
 def predict_files(model: Predictor | str | os.PathLike, inputs: list, output: list | str | os.PathLike | None = None,
                   *, scale: float | None = None, save: bool = True, overlay: bool = False, viz: bool = False,
                   instances: bool = False, palette: bool = False, overwrite: bool = False,

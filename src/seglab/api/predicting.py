@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 
+from seglab.api.keywords import checked_keywords
 from seglab.inference.options import SEED_THRESHOLD, InferenceOptions
 from seglab.inference.predictor import Predictor
 from seglab.runtime.device import resolve_device
 
 
+@checked_keywords("seglab.load")
 def load(path: str | os.PathLike, *, device: str = "auto", threshold: float | None = None,
          tile: int | tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none", batch_size: int = 4,
          scale: float | None = None, membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD,

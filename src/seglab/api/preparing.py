@@ -14,6 +14,7 @@ import dataclasses
 import os
 from typing import Any
 
+from seglab.api.keywords import with_run_options
 from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override
 from seglab.data.decoded import DecodedFiles
 from seglab.data.preflight import Preflight, run_preflight
@@ -109,6 +110,7 @@ def check_training_data(config: RunConfig, log=print, files: DecodedFiles | None
     return report
 
 
+@with_run_options
 def prepare(data: str | os.PathLike | None = None, *, config: RunConfig | str | os.PathLike | None = None,
             log=print, **overrides) -> Recipe:
     """The Recipe `seglab.train` would train, without training: the folder checked and split, the

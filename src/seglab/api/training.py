@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from seglab.api.keywords import with_run_options
 from seglab.api.preparing import config_updates, prepare_updates
 from seglab.api.run_results import Run, finish_run
 from seglab.config import RunConfig
@@ -11,6 +12,7 @@ from seglab.engine import runs
 from seglab.engine.recipe import Recipe
 
 
+@with_run_options
 def fit(recipe: Recipe | str | os.PathLike, *, progress: bool = True, log=print, **overrides):
     """Train `recipe` (a Recipe, or a recipe.yaml file) exactly: its config, its listed split and
     class map; the data folder is not searched again. Keywords override its config as they do a
@@ -31,6 +33,7 @@ def fit(recipe: Recipe | str | os.PathLike, *, progress: bool = True, log=print,
     return finish_run(runs.fit(recipe, progress=progress, log=log), log)
 
 
+@with_run_options
 def train(data: str | os.PathLike | None = None, *, config: RunConfig | str | os.PathLike | None = None,
           progress: bool = True, log=print, **overrides) -> Run:
     """Train a model as `seglab train` does: `seglab.prepare`, then `seglab.fit` of its recipe (the
@@ -48,6 +51,7 @@ def train(data: str | os.PathLike | None = None, *, config: RunConfig | str | os
     return fit(prepare_updates(data, config, config_updates(overrides), log), progress=progress, log=log)
 
 
+@with_run_options
 def resume(run_dir: str | os.PathLike, *, progress: bool = True, log=print, **overrides) -> Run:
     """Continue the run in `run_dir` from its last.pt with its own config.yaml (keywords override
     it, e.g. epochs=100 to train longer); returns the finished Run."""

@@ -20,7 +20,7 @@ def add_model_options(group) -> None:
     """--model and every registered model's options; an option several models share gets one flag."""
     summaries = "; ".join(f"{name}: {model_spec(name).summary}" for name in list_models())
     group.add_argument("--model", dest="model.name", choices=list_models(), default=None,
-                       help=f"the network (default: unet): {summaries}".replace("%", "%%"))
+                       help=f"the network (default: planned; unet): {summaries}".replace("%", "%%"))
     owners: dict[str, list[tuple[str, dataclasses.Field]]] = {}
     annotations: dict[str, object] = {}
     for name in list_models():
