@@ -125,7 +125,7 @@ def camvid_scores(model_path: Path, camvid: Path, device: str) -> dict:
 
 def run_camvid(args, out: Path) -> dict:
     camvid = Path(args.camvid)
-    planned = seglab.train(camvid, ignore_value=11, class_names=CAMVID_NAMES, time_budget=args.camvid_budget,
+    planned = seglab.train(camvid, ignore_index=11, class_names=CAMVID_NAMES, time_budget=args.camvid_budget,
                            device=args.device, out=out / "camvid-plan", progress=False, log=QUIET)
     config = ROOT / "configs" / "camvid.yaml"
     handwritten = seglab.train(camvid, config=config, max_time=args.camvid_budget, epochs=10_000,

@@ -69,3 +69,14 @@ def test_the_threshold_moved_to_postprocess_and_old_files_keep_theirs(tmp_path):
     save_checkpoint(new, tmp_path / "new.pt")
     assert seglab.load(tmp_path / "new.pt", device="cpu", scale=0.5).options == InferenceOptions(
         threshold=0.2, scale=0.5)
+
+
+def test_an_old_option_name_in_a_config_loads_with_a_one_line_note(tmp_path, caplog):
+    """data.ignore_value is data.ignore_index now (the flag's name); files with the old key keep loading."""
+    path = tmp_path / "old.yaml"
+    path.write_text("data:\n  root: data/isbi2012\n  ignore_value: 11\ntrain:\n  epochs: 2\n")
+    with caplog.at_level("WARNING", logger="seglab"):
+        config = load_config(path)
+    assert config.data.ignore_index == 11
+    assert [r.getMessage() for r in caplog.records] == [
+        "note: data.ignore_value is now called data.ignore_index; the value is read as that"]

@@ -7,6 +7,7 @@ model section holds a model name and that model's own options, which the model r
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -56,7 +57,7 @@ class DataConfig:
     mask_values: list[int] | None = option(None, "mask values in class order, e.g. 0,128,255", metavar="V,V,...")
     num_classes: int | None = option(None, "masks hold class indices 0..K-1", min=2, max=65536, metavar="K")
     class_names: list[str] | None = option(None, "comma-separated names, one per class", metavar="NAME,...")
-    ignore_value: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
+    ignore_index: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
                                       flags=("--ignore-index",), metavar="V")
     mask_colors: str | None = option(None, "JSON colour table for RGB colour masks", metavar="FILE.json")
     label_map: str | None = option(None, "JSON table of mask value -> class value, applied before classes are "
@@ -85,7 +86,7 @@ class DataConfig:
         """How masks map to classes: explicit values, a class count, or a colour table file."""
         from seglab.data.classmap import MaskRules
 
-        return MaskRules.from_options(self.mask_values, self.num_classes, self.class_names, self.ignore_value,
+        return MaskRules.from_options(self.mask_values, self.num_classes, self.class_names, self.ignore_index,
                                       self.mask_colors)
 
 
@@ -283,9 +284,27 @@ def _model_from_dict(values: dict) -> ModelConfig:
     return ModelConfig(name, values)
 
 
+# Options renamed so that each has one name in flags, YAML and keywords: {section: {old: new}}. Files
+# that use an old name keep loading, with a one-line note.
+RENAMED_OPTIONS = {"data": {"ignore_value": "ignore_index"}}
+
+
+def renamed_options(values: dict) -> dict:
+    """A config mapping with the old names of RENAMED_OPTIONS replaced (a note for each one found)."""
+    values = dict(values or {})
+    for section, renames in RENAMED_OPTIONS.items():
+        given = values.get(section)
+        if isinstance(given, dict) and set(given) & set(renames):
+            for old in sorted(set(given) & set(renames)):
+                logging.getLogger("seglab").warning(f"note: {section}.{old} is now called {section}."
+                                                    f"{renames[old]}; the value is read as that")
+            values[section] = {renames.get(key, key): value for key, value in given.items()}
+    return values
+
+
 def config_from_dict(values: dict) -> RunConfig:
     """A RunConfig from a mapping such as config.yaml holds ({"data": {...}, "model": {...}, ...})."""
-    values = dict(values or {})
+    values = renamed_options(values)
     values.pop("seglab_version", None)
     refuse_unknown(values, list(SECTIONS) + ["model", "out"], "the config (sections)")
     sections = {}
@@ -312,6 +331,7 @@ def load_config(path: str | Path) -> RunConfig:
 def flatten(values: dict) -> dict[str, Any]:
     """A config mapping as dotted keys: {"train": {"epochs": 5}, "out": "x"} -> {"train.epochs": 5,
     "out": "x"}; the keys a YAML file sets, for the training plan to leave alone."""
+    values = renamed_options(values)
     flat = {f"{section}.{name}": value for section in ("data", "model", "train")
             for name, value in (values.get(section) or {}).items()}
     if values.get("out") is not None:

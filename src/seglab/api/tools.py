@@ -14,7 +14,7 @@ from seglab.errors import SeglabError
 
 @checked_keywords("seglab.check")
 def check(data: str | os.PathLike, *, mask_values: list[int] | None = None, num_classes: int | None = None,
-          class_names: list[str] | None = None, ignore_value: int | None = None,
+          class_names: list[str] | None = None, ignore_index: int | None = None,
           mask_colors: str | os.PathLike | None = None, label_map: str | os.PathLike | None = None) -> Preflight:
     """What `seglab check DATA` reports, as an object: `.ok`, `.errors`, `.warnings`, `.class_map`,
     `.lines`, and `str(report)` the text the command prints. Nothing is written but the mask cache
@@ -23,7 +23,7 @@ def check(data: str | os.PathLike, *, mask_values: list[int] | None = None, num_
     >>> report = seglab.check("data/isbi2012")
     >>> report.ok, report.class_map.describe()     # (True, '0 -> 0 (0), 255 -> 1 (255)')
     """
-    rules = MaskRules.from_options(mask_values, num_classes, class_names, ignore_value,
+    rules = MaskRules.from_options(mask_values, num_classes, class_names, ignore_index,
                                    os.fspath(mask_colors) if mask_colors else None)
     return run_preflight(os.fspath(data), **rules.as_kwargs(), label_map=os.fspath(label_map) if label_map else None)
 

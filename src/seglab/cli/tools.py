@@ -7,7 +7,7 @@ from seglab.cli.parsing import add_dataclass_options, add_max_pixels, ints, posi
 from seglab.config import DataConfig
 from seglab.data.augment_config import AUGMENT_PRESETS
 
-MASK_OPTIONS = ("mask_values", "num_classes", "class_names", "ignore_value", "mask_colors", "label_map")
+MASK_OPTIONS = ("mask_values", "num_classes", "class_names", "ignore_index", "mask_colors", "label_map")
 
 
 def register(commands) -> None:
@@ -143,7 +143,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from seglab.data.classmap import MaskRules
     from seglab.data.convert import convert_folder
 
-    rules = MaskRules.from_options(args.mask_values, args.num_classes, args.class_names, args.ignore_value,
+    rules = MaskRules.from_options(args.mask_values, args.num_classes, args.class_names, args.ignore_index,
                                    args.mask_colors)
     text, ok = convert_folder(args.source, args.dest, args.label_map, **rules.as_kwargs())
     print(text)

@@ -29,7 +29,7 @@ RECIPE_KEYS = CONFIG_KEYS + ("classes", "split", "plan")
 # Options that decide which files train and how masks map to classes. A recipe lists the outcome,
 # so beside --recipe they would change nothing: they are refused (plan again) instead of ignored.
 SPLIT_OPTIONS = ("data.root", "data.val_dir", "data.validation", "data.val_files", "data.in_channels",
-                 "data.mask_values", "data.num_classes", "data.class_names", "data.ignore_value", "data.mask_colors",
+                 "data.mask_values", "data.num_classes", "data.class_names", "data.ignore_index", "data.mask_colors",
                  "data.folds")
 HEADER = """\
 # seglab recipe: what `seglab train --recipe THIS_FILE` trains, exactly (written by `seglab plan`).
@@ -158,7 +158,7 @@ class Recipe:
 
 
 def _flag(key: str) -> str:
-    """The command's flag of a data option: "data.ignore_value" -> "--ignore-index"."""
+    """The command's flag of a data option: "data.ignore_index" -> "--ignore-index"."""
     name = key.split(".", 1)[1]
     declared = next(f for f in fields(DataConfig) if f.name == name).metadata.get("flags") or ()
     return next((flag for flag in declared if flag.startswith("--")), "--" + name.replace("_", "-"))
