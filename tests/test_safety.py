@@ -296,7 +296,7 @@ BAD_TRAIN_VALUES = [  # (section, option, flag, value)
     ("data", "scale", "--scale", 0),
     ("data", "validation", "--validation", 100),
     ("data", "in_channels", "--in-channels", -1),
-    ("train", "max_time", "--time-budget", -5),
+    ("train", "time_budget", "--time-budget", -5),
     ("train", "accumulate", "--accumulate", 0),
     ("train", "momentum", "--momentum", 1.5),
     ("train", "seed", "--seed", -1),

@@ -1,7 +1,7 @@
 """seglab: train and run image-segmentation models on folders of images and masks.
 
     import seglab
-    run = seglab.train("data/isbi2012", base_channels=16, crop=256, max_time=120)
+    run = seglab.train("data/isbi2012", base_channels=16, crop=256, time_budget=120)
     model = seglab.load(run.best_checkpoint)
     result = model.predict("data/isbi2012/test/images/00.png")     # .mask, .classes, .probabilities
     scores = seglab.evaluate(model, run.validation_pairs)           # .pooled, .mean, .table()

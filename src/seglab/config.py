@@ -33,7 +33,7 @@ MONITORS = {"val_dice": "max", "val_miou": "max", "val_iou": "max", "val_loss": 
 # together): the command's help says "planned" for them instead of a default the plan replaces.
 PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.base_channels", "model.depth",
                      "train.amp", "train.augment", "train.batch_size", "train.channels_last", "train.class_weights",
-                     "train.epochs", "train.eval_every", "train.learning_rate", "train.max_time", "train.monitor",
+                     "train.epochs", "train.eval_every", "train.learning_rate", "train.time_budget", "train.monitor",
                      "train.precision", "train.scheduler"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -149,9 +149,9 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto", group="run control")
     seed: int = option(0, "random seed (split, crops, augmentation, weights)", min=0, max=2**32 - 1,
                        group="run control")
-    max_time: float | None = option(None, "the time budget: stop after this many seconds of training (the "
-                                    "schedule anneals to it; default: the plan's, unless --epochs is given)", above=0,
-                                    metavar="SECONDS", flags=("--time-budget", "--max-time"), group="run control")
+    time_budget: float | None = option(None, "stop after this many seconds of training (the schedule anneals to "
+                                       "it; default: the plan's, unless --epochs is given)", above=0,
+                                       metavar="SECONDS", group="run control")
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
                                "0.999): validation, best.pt and predictions use it", above=0, below=1,
                                metavar="DECAY", group="optimisation")
@@ -286,7 +286,7 @@ def _model_from_dict(values: dict) -> ModelConfig:
 
 # Options renamed so that each has one name in flags, YAML and keywords: {section: {old: new}}. Files
 # that use an old name keep loading, with a one-line note.
-RENAMED_OPTIONS = {"data": {"ignore_value": "ignore_index"}}
+RENAMED_OPTIONS = {"data": {"ignore_value": "ignore_index"}, "train": {"max_time": "time_budget"}}
 
 
 def renamed_options(values: dict) -> dict:

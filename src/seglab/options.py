@@ -211,7 +211,8 @@ def check_fields(instance: Any, owner: str) -> None:
 OTHER_SPELLINGS = {"lr": "learning_rate", "bs": "batch_size", "batch": "batch_size", "num_epochs": "epochs",
                    "max_epochs": "epochs", "n_epochs": "epochs", "classes": "num_classes",
                    "n_classes": "num_classes", "encoder_name": "encoder", "in_chans": "in_channels",
-                   "n_channels": "in_channels", "time_limit": "max_time", "imgsz": "crop",
+                   "n_channels": "in_channels", "time_limit": "time_budget", "max_time": "time_budget",
+                   "imgsz": "crop",
                    "ignore_value": "ignore_index", "weights": "encoder_weights"}
 LISTED_AT_MOST = 16  # known names an error lists in full; beyond, it points to the help instead
 

@@ -17,12 +17,10 @@ from seglab.config import PLANNED, DataConfig, TrainConfig
 from seglab.models.registry import list_models, model_spec
 from seglab.options import refuse_unknown
 
-# Keywords a run takes besides the data and train options: the model, its run folder, and the
-# spelling of max_time the command's flag uses.
+# Keywords a run takes besides the data and train options: the model and its run folder.
 RUN_KEYWORDS = {
     "model": (str, "unet", "the model: a registered name (seglab models lists them)"),
     "out": (str | None, None, "the run folder (default: runs/<data>-<model>-<time>)"),
-    "time_budget": (float | None, None, "the same as max_time (the command's --time-budget)"),
 }
 
 
@@ -75,7 +73,7 @@ def with_run_options(func: Callable) -> Callable:
 
 
 def _planned(name: str) -> bool:
-    return any(key.split(".", 1)[1] == name for key in PLANNED) or (name == "time_budget")
+    return any(key.split(".", 1)[1] == name for key in PLANNED)
 
 
 def checked_keywords(where: str) -> Callable[[Callable], Callable]:

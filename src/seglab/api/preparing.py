@@ -35,7 +35,7 @@ def config_updates(overrides: dict[str, Any]) -> dict[str, Any]:
     (epochs=5 -> train.epochs), model= the model's name, any other name an option of a model
     (base_channels=32 -> model.base_channels), "section.name" as it is."""
     model_options = {f.name for name in list_models() for f in model_spec(name).option_fields()}
-    known = set(_DATA_FIELDS) | set(_TRAIN_FIELDS) | model_options | {"model", "out", "time_budget"}
+    known = set(_DATA_FIELDS) | set(_TRAIN_FIELDS) | model_options | {"model", "out"}
     updates = {}
     for key, value in overrides.items():
         value = os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -43,9 +43,7 @@ def config_updates(overrides: dict[str, Any]) -> dict[str, Any]:
             updates[key] = value
             continue
         refuse_unknown([key], known, "the keywords of seglab.train")
-        if key == "time_budget":
-            updates["train.max_time"] = value
-        elif key == "out":
+        if key == "out":
             updates["out"] = value
         elif key == "model":
             updates["model.name"] = value

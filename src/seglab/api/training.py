@@ -42,7 +42,7 @@ def train(data: str | os.PathLike | None = None, *, config: RunConfig | str | os
     `config` is a RunConfig or a YAML file; keywords override it: data and train options by name,
     `model=` a registered model and its options by name, `out=` the run folder.
 
-    >>> run = seglab.train("data/isbi2012", model="unet", base_channels=16, crop=256, max_time=120,
+    >>> run = seglab.train("data/isbi2012", model="unet", base_channels=16, crop=256, time_budget=120,
     ...                    val_files=["25", "26", "27", "28", "29"], out="runs/isbi")
     >>> run.best_value, run.best_checkpoint      # (0.78..., PosixPath('runs/isbi/best.pt'))
 

@@ -260,9 +260,9 @@ def _throughput(plan: Plan, kind: str) -> float:
 
 def _plan_schedule(plan: Plan, kind: str, explicit: dict, train_images: int) -> None:
     """The budget bounds the run (unless --epochs was given), and ~EVALUATIONS validations fall in it."""
-    timed = "train.epochs" not in explicit or "train.max_time" in explicit
+    timed = "train.epochs" not in explicit or "train.time_budget" in explicit
     if timed:
-        budget = plan.choose("train.max_time", DEFAULT_BUDGET[kind], f"the default budget on {kind.upper()} "
+        budget = plan.choose("train.time_budget", DEFAULT_BUDGET[kind], f"the default budget on {kind.upper()} "
                              "(--time-budget SECONDS to change it)", explicit)
         plan.choose("train.epochs", 10_000, "as many as the budget allows", explicit)
         epochs = max(1.0, budget * _throughput(plan, kind) / max(train_images, 1))

@@ -217,14 +217,14 @@ class Trainer:
                                   f"{f' and --crop {self.crop[0]},{self.crop[1]}' if self.crop else ''}: try "
                                   f"--batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or --amp; "
                                   f"{self.checkpoints.resume_hint()}") from None
-            out_of_time = bool(c.train.max_time and self.clock.elapsed >= c.train.max_time)
+            out_of_time = bool(c.train.time_budget and self.clock.elapsed >= c.train.time_budget)
             last_epoch = epoch + 1 == c.train.epochs or out_of_time
             by_epoch = self.eval_unit == "epoch"
             if not stop and (by_epoch or (last_epoch and self.tally.images)):
                 validate = not by_epoch or (epoch + 1) % self.eval_count == 0 or last_epoch
                 stop = self._close_period(epoch, validate, {"epoch": epoch + 1, "batch": 0})
             if stop or out_of_time:
-                self.stopped_by = "early_stop" if stop else "max_time"
+                self.stopped_by = "early_stop" if stop else "time_budget"
             if last_epoch or stop:
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
@@ -299,7 +299,7 @@ class Trainer:
         self.step += 1
         now = self.clock.total()
         total_steps = t.epochs * math.ceil(batches / self.accumulate)
-        self.schedule.step_progress(max(self.step / max(total_steps, 1), now / t.max_time if t.max_time else 0.0))
+        self.schedule.step_progress(max(self.step / max(total_steps, 1), now / t.time_budget if t.time_budget else 0.0))
         if self.step % LOG_EVERY == 0:
             self._read_losses()
         at_end = index + 1 == batches
@@ -317,8 +317,8 @@ class Trainer:
                     self.checkpoints.write_last(train_state.last_payload(self, epoch, {}, {**position,
                                                                                           "tally": vars(self.tally)}))
         # Under DDP the ranks agree to stop together (a tiny all-reduce every LOG_EVERY steps).
-        out_of_time = bool(t.max_time) and (not self.dist.enabled or self.step % LOG_EVERY == 0) and \
-            distributed.any_rank(now >= t.max_time, self.device)
+        out_of_time = bool(t.time_budget) and (not self.dist.enabled or self.step % LOG_EVERY == 0) and \
+            distributed.any_rank(now >= t.time_budget, self.device)
         return stop, out_of_time
 
     def _show_progress(self, bar, running_seconds: float) -> None:

@@ -211,7 +211,8 @@ def _environment(device: str) -> list[tuple[str, str]]:
     return rows
 
 
-STOPPED_BY = {"max_time": "stopped by the {max_time:g} s time budget",
+STOPPED_BY = {"time_budget": "stopped by the {time_budget:g} s time budget",
+              "max_time": "stopped by the {time_budget:g} s time budget",  # summary.json of seglab 0.2
               "early_stop": "stopped early: {monitor} did not improve in {early_stop} evaluations",
               "interrupted": "stopped before the end of the schedule", "epochs": "all epochs trained"}
 
@@ -223,7 +224,7 @@ def _epochs_card(run: RunRecord) -> tuple[str, str]:
         return "epochs", "0"
     stopped = run.summary.get("stopped_by")
     label = STOPPED_BY.get(stopped, "the run has not finished").format(
-        max_time=t.max_time or 0, monitor=t.monitor, early_stop=t.early_stop)
+        time_budget=t.time_budget or 0, monitor=t.monitor, early_stop=t.early_stop)
     return f"epochs ({label})", f"{run.rows[-1]['epoch']} / {t.epochs}"
 
 
