@@ -29,6 +29,37 @@ class Run:
     best_value: float | None = None
     best_epoch: int | None = None
     stopped_by: str | None = None
+    stop_reason: str | None = None  # a callback's words, when one stopped the run
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    @property
+    def best_row(self) -> dict | None:
+        """The first metrics row that scored best_value (None before a row was scored)."""
+        if self.best_value is None:
+            return None
+        return next((row for row in self.rows if row.get(self.monitor) == self.best_value), None)
+
+    @property
+    def report_file(self) -> Path | None:
+        report = self.run_dir / "report.html"
+        return report if report.is_file() else None
+
+    def describe(self, next_commands: bool = True) -> str:
+        """What the run made, in a few lines: its best score (epoch and step), what stopped it, its
+        files, and the commands that use them (the end of `seglab train`, and repr(run))."""
+        best = self.best_row
+        score = (f"best {self.monitor} {self.best_value:.4f} at epoch {best['epoch']}, step {best['step']}"
+                 if best is not None else f"no {self.monitor} scored")
+        lines = [f"run {self.run_dir}: {score}; {stop_words(self.stopped_by, self.stop_reason, self.config)}"]
+        files = [("best.pt", self.best_checkpoint), ("last.pt", self.last_checkpoint),
+                 ("report", self.report_file)]
+        lines += [f"  {label:<8} {path}" for label, path in files if path is not None and path.is_file()]
+        if next_commands and self.best_checkpoint.is_file():
+            lines += [f"  next:    seglab predict -m {self.best_checkpoint} -i IMAGES -o OUT",
+                      f"           seglab serve -m {self.best_checkpoint}"]
+        return "\n".join(lines)
 
     @property
     def monitor(self) -> str:
@@ -78,12 +109,13 @@ class Run:
         record = read_run(Path(run_dir))
         best = record.best_row()
         return cls(record.run_dir, record.config, record.rows, best.get(record.config.train.monitor) if best else None,
-                   best.get("epoch") if best else None, record.summary.get("stopped_by"))
+                   best.get("epoch") if best else None, record.summary.get("stopped_by"),
+                   record.summary.get("stop_reason"))
 
     @classmethod
     def from_history(cls, history: History) -> "Run":
         return cls(history.run_dir, history.config, history.epochs, history.best_metric, history.best_epoch,
-                   history.stopped_by)
+                   history.stopped_by, history.stop_reason)
 
 
 def finish_run(history: History, log=print) -> Run:
@@ -100,3 +132,15 @@ def finish_run(history: History, log=print) -> Run:
         except SeglabError as error:
             log(f"note: no report.html ({error})")
     return Run.from_history(history)
+
+
+def stop_words(stopped_by: str | None, reason: str | None, config: RunConfig) -> str:
+    """What ended a run, in words: 'stopped by the 120 s time budget', 'all 50 epochs trained', ..."""
+    t = config.train
+    words = {"epochs": f"all {t.epochs} epochs trained",
+             "max_time": f"stopped by the {t.max_time or 0:g} s time budget",
+             "early_stop": f"stopped early: {t.monitor} did not improve in {t.early_stop} evaluations",
+             "callback": f"stopped by a callback ({reason})",
+             "callback_error": f"stopped by a failed callback ({reason})",
+             "interrupted": "stopped before the end of the schedule"}
+    return words.get(stopped_by, "not finished (no summary.json)")

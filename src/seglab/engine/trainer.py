@@ -23,6 +23,7 @@ from seglab.engine.builders import (
     make_optimizer,
     make_train_batches,
 )
+from seglab.engine.callbacks import Callbacks, TrainingRun
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
 from seglab.engine.ema import WeightAverage
 from seglab.engine.encoder_policy import EncoderPolicy
@@ -59,7 +60,8 @@ class Trainer:
     preparation decoded; it never looks for the data again.
     """
 
-    def __init__(self, recipe: Recipe, resume_from: Path | None = None, progress: bool = True, log=print):
+    def __init__(self, recipe: Recipe, resume_from: Path | None = None, progress: bool = True, log=print,
+                 callbacks: Callbacks | None = None):
         # What this run changes in the process, put back by close(): the process group (when this
         # trainer joined it), cuDNN autotuning and the global random generators.
         self._saved_rng, self._saved_cudnn = rng_state(), torch.backends.cudnn.benchmark
@@ -74,6 +76,7 @@ class Trainer:
             self.log = log if self.dist.is_main else (lambda *a, **k: None)
             self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
             self.progress = progress and self.dist.is_main
+            self.callbacks, self.callback_stop = callbacks or Callbacks(), False
             seed_everything(config.train.seed)
             self.compiles = config.train.compile
             self._build_model()
@@ -174,6 +177,7 @@ class Trainer:
         self.lock = RunFolderLock.for_job(self.run_dir, self.dist.is_main)
         self.runlog = RunLog(self.run_dir, self.dist.is_main, self.eval_unit, self.log)
         self.checkpoints = CheckpointSchedule(self.run_dir, self.config.train.checkpoint_interval, self.dist.is_main)
+        self.checkpoints.saved = lambda path: self._hook("on_checkpoint", path, agree=False)
         if resume_from is None and (self.run_dir / "last.pt").exists():
             if not restarted_by_torchrun():
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
@@ -193,6 +197,7 @@ class Trainer:
         the way resumes from its last.pt to the bit-identical result on the CPU (`runs.resume`)."""
         c = self.config
         self.runlog.start(self.recipe, self.history_rows)
+        self.callbacks.bind(TrainingRun(self.run_dir, self.recipe, self.history_rows, self.dist.rank))
         data = self.recipe
         self.log(f"run {self.run_dir}: {len(data.train_pairs)} train / {len(data.val_pairs)} val images, "
                  f"classes {data.class_map.describe()}, "
@@ -201,7 +206,8 @@ class Trainer:
                  f"{'channels-last' if self.channels_last else 'NCHW'} layout"
                  f"{', torch.compile' if self.compiles else ''}, "
                  f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
-        for epoch in range(self.start_epoch, c.train.epochs):
+        stopped_at_start = self._hook("on_train_start", epoch=self.start_epoch)
+        for epoch in range(self.start_epoch, self.start_epoch if stopped_at_start else c.train.epochs):
             try:
                 stop = self._train_epoch(epoch)
             except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
@@ -217,17 +223,25 @@ class Trainer:
             if not stop and (by_epoch or (last_epoch and self.tally.images)):
                 validate = not by_epoch or (epoch + 1) % self.eval_count == 0 or last_epoch
                 stop = self._close_period(epoch, validate, {"epoch": epoch + 1, "batch": 0})
+            stop = self._hook("on_epoch_end", epoch=epoch + 1) or stop
             if stop or out_of_time:
                 self.stopped_by = "early_stop" if stop else "max_time"
             if last_epoch or stop:
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
-        self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds)
+        stop_reason = None
+        if self.callback_stop:
+            self.stopped_by, stop_reason = self.callbacks.stopped_by
+        self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds, stop_reason)
         distributed.barrier()
+        self.callbacks.run.stopped_by = self.stopped_by
+        self.callbacks.raise_failure(f"the run stopped at step {self.step} with its checkpoints and summary.json "
+                                     f"written; {self.checkpoints.resume_hint()}")
         best = self.monitor.best
         best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == best), None)
-        return History(self.run_dir, self.history_rows, best, best_epoch, self.stopped_by, self.dist.is_main, c)
+        return History(self.run_dir, self.history_rows, best, best_epoch, self.stopped_by, self.dist.is_main, c,
+                       stop_reason)
 
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches. Returns True when early stopping (judged at a
@@ -441,5 +455,20 @@ class Trainer:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.monitor.evals_since_best} "
                          "evaluations")
         distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
-        return stop
+        return self._hook("on_evaluation", row, epoch=row["epoch"]) or stop
+
+    def _hook(self, hook: str, *args, epoch: int | None = None, agree: bool = True) -> bool:
+        """Call the callbacks' `hook` (engine.callbacks); True once one asked to stop or failed, agreed
+        by all ranks (`agree`: every rank is at this call; on_checkpoint, rank 0's alone, is not)."""
+        if not self.callbacks:
+            return False
+        run = self.callbacks.run
+        if epoch is not None:
+            run.epoch = epoch
+        run.step, run.best_value, run.model = self.step, self.monitor.best, self.scored_model
+        self.callbacks.dispatch(hook, *args)
+        if agree:
+            self.callback_stop = self.callback_stop or distributed.any_rank(self.callbacks.stop_requested,
+                                                                            self.device)
+        return self.callback_stop
 
