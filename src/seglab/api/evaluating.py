@@ -23,10 +23,12 @@ def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None) -> li
 
 
 def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Iterable, *, split: str | None = None,
-             scale: float | None = None, instances: bool = False, **load_options) -> Evaluation:
+             scale: float | None = None, instances: bool = False, progress: bool | None = None,
+             **load_options) -> Evaluation:
     """Score `model` (a Predictor, or a checkpoint/export path with `seglab.load` options such as
     tta="flips") on `data` (a folder, or (image, mask) pairs). Pixel scores at each image's own
     size; `instances` adds the ISBI 2012 scores (adapted Rand error, variation of information).
+    `progress`: a bar over the images on stderr (None: only on a terminal).
 
     >>> scores = seglab.evaluate("runs/isbi/best.pt", "data/isbi2012", split="train")
     >>> scores.pooled["mdice"], scores.mean["pixel_error"]     # (0.84..., 0.08...)
@@ -39,4 +41,4 @@ def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Ite
         model = load(model, **load_options)
     elif load_options:
         raise TypeError(f"options {sorted(load_options)} apply when a path is given; this Predictor is already built")
-    return evaluate_predictor(model, as_pairs(data, split), scale, instances=instances)
+    return evaluate_predictor(model, as_pairs(data, split), scale, instances=instances, progress=progress)

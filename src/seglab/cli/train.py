@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
+import os
 import typing
 from pathlib import Path
 

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from seglab.config import parse_eval_every
 from seglab.data.augment import BatchAugmenter
@@ -33,6 +31,7 @@ from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_b
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
 from seglab.engine.tallies import DeviceLossTally, EpochTally, History, Monitor, TrainingClock
+from seglab.engine.training_bar import TrainingBar, shown_epochs
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import non_finite_tensors
@@ -77,6 +76,7 @@ class Trainer:
             self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
             self.progress = progress and self.dist.is_main
             self.callbacks, self.callback_stop = callbacks or Callbacks(), False
+            self.bar = TrainingBar(self.progress, config.train.max_time, shown_epochs(recipe))
             seed_everything(config.train.seed)
             self.compiles = config.train.compile
             self._build_model()
@@ -98,6 +98,8 @@ class Trainer:
     def close(self) -> None:
         """Leave the process as it was: the process group torn down (if this trainer joined it),
         cuDNN's autotuning flag and the random generators restored. Safe to call twice."""
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
         if getattr(self, "lock", None) is not None:
             self.lock.release()
         if self._owns_group:
@@ -246,15 +248,13 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches. Returns True when early stopping (judged at a
         step-based evaluation) ends the run."""
-        c = self.config
         self.train_batches.set_epoch(epoch)
         if self.encoder_policy.start_epoch(epoch):
             self._wrap_model()  # the encoder unfroze: DDP must reduce its gradients too
         self.model.train()
         skip, self.skip_batches = self.skip_batches, 0
         batches = len(self.train_batches)
-        bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{c.train.epochs}",
-                   unit="batch", disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+        self.bar.start_epoch(epoch, batches, skip, self.clock.elapsed)
         stop = out_of_time = False
         self.clock.start()
         for index, (images, masks, weights) in enumerate(self.train_batches):
@@ -265,14 +265,14 @@ class Trainer:
             if boundary:
                 stop, out_of_time = self._after_update(epoch, index, batches)
             if self.step % LOG_EVERY == 0:
-                self._show_progress(bar, self.clock.running())
-            bar.update(1)
+                self._show_progress(self.clock.running())
+            self.bar.advance(self.clock.total())
             if stop or out_of_time:
                 break  # fit() sees the early stop, or the spent budget, and finishes the run
         self._stop_clock()
         self._read_losses()
-        self._show_progress(bar, 0.0)  # the epoch's final numbers, after the last read
-        bar.close()
+        self._show_progress(0.0)  # the epoch's final numbers, after the last read
+        self.bar.end_epoch()
         return stop
 
     def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None,
@@ -363,11 +363,10 @@ class Trainer:
             distributed.any_rank(now >= t.max_time, self.device)
         return stop, out_of_time
 
-    def _show_progress(self, bar, running_seconds: float) -> None:
+    def _show_progress(self, running_seconds: float) -> None:
         if self.progress:
             seconds = self.tally.seconds + running_seconds
-            bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
-                            img_s=f"{self.tally.images / max(seconds, 1e-9):.1f}")
+            self.bar.show(self.tally.loss_sum / max(self.tally.steps, 1), self.tally.images / max(seconds, 1e-9))
 
     # ---- training time: validation and checkpoint writing do not count --------------------------
     def _stop_clock(self) -> None:
