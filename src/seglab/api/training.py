@@ -9,7 +9,9 @@ from seglab.api.run_hooks import resumed_config, run_callbacks, run_with_callbac
 from seglab.api.run_results import Run
 from seglab.config import RunConfig
 from seglab.engine import runs
+from seglab.engine.callbacks import Callbacks
 from seglab.engine.recipe import Recipe
+from seglab.engine.tracking import require_trackers
 
 
 def fit(recipe: Recipe | str | os.PathLike, *, progress: bool = True, log=print, callbacks: list | None = None,
@@ -53,8 +55,11 @@ def train(data: str | os.PathLike | None = None, *, config: RunConfig | str | os
 
     Raises SeglabError subclasses (one-line messages) for bad folders, options and files.
     """
-    return fit(prepare_updates(data, config, config_updates(overrides), log), progress=progress, log=log,
-               callbacks=callbacks)
+    updates = config_updates(overrides)
+    # refused before the data is read: a callback without hooks or with a misspelt one, a missing tracker
+    Callbacks(callbacks)
+    require_trackers(updates.get("train.track"))
+    return fit(prepare_updates(data, config, updates, log), progress=progress, log=log, callbacks=callbacks)
 
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True, log=print, callbacks: list | None = None,

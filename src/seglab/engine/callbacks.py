@@ -98,8 +98,8 @@ class Callbacks:
     has the hook (on rank 0, or every rank with `all_ranks`); a hook that raises is recorded, its
     callback called no more, and the run asked to stop; `raise_failure()` then raises it as one line."""
 
-    def __init__(self, callbacks: Iterable[Any] = ()):
-        self.callbacks = list(callbacks)
+    def __init__(self, callbacks: Iterable[Any] | None = ()):
+        self.callbacks = list(callbacks or ())
         for callback in self.callbacks:
             check_callback(callback)
         self.run: TrainingRun | None = None

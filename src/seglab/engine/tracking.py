@@ -109,8 +109,9 @@ class WandbTracker:
     def on_train_start(self, run: TrainingRun) -> None:
         import wandb
 
+        # console "off": the command's own output stays as it is (no wrapped stdout, no bar captured)
         self._run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "seglab", name=run.run_dir.name,
-                               config=run_params(run), reinit="create_new")
+                               config=run_params(run), reinit="create_new", settings=wandb.Settings(console="off"))
 
     def on_evaluation(self, run: TrainingRun, row: dict) -> None:
         self._run.log(row_metrics(row) | {"epoch": row["epoch"]}, step=int(row["step"]))
@@ -133,6 +134,14 @@ class WandbTracker:
 
 
 TRACKER_CLASSES = {"mlflow": MLflowTracker, "wandb": WandbTracker}
+
+
+def require_trackers(names) -> None:
+    """SeglabError naming the extra when a tracker of `names` (a name or names, as given) is not
+    installed: checked before a run reads its data (an unknown name is the config's to refuse)."""
+    for name in [names] if isinstance(names, str) else names or ():
+        if name in TRACKER_CLASSES:
+            _require(name, name, name)
 
 
 def trackers(names: list[str] | None) -> list:
