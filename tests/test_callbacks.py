@@ -46,9 +46,13 @@ def metrics_rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_callback_sees_each_hook_stops_the_run_cleanly_and_sees_the_resumed_run(isbi_subset, tmp_path):
+def test_a_callback_sees_each_hook_stops_the_run_cleanly_and_sees_the_resumed_run(isbi_subset, tmp_path, capsys):
     recorder = Recorder(stop=True)
-    run = seglab.train(isbi_subset, out=tmp_path / "run", epochs=3, callbacks=[recorder], **TINY)
+    # a budgeted run: its progress bar counts against the budget; the callback ends it first
+    run = seglab.train(isbi_subset, out=tmp_path / "run", epochs=3, callbacks=[recorder],
+                       **(TINY | dict(max_time=600, eval_every=1, progress=True)))
+    drawn = capsys.readouterr().err
+    assert "epoch 1/3   0%|" in drawn and "/600 s of the budget [ETA" in drawn
     step = run.rows[0]["step"]
     assert recorder.calls == [("start", 0, 0, True), ("checkpoint", "best.pt", True),
                               ("checkpoint", "last.pt", True), ("evaluation", step, True, True),
