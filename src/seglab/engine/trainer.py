@@ -233,7 +233,7 @@ class Trainer:
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
         stop_reason = None
-        if self.callback_stop:
+        if self.callback_stop or self.callbacks.failure is not None:  # (a failure while the last files were written)
             self.stopped_by, stop_reason = self.callbacks.stopped_by
         self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds, stop_reason)
         distributed.barrier()
