@@ -59,8 +59,8 @@ from train_throughput import (  # noqa: E402
 import seglab
 from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from seglab.engine.history import EpochTally
 from seglab.engine.recipe import Recipe
-from seglab.engine.tallies import EpochTally
 from seglab.engine.trainer import Trainer
 from seglab.models import build_model
 from seglab.runtime.device import native_cpu_bf16

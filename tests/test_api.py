@@ -1,6 +1,7 @@
 """The Python API as users call it: seglab.train / load / evaluate / check, and one evaluation path."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -198,3 +199,17 @@ def test_a_trainer_built_directly_cleans_up_as_a_context_manager(tmp_path, isbi_
     with Trainer(Recipe.from_data(config), progress=False, log=QUIET) as trainer:
         trainer.fit()
     assert torch.equal(torch.random.get_rng_state(), before)  # the run's seeding is undone
+
+
+def test_with_options_is_a_replace_of_the_predictors_one_options_object(checkpoint):
+    model = seglab.load(checkpoint, device="cpu", runtime="pytorch")
+    half = model.with_options(scale=0.5, tta="flips", threshold=None)   # None keeps the model's threshold
+    assert half.options == dataclasses.replace(model.options, scale=0.5, tta="flips")
+    assert half.model is model.model and model.options.scale == 1.0
+    assert half.predict(np.zeros((64, 48), np.uint8)).mask.shape == (64, 48)  # results at the input's size
+    with pytest.raises(SeglabError, match="unknown inference option 'treshold'"):
+        model.with_options(treshold=0.4)
+    with pytest.raises(SeglabError, match="runtime is chosen when a model is loaded"):
+        model.with_options(runtime="auto")
+    with pytest.raises(SeglabError, match="scale"):
+        model.with_options(scale=0)

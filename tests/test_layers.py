@@ -13,8 +13,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "seglab"
 RANKS = {
-    "errors": 0, "version": 0,
-    "options": 1, "padding": 1, "progress": 1,
+    "errors": 0, "version": 0, "lazy": 0,
+    "options": 1, "padding": 1, "yaml_files": 1, "progress": 1,
     "data": 2,
     "metrics": 3, "models": 3,
     "losses": 4,

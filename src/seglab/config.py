@@ -10,24 +10,24 @@ import dataclasses
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from seglab.data.augment_config import AUGMENT_PRESETS, augment_config_from_dict
+from seglab.data.augment_config import AUGMENT_PRESETS, AugmentConfig, augment_config_from_dict, augment_preset
 from seglab.data.normalization import NORMALIZATIONS
-from seglab.errors import ConfigError, SeglabError
+from seglab.errors import ConfigError
 from seglab.losses import LOSSES
 from seglab.models.registry import model_spec, resolve_model_options
 from seglab.options import check_fields, option, refuse_unknown, shown
 from seglab.version import __version__
+from seglab.yaml_files import read_yaml
 
 if TYPE_CHECKING:  # numpy; the command's flags are made from these sections without importing it
-    import yaml
-
     from seglab.data.classmap import MaskRules
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
-MONITORS = ("val_dice", "val_miou", "val_iou", "val_loss", "val_pixel_error")
+# The metrics best.pt and early stopping may judge, each with the direction that is better.
+MONITORS = {"val_dice": "max", "val_miou": "max", "val_iou": "max", "val_loss": "min", "val_pixel_error": "min"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRACKERS = ("mlflow", "wandb")  # experiment trackers besides TensorBoard (engine.tracking)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -54,6 +54,8 @@ class DataConfig:
     ignore_value: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
                                       flags=("--ignore-index",), metavar="V")
     mask_colors: str | None = option(None, "JSON colour table for RGB colour masks", metavar="FILE.json")
+    label_map: str | None = option(None, "JSON table of mask value -> class value, applied before classes are "
+                                   "found (e.g. Cityscapes labelId -> trainId; 255: ignored)", metavar="FILE.json")
     normalization: str = option("auto", "intensity normalisation; auto: the pretrained encoder's mean and std "
                                 "(ImageNet's), or the --load checkpoint's, else per_image (zero mean, unit "
                                 "variance per image and channel; the default)", choices=("auto",) + NORMALIZATIONS)
@@ -149,7 +151,7 @@ class TrainConfig:
                                metavar="DECAY", group="optimisation")
     eval_every: int | str = option(1, "validate every N epochs (5), or every N optimizer steps ('500 steps')",
                                    metavar="N[steps]", group="run control")
-    monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=MONITORS,
+    monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=tuple(MONITORS),
                           group="run control")
     early_stop: int | None = option(None, "stop after N evaluations without improvement of --monitor", min=1,
                                     metavar="N", group="run control")
@@ -181,10 +183,13 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self, "train")
-        parse_eval_every(self.eval_every)
+        # Parsed here, at the boundary, and kept typed (not fields: config.yaml keeps what was written).
+        object.__setattr__(self, "_evaluation", parse_eval_every(self.eval_every))
         if isinstance(self.augment, dict):
-            augment_config_from_dict(self.augment)
-        elif self.augment not in AUGMENT_PRESETS:
+            object.__setattr__(self, "_augment_config", augment_config_from_dict(self.augment))
+        elif self.augment in AUGMENT_PRESETS:
+            object.__setattr__(self, "_augment_config", augment_preset(self.augment))
+        else:
             raise ConfigError(f"invalid train.augment (--augment): {shown(self.augment)}; expected one of: "
                               f"{', '.join(AUGMENT_PRESETS)}")
         if isinstance(self.class_weights, str) and self.class_weights not in ("auto", "none"):
@@ -201,6 +206,16 @@ class TrainConfig:
             raise ConfigError(f"invalid train.device (--device): {shown(self.device)}; expected cpu, cuda, cuda:N "
                               "or auto")
 
+    @property
+    def evaluation(self) -> EvalPeriod:
+        """eval_every as (count, unit)."""
+        return self._evaluation
+
+    @property
+    def augment_config(self) -> AugmentConfig:
+        """augment (a preset's name or a mapping) as the AugmentConfig it names."""
+        return self._augment_config
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -214,7 +229,22 @@ class RunConfig:
             object.__setattr__(self, "out", str(self.out))
 
 
-def parse_eval_every(value: int | str) -> tuple[int, str]:
+def monitor_mode(metric: str) -> str:
+    """"max" or "min": which way `metric` (one of MONITORS) gets better."""
+    try:
+        return MONITORS[metric]
+    except KeyError:
+        raise ConfigError(f"cannot monitor {metric!r}: choose one of {', '.join(MONITORS)}") from None
+
+
+class EvalPeriod(NamedTuple):
+    """How often a run validates: every `count` epochs or optimizer steps (`unit`)."""
+
+    count: int
+    unit: str  # "epoch" | "step"
+
+
+def parse_eval_every(value: int | str) -> EvalPeriod:
     """--eval-every value -> (count, "epoch" | "step"): 5, "5", "5epochs" and "5 epochs" mean every
     5 epochs; "500steps" or "500 steps" every 500 optimizer steps."""
     text = str(value).strip().lower().replace(" ", "")
@@ -224,7 +254,7 @@ def parse_eval_every(value: int | str) -> tuple[int, str]:
     if isinstance(value, bool) or not digits.isdigit() or int(digits) < 1 or unit is None:
         raise ConfigError(f"invalid train.eval_every (--eval-every): {shown(value)}; expected N epochs (5 or "
                           "'5 epochs') or N optimizer steps ('500 steps')")
-    return int(digits), unit
+    return EvalPeriod(int(digits), unit)
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
@@ -256,78 +286,6 @@ def config_from_dict(values: dict) -> RunConfig:
     if not isinstance(model, dict):
         raise ConfigError("config section 'model' must be a mapping: name and the model's options")
     return RunConfig(out=values.get("out"), model=_model_from_dict(model), **sections)
-
-
-# A config holds a few hundred values; YAML aliases can repeat a value so that a kilobyte expands to
-# billions of them (the "billion laughs"), which every later step would walk.
-MAX_YAML_VALUES = 100_000
-
-
-def _expanded_size(root: yaml.Node, path: Path) -> int:
-    """How many values the node graph `root` holds once its aliases are expanded, counted without
-    expanding it (each node's count once); SeglabError past MAX_YAML_VALUES or for an alias cycle."""
-    import yaml
-
-    sizes: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    open_nodes: set[int] = set()
-    while stack:
-        node, children_done = stack.pop()
-        children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
-                    else node.value if isinstance(node, yaml.SequenceNode) else [])
-        if children_done:
-            open_nodes.discard(id(node))
-            sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), MAX_YAML_VALUES + 1)
-            if sizes[id(node)] > MAX_YAML_VALUES:
-                raise SeglabError(f"config file '{path}' expands to more than {MAX_YAML_VALUES} values (YAML aliases "
-                                  "repeating values): write the config out without nested aliases")
-            continue
-        if id(node) in sizes:
-            continue
-        if id(node) in open_nodes:
-            raise SeglabError(f"config file '{path}' holds a value that contains itself (a YAML alias cycle): "
-                              "write the config out without it")
-        open_nodes.add(id(node))
-        stack.append((node, True))
-        stack.extend((child, False) for child in children if id(child) not in sizes)
-    return sizes[id(root)]
-
-
-def _load_yaml(text: str, path: Path):
-    """yaml.safe_load(text), refusing documents whose aliases expand past MAX_YAML_VALUES."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _expanded_size(node, path)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The mapping of a YAML config file, as written (SeglabError for unreadable files)."""
-    import yaml  # here, not at the top: the command's help and --version need no YAML
-
-    path = Path(path)
-    try:
-        values = _load_yaml(path.read_text(), path)
-    except RecursionError:
-        raise SeglabError(f"config file '{path}' nests values too deeply to read: write it flatter") from None
-    except FileNotFoundError:
-        raise SeglabError(f"config file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise SeglabError(f"config '{path}' is a folder: give a YAML file") from None
-    except UnicodeDecodeError:
-        raise SeglabError(f"config file '{path}' is not text: give a YAML file") from None
-    except yaml.YAMLError as error:
-        raise SeglabError(f"config file '{path}' is not valid YAML ({error})".replace("\n", " ")) from None
-    if values is not None and not isinstance(values, dict):
-        raise SeglabError(f"config file '{path}' must hold a mapping with data/model/train sections")
-    return values or {}
 
 
 def load_config(path: str | Path) -> RunConfig:

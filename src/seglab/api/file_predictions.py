@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.api.output_plan import PredictJob, check_plan, collect_inputs, plan_outputs
+from seglab.api.output_names import PredictJob, check_outputs, collect_inputs, name_outputs
 from seglab.data.folder_lock import LOCK_FILE, FolderInUse, FolderLock, remove_stale_temporaries
-from seglab.data.io import write_error, write_mask, write_rgb
 from seglab.data.overlay import PALETTE
 from seglab.data.overlay import overlay as draw_overlay
+from seglab.data.writing import write_error, write_mask, write_rgb
 from seglab.errors import DataError, SeglabError
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.progress import progress_bar
 
 
@@ -42,24 +43,26 @@ def predict_files(model: Predictor | str | os.PathLike, inputs: list, output: li
     if not isinstance(model, Predictor):
         from seglab.api.predicting import load
 
-        model = load(model, log=log)
+        model = load(model, scale=scale, log=log)
+    elif scale is not None:
+        model = model.with_options(scale=scale)
     if not (save or overlay or viz or instances):
         raise SeglabError("nothing to write: --no-save with no --overlay, --viz or --instances; drop --no-save "
                           "or ask for one of them")
     files = collect_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     outputs = [output] if isinstance(output, (str, os.PathLike)) else output
-    jobs = plan_outputs(files, [os.fspath(o) for o in outputs] if outputs else None, save=save, overlay=overlay,
+    jobs = name_outputs(files, [os.fspath(o) for o in outputs] if outputs else None, save=save, overlay=overlay,
                         viz=viz, instances=instances, overwrite=overwrite)
     stop_on_error = len(jobs) == 1 if stop_on_error is None else stop_on_error
     summary = PredictSummary(len(jobs))
     bar = progress_bar(len(jobs), "predict", "image", progress if len(jobs) > 1 else False)
     with output_folders_locked(jobs, log), closing(bar):
-        check_plan(jobs, overwrite)  # again: files another run wrote before this one took the folders
+        check_outputs(jobs, overwrite)  # again: files another run wrote before this one took the folders
         for job in (j for j in jobs if j.streamed):
             _stream(model, job, summary, stop_on_error, log)
             bar.update(1)
         by_source = {job.source: job for job in jobs if not job.streamed}
-        for source, image, result in model.stream(list(by_source), scale, instances):
+        for source, image, result in model.stream(list(by_source), instances):
             job = by_source[source]
             bar.update(1)
             if isinstance(result, DataError):
@@ -111,7 +114,8 @@ def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, predict
     outputs = job.outputs
     if "mask" in outputs:
         mask = prediction.classes if palette else prediction.mask
-        summary.written.append(write_mask(outputs["mask"], mask, palette=_palette(PALETTE) if palette else None))
+        colours = PALETTE if model.class_map.colors is None else np.asarray(model.class_map.colors, dtype=np.uint8)
+        summary.written.append(write_mask(outputs["mask"], mask, palette=_palette(colours) if palette else None))
     if "overlay" in outputs:
         summary.written.append(write_rgb(outputs["overlay"], overlay_picture(image, prediction)))
     if "viz" in outputs:
@@ -139,7 +143,8 @@ def overlay_picture(image: np.ndarray, prediction: Prediction, alpha: float = 0.
 
 
 def _palette(colours: np.ndarray) -> np.ndarray:
-    """(256, 3): the overlay colours, class 0 included, repeated to fill the table."""
+    """(256, 3): the class colours (a palette mask's, else the overlay's), class 0 included, repeated
+    to fill the table."""
     return np.resize(colours, (256, 3)).astype(np.uint8)
 
 

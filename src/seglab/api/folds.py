@@ -17,12 +17,13 @@ from pathlib import Path
 
 from seglab.api.run_hooks import run_with_callbacks
 from seglab.api.run_results import Run
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 from seglab.engine import runs
 from seglab.engine.callbacks import Callbacks
 from seglab.engine.recipe import Recipe
 from seglab.engine.run_folder import default_run_dir
 from seglab.inference.ensemble import write_ensemble
+from seglab.runtime.run_files import best_row
 
 ENSEMBLE_FILE = "ensemble.json"
 FOLDS_FILE = "folds.json"
@@ -72,11 +73,8 @@ def train_folds(recipe: Recipe, progress: bool = True, log=print,
 
 
 def _best_row(run: Run) -> dict:
-    monitor = run.config.train.monitor
-    scored = [r for r in run.rows if isinstance(r.get(monitor), (int, float)) and math.isfinite(r[monitor])]
-    if not scored:
-        return run.rows[-1] if run.rows else {}
-    return (min if monitor.endswith(("loss", "error")) else max)(scored, key=lambda r: r[monitor])
+    """The fold's best row by its monitor; its last row when it never scored one."""
+    return best_row(run.rows, run.monitor) or (run.rows[-1] if run.rows else {})
 
 
 def collect_folds(parent: Path, folds: int, log=print) -> CrossValidation:

@@ -14,15 +14,16 @@ import dataclasses
 import os
 from typing import Any
 
-from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override, read_yaml
+from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override
 from seglab.data.decoded import DecodedFiles
 from seglab.data.preflight import Preflight, run_preflight
-from seglab.engine.data_plan import plan_data
 from seglab.engine.plan import make_plan
 from seglab.engine.recipe import Recipe
+from seglab.engine.split import split_data
 from seglab.errors import DataError, SeglabError
 from seglab.models.registry import list_models, model_spec
 from seglab.options import refuse_unknown
+from seglab.yaml_files import read_yaml
 
 _DATA_FIELDS = [f.name for f in dataclasses.fields(DataConfig) if f.name != "root"]
 _TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -97,7 +98,8 @@ def config_value(config: RunConfig, key: str) -> Any:
 def check_training_data(config: RunConfig, log=print, files: DecodedFiles | None = None) -> Preflight:
     """The preflight `seglab check` runs, refusing folders that cannot train (DataError: the first
     problem, and how many more there are); warnings are logged. What it decodes stays in `files`."""
-    report = run_preflight(config.data.root, **config.data.mask_rules().as_kwargs(), decoded=files)
+    report = run_preflight(config.data.root, **config.data.mask_rules().as_kwargs(), decoded=files,
+                           label_map=config.data.label_map)
     if report.errors:
         more = len(report.errors) - 1
         raise DataError(report.errors[0] + (f" (and {more} more problems: run `seglab check {config.data.root}`)"
@@ -127,7 +129,7 @@ def prepare_updates(data, config: RunConfig | str | os.PathLike | None, updates:
     files = DecodedFiles()
     report = check_training_data(resolved, log, files)
     # The plan chooses no option that changes the split, so the split of `resolved` is the run's.
-    split = plan_data(resolved, files, report.layout)
+    split = split_data(resolved, files, report.layout)
     if explicit is None:
         return Recipe.from_split(resolved, split, None, files)
     # The values the user gave, as checked (crop=256 is [256]): what the plan must leave alone.

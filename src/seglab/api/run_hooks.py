@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 from seglab.api.run_results import Run, finish_run
 from seglab.config import RunConfig, load_config, override
 from seglab.engine.callbacks import Callbacks
-from seglab.engine.tallies import History
+from seglab.engine.history import History
 from seglab.engine.tracking import trackers
 
 

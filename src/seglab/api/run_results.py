@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seglab.config import RunConfig, parse_eval_every
-from seglab.data.splits import read_split
-from seglab.engine.tallies import History
+from seglab.config import RunConfig
+from seglab.engine.history import History
 from seglab.errors import SeglabError
+from seglab.runtime.run_files import best_row, read_run, read_split, stop_words
 
 
 @dataclass
@@ -36,10 +36,8 @@ class Run:
 
     @property
     def best_row(self) -> dict | None:
-        """The first metrics row that scored best_value (None before a row was scored)."""
-        if self.best_value is None:
-            return None
-        return next((row for row in self.rows if row.get(self.monitor) == self.best_value), None)
+        """The metrics row that scored best (the monitor's rule, runtime.run_files.best_row)."""
+        return best_row(self.rows, self.monitor)
 
     @property
     def report_file(self) -> Path | None:
@@ -50,9 +48,10 @@ class Run:
         """What the run made, in a few lines: its best score (epoch and step), what stopped it, its
         files, and the commands that use them (the end of `seglab train`, and repr(run))."""
         best = self.best_row
-        score = (f"best {self.monitor} {self.best_value:.4f} at epoch {best['epoch']}, step {best['step']}"
+        score = (f"best {self.monitor} {best[self.monitor]:.4f} at epoch {best['epoch']}, step {best['step']}"
                  if best is not None else f"no {self.monitor} scored")
-        lines = [f"run {self.run_dir}: {score}; {stop_words(self.stopped_by, self.stop_reason, self.config)}"]
+        stopped = stop_words({"stopped_by": self.stopped_by, "stop_reason": self.stop_reason}, self.config)
+        lines = [f"run {self.run_dir}: {score}; {stopped}"]
         files = [("best.pt", self.best_checkpoint), ("last.pt", self.last_checkpoint),
                  ("report", self.report_file)]
         lines += [f"  {label:<8} {path}" for label, path in files if path is not None and path.is_file()]
@@ -104,8 +103,6 @@ class Run:
     @classmethod
     def open(cls, run_dir: str | os.PathLike) -> "Run":
         """The Run of an existing run folder (config.yaml, metrics.jsonl, summary.json)."""
-        from seglab.viz.report import read_run
-
         record = read_run(Path(run_dir))
         best = record.best_row()
         return cls(record.run_dir, record.config, record.rows, best.get(record.config.train.monitor) if best else None,
@@ -126,21 +123,9 @@ def finish_run(history: History, log=print) -> Run:
         from seglab.viz.plots import plot_curves
         from seglab.viz.report import write_report
 
-        plot_curves(history.epochs, history.run_dir / "curves.png", x=parse_eval_every(config.train.eval_every)[1])
+        plot_curves(history.epochs, history.run_dir / "curves.png", x=config.train.evaluation.unit)
         try:
             log(f"report: {write_report(history.run_dir, device='cpu')}")
         except SeglabError as error:
             log(f"note: no report.html ({error})")
     return Run.from_history(history)
-
-
-def stop_words(stopped_by: str | None, reason: str | None, config: RunConfig) -> str:
-    """What ended a run, in words: 'stopped by the 120 s time budget', 'all 50 epochs trained', ..."""
-    t = config.train
-    words = {"epochs": f"all {t.epochs} epochs trained",
-             "max_time": f"stopped by the {t.max_time or 0:g} s time budget",
-             "early_stop": f"stopped early: {t.monitor} did not improve in {t.early_stop} evaluations",
-             "callback": f"stopped by a callback ({reason})",
-             "callback_error": f"stopped by a failed callback ({reason})",
-             "interrupted": "stopped before the end of the schedule"}
-    return words.get(stopped_by, "not finished (no summary.json)")

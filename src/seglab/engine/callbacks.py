@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from seglab.errors import SeglabError
+from seglab.runtime.run_files import best_row
 
 HOOKS = ("on_train_start", "on_epoch_end", "on_evaluation", "on_checkpoint", "on_train_end", "on_exception")
 
@@ -55,10 +56,8 @@ class TrainingRun:
 
     @property
     def best_row(self) -> dict | None:
-        """The first metrics row that scored the best value (None before one did)."""
-        if self.best_value is None:
-            return None
-        return next((row for row in self.rows if row.get(self.monitor) == self.best_value), None)
+        """The metrics row that scored best so far (None before one did)."""
+        return best_row(self.rows, self.monitor)
 
     @property
     def best_checkpoint(self) -> Path:

@@ -12,13 +12,7 @@ from typing import Callable
 
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import save_checkpoint
-
-
-def resume_hint(run_dir: Path, how: str = "") -> str:
-    """What to do after a failed run, true to what is on disk (`how`: words after the command)."""
-    if (run_dir / "last.pt").is_file():
-        return f"`seglab train --resume {run_dir}`{how} continues from its last.pt"
-    return "train again (there is no last.pt to resume from)"
+from seglab.runtime.run_files import resume_hint
 
 
 class CheckpointSchedule:

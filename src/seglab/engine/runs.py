@@ -5,8 +5,8 @@ from pathlib import Path
 
 from seglab.config import RunConfig, load_config, override
 from seglab.engine.callbacks import Callbacks
+from seglab.engine.history import History
 from seglab.engine.recipe import RECIPE_FILE, Recipe
-from seglab.engine.tallies import History
 from seglab.engine.trainer import Trainer
 from seglab.errors import SeglabError
 

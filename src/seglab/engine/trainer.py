@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
-from seglab.config import parse_eval_every
 from seglab.data.augment import BatchAugmenter
-from seglab.data.augment_config import augment_config_from_dict, augment_preset
 from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed, train_state
 from seglab.engine.builders import (
@@ -23,14 +20,17 @@ from seglab.engine.builders import (
 )
 from seglab.engine.callbacks import Callbacks, TrainingRun
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
+from seglab.engine.compile_warmup import CompileWarmup
 from seglab.engine.ema import WeightAverage
 from seglab.engine.encoder_policy import EncoderPolicy
+from seglab.engine.history import DeviceLossTally, EpochTally, History, TrainingClock
+from seglab.engine.monitor import Monitor
 from seglab.engine.recipe import Recipe
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
 from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
-from seglab.engine.tallies import DeviceLossTally, EpochTally, History, Monitor, TrainingClock
+from seglab.engine.train_state import TrainState
 from seglab.engine.training_bar import TrainingBar, shown_epochs
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
@@ -73,7 +73,7 @@ class Trainer:
                 device = torch.device("cuda", self.dist.local_rank)
             self.device, self.config, self.recipe = device, config, recipe
             self.log = log if self.dist.is_main else (lambda *a, **k: None)
-            self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
+            self.eval_count, self.eval_unit = config.train.evaluation
             self.progress = progress and self.dist.is_main
             self.callbacks, self.callback_stop = callbacks or Callbacks(), False
             self.bar = TrainingBar(self.progress, config.train.max_time, shown_epochs(recipe))
@@ -122,6 +122,8 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         self.encoder_policy.start_epoch(0)  # a frozen encoder is left out of DDP's gradient reduction
+        # the autocast is read when a compilation runs: it is set with the optimisation below
+        self.warmup = CompileWarmup(self.model, device, lambda: self.autocast(), self.log) if self.compiles else None
         self._wrap_model()
 
     def _wrap_model(self) -> None:
@@ -132,7 +134,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.compiles:
             self.ddp_model = torch.compile(self.ddp_model)
-            self.compiled_shape = None  # compiled on the first batch (`_compile`), again after a change
+            self.warmup.reset()  # compiled on the first batch, again after a change
 
     def _build_optimisation(self) -> None:
         t, device = self.config.train, self.device
@@ -155,8 +157,7 @@ class Trainer:
 
     def _build_data(self) -> None:
         t, config = self.config.train, self.config
-        augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
-        self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
+        self.augmenter = BatchAugmenter(t.augment_config, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
         self.train_batches, self.crop = make_train_batches(self.recipe, self.device, self.dist, self.log,
                                                            self.normalization, full_batches=self.compiles)
@@ -164,14 +165,10 @@ class Trainer:
         self.val_images = (ValidationImages(recipe.val_pairs, recipe.class_map, recipe.channels, config.data.scale,
                                             self.normalization, recipe.files)
                            if recipe.val_pairs else None)
-        self.start_epoch, self.skip_batches, self.step = 0, 0, 0
         self.accumulate = max(1, t.accumulate)
         self.clock = TrainingClock(self.device)
-        self.tally = EpochTally()
         self.losses = DeviceLossTally(self.device)
-        self.history_rows: list[dict] = []
         self.stopped_by = "epochs"
-        self.compile_seconds = 0.0
 
     def _open_run_folder(self, resume_from: Path | None) -> None:
         run_dir = resume_from or default_run_dir(self.config)
@@ -185,8 +182,21 @@ class Trainer:
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
                                   f"{self.run_dir} to continue it, or choose another --out")
             resume_from = self.run_dir  # torchrun restarted this worker: pick up where the job stopped
+        self._continue_from(train_state.restore(self, Path(resume_from)) if resume_from is not None else TrainState())
         if resume_from is not None:
-            train_state.restore(self, Path(resume_from))
+            where = f"epoch {self.start_epoch + 1}" + (f", batch {self.skip_batches}" if self.skip_batches else "")
+            self.log(f"resuming {self.run_dir} at {where} (step {self.step})")
+
+    def _continue_from(self, state: TrainState) -> None:
+        """Stand where `state` says (a new run: at the start)."""
+        self.start_epoch, self.skip_batches, self.step = state.epoch, state.batch, state.step
+        self.clock.elapsed, self.tally, self.history_rows = state.elapsed, state.tally, state.rows
+        self.monitor.best, self.monitor.evals_since_best = state.best, state.evals_since_best
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds torch.compile took (not training time)."""
+        return self.warmup.seconds if self.warmup is not None else 0.0
 
     @property
     def scored_model(self) -> torch.nn.Module:
@@ -199,15 +209,11 @@ class Trainer:
         the way resumes from its last.pt to the bit-identical result on the CPU (`runs.resume`)."""
         c = self.config
         self.runlog.start(self.recipe, self.history_rows)
+        setup = [describe_precision(self.amp_dtype, self.device), f"{'channels-last' if self.channels_last else 'NCHW'}"
+                 f" layout", *(["torch.compile"] if self.compiles else []),
+                 f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}"]
+        self.runlog.log_start(self.recipe, self.model, self.device, setup)
         self.callbacks.bind(TrainingRun(self.run_dir, self.recipe, self.history_rows, self.dist.rank))
-        data = self.recipe
-        self.log(f"run {self.run_dir}: {len(data.train_pairs)} train / {len(data.val_pairs)} val images, "
-                 f"classes {data.class_map.describe()}, "
-                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
-                 f"{describe_precision(self.amp_dtype, self.device)}, "
-                 f"{'channels-last' if self.channels_last else 'NCHW'} layout"
-                 f"{', torch.compile' if self.compiles else ''}, "
-                 f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
         stopped_at_start = self._hook("on_train_start", epoch=self.start_epoch)
         for epoch in range(self.start_epoch, self.start_epoch if stopped_at_start else c.train.epochs):
             try:
@@ -215,10 +221,10 @@ class Trainer:
             except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(error):
                     raise
-                crop = f" and --crop {self.crop[0]},{self.crop[1]}" if self.crop else ""
-                raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}{crop}: "
-                                  f"try --batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or "
-                                  f"--amp; {self.checkpoints.resume_hint()}") from None
+                raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}"
+                                  f"{f' and --crop {self.crop[0]},{self.crop[1]}' if self.crop else ''}: try "
+                                  f"--batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or --amp; "
+                                  f"{self.checkpoints.resume_hint()}") from None
             out_of_time = bool(c.train.max_time and self.clock.elapsed >= c.train.max_time)
             last_epoch = epoch + 1 == c.train.epochs or out_of_time
             by_epoch = self.eval_unit == "epoch"
@@ -281,9 +287,9 @@ class Trainer:
         images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if self.compiles and self.compiled_shape != tuple(images.shape):
+        if self.compiles and self.warmup.due(images):
             with self._clock_paused():
-                self._compile(images, masks, weights)
+                self.warmup.run(self.ddp_model, self._training_loss, images, masks, weights)
         sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
         with sync():
             with self.autocast():
@@ -291,40 +297,6 @@ class Trainer:
             self.scaler.scale(loss / self.accumulate).backward()
         self.losses.add(loss.detach())  # stays on the device until a log or checkpoint point
         self.tally.images += images.shape[0] * self.dist.world_size
-
-    def _compile(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None) -> None:
-        """torch.compile's work for this batch shape, done on a copy of the batch before it trains, so
-        the compile time is logged apart and never counts as training time (the time budget). The
-        weights, BatchNorm statistics, gradients and random streams are left as they were."""
-        started = time.perf_counter()
-        buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
-        grads = {p: None if p.grad is None else p.grad.clone() for p in self.model.parameters()}
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                with self.autocast():
-                    loss = self._training_loss(self.ddp_model(images.clone()), masks, weights)
-                loss.backward()
-        except Exception as error:  # inductor's C++ build, an operator it cannot trace, ...
-            self._compile_failed(error)
-        finally:
-            for name, buffer in self.model.named_buffers():
-                buffer.copy_(buffers[name])
-            for parameter, grad in grads.items():  # an accumulation in progress keeps its gradients
-                parameter.grad = grad
-        seconds = time.perf_counter() - started
-        self.compile_seconds += seconds
-        again = "recompiled" if self.compiled_shape is not None else "compiled"
-        self.compiled_shape = tuple(images.shape)
-        self.log(f"torch.compile: {again} for batches of {tuple(images.shape)} in {seconds:.1f} s (not training "
-                 "time)")
-
-    def _compile_failed(self, error: Exception) -> None:
-        """A compilation that fails (no C++ compiler, an operator inductor cannot trace) stops the
-        run in one line, before any step trained; out-of-memory errors go on as such."""
-        if is_out_of_memory(error):
-            raise error
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise SeglabError(f"torch.compile failed on this machine ({reason}): train without --compile") from None
 
     def _after_update(self, epoch: int, index: int, batches: int) -> tuple[bool, bool]:
         """The optimizer step at an accumulation boundary, then what falls due at this step: the
@@ -470,4 +442,3 @@ class Trainer:
             self.callback_stop = self.callback_stop or distributed.any_rank(self.callbacks.stop_requested,
                                                                             self.device)
         return self.callback_stop
-

@@ -14,15 +14,15 @@ import numpy as np
 from seglab.data.discover import Pair
 from seglab.data.io import read_image
 from seglab.data.truth import read_truth
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.metrics.scoring import Evaluation, evaluate_images
 from seglab.progress import progress_bar
 
 INSTANCE_KEYS = ("rand_error", "vi_split", "vi_merge", "vi")
 
 
-def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], scale: float | None = None,
-                       instances: bool = False,
+def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], instances: bool = False,
                        keep: Callable[[Pair, np.ndarray, Prediction, np.ndarray], None] | None = None,
                        progress: bool | None = False) -> Evaluation:
     """Per-image and pooled scores of `predictor` on `pairs`, masks read through its class map.
@@ -38,7 +38,7 @@ def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], scale: float
     def predict(pair: Pair):
         image = read_image(pair.image)
         truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image)
-        prediction = predictor.predict(image, scale, instances=instances, name=str(pair.image))
+        prediction = predictor.predict(image, instances=instances, name=str(pair.image))
         extra = _instance_scores(prediction, truth, predictor.membrane_class) if instances else {}
         if keep is not None:
             keep(pair, image, prediction, truth)
