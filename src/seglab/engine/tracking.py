@@ -14,10 +14,12 @@ from pathlib import Path
 
 from seglab.config import config_to_dict, flatten
 from seglab.engine.callbacks import TrainingRun
+from seglab.engine.recipe import RECIPE_FILE
 from seglab.errors import SeglabError
+from seglab.runtime.run_files import CONFIG_FILE, PLAN_FILE, SUMMARY_FILE
 
 # What a finished run sends besides its metrics: the best weights, the report and what it trained.
-RUN_FILES = ("best.pt", "report.html", "plan.json", "recipe.yaml", "config.yaml", "summary.json")
+RUN_FILES = ("best.pt", "report.html", PLAN_FILE, RECIPE_FILE, CONFIG_FILE, SUMMARY_FILE)
 ROW_POSITION = ("epoch", "step")  # a metrics row's coordinates, not metrics
 MAX_PARAM = 500  # characters of one param value (MLflow keeps 6000; a plan's reasons are a sentence)
 
@@ -89,8 +91,8 @@ class MLflowTracker:
         import mlflow
 
         if self._run is not None:
-            if (run.run_dir / "summary.json").is_file():
-                mlflow.log_artifact(str(run.run_dir / "summary.json"))
+            if (run.run_dir / SUMMARY_FILE).is_file():
+                mlflow.log_artifact(str(run.run_dir / SUMMARY_FILE))
             mlflow.set_tag("seglab.error", f"{type(error).__name__}: {error}"[:MAX_PARAM])
             mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
             self._run = None
