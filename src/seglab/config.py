@@ -36,6 +36,7 @@ PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.bas
                      "train.epochs", "train.eval_every", "train.learning_rate", "train.time_budget", "train.monitor",
                      "train.precision", "train.scheduler"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRACKERS = ("mlflow", "wandb")  # experiment trackers besides TensorBoard (engine.tracking)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.
 LEGACY_MODEL_KEYS = {"base_channels", "depth", "up", "padding", "batch_norm", "backbone", "output_stride",
@@ -169,6 +170,10 @@ class TrainConfig:
                                 group="run control")
     load: str | None = option(None, "initial weights from a seglab checkpoint", flags=("-f", "--load"),
                               metavar="CKPT", group="run control")
+    track: list[str] | None = option(None, "also log params, every metrics row and best.pt, report.html, plan.json "
+                                     "to: mlflow (to the server MLFLOW_TRACKING_URI names), wandb (WANDB_MODE="
+                                     "offline works offline); TensorBoard event files are always written",
+                                     metavar="mlflow,wandb", group="run control")
     amp: bool = option(False, "mixed precision on GPUs (bf16 where supported, else fp16); what 'auto' does",
                        group="speed")
     precision: str | None = option("auto", "autocast precision; auto: bf16 on GPUs that have it (else fp16) and on "
@@ -200,6 +205,10 @@ class TrainConfig:
         if isinstance(self.class_weights, list) and any(not w >= 0 for w in self.class_weights):
             raise ConfigError(f"invalid train.class_weights (--class-weights): {self.class_weights}; weights "
                               "must be >= 0")
+        unknown = [name for name in self.track or () if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"invalid train.track (--track): {shown(unknown[0])}; expected one or more of: "
+                              f"{', '.join(TRACKERS)}")
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(f"invalid train.device (--device): {shown(self.device)}; expected cpu, cuda, cuda:N "
                               "or auto")

@@ -26,11 +26,12 @@ def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None,
 
 def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Iterable, *, split: str | None = None,
              scale: float | None = None, instances: bool = False, label_map: str | os.PathLike | None = None,
-             **load_options) -> Evaluation:
+             progress: bool | None = None, **load_options) -> Evaluation:
     """Score `model` (a Predictor, or a checkpoint/export path with `seglab.load` options such as
     tta="flips") on `data` (a folder, or (image, mask) pairs). Pixel scores at each image's own
     size; `instances` adds the ISBI 2012 scores (adapted Rand error, variation of information);
-    `label_map`: the JSON table the run's masks were remapped through (`--label-map`).
+    `label_map`: the JSON table the run's masks were remapped through (`--label-map`);
+    `progress`: a bar over the images on stderr (None: only on a terminal).
 
     >>> scores = seglab.evaluate("runs/isbi/best.pt", "data/isbi2012", split="train")
     >>> scores.pooled["mdice"], scores.mean["pixel_error"]     # (0.84..., 0.08...)
@@ -46,4 +47,4 @@ def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Ite
                           "is built already: use predictor.with_options(...)")
     elif scale is not None:
         model = model.with_options(scale=scale)
-    return evaluate_predictor(model, as_pairs(data, split, label_map), instances=instances)
+    return evaluate_predictor(model, as_pairs(data, split, label_map), instances=instances, progress=progress)

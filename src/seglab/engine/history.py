@@ -19,9 +19,11 @@ class History:
     epochs: list[dict] = field(default_factory=list)
     best_metric: float | None = None
     best_epoch: int | None = None
-    stopped_by: str = "epochs"   # epochs | time_budget | early_stop (0.2's summary.json: max_time, interrupted)
+    stopped_by: str = "epochs"   # epochs | time_budget | early_stop | callback | callback_error (0.2: max_time,
+                                 # interrupted)
     is_main: bool = True         # rank 0, the process that wrote the run folder
     config: "RunConfig | None" = None
+    stop_reason: str | None = None  # a callback's words when one stopped the run
 
 
 @dataclass

@@ -82,9 +82,10 @@ class RunLog:
                                             row["step"])
         self.log(epoch_line(row, epochs, improved, by_step=self.unit == "step"))
 
-    def finish(self, rows: list[dict], stopped_by: str, compile_seconds: float = 0.0) -> None:
-        """Close TensorBoard; write summary.json (what ended the run, the last row's step, the
-        seconds torch.compile took, which the time budget does not count)."""
+    def finish(self, rows: list[dict], stopped_by: str, compile_seconds: float = 0.0,
+               stop_reason: str | None = None) -> None:
+        """Close TensorBoard; write summary.json (what ended the run and, for a callback, why; the
+        last row's step; the seconds torch.compile took, which the time budget does not count)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -93,6 +94,8 @@ class RunLog:
         summary = {"stopped_by": stopped_by, "rows": len(rows), "epoch": rows[-1]["epoch"] if rows else 0,
                    "step": rows[-1]["step"] if rows else 0, "compile_seconds": round(compile_seconds, 2),
                    "seglab_version": __version__}
+        if stop_reason:
+            summary["stop_reason"] = stop_reason
         run_files.write_summary(self.run_dir, summary)
 
 

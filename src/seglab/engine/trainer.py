@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import math
-import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from seglab.data.augment import BatchAugmenter
 from seglab.data.datasets import ValidationImages
@@ -20,6 +18,7 @@ from seglab.engine.builders import (
     make_optimizer,
     make_train_batches,
 )
+from seglab.engine.callbacks import Callbacks, TrainingRun
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
 from seglab.engine.compile_warmup import CompileWarmup
 from seglab.engine.ema import WeightAverage
@@ -32,6 +31,7 @@ from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_b
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
 from seglab.engine.train_state import TrainState
+from seglab.engine.training_bar import TrainingBar, shown_epochs
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import non_finite_tensors
@@ -59,7 +59,8 @@ class Trainer:
     preparation decoded; it never looks for the data again.
     """
 
-    def __init__(self, recipe: Recipe, resume_from: Path | None = None, progress: bool = True, log=print):
+    def __init__(self, recipe: Recipe, resume_from: Path | None = None, progress: bool = True, log=print,
+                 callbacks: Callbacks | None = None):
         # What this run changes in the process, put back by close(): the process group (when this
         # trainer joined it), cuDNN autotuning and the global random generators.
         self._saved_rng, self._saved_cudnn = rng_state(), torch.backends.cudnn.benchmark
@@ -74,6 +75,8 @@ class Trainer:
             self.log = log if self.dist.is_main else (lambda *a, **k: None)
             self.eval_count, self.eval_unit = config.train.evaluation
             self.progress = progress and self.dist.is_main
+            self.callbacks, self.callback_stop = callbacks or Callbacks(), False
+            self.bar = TrainingBar(self.progress, config.train.time_budget, shown_epochs(recipe))
             seed_everything(config.train.seed)
             self.compiles = config.train.compile
             self._build_model()
@@ -95,6 +98,8 @@ class Trainer:
     def close(self) -> None:
         """Leave the process as it was: the process group torn down (if this trainer joined it),
         cuDNN's autotuning flag and the random generators restored. Safe to call twice."""
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
         if getattr(self, "lock", None) is not None:
             self.lock.release()
         if self._owns_group:
@@ -171,6 +176,7 @@ class Trainer:
         self.lock = RunFolderLock.for_job(self.run_dir, self.dist.is_main)
         self.runlog = RunLog(self.run_dir, self.dist.is_main, self.eval_unit, self.log)
         self.checkpoints = CheckpointSchedule(self.run_dir, self.config.train.checkpoint_interval, self.dist.is_main)
+        self.checkpoints.saved = lambda path: self._hook("on_checkpoint", path, agree=False)
         if resume_from is None and (self.run_dir / "last.pt").exists():
             if not restarted_by_torchrun():
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
@@ -207,7 +213,9 @@ class Trainer:
                  f" layout", *(["torch.compile"] if self.compiles else []),
                  f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}"]
         self.runlog.log_start(self.recipe, self.model, self.device, setup)
-        for epoch in range(self.start_epoch, c.train.epochs):
+        self.callbacks.bind(TrainingRun(self.run_dir, self.recipe, self.history_rows, self.dist.rank))
+        stopped_at_start = self._hook("on_train_start", epoch=self.start_epoch)
+        for epoch in range(self.start_epoch, self.start_epoch if stopped_at_start else c.train.epochs):
             try:
                 stop = self._train_epoch(epoch)
             except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
@@ -223,30 +231,36 @@ class Trainer:
             if not stop and (by_epoch or (last_epoch and self.tally.images)):
                 validate = not by_epoch or (epoch + 1) % self.eval_count == 0 or last_epoch
                 stop = self._close_period(epoch, validate, {"epoch": epoch + 1, "batch": 0})
+            stop = self._hook("on_epoch_end", epoch=epoch + 1) or stop
             if stop or out_of_time:
                 self.stopped_by = "early_stop" if stop else "time_budget"
             if last_epoch or stop:
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
-        self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds)
+        stop_reason = None
+        if self.callback_stop or self.callbacks.failure is not None:  # (a failure while the last files were written)
+            self.stopped_by, stop_reason = self.callbacks.stopped_by
+        self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds, stop_reason)
         distributed.barrier()
+        self.callbacks.run.stopped_by = self.stopped_by
+        self.callbacks.raise_failure(f"the run stopped at step {self.step} with its checkpoints and summary.json "
+                                     f"written; {self.checkpoints.resume_hint()}")
         best = self.monitor.best
         best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == best), None)
-        return History(self.run_dir, self.history_rows, best, best_epoch, self.stopped_by, self.dist.is_main, c)
+        return History(self.run_dir, self.history_rows, best, best_epoch, self.stopped_by, self.dist.is_main, c,
+                       stop_reason)
 
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches. Returns True when early stopping (judged at a
         step-based evaluation) ends the run."""
-        c = self.config
         self.train_batches.set_epoch(epoch)
         if self.encoder_policy.start_epoch(epoch):
             self._wrap_model()  # the encoder unfroze: DDP must reduce its gradients too
         self.model.train()
         skip, self.skip_batches = self.skip_batches, 0
         batches = len(self.train_batches)
-        bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{c.train.epochs}",
-                   unit="batch", disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+        self.bar.start_epoch(epoch, batches, skip, self.clock.elapsed)
         stop = out_of_time = False
         self.clock.start()
         for index, (images, masks, weights) in enumerate(self.train_batches):
@@ -257,14 +271,14 @@ class Trainer:
             if boundary:
                 stop, out_of_time = self._after_update(epoch, index, batches)
             if self.step % LOG_EVERY == 0:
-                self._show_progress(bar, self.clock.running())
-            bar.update(1)
+                self._show_progress(self.clock.running())
+            self.bar.advance(self.clock.total())
             if stop or out_of_time:
                 break  # fit() sees the early stop, or the spent budget, and finishes the run
         self._stop_clock()
         self._read_losses()
-        self._show_progress(bar, 0.0)  # the epoch's final numbers, after the last read
-        bar.close()
+        self._show_progress(0.0)  # the epoch's final numbers, after the last read
+        self.bar.end_epoch()
         return stop
 
     def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None,
@@ -321,11 +335,10 @@ class Trainer:
             distributed.any_rank(now >= t.time_budget, self.device)
         return stop, out_of_time
 
-    def _show_progress(self, bar, running_seconds: float) -> None:
+    def _show_progress(self, running_seconds: float) -> None:
         if self.progress:
             seconds = self.tally.seconds + running_seconds
-            bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
-                            img_s=f"{self.tally.images / max(seconds, 1e-9):.1f}")
+            self.bar.show(self.tally.loss_sum / max(self.tally.steps, 1), self.tally.images / max(seconds, 1e-9))
 
     # ---- training time: validation and checkpoint writing do not count --------------------------
     def _stop_clock(self) -> None:
@@ -413,5 +426,19 @@ class Trainer:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.monitor.evals_since_best} "
                          "evaluations")
         distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
-        return stop
+        return self._hook("on_evaluation", row, epoch=row["epoch"]) or stop
 
+    def _hook(self, hook: str, *args, epoch: int | None = None, agree: bool = True) -> bool:
+        """Call the callbacks' `hook` (engine.callbacks); True once one asked to stop or failed, agreed
+        by all ranks (`agree`: every rank is at this call; on_checkpoint, rank 0's alone, is not)."""
+        if not self.callbacks:
+            return False
+        run = self.callbacks.run
+        if epoch is not None:
+            run.epoch = epoch
+        run.step, run.best_value, run.model = self.step, self.monitor.best, self.scored_model
+        self.callbacks.dispatch(hook, *args)
+        if agree:
+            self.callback_stop = self.callback_stop or distributed.any_rank(self.callbacks.stop_requested,
+                                                                            self.device)
+        return self.callback_stop

@@ -127,6 +127,23 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     _write_text(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=1))
 
 
+STOPPED_BY = {"epochs": "all {epochs} epochs trained",
+              "time_budget": "stopped by the {time_budget:g} s time budget",
+              "max_time": "stopped by the {time_budget:g} s time budget",  # summary.json of seglab 0.2
+              "early_stop": "stopped early: {monitor} did not improve in {early_stop} evaluations",
+              "callback": "stopped by a callback ({stop_reason})",
+              "callback_error": "stopped by a failed callback ({stop_reason})",
+              "interrupted": "stopped before the end of the schedule"}
+
+
+def stop_words(summary: dict, config: RunConfig) -> str:
+    """What ended a run, in words, from its summary.json: 'stopped by the 120 s time budget', ..."""
+    t = config.train
+    words = STOPPED_BY.get(summary.get("stopped_by"), "the run has not finished")
+    return words.format(epochs=t.epochs, time_budget=t.time_budget or 0, monitor=t.monitor, early_stop=t.early_stop,
+                        stop_reason=summary.get("stop_reason"))
+
+
 def read_summary(run_dir: Path) -> dict:
     """summary.json, or {} while the run has not finished (or the file is unreadable)."""
     try:

@@ -15,7 +15,7 @@ import numpy as np
 
 from seglab.data.writing import atomic_output, png_data_uri
 from seglab.errors import SeglabError
-from seglab.runtime.run_files import RunRecord, read_run, read_split
+from seglab.runtime.run_files import RunRecord, read_run, read_split, stop_words
 
 PANEL_WIDTH = 300       # pixels of each picture in the overlay rows
 MAX_SCORED = 64         # validation images predicted to find the best and worst (evenly spread)
@@ -211,21 +211,12 @@ def _environment(device: str) -> list[tuple[str, str]]:
     return rows
 
 
-STOPPED_BY = {"time_budget": "stopped by the {time_budget:g} s time budget",
-              "max_time": "stopped by the {time_budget:g} s time budget",  # summary.json of seglab 0.2
-              "early_stop": "stopped early: {monitor} did not improve in {early_stop} evaluations",
-              "interrupted": "stopped before the end of the schedule", "epochs": "all epochs trained"}
-
-
 def _epochs_card(run: RunRecord) -> tuple[str, str]:
     """("epochs", "82 / 10000") with what bounded the run in the label."""
     t = run.config.train
     if not run.rows:
         return "epochs", "0"
-    stopped = run.summary.get("stopped_by")
-    label = STOPPED_BY.get(stopped, "the run has not finished").format(
-        time_budget=t.time_budget or 0, monitor=t.monitor, early_stop=t.early_stop)
-    return f"epochs ({label})", f"{run.rows[-1]['epoch']} / {t.epochs}"
+    return f"epochs ({stop_words(run.summary, run.config)})", f"{run.rows[-1]['epoch']} / {t.epochs}"
 
 
 def _cards(run: RunRecord) -> list[tuple[str, str]]:
