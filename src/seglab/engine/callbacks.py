@@ -21,6 +21,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Iterable
 
+from seglab.engine import distributed
 from seglab.errors import SeglabError
 from seglab.runtime.run_files import best_row
 
@@ -103,6 +104,7 @@ class Callbacks:
             check_callback(callback)
         self.run: TrainingRun | None = None
         self.failure: tuple[str, str, BaseException] | None = None  # (callback, hook, error)
+        self.stopping = False  # every rank agreed that a callback stopped the run (or failed)
         self._failed: set[int] = set()
 
     def __bool__(self) -> bool:
@@ -110,7 +112,23 @@ class Callbacks:
 
     def bind(self, run: TrainingRun) -> None:
         """The run the hooks are about (one per Trainer; folds bind each fold's run in turn)."""
-        self.run, self.failure, self._failed = run, None, set()
+        self.run, self.failure, self._failed, self.stopping = run, None, set(), False
+
+    def call(self, hook: str, *args, step: int, best: float | None, model, device, epoch: int | None = None,
+             agree: bool = True) -> bool:
+        """Tell the run where training stands (step, best value, the scored model, epoch), call
+        `hook`; True once a callback asked to stop or failed, agreed by all ranks (`agree`: every
+        rank is at this call; on_checkpoint, rank 0's alone, is not)."""
+        if not self.callbacks:
+            return False
+        run = self.run
+        if epoch is not None:
+            run.epoch = epoch
+        run.step, run.best_value, run.model = step, best, model
+        self.dispatch(hook, *args)
+        if agree:
+            self.stopping = self.stopping or distributed.any_rank(self.stop_requested, device)
+        return self.stopping
 
     def dispatch(self, hook: str, *args) -> None:
         run = self.run

@@ -10,33 +10,23 @@ import torch
 from seglab.data.augment import BatchAugmenter
 from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed, train_state
-from seglab.engine.builders import (
-    input_normalization,
-    load_initial_weights,
-    make_loss,
-    make_model,
-    make_optimizer,
-    make_train_batches,
-)
+from seglab.engine.builders import input_normalization, load_initial_weights, make_model, make_train_batches
 from seglab.engine.callbacks import Callbacks, TrainingRun
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
 from seglab.engine.compile_warmup import CompileWarmup
-from seglab.engine.ema import WeightAverage
 from seglab.engine.encoder_policy import EncoderPolicy
+from seglab.engine.guards import check_weights_finite, out_of_memory, read_losses
 from seglab.engine.history import DeviceLossTally, EpochTally, History, TrainingClock
-from seglab.engine.monitor import Monitor
+from seglab.engine.optimisation import make_optimisation
 from seglab.engine.recipe import Recipe
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
 from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
-from seglab.engine.schedule import LearningRateSchedule
 from seglab.engine.train_state import TrainState
 from seglab.engine.training_bar import TrainingBar, shown_epochs
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
-from seglab.runtime.checkpoint import non_finite_tensors
 from seglab.runtime.device import (
-    autocast_factory,
     default_channels_last,
     describe_precision,
     is_out_of_memory,
@@ -75,7 +65,7 @@ class Trainer:
             self.log = log if self.dist.is_main else (lambda *a, **k: None)
             self.eval_count, self.eval_unit = config.train.evaluation
             self.progress = progress and self.dist.is_main
-            self.callbacks, self.callback_stop = callbacks or Callbacks(), False
+            self.callbacks = callbacks or Callbacks()
             self.bar = TrainingBar(self.progress, config.train.time_budget, shown_epochs(recipe))
             seed_everything(config.train.seed)
             self.compiles = config.train.compile
@@ -137,23 +127,9 @@ class Trainer:
             self.warmup.reset()  # compiled on the first batch, again after a change
 
     def _build_optimisation(self) -> None:
-        t, device = self.config.train, self.device
-        self.loss_fn = make_loss(self.config, self.recipe.class_map, self.recipe.class_counts).to(device)
-        self.optimizer = make_optimizer(self.config, self.model, fused=True,
-                                        groups=self.encoder_policy.parameter_groups())
-        self.monitor = Monitor(t.monitor, t.early_stop)
-        self.schedule = LearningRateSchedule(self.optimizer, t.scheduler, self.monitor.mode, t.patience)
-        amp_dtype = self.amp_dtype
-        if t.amp and amp_dtype is None and device.type != "cuda":
-            self.log("note: --amp has no effect on a CPU without native bf16; training in float32")
-        self.autocast = autocast_factory(device, amp_dtype)
-        # Always on: besides fp16 loss scaling, the scaler skips updates with non-finite gradients
-        # without a host sync. Outside fp16 its scale starts at 1 and only ever halves (after a
-        # skipped step): scaling by powers of two is exact, so it changes no number.
-        fp16 = amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0,
-                                           growth_interval=2000 if fp16 else 2**30)
-        self.ema = WeightAverage(self.model, t.ema) if t.ema else None
+        (self.loss_fn, self.optimizer, self.monitor, self.schedule, self.autocast, self.scaler,
+         self.ema) = make_optimisation(self.config, self.recipe, self.model, self.encoder_policy, self.amp_dtype,
+                                       self.device, self.log)
 
     def _build_data(self) -> None:
         t, config = self.config.train, self.config
@@ -221,10 +197,8 @@ class Trainer:
             except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(error):
                     raise
-                raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}"
-                                  f"{f' and --crop {self.crop[0]},{self.crop[1]}' if self.crop else ''}: try "
-                                  f"--batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or --amp; "
-                                  f"{self.checkpoints.resume_hint()}") from None
+                raise out_of_memory(self.device, c.train.batch_size, self.crop,
+                                    self.checkpoints.resume_hint()) from None
             out_of_time = bool(c.train.time_budget and self.clock.elapsed >= c.train.time_budget)
             last_epoch = epoch + 1 == c.train.epochs or out_of_time
             by_epoch = self.eval_unit == "epoch"
@@ -239,7 +213,7 @@ class Trainer:
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
         stop_reason = None
-        if self.callback_stop or self.callbacks.failure is not None:  # (a failure while the last files were written)
+        if self.callbacks.stopping or self.callbacks.failure is not None:  # (or failed as the last files were written)
             self.stopped_by, stop_reason = self.callbacks.stopped_by
         self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds, stop_reason)
         distributed.barrier()
@@ -354,24 +328,12 @@ class Trainer:
             self.clock.start()
 
     def _read_losses(self) -> None:
-        """Move the device-side loss sums into the tally (one host sync); warn about skipped steps
-        and stop a run whose losses stay non-finite."""
-        loss_sum, steps, bad_run, bad_total = self.losses.read()
-        self.tally.loss_sum += loss_sum
-        self.tally.steps += steps
-        if bad_total:
-            self.log(f"warning: {bad_total} non-finite loss(es) up to step {self.step}; those updates were skipped")
-        if bad_run >= self.config.train.max_bad_steps:
-            raise SeglabError(f"{bad_run} non-finite losses in a row: training diverged; lower --learning-rate; "
-                              f"{self.checkpoints.resume_hint()}")
+        read_losses(self.losses, self.tally, self.step, self.config.train.max_bad_steps,
+                    self.checkpoints.resume_hint(), self.log)
 
     def _check_weights_finite(self) -> None:
-        """Stop before a diverged model is scored or saved: its checkpoints would be NaN."""
-        bad = non_finite_tensors(self.model.state_dict()) or non_finite_tensors(self.scored_model.state_dict())
-        if bad:
-            raise SeglabError(f"training diverged: {len(bad)} weight tensors are no longer finite at step {self.step} "
-                              f"(e.g. {bad[0]}), so nothing more was saved; lower --learning-rate; "
-                              f"{self.checkpoints.resume_hint(' with a lower --learning-rate')}")
+        check_weights_finite([self.model, self.scored_model], self.step,
+                             self.checkpoints.resume_hint(" with a lower --learning-rate"))
 
     def _training_loss(self, output, masks: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Loss of the main output, plus half the auxiliary head's loss when the model has one."""
@@ -429,16 +391,6 @@ class Trainer:
         return self._hook("on_evaluation", row, epoch=row["epoch"]) or stop
 
     def _hook(self, hook: str, *args, epoch: int | None = None, agree: bool = True) -> bool:
-        """Call the callbacks' `hook` (engine.callbacks); True once one asked to stop or failed, agreed
-        by all ranks (`agree`: every rank is at this call; on_checkpoint, rank 0's alone, is not)."""
-        if not self.callbacks:
-            return False
-        run = self.callbacks.run
-        if epoch is not None:
-            run.epoch = epoch
-        run.step, run.best_value, run.model = self.step, self.monitor.best, self.scored_model
-        self.callbacks.dispatch(hook, *args)
-        if agree:
-            self.callback_stop = self.callback_stop or distributed.any_rank(self.callbacks.stop_requested,
-                                                                            self.device)
-        return self.callback_stop
+        """The callbacks' `hook` (engine.callbacks); True once one asked to stop or failed."""
+        return self.callbacks.call(hook, *args, step=self.step, best=self.monitor.best, model=self.scored_model,
+                                   device=self.device, epoch=epoch, agree=agree)

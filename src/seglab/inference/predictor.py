@@ -258,7 +258,8 @@ class Predictor:
             return None
         return image_stats(pixels, self.model.exported.normalization, self.model.exported.input_max)
 
-    def _prepare(self, array: np.ndarray, name: str) -> torch.Tensor:
+    def prepare(self, array: np.ndarray, name: str = "image") -> torch.Tensor:
+        """A decoded image (H, W, C) as the network takes it (C, h, w): channels, scale, normalisation."""
         return prepare_image(array, self.channels, self.scale, self.normalization, name=name, raw_max=self.raw_input)
 
     # ---- predictions --------------------------------------------------------------------------
@@ -270,7 +271,7 @@ class Predictor:
         array, default_name = as_array(image)
         name = name or default_name
         height, width = array.shape[:2]
-        prepared = self._prepare(array, name)
+        prepared = self.prepare(array, name)
         try:
             probs = self.probabilities(prepared)
         except torch.OutOfMemoryError:
@@ -292,7 +293,7 @@ class Predictor:
         groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for index, (array, name) in enumerate(zip(arrays, names)):
             try:
-                image = self._prepare(array, name)
+                image = self.prepare(array, name)
                 if self.tile or self._auto_tile(*image.shape[-2:]):
                     results[index] = self.predict(array, instances, name)
                     continue

@@ -48,7 +48,7 @@ def calibration_inputs(float_model: Predictor, images: list[np.ndarray]) -> list
     inputs = []
     for index, image in enumerate(images):
         array = image[..., None] if image.ndim == 2 else image
-        pixels = float_model._prepare(array, None, f"calibration image {index}")  # (C, h, w) raw
+        pixels = float_model.prepare(array, f"calibration image {index}")  # (C, h, w) raw
         top = max(0, (pixels.shape[1] - CALIBRATION_SIDE) // 2)
         left = max(0, (pixels.shape[2] - CALIBRATION_SIDE) // 2)
         pixels = pixels[:, top:top + CALIBRATION_SIDE, left:left + CALIBRATION_SIDE]
