@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from seglab.data.augment_config import AUGMENT_PRESETS, augment_config_from_dict
 from seglab.data.normalization import NORMALIZATIONS
 from seglab.errors import ConfigError, SeglabError
-from seglab.losses import LOSSES
+from seglab.losses.registry import ALIASES, checked_loss_options, list_losses
 from seglab.models.registry import model_spec, resolve_model_options
 from seglab.options import check_fields, option, refuse_unknown, shown
 from seglab.version import __version__
@@ -29,6 +29,7 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
 MONITORS = ("val_dice", "val_miou", "val_iou", "val_loss", "val_pixel_error")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSS_TERMS = tuple(list_losses()) + tuple(ALIASES)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.
 LEGACY_MODEL_KEYS = {"base_channels", "depth", "up", "padding", "batch_norm", "backbone", "output_stride",
@@ -118,8 +119,11 @@ class TrainConfig:
                             group="optimisation")
     patience: int = option(5, "plateau schedule: evaluations without improvement before the rate drops",
                            min=0, max=10**6, group="optimisation")
-    loss: str = option("auto", "loss; auto: bce+dice for binary masks, ce+dice for more classes",
-                       choices=("auto",) + LOSSES, group="optimisation")
+    loss: str = option("auto", "loss: auto (bce+dice for binary masks, ce+dice for more classes) or loss terms "
+                       "joined by + (e.g. focal+lovasz) from: " + ", ".join(LOSS_TERMS), metavar="TERM[+TERM...]",
+                       group="optimisation")
+    loss_options: dict = option({}, "options of the loss terms, e.g. gamma=2 (focal, focal-tversky), alpha=0.3,"
+                                "beta=0.7 (tversky, focal-tversky)", metavar="NAME=VALUE,...", group="optimisation")
     border_weight: list[float] | None = option(None, "U-Net paper border weight map, e.g. 10,5 (binary masks, "
                                                "class 1 = cells)", min=0, length=(2,), metavar="W0,SIGMA",
                                                group="optimisation")
@@ -182,6 +186,8 @@ class TrainConfig:
         elif self.augment not in AUGMENT_PRESETS:
             raise ConfigError(f"invalid train.augment (--augment): {shown(self.augment)}; expected one of: "
                               f"{', '.join(AUGMENT_PRESETS)}")
+        # unknown terms and options: one line each; values kept as their declared types
+        object.__setattr__(self, "loss_options", checked_loss_options(self.loss, self.loss_options))
         if isinstance(self.class_weights, str) and self.class_weights not in ("auto", "none"):
             raise ConfigError(f"invalid train.class_weights (--class-weights): {shown(self.class_weights)}; "
                               "expected 'auto', 'none' or numbers, one per class")

@@ -107,16 +107,12 @@ def class_weights_for(config: RunConfig, class_counts: list[int] | None) -> list
 
 
 def make_loss(config: RunConfig, class_map: ClassMap, class_counts: list[int] | None = None) -> SegmentationLoss:
-    """The loss `config` names for `class_map` (auto: BCE/CE + Dice); `class_counts`: pixels per
-    class, for --class-weights auto."""
-    name = config.train.loss
-    if name == "auto":
-        name = "bce+dice" if class_map.is_binary else "ce+dice"
-    elif class_map.is_binary:
-        name = {"ce": "bce", "ce+dice": "bce+dice"}.get(name, name)  # sigmoid CE is binary CE
-    else:
-        name = {"bce": "ce", "bce+dice": "ce+dice"}.get(name, name)
-    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, class_counts))
+    """The loss `config` names for `class_map` (auto: BCE/CE + Dice; "ce" is the sigmoid
+    cross-entropy of a binary model), with its options; `class_counts`: pixels per class, for
+    --class-weights auto."""
+    name = "ce+dice" if config.train.loss == "auto" else config.train.loss
+    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, class_counts),
+                            options=config.train.loss_options)
 
 
 def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False,
