@@ -124,6 +124,9 @@ class TrainConfig:
                        group="optimisation")
     loss_options: dict = option({}, "options of the loss terms, e.g. gamma=2 (focal, focal-tversky), alpha=0.3,"
                                 "beta=0.7 (tversky, focal-tversky)", metavar="NAME=VALUE,...", group="optimisation")
+    oversample: float = option(0.0, "share of training crops centred on a pixel of a rare class (those under 2% of "
+                               "the training pixels, else the rarest class); needs --crop", min=0, max=1,
+                               metavar="P", group="optimisation")
     border_weight: list[float] | None = option(None, "U-Net paper border weight map, e.g. 10,5 (binary masks, "
                                                "class 1 = cells)", min=0, length=(2,), metavar="W0,SIGMA",
                                                group="optimisation")
