@@ -133,3 +133,19 @@ def test_oversampling_needs_crops_and_is_off_by_default(tmp_path):
         builders.make_train_batches(recipe, torch.device("cpu"), OneProcess(), log=print)
     batches, _ = builders.make_train_batches(recipe_for(data), torch.device("cpu"), OneProcess(), log=print)
     assert batches.rare is None and all(centres is None for *_, centres in batches)
+
+
+def test_binary_masks_oversample_their_smaller_class(isbi_dir):
+    config = {"data": {"root": str(isbi_dir), "validation": 20, "scale": 0.25, "crop": [CROP]},
+              "train": {"device": "cpu", "augment": "none", "batch_size": 4, "oversample": 1.0}}
+    recipe = Recipe.from_data(config_from_dict(config))
+    batches, crop = builders.make_train_batches(recipe, torch.device("cpu"), OneProcess(), log=print)
+    assert recipe.class_map.is_binary and batches.rare.classes == [0]  # membrane: ~22% of the pixels
+    augmenter = BatchAugmenter(AugmentConfig(), seed=0)
+    batches.set_epoch(0)
+    for images, masks, weights, centres in batches:
+        _, out, _ = augmenter(images, masks, weights, out_size=crop, centres=centres)
+        for sample, (row, col) in zip(out, centres.long().tolist()):
+            # near the border the window moves inside the image: the drawn pixel is then off-centre
+            top, left = window_start(row, CROP, masks.shape[1]), window_start(col, CROP, masks.shape[2])
+            assert sample[row - top, col - left] == 0
