@@ -232,7 +232,10 @@ def test_resident_batches_visit_every_image_once_per_epoch_split_across_ranks():
     from seglab.data.loaders import ResidentBatches
 
     images, masks, weights = _batch(n=5)
-    index_of = lambda batch: [int((images == image).all(dim=(1, 2, 3)).nonzero()) for image in batch]
+
+    def index_of(batch: torch.Tensor) -> list[int]:
+        return [int((images == image).all(dim=(1, 2, 3)).nonzero()) for image in batch]
+
     single = ResidentBatches(images, masks, weights, batch_size=2, seed=3)
     single.set_epoch(0)
     order = [i for batch_images, *_ in single for i in index_of(batch_images)]
