@@ -149,3 +149,16 @@ def test_binary_masks_oversample_their_smaller_class(isbi_dir):
             # near the border the window moves inside the image: the drawn pixel is then off-centre
             top, left = window_start(row, CROP, masks.shape[1]), window_start(col, CROP, masks.shape[2])
             assert sample[row - top, col - left] == 0
+
+
+def test_centred_windows_follow_rotations_and_zooms_to_within_a_pixel(tmp_path):
+    recipe = recipe_for(squares_folder(tmp_path / "data"), oversample=1.0)
+    batches, crop = builders.make_train_batches(recipe, torch.device("cpu"), OneProcess(), log=print)
+    affine = BatchAugmenter(AugmentConfig(affine_p=1.0, rotate_degrees=45, scale=(0.8, 1.25), hflip_p=0.5,
+                                          rot90_p=0.5), seed=1)
+    batches.set_epoch(0)
+    for images, masks, weights, centres in batches:
+        _, out, _ = affine(images, masks, weights, out_size=crop, centres=centres)
+        chosen = ~torch.isnan(centres[:, 0])
+        near = out[chosen, CROP // 2 - 1:CROP // 2 + 2, CROP // 2 - 1:CROP // 2 + 2]  # (n, 3, 3)
+        assert (near == 2).flatten(1).any(1).all()
