@@ -20,10 +20,11 @@ weights), plus one change:
     combined         --loss COMBINED --oversample P
 
 Each trains for `--budget` seconds of training time (validation and checkpoints do not count) and
-its last.pt is scored once on the val frames by `seglab.evaluate` (whole frames, pooled counts), so
-every row is measured by the same code. The data are read in place (`--val-frames N` links the
-first N val frames into a temporary folder; nothing is copied). Printed: the device, one row per
-variant and seed, the per-class IoU table (mean over seeds), and RATIO lines against the plan.
+its last.pt (or `--checkpoint best`) is scored once on the val frames by `seglab.evaluate` (whole
+frames, pooled counts), so every row is measured by the same code. The data are read in place
+(`--val-frames N` links the first N val frames into a temporary folder; nothing is copied).
+Printed: the device, one row per variant and seed, the per-class IoU table (mean over seeds),
+and RATIO lines against the plan.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def train_and_score(name: str, seed: int, data: Path, args, out: Path) -> dict:
     started = time.perf_counter()
     run = seglab.train(data, ignore_value=11, class_names=CAMVID_NAMES, time_budget=args.budget, seed=seed,
                        device=args.device, out=out, progress=False, log=QUIET, **variant_options(name, args))
-    scores = seglab.evaluate(run.last_checkpoint, data, split="val", device=args.device).pooled
+    checkpoint = run.best_checkpoint if args.checkpoint == "best" else run.last_checkpoint
+    scores = seglab.evaluate(checkpoint, data, split="val", device=args.device).pooled
     iou = {k: (v if v is not None else 0.0) for k, v in scores["iou"].items()}
     rows = [r for r in run.rows if r.get("step")]
     return {"variant": name, "seed": seed, "steps": rows[-1]["step"] if rows else 0, "miou": scores["miou"],
@@ -94,10 +96,10 @@ def mean_of(results: list[dict], key: str):
     return sum(values) / len(values)
 
 
-def report(results: dict[str, list[dict]], budget: float) -> None:
+def report(results: dict[str, list[dict]], budget: float, checkpoint: str) -> None:
     """The per-class IoU table (means over seeds) and the RATIO lines against the plan."""
     names = list(results)
-    print(f"\nper-class IoU on the val frames, last.pt after {budget:.0f} s of training (mean over seeds)")
+    print(f"\nper-class IoU on the val frames, {checkpoint}.pt after {budget:.0f} s of training (mean over seeds)")
     print("| class | " + " | ".join(names) + " |")
     print("| --- |" + " --- |" * len(names))
     for cls in CAMVID_NAMES + ["small-5 mean", "mIoU"]:
@@ -126,6 +128,9 @@ def main() -> None:
     parser.add_argument("--oversample", type=float, default=0.33, help="share of centred crops (oversample, combined)")
     parser.add_argument("--combined-loss", default="ce+lovasz", help="the loss of the combined variant")
     parser.add_argument("--val-frames", type=int, help="score on the first N val frames only (a smoke run)")
+    parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                        help="the weights scored: last.pt, or best.pt (chosen on these same val frames, as "
+                        "benchmarks/plan.py scored the 0.385 of BENCHMARKS.md)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
@@ -145,7 +150,7 @@ def main() -> None:
                 print(f"{name:16s} seed {seed}: {result['steps']:5d} steps  val mIoU {result['miou']:.3f}  small-5 "
                       f"mean IoU {result['small']:.3f}  pixel acc {result['pixel_accuracy']:.3f}  "
                       f"({result['wall']:.0f} s wall)", flush=True)
-    report(results, args.budget)
+    report(results, args.budget, args.checkpoint)
 
 
 if __name__ == "__main__":
