@@ -76,6 +76,15 @@ def data_view(camvid: Path, val_frames: int | None, folder: Path) -> Path:
     return folder
 
 
+def warm_up(data: Path, args, out: Path) -> None:
+    """Train the plan for `--warmup` seconds, unrecorded, so that the process's one-time costs
+    (oneDNN's kernels for each shape, thread pools, the allocator) fall on no variant's budget
+    rather than on the first variant's."""
+    if args.warmup > 0:
+        seglab.train(data, ignore_value=11, class_names=CAMVID_NAMES, time_budget=args.warmup, device=args.device,
+                     out=out, progress=False, log=QUIET)
+
+
 def train_and_score(name: str, seed: int, data: Path, args, out: Path) -> dict:
     started = time.perf_counter()
     run = seglab.train(data, ignore_value=11, class_names=CAMVID_NAMES, time_budget=args.budget, seed=seed,
@@ -127,6 +136,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (two where differences are small)")
     parser.add_argument("--oversample", type=float, default=0.33, help="share of centred crops (oversample, combined)")
     parser.add_argument("--combined-loss", default="ce+lovasz", help="the loss of the combined variant")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of unrecorded training first (0: none)")
     parser.add_argument("--val-frames", type=int, help="score on the first N val frames only (a smoke run)")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last",
                         help="the weights scored: last.pt, or best.pt (chosen on these same val frames, as "
@@ -143,6 +153,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data = data_view(args.data.resolve(), args.val_frames, Path(scratch))
         runs = args.out or Path(scratch) / "runs"
+        warm_up(data, args, Path(scratch) / "warm-up")
         for name in args.variants.split(","):
             for seed in seeds:
                 result = train_and_score(name, seed, data, args, runs / f"{name.replace('+', '_')}-seed{seed}")
