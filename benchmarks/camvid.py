@@ -12,7 +12,7 @@ confusion-matrix code. Printed in one run: each side's mIoU and training images/
 
 (a) seglab: `seglab.train` with configs/camvid.yaml (DeepLabV3-ResNet50, output stride
     16, auxiliary head, AdamW 1e-3 with a cosine schedule annealed over the budget, `strong` batched
-    augmentation on the device, bf16 on GPUs, channels_last), `--budget` as `max_time`, evaluated
+    augmentation on the device, bf16 on GPUs, channels_last), `--budget` as `time_budget`, evaluated
     once at the end. `--model unet` swaps in seglab's U-Net (64 base channels).
 (b) the reference, the loop of the issue: torchvision's `deeplabv3_resnet50` (output stride 8, as
     torchvision builds it: about three times the backbone work of seglab's stride 16; no auxiliary
@@ -163,7 +163,7 @@ def score(model: torch.nn.Module, args, device: torch.device, dtype) -> dict:
 def run_seglab(args, device: torch.device, out: Path) -> dict:
     config = load_config(ROOT / "configs" / "camvid.yaml")
     updates = {"data.root": str(args.data), "data.crop": [args.crop, args.crop], "data.scale": args.scale,
-               "train.batch_size": args.batch, "train.max_time": args.budget, "train.epochs": 100_000,
+               "train.batch_size": args.batch, "train.time_budget": args.budget, "train.epochs": 100_000,
                "train.eval_every": 100_000, "train.device": str(device), "train.seed": 0, "out": str(out)}
     if args.model == "unet":
         updates |= {"model.name": "unet", "model.base_channels": 64}

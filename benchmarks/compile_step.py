@@ -21,8 +21,8 @@ from train_throughput import FirstBatches, synthetic_pairs, write_data_folder
 
 from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from seglab.engine.history import EpochTally
 from seglab.engine.recipe import Recipe
-from seglab.engine.tallies import EpochTally
 from seglab.engine.trainer import Trainer
 
 

@@ -59,8 +59,8 @@ from train_throughput import (  # noqa: E402
 import seglab
 from bench_common import device_name  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from seglab.engine.history import EpochTally
 from seglab.engine.recipe import Recipe
-from seglab.engine.tallies import EpochTally
 from seglab.engine.trainer import Trainer
 from seglab.models import build_model
 from seglab.runtime.device import native_cpu_bf16
@@ -159,7 +159,7 @@ def training_steps(names: list[str], args, workdir: Path) -> dict[str, float]:
 # ---- inference ------------------------------------------------------------------------------------------
 def trained_unet16(workdir: Path, seconds: float) -> Path:
     """best.pt of a U-Net-16 trained on the bundled ISBI slices for `seconds` (defaults: bf16 here)."""
-    run = seglab.train(ISBI, out=workdir / "unet16-run", base_channels=16, crop=[256, 256], max_time=seconds,
+    run = seglab.train(ISBI, out=workdir / "unet16-run", base_channels=16, crop=[256, 256], time_budget=seconds,
                        epochs=10_000, val_files=["25", "26", "27", "28", "29"], device="cpu", progress=False,
                        log=QUIET)
     return run.best_checkpoint

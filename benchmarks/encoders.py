@@ -61,7 +61,7 @@ def train_and_score(run: str, args, device: torch.device, out: Path) -> dict:
     updates, start = run_updates(run, args.weights_dir)
     config = load_config(ROOT / "configs" / "camvid.yaml")
     updates |= {"data.root": str(args.data), "data.crop": [args.crop, args.crop], "data.scale": args.scale,
-                "train.batch_size": args.batch, "train.max_time": args.budget, "train.epochs": 100_000,
+                "train.batch_size": args.batch, "train.time_budget": args.budget, "train.epochs": 100_000,
                 "train.eval_every": 100_000, "train.device": str(device), "train.seed": 0, "out": str(out)}
     started = time.perf_counter()
     history = fit(override(config, updates), progress=False, log=lambda *a, **k: None)

@@ -4,7 +4,7 @@
                               [--out runs/bench-plan] [--camvid ../shared/data/camvid]
     PART: isbi camvid folds ema (default: all four, in that order)
 
-Every comparison trains both sides for the same seconds of training (`max_time`; validation and
+Every comparison trains both sides for the same seconds of training (`time_budget`; validation and
 checkpoint writing do not count) and scores them with the same code on the same held-out images,
 then prints each side's scores and their ratio:
 
@@ -125,10 +125,10 @@ def camvid_scores(model_path: Path, camvid: Path, device: str) -> dict:
 
 def run_camvid(args, out: Path) -> dict:
     camvid = Path(args.camvid)
-    planned = seglab.train(camvid, ignore_value=11, class_names=CAMVID_NAMES, time_budget=args.camvid_budget,
+    planned = seglab.train(camvid, ignore_index=11, class_names=CAMVID_NAMES, time_budget=args.camvid_budget,
                            device=args.device, out=out / "camvid-plan", progress=False, log=QUIET)
     config = ROOT / "configs" / "camvid.yaml"
-    handwritten = seglab.train(camvid, config=config, max_time=args.camvid_budget, epochs=10_000,
+    handwritten = seglab.train(camvid, config=config, time_budget=args.camvid_budget, epochs=10_000,
                                device=args.device, out=out / "camvid-config", progress=False, log=QUIET)
     return compare(f"CamVid val, zero-flag plan vs configs/camvid.yaml, {args.camvid_budget:.0f} s each",
                    ("plan", camvid_scores(planned.best_checkpoint, camvid, args.device) | _speed(planned)),

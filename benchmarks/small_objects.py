@@ -81,13 +81,13 @@ def warm_up(data: Path, args, out: Path) -> None:
     (oneDNN's kernels for each shape, thread pools, the allocator) fall on no variant's budget
     rather than on the first variant's."""
     if args.warmup > 0:
-        seglab.train(data, ignore_value=11, class_names=CAMVID_NAMES, time_budget=args.warmup, device=args.device,
+        seglab.train(data, ignore_index=11, class_names=CAMVID_NAMES, time_budget=args.warmup, device=args.device,
                      out=out, progress=False, log=QUIET)
 
 
 def train_and_score(name: str, seed: int, data: Path, args, out: Path) -> dict:
     started = time.perf_counter()
-    run = seglab.train(data, ignore_value=11, class_names=CAMVID_NAMES, time_budget=args.budget, seed=seed,
+    run = seglab.train(data, ignore_index=11, class_names=CAMVID_NAMES, time_budget=args.budget, seed=seed,
                        device=args.device, out=out, progress=False, log=QUIET, **variant_options(name, args))
     checkpoint = run.best_checkpoint if args.checkpoint == "best" else run.last_checkpoint
     scores = seglab.evaluate(checkpoint, data, split="val", device=args.device).pooled

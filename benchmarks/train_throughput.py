@@ -52,8 +52,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench_common import device_name, synchronize  # noqa: E402 (benchmarks/ is on sys.path)
 from seglab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seglab.data.loaders import ResidentBatches
+from seglab.engine.history import EpochTally
 from seglab.engine.recipe import Recipe
-from seglab.engine.tallies import EpochTally
 from seglab.engine.trainer import Trainer
 from seglab.models import UNet
 from seglab.runtime.device import resolve_device, resolve_precision
@@ -327,7 +327,7 @@ def time_reference(images: np.ndarray, masks: np.ndarray, batch: int, args, devi
     synchronize(device)
     seconds = time.perf_counter() - started
     peak = memory.stop()
-    del batches, loader, optimizer, step_model, model
+    step = batches = loader = optimizer = step_model = model = None  # freed before the memory is emptied
     free_everything(device)
     return {"seconds_per_image": seconds / (batch * args.iters), "peak_bytes": peak,
             "precision": "fp16 + GradScaler" if cuda else "fp32"}

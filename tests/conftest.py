@@ -194,6 +194,39 @@ def checkpoint(trained_run) -> Path:
     return trained_run.best
 
 
+# ---- test_tracking.py: a real MLflow tracking server process ----------------------------------------
+_MLFLOW_SERVER: dict = {}
+
+
+def pytest_collection_finish(session) -> None:
+    """Start the MLflow server as soon as test_tracking.py is selected: it takes 15-30 s to boot on a
+    small machine, which the tests that run before that module then cover."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") and any(item.path.name == "test_tracking.py" for item in session.items):
+        import tempfile
+
+        from mlflow_server import MLflowServer
+
+        _MLFLOW_SERVER["server"] = MLflowServer(Path(tempfile.mkdtemp(prefix="seglab-mlflow-")))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    server = _MLFLOW_SERVER.pop("server", None)
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """The running MLflow server (MLflowServer: .uri); started when the tests were collected."""
+    server = _MLFLOW_SERVER.get("server")
+    if server is None:
+        pytest.skip("mlflow is not installed (pip install 'seglab[mlflow]')")
+    server.wait_until_up()
+    return server
+
+
 # ---- seglab serve: a real server process on a loopback port ------------------------------------------
 SERVE_TOKEN = "test-token-0123"
 

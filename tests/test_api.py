@@ -1,6 +1,7 @@
 """The Python API as users call it: seglab.train / load / evaluate / check, and one evaluation path."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -198,3 +199,33 @@ def test_a_trainer_built_directly_cleans_up_as_a_context_manager(tmp_path, isbi_
     with Trainer(Recipe.from_data(config), progress=False, log=QUIET) as trainer:
         trainer.fit()
     assert torch.equal(torch.random.get_rng_state(), before)  # the run's seeding is undone
+
+
+def test_with_options_is_a_replace_of_the_predictors_one_options_object(checkpoint):
+    model = seglab.load(checkpoint, device="cpu", runtime="pytorch")
+    half = model.with_options(scale=0.5, tta="flips", threshold=None)   # None keeps the model's threshold
+    assert half.options == dataclasses.replace(model.options, scale=0.5, tta="flips")
+    assert half.model is model.model and model.options.scale == 1.0
+    assert half.predict(np.zeros((64, 48), np.uint8)).mask.shape == (64, 48)  # results at the input's size
+    with pytest.raises(SeglabError, match="unknown inference option 'treshold'"):
+        model.with_options(treshold=0.4)
+    with pytest.raises(SeglabError, match="runtime is chosen when a model is loaded"):
+        model.with_options(runtime="auto")
+    with pytest.raises(SeglabError, match="scale"):
+        model.with_options(scale=0)
+
+
+def test_objects_show_themselves_in_a_few_lines_and_as_html(checkpoint, isbi_subset):
+    model = seglab.load(checkpoint, device="cpu", runtime="pytorch", tta="flips")
+    shown = repr(model)
+    assert shown.startswith("Predictor(unet from best.pt: ") and "tta flips" in shown and len(shown.splitlines()) <= 5
+    image = np.asarray(Image.open(isbi_subset / "images" / "00.png"))[:96, :80]
+    prediction = model.predict(image, name="00.png")
+    assert repr(prediction).startswith("Prediction('00.png', 80x96: ") and "%" in repr(prediction)
+    assert "<img src='data:image/png;base64," in prediction._repr_html_()
+    assert prediction.overlay().shape == (96, 80, 3)
+    scores = seglab.evaluate(model, [(isbi_subset / "images" / "00.png", isbi_subset / "masks" / "00.png")])
+    assert repr(scores).startswith("Evaluation(1 images; pooled mDice ") and len(repr(scores).splitlines()) == 2
+    assert scores._repr_html_().count("<tr>") == len(scores.classes) + 2
+    config = seglab.load_config(checkpoint.parent / "config.yaml")
+    assert repr(config).startswith("RunConfig(data ") and len(repr(config).splitlines()) <= 5

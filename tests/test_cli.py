@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+import seglab
 from conftest import TINY_FLAGS, TRAINED_EPOCHS, assert_clean_failure, copy_isbi_crop
 from seglab.data.classmap import ClassMap
 from seglab.data.io import read_image, read_mask
@@ -115,6 +116,22 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert not list(run_dir.glob(".*.tmp")), "temporary checkpoint files left behind"
     with Image.open(run_dir / "curves.png") as curves:
         assert curves.size[0] > 100 and curves.size[1] > 100
+
+
+def test_train_ends_saying_what_the_run_made_and_the_next_commands(trained_run):
+    rows = metrics_rows(trained_run.run_dir)
+    best = max(rows, key=lambda row: row["val_dice"])
+    run_dir = trained_run.run_dir
+    tail = trained_run.result.stdout.strip().splitlines()[-6:]
+    assert tail == [
+        f"run {run_dir}: best val_dice {best['val_dice']:.4f} at epoch {best['epoch']}, step {best['step']}; "
+        f"all {TRAINED_EPOCHS} epochs trained",
+        f"  best.pt  {run_dir / 'best.pt'}",
+        f"  last.pt  {run_dir / 'last.pt'}",
+        f"  report   {run_dir / 'report.html'}",
+        f"  next:    seglab predict -m {run_dir / 'best.pt'} -i IMAGES -o OUT",
+        f"           seglab serve -m {run_dir / 'best.pt'}"]
+    assert repr(seglab.Run.open(run_dir)).splitlines() == tail
 
 
 def test_train_logs_one_json_line_per_epoch(trained_run):

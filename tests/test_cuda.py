@@ -14,8 +14,8 @@ from seglab.config import config_from_dict
 from seglab.data.augment import BatchAugmenter
 from seglab.data.augment_config import augment_preset
 from seglab.data.classmap import IGNORE_INDEX
+from seglab.engine.history import DeviceLossTally
 from seglab.engine.recipe import Recipe
-from seglab.engine.tallies import DeviceLossTally
 from seglab.engine.trainer import LOG_EVERY, Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

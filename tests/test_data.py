@@ -9,8 +9,9 @@ from PIL import Image
 
 from seglab.data.classmap import IGNORE_INDEX, ClassMap
 from seglab.data.discover import discover, infer_class_map, survey_masks
-from seglab.data.io import read_image, read_mask, write_mask
+from seglab.data.io import read_image, read_mask
 from seglab.data.preflight import run_preflight
+from seglab.data.writing import write_mask
 from seglab.errors import DataError, SeglabError
 
 ISBI = Path(__file__).resolve().parents[1] / "data" / "isbi2012"

@@ -189,7 +189,7 @@ def test_training_steps_read_nothing_back_to_the_host_between_log_points(tmp_pat
     monkeypatch.undo()
     assert trainer.step == 12 > LOG_EVERY  # 24 training slices at batch 2
     reads = 2  # at step 10 and at the end of the epoch, four sums each
-    assert callers == ["Tensor.item in tallies.py:read"] * 4 * reads
+    assert callers == ["Tensor.item in history.py:read"] * 4 * reads
 
 
 def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(tmp_path, isbi_dir):

@@ -12,6 +12,7 @@ from seglab.errors import SeglabError
 from seglab.inference.export import export_model, reference_probabilities
 from seglab.inference.export_graph import ExportWrapper, graph_normalize, reflect_pad_index, reflect_steps
 from seglab.inference.exported import OnnxModel, TorchScriptModel, load_exported
+from seglab.inference.options import InferenceOptions
 from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
@@ -127,7 +128,8 @@ def test_onnx_model_equals_the_predictor(checkpoint_path, isbi_slices, tmp_path)
     export_model(checkpoint_path, "onnx", out, parity_images=[isbi_slices[0][:64, :80]])
     image = isbi_slices[2][:211, 150:455]  # uint8 (211, 305)
     # the export computes in float32: so does the Predictor it is compared with
-    expected = Predictor.from_file(checkpoint_path, precision="fp32").predict(image).probabilities  # (1, H, W)
+    fp32 = InferenceOptions(precision="fp32")
+    expected = Predictor.from_file(checkpoint_path, "cpu", fp32).predict(image).probabilities  # (1, H, W)
     got = OnnxModel(out).forward(torch.from_numpy(image.astype(np.float32))[None, None])[0].numpy()
     assert np.abs(got - expected).max() <= 1e-4
 
@@ -213,9 +215,9 @@ def test_tiles_through_an_export_are_normalised_as_the_whole_image(isbi_slices, 
     out = tmp_path / f"model{SUFFIX[fmt]}"
     export_model(checkpoint, fmt, out, parity_images=[isbi_slices[0][:64, :80]])
     image = isbi_slices[2][:200, :170]
-    options = {"tile": (64, 64), "overlap": 0.5, "tta": "flips", "precision": "fp32", "log": lambda *args: None}
-    expected = Predictor.from_file(checkpoint, **options).predict(image).probabilities
-    got = Predictor.from_file(out, **options).predict(image).probabilities
+    options = InferenceOptions(tile=[64], overlap=0.5, tta="flips", precision="fp32")
+    expected = Predictor.from_file(checkpoint, "cpu", options, log=lambda *args: None).predict(image).probabilities
+    got = Predictor.from_file(out, "cpu", options, log=lambda *args: None).predict(image).probabilities
     assert np.abs(got - expected).max() <= 1e-4
     # Without the statistics each tile is normalised alone: the test can tell the two apart.
     exported = load_exported(out)
@@ -235,9 +237,8 @@ def test_streamed_tiffs_predict_as_in_memory_through_checkpoints_and_exports(isb
     image = isbi_slices[1][:300, :260]
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, image, tile=(64, 64))
-    options = {"tile": (64, 64), "overlap": 0.5, "log": lambda *args: None}
     for model in (checkpoint, exported):
-        predictor = Predictor.from_file(model, **options)
+        predictor = Predictor.from_file(model, "cpu", InferenceOptions(tile=[64], overlap=0.5), log=lambda *args: None)
         expected = predictor.predict(image).mask
         written = predictor.predict_large_tiff(source, tmp_path / f"{model.stem}_mask.tif")
         streamed = tifffile.imread(written)

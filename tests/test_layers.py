@@ -1,7 +1,7 @@
 """Imports point one way: a module may import its own package and the layers below it, never above,
 and the modules of a package import each other without a circle.
 
-The layers (ARCHITECTURE.md): errors, version < options, padding < data < metrics, models < losses
+The layers (ARCHITECTURE.md): errors, version < options, padding, progress < data < metrics, models < losses
 < config < runtime < engine, inference < viz < api < demo, serve < cli. Function-level imports count too.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "seglab"
 RANKS = {
-    "errors": 0, "version": 0,
-    "options": 1, "padding": 1,
+    "errors": 0, "version": 0, "lazy": 0,
+    "options": 1, "padding": 1, "yaml_files": 1, "progress": 1,
     "data": 2,
     "metrics": 3, "models": 3,
     "losses": 4,

@@ -39,7 +39,7 @@ def test_small_grayscale_images_train_whole_with_a_shallower_net_and_the_papers_
     chosen = values(plan_rules(fingerprint(size=(96, 96)), CPU, {}, binary=True, train_images=20))
     assert chosen["data.crop"] is None and chosen["model.depth"] == 3
     assert chosen["train.augment"] == "paper" and chosen["train.monitor"] == "val_dice"
-    assert chosen["train.max_time"] == DEFAULT_BUDGET["cpu"] and chosen["train.epochs"] == 10_000
+    assert chosen["train.time_budget"] == DEFAULT_BUDGET["cpu"] and chosen["train.epochs"] == 10_000
 
 
 def test_large_colour_photos_get_crops_the_photo_preset_and_miou():
@@ -77,7 +77,7 @@ def test_a_tiny_class_gets_class_weights_and_explicit_values_win():
     chosen = values(plan)
     assert chosen["train.class_weights"] == "auto"
     assert plan.choices["data.crop"].given and chosen["data.crop"] == [64, 64]
-    assert "train.max_time" not in chosen  # --epochs given: no time budget is imposed
+    assert "train.time_budget" not in chosen  # --epochs given: no time budget is imposed
     assert chosen["train.eval_every"] == 4  # about ten validations in 40 epochs
     assert "data.crop" not in plan.updates() and "train.class_weights" in plan.updates()
 
@@ -107,11 +107,11 @@ def test_a_zero_flag_training_plans_finishes_within_its_budget_and_writes_plan_j
     assert wall < 3 + 60, f"{wall:.0f} s for a 3 s budget"  # margin: start-up, validation, report
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["choices"]["train.augment"]["value"] == "paper"  # grayscale slices
-    assert plan["choices"]["train.max_time"] == {"value": 3.0, "reason": "given", "given": True}
+    assert plan["choices"]["train.time_budget"] == {"value": 3.0, "reason": "given", "given": True}
     assert plan["fingerprint"]["kind"] == "grayscale" and plan["device"]["type"] == "cpu"
     assert "plan (plan.json" in result.stdout and "crop" in result.stdout
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["train"]["augment"] == "paper" and saved["train"]["max_time"] == 3.0
+    assert saved["train"]["augment"] == "paper" and saved["train"]["time_budget"] == 3.0
     report = (tmp_path / "run" / "report.html").read_text()
     assert "stopped by the 3 s time budget" in report  # the epochs card says what bounded the run
 

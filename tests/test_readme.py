@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO, SUBPROCESS_ENV
 
-BUDGET = "max_time=120"
+BUDGET = "time_budget=120"
 
 
 def readme_block(heading: str) -> str:
@@ -26,7 +26,7 @@ def test_the_python_api_script_of_the_readme_runs(tmp_path):
     (tmp_path / "data").mkdir()
     os.symlink(REPO / "data" / "isbi2012", tmp_path / "data" / "isbi2012")
     script = tmp_path / "readme_script.py"
-    script.write_text(code.replace(BUDGET, "max_time=2"))
+    script.write_text(code.replace(BUDGET, "time_budget=2"))
     env = {**os.environ, **SUBPROCESS_ENV, "MPLBACKEND": "Agg"}
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)

@@ -174,7 +174,7 @@ def test_an_output_path_that_cannot_be_written_fails_cleanly(checkpoint, tmp_pat
 
 
 def test_output_names_cannot_escape_the_output_folder(tmp_path):
-    from seglab.api.output_plan import safe_join
+    from seglab.api.output_names import safe_join
 
     assert safe_join(tmp_path, "a_mask.png") == tmp_path / "a_mask.png"
     with pytest.raises(SeglabError, match="escape"):

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import assert_clean_failure, run_cli
-from seglab.data.splits import read_split
+from seglab.runtime.run_files import read_split
 from seglab.viz.report import write_report
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -98,7 +98,7 @@ def test_two_predictions_into_one_folder_at_once_never_replace_each_others_masks
 
 KILLED_MID_WRITE = """
 import os, signal, sys
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 temporary = atomic_output(sys.argv[1]).__enter__()  # seglab's own writer, killed before its rename
 temporary.write_bytes(b"half a mask")
 os.kill(os.getpid(), signal.SIGKILL)
@@ -296,7 +296,7 @@ BAD_TRAIN_VALUES = [  # (section, option, flag, value)
     ("data", "scale", "--scale", 0),
     ("data", "validation", "--validation", 100),
     ("data", "in_channels", "--in-channels", -1),
-    ("train", "max_time", "--time-budget", -5),
+    ("train", "time_budget", "--time-budget", -5),
     ("train", "accumulate", "--accumulate", 0),
     ("train", "momentum", "--momentum", 1.5),
     ("train", "seed", "--seed", -1),

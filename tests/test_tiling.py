@@ -7,7 +7,7 @@ import tifffile
 import torch
 
 from seglab.inference.tiff_io import TiffRows, predict_tiff_tiled
-from seglab.inference.tiling import gaussian_profile, plan_tiles, predict_bands, predict_tiled, tile_starts
+from seglab.inference.tiling import gaussian_profile, predict_bands, predict_tiled, tile_grid, tile_starts
 from seglab.models import UNet
 from seglab.models.outputs import probabilities_to_classes
 from seglab.padding import mirror_indices, mirror_pad
@@ -39,7 +39,7 @@ def test_tile_starts_cover_evenly(size, tile, overlap):
 
 
 def gaussian_weights(height: int, width: int) -> torch.Tensor:
-    """The weight of a (height, width) tile, as TilePlan blends it: the outer product of its profiles."""
+    """The weight of a (height, width) tile, as TileGrid blends it: the outer product of its profiles."""
     return torch.outer(gaussian_profile(height), gaussian_profile(width))
 
 
@@ -64,7 +64,7 @@ def test_mirror_pad_reflects_repeatedly():
 
 def test_valid_plan_aligns_tiles_to_the_pooling_stride():
     model = UNet(1, 1, 8, depth=2, padding="valid")
-    plan = plan_tiles(77, 91, tile=20, margin=model.margin, valid_input=model.valid_input_size)
+    plan = tile_grid(77, 91, tile=20, margin=model.margin, valid_input=model.valid_input_size)
     # Output 20 needs input 60 (margin 20); valid sizes step by 2**2 = 4, so starts are multiples
     # of 4 no more than 20 apart.
     assert (plan.in_tile, plan.out_tile) == ((60, 60), (20, 20))

@@ -7,29 +7,37 @@ model section holds a model name and that model's own options, which the model r
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from seglab.data.augment_config import AUGMENT_PRESETS, augment_config_from_dict
+from seglab.data.augment_config import AUGMENT_PRESETS, AugmentConfig, augment_config_from_dict, augment_preset
 from seglab.data.normalization import NORMALIZATIONS
-from seglab.errors import ConfigError, SeglabError
+from seglab.errors import ConfigError
 from seglab.losses.registry import ALIASES, checked_loss_options, list_losses
 from seglab.models.registry import model_spec, resolve_model_options
 from seglab.options import check_fields, option, refuse_unknown, shown
 from seglab.version import __version__
+from seglab.yaml_files import read_yaml
 
 if TYPE_CHECKING:  # numpy; the command's flags are made from these sections without importing it
-    import yaml
-
     from seglab.data.classmap import MaskRules
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULERS = ("cosine", "plateau", "poly", "none")
-MONITORS = ("val_dice", "val_miou", "val_iou", "val_loss", "val_pixel_error")
+# The metrics best.pt and early stopping may judge, each with the direction that is better.
+MONITORS = {"val_dice": "max", "val_miou": "max", "val_iou": "max", "val_loss": "min", "val_pixel_error": "min"}
+# The options the training plan chooses when they are not given (engine.plan; a test keeps the two
+# together): the command's help says "planned" for them instead of a default the plan replaces.
+PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.base_channels", "model.depth",
+                     "train.amp", "train.augment", "train.batch_size", "train.channels_last", "train.class_weights",
+                     "train.epochs", "train.eval_every", "train.learning_rate", "train.time_budget", "train.monitor",
+                     "train.precision", "train.scheduler"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSS_TERMS = tuple(list_losses()) + tuple(ALIASES)
+TRACKERS = ("mlflow", "wandb")  # experiment trackers besides TensorBoard (engine.tracking)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.
 LEGACY_MODEL_KEYS = {"base_channels", "depth", "up", "padding", "batch_norm", "backbone", "output_stride",
@@ -51,9 +59,11 @@ class DataConfig:
     mask_values: list[int] | None = option(None, "mask values in class order, e.g. 0,128,255", metavar="V,V,...")
     num_classes: int | None = option(None, "masks hold class indices 0..K-1", min=2, max=65536, metavar="K")
     class_names: list[str] | None = option(None, "comma-separated names, one per class", metavar="NAME,...")
-    ignore_value: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
+    ignore_index: int | None = option(None, "mask value that counts nowhere (e.g. 11 for CamVid's void)",
                                       flags=("--ignore-index",), metavar="V")
     mask_colors: str | None = option(None, "JSON colour table for RGB colour masks", metavar="FILE.json")
+    label_map: str | None = option(None, "JSON table of mask value -> class value, applied before classes are "
+                                   "found (e.g. Cityscapes labelId -> trainId; 255: ignored)", metavar="FILE.json")
     normalization: str = option("auto", "intensity normalisation; auto: the pretrained encoder's mean and std "
                                 "(ImageNet's), or the --load checkpoint's, else per_image (zero mean, unit "
                                 "variance per image and channel; the default)", choices=("auto",) + NORMALIZATIONS)
@@ -78,7 +88,7 @@ class DataConfig:
         """How masks map to classes: explicit values, a class count, or a colour table file."""
         from seglab.data.classmap import MaskRules
 
-        return MaskRules.from_options(self.mask_values, self.num_classes, self.class_names, self.ignore_value,
+        return MaskRules.from_options(self.mask_values, self.num_classes, self.class_names, self.ignore_index,
                                       self.mask_colors)
 
 
@@ -147,15 +157,15 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto", group="run control")
     seed: int = option(0, "random seed (split, crops, augmentation, weights)", min=0, max=2**32 - 1,
                        group="run control")
-    max_time: float | None = option(None, "the time budget: stop after this many seconds of training (the "
-                                    "schedule anneals to it; default: the plan's, unless --epochs is given)", above=0,
-                                    metavar="SECONDS", flags=("--time-budget", "--max-time"), group="run control")
+    time_budget: float | None = option(None, "stop after this many seconds of training (the schedule anneals to "
+                                       "it; default: the plan's, unless --epochs is given)", above=0,
+                                       metavar="SECONDS", group="run control")
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
                                "0.999): validation, best.pt and predictions use it", above=0, below=1,
                                metavar="DECAY", group="optimisation")
     eval_every: int | str = option(1, "validate every N epochs (5), or every N optimizer steps ('500 steps')",
                                    metavar="N[steps]", group="run control")
-    monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=MONITORS,
+    monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=tuple(MONITORS),
                           group="run control")
     early_stop: int | None = option(None, "stop after N evaluations without improvement of --monitor", min=1,
                                     metavar="N", group="run control")
@@ -167,6 +177,10 @@ class TrainConfig:
                                 group="run control")
     load: str | None = option(None, "initial weights from a seglab checkpoint", flags=("-f", "--load"),
                               metavar="CKPT", group="run control")
+    track: list[str] | None = option(None, "also log params, every metrics row and best.pt, report.html, plan.json "
+                                     "to: mlflow (to the server MLFLOW_TRACKING_URI names), wandb (WANDB_MODE="
+                                     "offline works offline); TensorBoard event files are always written",
+                                     metavar="mlflow,wandb", group="run control")
     amp: bool = option(False, "mixed precision on GPUs (bf16 where supported, else fp16); what 'auto' does",
                        group="speed")
     precision: str | None = option("auto", "autocast precision; auto: bf16 on GPUs that have it (else fp16) and on "
@@ -183,10 +197,13 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self, "train")
-        parse_eval_every(self.eval_every)
+        # Parsed here, at the boundary, and kept typed (not fields: config.yaml keeps what was written).
+        object.__setattr__(self, "_evaluation", parse_eval_every(self.eval_every))
         if isinstance(self.augment, dict):
-            augment_config_from_dict(self.augment)
-        elif self.augment not in AUGMENT_PRESETS:
+            object.__setattr__(self, "_augment_config", augment_config_from_dict(self.augment))
+        elif self.augment in AUGMENT_PRESETS:
+            object.__setattr__(self, "_augment_config", augment_preset(self.augment))
+        else:
             raise ConfigError(f"invalid train.augment (--augment): {shown(self.augment)}; expected one of: "
                               f"{', '.join(AUGMENT_PRESETS)}")
         # unknown terms and options: one line each; values kept as their declared types
@@ -197,9 +214,23 @@ class TrainConfig:
         if isinstance(self.class_weights, list) and any(not w >= 0 for w in self.class_weights):
             raise ConfigError(f"invalid train.class_weights (--class-weights): {self.class_weights}; weights "
                               "must be >= 0")
+        unknown = [name for name in self.track or () if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"invalid train.track (--track): {shown(unknown[0])}; expected one or more of: "
+                              f"{', '.join(TRACKERS)}")
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(f"invalid train.device (--device): {shown(self.device)}; expected cpu, cuda, cuda:N "
                               "or auto")
+
+    @property
+    def evaluation(self) -> EvalPeriod:
+        """eval_every as (count, unit)."""
+        return self._evaluation
+
+    @property
+    def augment_config(self) -> AugmentConfig:
+        """augment (a preset's name or a mapping) as the AugmentConfig it names."""
+        return self._augment_config
 
 
 @dataclass(frozen=True)
@@ -213,8 +244,39 @@ class RunConfig:
         if self.out is not None and not isinstance(self.out, str):
             object.__setattr__(self, "out", str(self.out))
 
+    def __repr__(self) -> str:
+        """The options that differ from the defaults, a line per section (config_to_dict has them all)."""
+        lines = [f"RunConfig(data {self.data.root!r}, model {self.model.name} {self.model.options or ''}".rstrip()]
+        for name, section in (("data", self.data), ("train", self.train)):
+            changed = [f"{f.name}={getattr(section, f.name)!r}" for f in fields(section)
+                       if f.name != "root" and getattr(section, f.name) != _default(f)]
+            if changed:
+                lines.append(f"  {name}: {', '.join(changed)}")
+        if self.out:
+            lines.append(f"  out: {self.out!r}")
+        return "\n".join(lines) + ")"
 
-def parse_eval_every(value: int | str) -> tuple[int, str]:
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def monitor_mode(metric: str) -> str:
+    """"max" or "min": which way `metric` (one of MONITORS) gets better."""
+    try:
+        return MONITORS[metric]
+    except KeyError:
+        raise ConfigError(f"cannot monitor {metric!r}: choose one of {', '.join(MONITORS)}") from None
+
+
+class EvalPeriod(NamedTuple):
+    """How often a run validates: every `count` epochs or optimizer steps (`unit`)."""
+
+    count: int
+    unit: str  # "epoch" | "step"
+
+
+def parse_eval_every(value: int | str) -> EvalPeriod:
     """--eval-every value -> (count, "epoch" | "step"): 5, "5", "5epochs" and "5 epochs" mean every
     5 epochs; "500steps" or "500 steps" every 500 optimizer steps."""
     text = str(value).strip().lower().replace(" ", "")
@@ -224,7 +286,7 @@ def parse_eval_every(value: int | str) -> tuple[int, str]:
     if isinstance(value, bool) or not digits.isdigit() or int(digits) < 1 or unit is None:
         raise ConfigError(f"invalid train.eval_every (--eval-every): {shown(value)}; expected N epochs (5 or "
                           "'5 epochs') or N optimizer steps ('500 steps')")
-    return int(digits), unit
+    return EvalPeriod(int(digits), unit)
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
@@ -240,9 +302,27 @@ def _model_from_dict(values: dict) -> ModelConfig:
     return ModelConfig(name, values)
 
 
+# Options renamed so that each has one name in flags, YAML and keywords: {section: {old: new}}. Files
+# that use an old name keep loading, with a one-line note.
+RENAMED_OPTIONS = {"data": {"ignore_value": "ignore_index"}, "train": {"max_time": "time_budget"}}
+
+
+def renamed_options(values: dict) -> dict:
+    """A config mapping with the old names of RENAMED_OPTIONS replaced (a note for each one found)."""
+    values = dict(values or {})
+    for section, renames in RENAMED_OPTIONS.items():
+        given = values.get(section)
+        if isinstance(given, dict) and set(given) & set(renames):
+            for old in sorted(set(given) & set(renames)):
+                logging.getLogger("seglab").warning(f"note: {section}.{old} is now called {section}."
+                                                    f"{renames[old]}; the value is read as that")
+            values[section] = {renames.get(key, key): value for key, value in given.items()}
+    return values
+
+
 def config_from_dict(values: dict) -> RunConfig:
     """A RunConfig from a mapping such as config.yaml holds ({"data": {...}, "model": {...}, ...})."""
-    values = dict(values or {})
+    values = renamed_options(values)
     values.pop("seglab_version", None)
     refuse_unknown(values, list(SECTIONS) + ["model", "out"], "the config (sections)")
     sections = {}
@@ -258,78 +338,6 @@ def config_from_dict(values: dict) -> RunConfig:
     return RunConfig(out=values.get("out"), model=_model_from_dict(model), **sections)
 
 
-# A config holds a few hundred values; YAML aliases can repeat a value so that a kilobyte expands to
-# billions of them (the "billion laughs"), which every later step would walk.
-MAX_YAML_VALUES = 100_000
-
-
-def _expanded_size(root: yaml.Node, path: Path) -> int:
-    """How many values the node graph `root` holds once its aliases are expanded, counted without
-    expanding it (each node's count once); SeglabError past MAX_YAML_VALUES or for an alias cycle."""
-    import yaml
-
-    sizes: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    open_nodes: set[int] = set()
-    while stack:
-        node, children_done = stack.pop()
-        children = ([item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode)
-                    else node.value if isinstance(node, yaml.SequenceNode) else [])
-        if children_done:
-            open_nodes.discard(id(node))
-            sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), MAX_YAML_VALUES + 1)
-            if sizes[id(node)] > MAX_YAML_VALUES:
-                raise SeglabError(f"config file '{path}' expands to more than {MAX_YAML_VALUES} values (YAML aliases "
-                                  "repeating values): write the config out without nested aliases")
-            continue
-        if id(node) in sizes:
-            continue
-        if id(node) in open_nodes:
-            raise SeglabError(f"config file '{path}' holds a value that contains itself (a YAML alias cycle): "
-                              "write the config out without it")
-        open_nodes.add(id(node))
-        stack.append((node, True))
-        stack.extend((child, False) for child in children if id(child) not in sizes)
-    return sizes[id(root)]
-
-
-def _load_yaml(text: str, path: Path):
-    """yaml.safe_load(text), refusing documents whose aliases expand past MAX_YAML_VALUES."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _expanded_size(node, path)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The mapping of a YAML config file, as written (SeglabError for unreadable files)."""
-    import yaml  # here, not at the top: the command's help and --version need no YAML
-
-    path = Path(path)
-    try:
-        values = _load_yaml(path.read_text(), path)
-    except RecursionError:
-        raise SeglabError(f"config file '{path}' nests values too deeply to read: write it flatter") from None
-    except FileNotFoundError:
-        raise SeglabError(f"config file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise SeglabError(f"config '{path}' is a folder: give a YAML file") from None
-    except UnicodeDecodeError:
-        raise SeglabError(f"config file '{path}' is not text: give a YAML file") from None
-    except yaml.YAMLError as error:
-        raise SeglabError(f"config file '{path}' is not valid YAML ({error})".replace("\n", " ")) from None
-    if values is not None and not isinstance(values, dict):
-        raise SeglabError(f"config file '{path}' must hold a mapping with data/model/train sections")
-    return values or {}
-
-
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML config file (data/model/train sections, optional out)."""
     try:
@@ -341,6 +349,7 @@ def load_config(path: str | Path) -> RunConfig:
 def flatten(values: dict) -> dict[str, Any]:
     """A config mapping as dotted keys: {"train": {"epochs": 5}, "out": "x"} -> {"train.epochs": 5,
     "out": "x"}; the keys a YAML file sets, for the training plan to leave alone."""
+    values = renamed_options(values)
     flat = {f"{section}.{name}": value for section in ("data", "model", "train")
             for name, value in (values.get(section) or {}).items()}
     if values.get("out") is not None:

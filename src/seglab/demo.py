@@ -35,7 +35,7 @@ def demo_config(device: torch.device, out: Path, time_budget: float | None, data
                  "class_names": ["membrane", "cell"], "normalization": "per_image"},
         "model": {"name": "unet", "base_channels": 64 if gpu else 16, "depth": 4, "up": "transpose",
                   "padding": "same"},
-        "train": {"epochs": 10_000, "max_time": budget, "batch_size": 4, "learning_rate": 2e-3,
+        "train": {"epochs": 10_000, "time_budget": budget, "batch_size": 4, "learning_rate": 2e-3,
                   "optimizer": "adamw", "scheduler": "cosine", "augment": "paper", "amp": gpu,
                   "device": str(device), "eval_every": 5, "seed": 0, "monitor": "val_dice"},
     })
@@ -52,7 +52,7 @@ def run_demo(out: str | Path | None = None, device: str = "auto", time_budget: f
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     config = demo_config(device_obj, out, time_budget, data)
     log(f"seglab demo: U-Net ({config.model.resolved()['base_channels']} base channels) on {data}, slices 00-24 "
-        f"train, 25-29 held out; {config.train.max_time:.0f} s of training on {device_obj}")
+        f"train, 25-29 held out; {config.train.time_budget:.0f} s of training on {device_obj}")
     run = train(config=config, progress=progress, log=log)
     # The final, annealed model: 25-29 only monitored it. Averaging the four flips, as the U-Net
     # paper averaged transformed inputs, costs ~4x the (short) prediction time and steadies the

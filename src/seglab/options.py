@@ -206,13 +206,32 @@ def check_fields(instance: Any, owner: str) -> None:
         object.__setattr__(instance, field.name, checked)
 
 
+# Names other tools (PyTorch scripts, Lightning, segmentation_models_pytorch, Ultralytics) give
+# options seglab spells otherwise: a misspelt keyword that is one of these is pointed to seglab's name.
+OTHER_SPELLINGS = {"lr": "learning_rate", "bs": "batch_size", "batch": "batch_size", "num_epochs": "epochs",
+                   "max_epochs": "epochs", "n_epochs": "epochs", "classes": "num_classes",
+                   "n_classes": "num_classes", "encoder_name": "encoder", "in_chans": "in_channels",
+                   "n_channels": "in_channels", "time_limit": "time_budget", "max_time": "time_budget",
+                   "imgsz": "crop",
+                   "ignore_value": "ignore_index", "weights": "encoder_weights"}
+LISTED_AT_MOST = 16  # known names an error lists in full; beyond, it points to the help instead
+
+
 def refuse_unknown(given, known, where: str) -> None:
     """ConfigError for names in `given` that are not in `known`, suggesting the nearest one."""
     unknown = sorted(set(given) - set(known), key=str)
     if not unknown:
         return
     name = unknown[0]
-    close = difflib.get_close_matches(name, list(known), n=1) if isinstance(name, str) else []
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1) if isinstance(name, str) else []
+    if isinstance(name, str) and OTHER_SPELLINGS.get(name.lower()) in known:
+        close = [OTHER_SPELLINGS[name.lower()]]
+    if close:
+        hint = f"; did you mean {close[0]!r}?"
+    elif len(known) <= LISTED_AT_MOST:
+        hint = f"; known: {', '.join(sorted(known))}"
+    else:
+        hint = f"; {len(known)} are known (help() or the command's -h lists them)"
     more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
     raise ConfigError(f"unknown option {shown(name)} in {where}{more}{hint}")

@@ -6,9 +6,10 @@ named as a public name: importing it would bind the module over the name on this
 """
 from __future__ import annotations
 
-import importlib
+from seglab.lazy import lazy_names
 
-_HOMES = {
+# Where each name of the API lives (the package root lends these too).
+API_HOMES = {
     "CrossValidation": "seglab.api.folds",
     "Recipe": "seglab.engine.recipe",
     "Run": "seglab.api.run_results",
@@ -24,16 +25,7 @@ _HOMES = {
     "train": "seglab.api.training",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = sorted(API_HOMES)
 
 
-def __getattr__(name: str):
-    if name in _HOMES:
-        value = getattr(importlib.import_module(_HOMES[name]), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), API_HOMES)

@@ -6,16 +6,18 @@ from pathlib import Path
 from typing import Iterable
 
 from seglab.data.discover import Pair, labelled_pairs
-from seglab.errors import DataError
+from seglab.errors import ConfigError, DataError
 from seglab.inference.predictor import Predictor
 from seglab.inference.scoring import evaluate_predictor
 from seglab.metrics.scoring import Evaluation
 
 
-def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None) -> list[Pair]:
-    """A data folder (its `split`, else val, test, the whole folder or train), or (image, mask) pairs."""
+def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None,
+             label_map: str | os.PathLike | None = None) -> list[Pair]:
+    """A data folder (its `split`, else val, test, the whole folder or train; masks remapped through
+    `label_map`), or (image, mask) pairs."""
     if isinstance(data, (str, os.PathLike)):
-        return labelled_pairs(data, split)
+        return labelled_pairs(data, split, label_map)
     pairs = [item if isinstance(item, Pair) else Pair(Path(item[0]), Path(item[1])) for item in data]
     if not pairs:
         raise DataError("no image/mask pairs to evaluate: give a data folder or (image, mask) pairs")
@@ -23,10 +25,13 @@ def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None) -> li
 
 
 def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Iterable, *, split: str | None = None,
-             scale: float | None = None, instances: bool = False, **load_options) -> Evaluation:
+             scale: float | None = None, instances: bool = False, label_map: str | os.PathLike | None = None,
+             progress: bool | None = None, **load_options) -> Evaluation:
     """Score `model` (a Predictor, or a checkpoint/export path with `seglab.load` options such as
     tta="flips") on `data` (a folder, or (image, mask) pairs). Pixel scores at each image's own
-    size; `instances` adds the ISBI 2012 scores (adapted Rand error, variation of information).
+    size; `instances` adds the ISBI 2012 scores (adapted Rand error, variation of information);
+    `label_map`: the JSON table the run's masks were remapped through (`--label-map`);
+    `progress`: a bar over the images on stderr (None: only on a terminal).
 
     >>> scores = seglab.evaluate("runs/isbi/best.pt", "data/isbi2012", split="train")
     >>> scores.pooled["mdice"], scores.mean["pixel_error"]     # (0.84..., 0.08...)
@@ -36,7 +41,10 @@ def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Ite
     if not isinstance(model, Predictor):
         from seglab.api.predicting import load
 
-        model = load(model, **load_options)
+        model = load(model, scale=scale, **load_options)
     elif load_options:
-        raise TypeError(f"options {sorted(load_options)} apply when a path is given; this Predictor is already built")
-    return evaluate_predictor(model, as_pairs(data, split), scale, instances=instances)
+        raise ConfigError(f"seglab.evaluate: options {sorted(load_options)} apply when a path is given; this Predictor "
+                          "is built already: use predictor.with_options(...)")
+    elif scale is not None:
+        model = model.with_options(scale=scale)
+    return evaluate_predictor(model, as_pairs(data, split, label_map), instances=instances, progress=progress)

@@ -15,12 +15,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seglab.api.run_results import Run, finish_run
-from seglab.data.io import atomic_output
+from seglab.api.run_hooks import run_with_callbacks
+from seglab.api.run_results import Run
+from seglab.data.writing import atomic_output
 from seglab.engine import runs
+from seglab.engine.callbacks import Callbacks
 from seglab.engine.recipe import Recipe
 from seglab.engine.run_folder import default_run_dir
 from seglab.inference.ensemble import write_ensemble
+from seglab.runtime.run_files import best_row
 
 ENSEMBLE_FILE = "ensemble.json"
 FOLDS_FILE = "folds.json"
@@ -51,27 +54,27 @@ def fold_folder(parent: Path, fold: int) -> Path:
     return parent / f"fold-{fold}"
 
 
-def train_folds(recipe: Recipe, progress: bool = True, log=print) -> CrossValidation:
-    """Train the folds of `recipe` (all K, or only data.fold) under its out folder."""
+def train_folds(recipe: Recipe, progress: bool = True, log=print,
+                callbacks: Callbacks | None = None) -> CrossValidation:
+    """Train the folds of `recipe` (all K, or only data.fold) under its out folder; `callbacks`
+    see each fold as a run of its own."""
     config = recipe.config
     parent = Path(config.out) if config.out else default_run_dir(config)
     folds = config.data.folds
     for fold in [config.data.fold] if config.data.fold else range(1, folds + 1):
         fold_recipe = recipe.with_updates({"data.fold": fold, "out": str(fold_folder(parent, fold))})
         log(f"fold {fold} of {folds}: {fold_folder(parent, fold)}")
-        history = runs.fit(fold_recipe, progress=progress, log=log)
-        finish_run(history, log)
+        callbacks = callbacks or Callbacks()
+        _, history = run_with_callbacks(
+            lambda: runs.fit(fold_recipe, progress=progress, log=log, callbacks=callbacks), callbacks, log)
         if not history.is_main:
             return CrossValidation(parent, folds)
     return collect_folds(parent, folds, log)
 
 
 def _best_row(run: Run) -> dict:
-    monitor = run.config.train.monitor
-    scored = [r for r in run.rows if isinstance(r.get(monitor), (int, float)) and math.isfinite(r[monitor])]
-    if not scored:
-        return run.rows[-1] if run.rows else {}
-    return (min if monitor.endswith(("loss", "error")) else max)(scored, key=lambda r: r[monitor])
+    """The fold's best row by its monitor; its last row when it never scored one."""
+    return best_row(run.rows, run.monitor) or (run.rows[-1] if run.rows else {})
 
 
 def collect_folds(parent: Path, folds: int, log=print) -> CrossValidation:

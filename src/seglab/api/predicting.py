@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import os
 
-from seglab.inference.options import SEED_THRESHOLD
+from seglab.api.keywords import checked_keywords
+from seglab.inference.options import SEED_THRESHOLD, InferenceOptions
 from seglab.inference.predictor import Predictor
 from seglab.runtime.device import resolve_device
 
 
+@checked_keywords("seglab.load")
 def load(path: str | os.PathLike, *, device: str = "auto", threshold: float | None = None,
          tile: int | tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none", batch_size: int = 4,
-         membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD, precision: str = "auto",
-         runtime: str = "auto", compile: bool = False, log=print) -> Predictor:
+         scale: float | None = None, membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD,
+         precision: str = "auto", runtime: str = "auto", compile: bool = False, log=print) -> Predictor:
     """A Predictor for a seglab checkpoint (.pt), or a model exported by `seglab.export` (.onnx, .ts).
 
     >>> model = seglab.load("runs/isbi/best.pt", tta="flips")
@@ -22,7 +24,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", threshold: float | No
     >>> for result in model.predict_many(paths): ...                      # batched, decoded ahead
 
     `tile` predicts overlapping tiles of that size (Gaussian-blended), `tta` averages "flips" or
-    all eight rotations/flips ("d4"); `threshold` applies to binary models' probabilities;
+    all eight rotations/flips ("d4"); `threshold` applies to binary models' probabilities; `scale`
+    resizes images (default: the training scale);
     `membrane_class` and `seed_threshold` steer instances; `precision` is the autocast of PyTorch
     models ("auto": the precision the run validated in, where the device computes it natively);
     `runtime` "auto" runs a checkpoint on the CPU through the fastest parity-checked ONNX export of it
@@ -30,8 +33,13 @@ def load(path: str | os.PathLike, *, device: str = "auto", threshold: float | No
     `compile` runs PyTorch models through torch.compile (each new input shape compiles once).
     Options are checked as `seglab predict` checks its flags.
     """
-    tile = (tile, tile) if isinstance(tile, int) else tile
-    return Predictor.from_file(os.fspath(path), resolve_device(device), threshold, tile=tile, overlap=overlap,
-                               tta=tta, batch_size=batch_size, membrane_class=membrane_class,
-                               seed_threshold=seed_threshold, precision=precision, runtime=runtime, compile=compile,
-                               log=log)
+    tile = [tile] if isinstance(tile, int) else (list(tile) if tile is not None else None)
+    options = InferenceOptions(threshold=threshold, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size,
+                               scale=scale, membrane_class=membrane_class, seed_threshold=seed_threshold,
+                               precision=precision, runtime=runtime, compile=compile)
+    return load_with(path, options, device, log)
+
+
+def load_with(path: str | os.PathLike, options: InferenceOptions, device: str = "auto", log=print) -> Predictor:
+    """A Predictor of `path` with `options` as they are (the command and the server build them from flags)."""
+    return Predictor.from_file(os.fspath(path), resolve_device(device), options, log)

@@ -14,15 +14,17 @@ import dataclasses
 import os
 from typing import Any
 
-from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override, read_yaml
+from seglab.api.keywords import with_run_options
+from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override
 from seglab.data.decoded import DecodedFiles
 from seglab.data.preflight import Preflight, run_preflight
-from seglab.engine.data_plan import plan_data
 from seglab.engine.plan import make_plan
 from seglab.engine.recipe import Recipe
+from seglab.engine.split import split_data
 from seglab.errors import DataError, SeglabError
 from seglab.models.registry import list_models, model_spec
 from seglab.options import refuse_unknown
+from seglab.yaml_files import read_yaml
 
 _DATA_FIELDS = [f.name for f in dataclasses.fields(DataConfig) if f.name != "root"]
 _TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -33,7 +35,7 @@ def config_updates(overrides: dict[str, Any]) -> dict[str, Any]:
     (epochs=5 -> train.epochs), model= the model's name, any other name an option of a model
     (base_channels=32 -> model.base_channels), "section.name" as it is."""
     model_options = {f.name for name in list_models() for f in model_spec(name).option_fields()}
-    known = set(_DATA_FIELDS) | set(_TRAIN_FIELDS) | model_options | {"model", "out", "time_budget"}
+    known = set(_DATA_FIELDS) | set(_TRAIN_FIELDS) | model_options | {"model", "out"}
     updates = {}
     for key, value in overrides.items():
         value = os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -41,9 +43,7 @@ def config_updates(overrides: dict[str, Any]) -> dict[str, Any]:
             updates[key] = value
             continue
         refuse_unknown([key], known, "the keywords of seglab.train")
-        if key == "time_budget":
-            updates["train.max_time"] = value
-        elif key == "out":
+        if key == "out":
             updates["out"] = value
         elif key == "model":
             updates["model.name"] = value
@@ -97,7 +97,8 @@ def config_value(config: RunConfig, key: str) -> Any:
 def check_training_data(config: RunConfig, log=print, files: DecodedFiles | None = None) -> Preflight:
     """The preflight `seglab check` runs, refusing folders that cannot train (DataError: the first
     problem, and how many more there are); warnings are logged. What it decodes stays in `files`."""
-    report = run_preflight(config.data.root, **config.data.mask_rules().as_kwargs(), decoded=files)
+    report = run_preflight(config.data.root, **config.data.mask_rules().as_kwargs(), decoded=files,
+                           label_map=config.data.label_map)
     if report.errors:
         more = len(report.errors) - 1
         raise DataError(report.errors[0] + (f" (and {more} more problems: run `seglab check {config.data.root}`)"
@@ -107,6 +108,7 @@ def check_training_data(config: RunConfig, log=print, files: DecodedFiles | None
     return report
 
 
+@with_run_options
 def prepare(data: str | os.PathLike | None = None, *, config: RunConfig | str | os.PathLike | None = None,
             log=print, **overrides) -> Recipe:
     """The Recipe `seglab.train` would train, without training: the folder checked and split, the
@@ -127,7 +129,7 @@ def prepare_updates(data, config: RunConfig | str | os.PathLike | None, updates:
     files = DecodedFiles()
     report = check_training_data(resolved, log, files)
     # The plan chooses no option that changes the split, so the split of `resolved` is the run's.
-    split = plan_data(resolved, files, report.layout)
+    split = split_data(resolved, files, report.layout)
     if explicit is None:
         return Recipe.from_split(resolved, split, None, files)
     # The values the user gave, as checked (crop=256 is [256]): what the plan must leave alone.

@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seglab.config import RunConfig, parse_eval_every
-from seglab.data.splits import read_split
-from seglab.engine.tallies import History
+from seglab.config import RunConfig
+from seglab.engine.history import History
 from seglab.errors import SeglabError
+from seglab.runtime.run_files import best_row, read_run, read_split, stop_words
 
 
 @dataclass
@@ -29,6 +29,36 @@ class Run:
     best_value: float | None = None
     best_epoch: int | None = None
     stopped_by: str | None = None
+    stop_reason: str | None = None  # a callback's words, when one stopped the run
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    @property
+    def best_row(self) -> dict | None:
+        """The metrics row that scored best (the monitor's rule, runtime.run_files.best_row)."""
+        return best_row(self.rows, self.monitor)
+
+    @property
+    def report_file(self) -> Path | None:
+        report = self.run_dir / "report.html"
+        return report if report.is_file() else None
+
+    def describe(self, next_commands: bool = True) -> str:
+        """What the run made, in a few lines: its best score (epoch and step), what stopped it, its
+        files, and the commands that use them (the end of `seglab train`, and repr(run))."""
+        best = self.best_row
+        score = (f"best {self.monitor} {best[self.monitor]:.4f} at epoch {best['epoch']}, step {best['step']}"
+                 if best is not None else f"no {self.monitor} scored")
+        stopped = stop_words({"stopped_by": self.stopped_by, "stop_reason": self.stop_reason}, self.config)
+        lines = [f"run {self.run_dir}: {score}; {stopped}"]
+        files = [("best.pt", self.best_checkpoint), ("last.pt", self.last_checkpoint),
+                 ("report", self.report_file)]
+        lines += [f"  {label:<8} {path}" for label, path in files if path is not None and path.is_file()]
+        if next_commands and self.best_checkpoint.is_file():
+            lines += [f"  next:    seglab predict -m {self.best_checkpoint} -i IMAGES -o OUT",
+                      f"           seglab serve -m {self.best_checkpoint}"]
+        return "\n".join(lines)
 
     @property
     def monitor(self) -> str:
@@ -73,17 +103,16 @@ class Run:
     @classmethod
     def open(cls, run_dir: str | os.PathLike) -> "Run":
         """The Run of an existing run folder (config.yaml, metrics.jsonl, summary.json)."""
-        from seglab.viz.report import read_run
-
         record = read_run(Path(run_dir))
         best = record.best_row()
         return cls(record.run_dir, record.config, record.rows, best.get(record.config.train.monitor) if best else None,
-                   best.get("epoch") if best else None, record.summary.get("stopped_by"))
+                   best.get("epoch") if best else None, record.summary.get("stopped_by"),
+                   record.summary.get("stop_reason"))
 
     @classmethod
     def from_history(cls, history: History) -> "Run":
         return cls(history.run_dir, history.config, history.epochs, history.best_metric, history.best_epoch,
-                   history.stopped_by)
+                   history.stopped_by, history.stop_reason)
 
 
 def finish_run(history: History, log=print) -> Run:
@@ -94,7 +123,7 @@ def finish_run(history: History, log=print) -> Run:
         from seglab.viz.plots import plot_curves
         from seglab.viz.report import write_report
 
-        plot_curves(history.epochs, history.run_dir / "curves.png", x=parse_eval_every(config.train.eval_every)[1])
+        plot_curves(history.epochs, history.run_dir / "curves.png", x=config.train.evaluation.unit)
         try:
             log(f"report: {write_report(history.run_dir, device='cpu')}")
         except SeglabError as error:

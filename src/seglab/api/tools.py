@@ -6,25 +6,29 @@ from pathlib import Path
 
 import numpy as np
 
+from seglab.api.keywords import checked_keywords
 from seglab.data.classmap import MaskRules
 from seglab.data.preflight import Preflight, run_preflight
 from seglab.errors import SeglabError
 
 
+@checked_keywords("seglab.check")
 def check(data: str | os.PathLike, *, mask_values: list[int] | None = None, num_classes: int | None = None,
-          class_names: list[str] | None = None, ignore_value: int | None = None,
-          mask_colors: str | os.PathLike | None = None) -> Preflight:
+          class_names: list[str] | None = None, ignore_index: int | None = None,
+          mask_colors: str | os.PathLike | None = None, label_map: str | os.PathLike | None = None) -> Preflight:
     """What `seglab check DATA` reports, as an object: `.ok`, `.errors`, `.warnings`, `.class_map`,
-    `.lines`, and `str(report)` the text the command prints. Nothing is written.
+    `.lines`, and `str(report)` the text the command prints. Nothing is written but the mask cache
+    of a folder labelled by annotations or remapped by `label_map` (its `.seglab-cache/`).
 
     >>> report = seglab.check("data/isbi2012")
     >>> report.ok, report.class_map.describe()     # (True, '0 -> 0 (0), 255 -> 1 (255)')
     """
-    rules = MaskRules.from_options(mask_values, num_classes, class_names, ignore_value,
+    rules = MaskRules.from_options(mask_values, num_classes, class_names, ignore_index,
                                    os.fspath(mask_colors) if mask_colors else None)
-    return run_preflight(os.fspath(data), **rules.as_kwargs())
+    return run_preflight(os.fspath(data), **rules.as_kwargs(), label_map=os.fspath(label_map) if label_map else None)
 
 
+@checked_keywords("seglab.export")
 def export(model: str | os.PathLike, format: str = "onnx", output: str | os.PathLike | None = None, *,
            parity_images: list | None = None, tolerance: float = 1e-4, quantize: str | None = None,
            calibration_images: list | None = None, max_dice_drop: float = 0.01) -> dict:
@@ -61,6 +65,7 @@ def export(model: str | os.PathLike, format: str = "onnx", output: str | os.Path
                        max_dice_drop=max_dice_drop, tolerance=tolerance)
 
 
+@checked_keywords("seglab.report")
 def report(run_dir: str | os.PathLike, device: str = "cpu") -> Path:
     """Write run_dir/report.html (curves, per-class scores, best and worst validation images,
     speed, environment, config) and return its path; `device` predicts the validation images."""

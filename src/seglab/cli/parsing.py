@@ -14,6 +14,7 @@ import sys
 import typing
 from typing import Any
 
+from seglab.config import PLANNED
 from seglab.data.limits import DEFAULT_MAX_PIXELS
 from seglab.errors import SeglabError
 from seglab.options import _is_union
@@ -130,7 +131,9 @@ def add_option(target, field: dataclasses.Field, annotation, dest: str, note: st
     default = _default_of(field)
     kind = _value_type(annotation)
     help_text = (note + meta.get("help", "")).replace("%", "%%")  # argparse formats help with %
-    if "default" not in help_text:  # an option whose help explains its default says it once
+    if dest in PLANNED:  # the plan's value, not the declared default, is what a run without the flag gets
+        help_text += " (default: planned from the data and the machine)"
+    elif "default" not in help_text:  # an option whose help explains its default says it once
         help_text += f" (default: {_show(default)})"
     kwargs: dict[str, Any] = {"dest": dest, "default": default if use_default else None, "help": help_text}
     if kind is bool or annotation == (bool | None):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from seglab.cli.parsing import add_dataclass_options, add_max_pixels
@@ -11,21 +12,20 @@ from seglab.inference.options import InferenceOptions
 def add_inference_options(parser) -> None:
     group = parser.add_argument_group("inference")
     add_dataclass_options(group, InferenceOptions, "", use_default=True)
-    group.add_argument("-s", "--scale", type=float, help="resize factor (default: the training scale)")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     add_max_pixels(group)
 
 
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The InferenceOptions the flags give (checked as seglab.load checks its keywords)."""
+    return InferenceOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(InferenceOptions)})
+
+
 def load_model(args: argparse.Namespace):
     """The model the flags ask for."""
-    import seglab
+    from seglab.api.predicting import load_with
 
-    model = seglab.load(args.model, device=args.device, threshold=args.threshold,
-                        tile=tuple(args.tile) if args.tile else None, overlap=args.overlap, tta=args.tta,
-                        batch_size=args.batch_size, membrane_class=args.membrane_class,
-                        seed_threshold=args.seed_threshold, precision=args.precision, runtime=args.runtime,
-                        compile=args.compile)
-    return model
+    return load_with(args.model, inference_options(args), args.device)
 
 
 def register(commands) -> None:
@@ -52,6 +52,8 @@ def register(commands) -> None:
                           help="which split to score (default: val, test, the whole folder or train)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--per-image", action="store_true", help="also print a row per image")
+    evaluate.add_argument("--label-map", metavar="FILE.json", help="the table the masks were remapped through "
+                          "in training (seglab train --label-map)")
     evaluate.add_argument("--instances", action="store_true",
                           help="add the ISBI scores: adapted Rand error and variation of information of cells")
     add_inference_options(evaluate)
@@ -63,7 +65,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     model = load_model(args)
     print(f"model {args.model}: {model.runtime} on {model.device}")  # as serve's first line says it
-    summary = seglab.predict_files(model, args.input, args.output, scale=args.scale,
+    summary = seglab.predict_files(model, args.input, args.output,
                                    save=not args.no_save, overlay=args.overlay, viz=args.viz,
                                    instances=args.instances, palette=args.palette, overwrite=args.overwrite)
     if summary.skipped:
@@ -77,7 +79,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import seglab
 
-    scores = seglab.evaluate(load_model(args), args.data, split=args.split, scale=args.scale,
-                             instances=args.instances)
+    scores = seglab.evaluate(load_model(args), args.data, split=args.split, instances=args.instances,
+                             label_map=args.label_map)
     print(scores.dumps(model=args.model, data=args.data) if args.json else scores.table(per_image=args.per_image))
     return 0

@@ -6,9 +6,7 @@ import dataclasses
 import os
 
 from seglab.cli.parsing import add_dataclass_options
-from seglab.cli.predict import add_inference_options, load_model
-from seglab.inference.options import SCALE_RULES
-from seglab.options import check_value
+from seglab.cli.predict import add_inference_options, inference_options
 from seglab.serve.options import ServeOptions
 
 TOKEN_VARIABLE = "SEGLAB_TOKEN"
@@ -26,17 +24,17 @@ def register(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from seglab.api.predicting import load_with
     from seglab.serve.server import serve
 
-    # Checked before the model loads, so a refused --host costs no time.
+    # Checked before the model loads, so a refused --host or --scale costs no time.
+    inference = inference_options(args)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions) if f.metadata.get("cli", True)}
     options = ServeOptions(**{**flags, "token": args.token or os.environ.get(TOKEN_VARIABLE),
                               "no_auth": args.no_auth})
-    if args.scale is not None:
-        check_value("inference.scale (--scale)", args.scale, float, SCALE_RULES)
     if options.runs is not None and not os.path.isdir(options.runs):
         from seglab.errors import SeglabError
 
         raise SeglabError(f"--runs {options.runs}: no such folder; give the folder that holds your run folders")
-    serve(load_model(args), options, scale=args.scale)
+    serve(load_with(args.model, inference, args.device), options)
     return 0

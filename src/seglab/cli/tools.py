@@ -7,7 +7,7 @@ from seglab.cli.parsing import add_dataclass_options, add_max_pixels, ints, posi
 from seglab.config import DataConfig
 from seglab.data.augment_config import AUGMENT_PRESETS
 
-MASK_OPTIONS = ("mask_values", "num_classes", "class_names", "ignore_value", "mask_colors")
+MASK_OPTIONS = ("mask_values", "num_classes", "class_names", "ignore_index", "mask_colors", "label_map")
 
 
 def register(commands) -> None:
@@ -48,12 +48,7 @@ def register(commands) -> None:
     report.add_argument("--device", default="cpu", help="device for the validation predictions (default: cpu)")
     report.set_defaults(run=run_report)
 
-    data = commands.add_parser("data", help="download a public data set into the seglab layout and check it")
-    data.add_argument("name", choices=["carvana"], help="carvana: Kaggle's Carvana Image Masking Challenge")
-    data.add_argument("--dest", required=True, metavar="DIR", help="folder for images/ and masks/ (new or empty)")
-    data.add_argument("--train-zip", metavar="ZIP", help="an already downloaded train_hq.zip (skips the download)")
-    data.add_argument("--masks-zip", metavar="ZIP", help="an already downloaded train_masks.zip")
-    data.set_defaults(run=run_data)
+    _register_data(commands)
 
     demo = commands.add_parser("demo", help="train, predict and evaluate on the bundled ISBI 2012 slices")
     demo.add_argument("--out", help="run folder (default: runs/demo-<time>)")
@@ -61,6 +56,24 @@ def register(commands) -> None:
     demo.add_argument("--time-budget", type=float, help="seconds of training (default: 420 on CPU, 60 on GPU)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=run_demo)
+
+
+def _register_data(commands) -> None:
+    """`seglab data carvana` (download) and `seglab data convert SRC DST`."""
+    data = commands.add_parser("data", help="download a public data set, or convert labels into class-index masks")
+    tasks = data.add_subparsers(dest="task", required=True, metavar="{carvana,convert}")
+    carvana = tasks.add_parser("carvana", help="Kaggle's Carvana Image Masking Challenge, downloaded and checked")
+    carvana.add_argument("--dest", required=True, metavar="DIR", help="folder for images/ and masks/ (new or empty)")
+    carvana.add_argument("--train-zip", metavar="ZIP", help="an already downloaded train_hq.zip (skips the download)")
+    carvana.add_argument("--masks-zip", metavar="ZIP", help="an already downloaded train_masks.zip")
+    carvana.set_defaults(run=run_data)
+    convert = tasks.add_parser("convert", help="write any layout seglab reads (COCO, YOLO, palette or colour "
+                               "masks, --label-map) as images/ + class-index PNG masks/ + classes.json")
+    convert.add_argument("source", metavar="SRC", help="the data folder to read")
+    convert.add_argument("dest", metavar="DST", help="the folder to write (new or empty)")
+    add_dataclass_options(convert.add_argument_group("masks"), DataConfig, "",
+                          skip=tuple(f for f in DataConfig.__dataclass_fields__ if f not in MASK_OPTIONS))
+    convert.set_defaults(run=run_convert)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -124,6 +137,17 @@ def run_data(args: argparse.Namespace) -> int:
     from seglab.data.carvana import fetch_carvana
 
     return 0 if fetch_carvana(args.dest, args.train_zip, args.masks_zip) else 1
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from seglab.data.classmap import MaskRules
+    from seglab.data.convert import convert_folder
+
+    rules = MaskRules.from_options(args.mask_values, args.num_classes, args.class_names, args.ignore_index,
+                                   args.mask_colors)
+    text, ok = convert_folder(args.source, args.dest, args.label_map, **rules.as_kwargs())
+    print(text)
+    return 0 if ok else 1
 
 
 def run_demo(args: argparse.Namespace) -> int:

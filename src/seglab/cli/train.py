@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def add_model_options(group) -> None:
     """--model and every registered model's options; an option several models share gets one flag."""
     summaries = "; ".join(f"{name}: {model_spec(name).summary}" for name in list_models())
     group.add_argument("--model", dest="model.name", choices=list_models(), default=None,
-                       help=f"the network (default: unet): {summaries}".replace("%", "%%"))
+                       help=f"the network (default: planned; unet): {summaries}".replace("%", "%%"))
     owners: dict[str, list[tuple[str, dataclasses.Field]]] = {}
     annotations: dict[str, object] = {}
     for name in list_models():
@@ -109,15 +110,16 @@ def run(args: argparse.Namespace) -> int:
         if args.data or args.config or args.out or args.recipe:
             raise SeglabError("--resume takes the run's own folder and recipe: give no DATA, --config, --recipe or "
                               "--out with it")
-        seglab.resume(args.resume, progress=progress, **_updates(args))
-        return 0
-    if args.recipe:
+        result = seglab.resume(args.resume, progress=progress, **_updates(args))
+    elif args.recipe:
         if args.data or args.config:
             raise SeglabError("--recipe holds the data's files and the config: give no DATA or --config with it "
                               "(other flags override it)")
-        seglab.fit(args.recipe, progress=progress, **_updates(args))
-        return 0
-    seglab.train(args.data, config=args.config, progress=progress, **_updates(args))
+        result = seglab.fit(args.recipe, progress=progress, **_updates(args))
+    else:
+        result = seglab.train(args.data, config=args.config, progress=progress, **_updates(args))
+    if isinstance(result, seglab.Run) and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 says it
+        print(result.describe())
     return 0
 
 

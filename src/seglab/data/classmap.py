@@ -21,6 +21,7 @@ class ClassMap:
     names: tuple[str, ...]
     ignore_value: int | None = None
     rgb: bool = False  # values are packed colours (r << 16 | g << 8 | b) of RGB colour masks
+    colors: tuple[tuple[int, int, int], ...] | None = None  # each class's display colour (a palette's)
 
     def __post_init__(self):
         if len(self.values) < 2:
@@ -29,6 +30,8 @@ class ClassMap:
             raise ValueError(f"mask values repeat in the class map: {self.values}")
         if len(self.names) != len(self.values):
             raise ValueError(f"{len(self.names)} class names for {len(self.values)} classes")
+        if self.colors is not None and len(self.colors) != len(self.values):
+            raise ValueError(f"{len(self.colors)} class colours for {len(self.values)} classes")
 
     @classmethod
     def from_values(cls, values, names=None, ignore_value: int | None = None) -> "ClassMap":
@@ -80,13 +83,16 @@ class ClassMap:
         return np.asarray(self.values, dtype=dtype)[index]
 
     def to_dict(self) -> dict:
+        colors = {"colors": [list(c) for c in self.colors]} if self.colors is not None else {}
         return {"values": list(self.values), "names": list(self.names), "ignore_value": self.ignore_value,
-                "rgb": self.rgb}
+                "rgb": self.rgb, **colors}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassMap":
+        colors = data.get("colors")
         return cls(tuple(int(v) for v in data["values"]), tuple(str(n) for n in data["names"]),
-                   None if data.get("ignore_value") is None else int(data["ignore_value"]), bool(data.get("rgb")))
+                   None if data.get("ignore_value") is None else int(data["ignore_value"]), bool(data.get("rgb")),
+                   None if colors is None else tuple(tuple(int(c) for c in colour) for colour in colors))
 
     def _show(self, value: int) -> str:
         return "rgb(%d,%d,%d)" % tuple(unpack_rgb(np.asarray(value))) if self.rgb else str(value)

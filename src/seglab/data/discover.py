@@ -8,38 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
-from seglab.data.io import is_image_file, read_mask
+from seglab.data.folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, FolderScan, LabelSource, Pair, find_dir, list_images
+from seglab.data.io import read_mask
+from seglab.data.labels.found import coco_splits, scan_annotations, ultralytics_splits
+from seglab.data.labels.label_table import remap_scan
 from seglab.errors import DataError
 
-IMAGE_DIR_NAMES = ("images", "imgs", "image")
-MASK_DIR_NAMES = ("masks", "labels", "label", "annot", "mask", "annotations")
 SPLIT_NAMES = ("train", "val", "test")
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}  # valid/: Roboflow's
 # Above this many distinct values a mask is taken for an exported picture, not class indices.
 MAX_IMPLICIT_CLASSES = 32
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One training example: an image file and its mask file."""
-
-    image: Path
-    mask: Path
-
-
-@dataclass
-class FolderScan:
-    """What one images/ + masks/ pair of folders holds."""
-
-    image_dir: Path | None
-    mask_dir: Path | None
-    pairs: list[Pair] = field(default_factory=list)
-    unpaired_images: list[Path] = field(default_factory=list)
-    unpaired_masks: list[Path] = field(default_factory=list)
-    mask_suffix: str = ""
-
-    @property
-    def images(self) -> list[Path]:
-        return sorted([p.image for p in self.pairs] + self.unpaired_images)
 
 
 @dataclass
@@ -61,17 +39,9 @@ class DataLayout:
         """Pairs to train (and by default validate) on: the train split, else the whole folder."""
         return self.labelled("train") if self.has_named_splits else self.labelled("all")
 
-
-def _find_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        for candidate in (folder / name, folder / name.capitalize(), folder / name.upper()):
-            if candidate.is_dir():
-                return candidate
-    return None
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    def label_sources(self) -> list[LabelSource]:
+        """Where the splits' masks came from when they were rasterised from annotations."""
+        return [scan.labels for scan in self.splits.values() if scan.labels is not None]
 
 
 def detect_mask_suffix(image_stems: set[str], mask_stems: list[str]) -> str:
@@ -93,15 +63,19 @@ def detect_mask_suffix(image_stems: set[str], mask_stems: list[str]) -> str:
 
 
 def scan_folder(folder: Path) -> FolderScan:
-    """Pair the files of folder/images (or imgs, image) with folder/masks (or labels, ...)."""
-    image_dir = _find_dir(folder, IMAGE_DIR_NAMES)
-    mask_dir = _find_dir(folder, MASK_DIR_NAMES)
+    """Pair the files of folder/images (or imgs, image) with folder/masks (or labels, ...), or with
+    the masks rasterised from the folder's COCO or YOLO annotations (`data.labels`)."""
+    annotated = scan_annotations(folder)
+    if annotated is not None:
+        return annotated
+    image_dir = find_dir(folder, IMAGE_DIR_NAMES)
+    mask_dir = find_dir(folder, MASK_DIR_NAMES)
     if image_dir is None:
-        return FolderScan(None, mask_dir, unpaired_masks=_list_images(mask_dir) if mask_dir else [])
-    images = _list_images(image_dir)
+        return FolderScan(None, mask_dir, unpaired_masks=list_images(mask_dir) if mask_dir else [])
+    images = list_images(image_dir)
     if mask_dir is None:
         return FolderScan(image_dir, None, unpaired_images=images)
-    masks = _list_images(mask_dir)
+    masks = list_images(mask_dir)
     image_by_stem = {p.stem: p for p in images}
     suffix = detect_mask_suffix(set(image_by_stem), [m.stem for m in masks])
     scan = FolderScan(image_dir, mask_dir, mask_suffix=suffix)
@@ -119,15 +93,18 @@ def scan_folder(folder: Path) -> FolderScan:
     return scan
 
 
-def discover(root: str | Path) -> DataLayout:
-    """Describe a data folder: `root/images + root/masks`, or `root/{train,val,test}/...`."""
+def discover(root: str | Path, label_map: str | Path | None = None) -> DataLayout:
+    """Describe a data folder: `root/images + root/masks`, or `root/{train,val,test}/...`; with
+    `label_map` (a JSON table), masks are remapped through it (`data.labels.label_table`)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder '{root}' does not exist: check the path")
     if not root.is_dir():
         raise DataError(f"'{root}' is a file; give the data folder that holds images/ and masks/")
-    splits = {name: scan_folder(root / name) for name in SPLIT_NAMES if (root / name).is_dir()}
-    splits = {name: scan for name, scan in splits.items() if scan.image_dir is not None}
+    folders = {name: next((root / f for f in SPLIT_FOLDERS[name] if (root / f).is_dir()), None) for name in SPLIT_NAMES}
+    splits = {name: scan_folder(folder) for name, folder in folders.items() if folder is not None}
+    splits = ({name: scan for name, scan in splits.items() if scan.image_dir is not None}
+              or ultralytics_splits(root) or coco_splits(root))
     if not splits:
         scan = scan_folder(root)
         if scan.image_dir is None:
@@ -135,7 +112,17 @@ def discover(root: str | Path) -> DataLayout:
                 f"no images/ folder in '{root}': expected {root}/images + {root}/masks "
                 f"(or imgs/, labels/, ...) or train/, val/, test/ subfolders holding them")
         splits = {"all": scan}
+    if label_map is not None:
+        splits = {name: _remapped(scan, Path(label_map)) for name, scan in splits.items()}
     return DataLayout(root, splits)
+
+
+def _remapped(scan: FolderScan, table: Path) -> FolderScan:
+    folder = scan.image_dir.parent
+    if scan.labels is not None:
+        raise DataError(f"--label-map {table} remaps mask files, but '{folder}' is labelled by {scan.labels.kind} "
+                        f"{scan.labels.source}: leave --label-map out")
+    return remap_scan(scan, folder, table) if scan.mask_dir is not None else scan
 
 
 @dataclass
@@ -234,10 +221,10 @@ def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
                     tuple(class_names) if class_names else tuple(str(v) for v in values), ignore_value, rgb)
 
 
-def labelled_pairs(data: str | Path, split: str | None = None) -> list[Pair]:
+def labelled_pairs(data: str | Path, split: str | None = None, label_map: str | Path | None = None) -> list[Pair]:
     """Pairs to score in a data folder: the named split, else val, test, the whole folder, or
-    train, the first that has pairs."""
-    layout = discover(data)
+    train, the first that has pairs (masks remapped through `label_map`, as the run trained)."""
+    layout = discover(data, label_map)
     if split is not None:
         if split not in layout.splits:
             raise DataError(f"'{data}' has no {split}/ split; it has: {', '.join(layout.splits)}")

@@ -6,7 +6,7 @@ the holder (process, host, command) for the one line the next writer is refused 
 keeps the file in its run folder; prediction removes it when done (safely: a writer that locked a
 file already unlinked retries on the new one).
 
-Every seglab temporary file is named `.NAME.PID[.RANDOM].tmp[.EXT]` (data.io.atomic_output,
+Every seglab temporary file is named `.NAME.PID[.RANDOM].tmp[.EXT]` (data.writing.atomic_output,
 checkpoints, exports); `remove_stale_temporaries` deletes those whose process is gone.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.classmap import IGNORE_INDEX, pack_rgb, unpack_rgb
-from seglab.data.io import current_umask, read_image, read_mask, write_mask
+from seglab.data.io import read_image, read_mask
 from seglab.data.mask_facts import JPEG_SUFFIXES, mask_facts
 from seglab.data.preflight import (
     MAX_LISTED,
@@ -22,6 +22,7 @@ from seglab.data.preflight import (
     list_files,
     run_preflight,
 )
+from seglab.data.writing import current_umask, write_mask
 from seglab.errors import DataError, SeglabError
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
+from seglab.data.classmap import ClassMap, MaskRules, pack_rgb, unpack_rgb
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map
+from seglab.data.folders import FolderScan
 from seglab.data.io import check_trainable_size, image_info
+from seglab.data.labels.class_rules import label_rules, with_colours
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.errors import DataError
 
@@ -96,17 +98,19 @@ def _trainable(report: Preflight, path: Path, height: int, width: int) -> bool:
 
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
                   class_names: list[str] | None = None, ignore_value: int | None = None,
-                  rgb: bool = False, decoded: DecodedFiles | None = None) -> Preflight:
+                  rgb: bool = False, decoded: DecodedFiles | None = None, label_map: str | None = None) -> Preflight:
     """What `seglab check` reports on the folder `root`; `decoded`: the store that keeps what it
-    decodes for the steps after it (`seglab train` hands it to the plan and the training)."""
+    decodes for the steps after it (`seglab train` hands it to the plan and the training);
+    `label_map`: a JSON table the masks are remapped through first."""
     report = Preflight()
     try:
-        layout = discover(root)
+        layout = discover(root, label_map)
     except DataError as error:
         report.errors.append(str(error))
         return report
     report.layout = layout
     root = layout.root
+    report.lines += [source.describe() for source in layout.label_sources()]
     pairs = []
     for split, scan in layout.splits.items():
         where = "" if split == "all" else f"{split}: "
@@ -121,31 +125,7 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
             if scan.unpaired_masks:
                 report.warnings.append(f"{where}{len(scan.unpaired_masks)} masks without an image: "
                                        f"{list_files(scan.unpaired_masks, root)}; check the names")
-        sizes: Counter[tuple] = Counter()
-        files = [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]
-        for pair_image, pair_mask in files:
-            info = _header(report, pair_image)
-            if info is None or (pair_mask is not None and not _trainable(report, pair_image, *info[:2])):
-                continue
-            height, width, channels, dtype = info
-            sizes[(width, height, channels, dtype)] += 1
-            mask_info = _header(report, pair_mask) if pair_mask is not None else None
-            if mask_info is None:
-                continue
-            mask_h, mask_w = mask_info[:2]
-            if (mask_h, mask_w) != (height, width):
-                report.errors.append(f"image '{pair_image}' is {width}x{height} but its mask '{pair_mask}' "
-                                     f"is {mask_w}x{mask_h}: masks must have their image's size")
-                report.bad_files.add(pair_mask)
-        for (width, height, channels, dtype), count in sorted(sizes.items(), key=lambda kv: -kv[1]):
-            plural = "s" if channels > 1 else ""
-            report.lines.append(f"  {count} x {width}x{height}, {channels} channel{plural}, {dtype}")
-        if len({key[2] for key in sizes}) > 1:
-            report.warnings.append(f"{where}images have mixed channel counts; they are converted to the first "
-                                   "image's channel count, or pass --in-channels")
-        sixteen = sum(count for key, count in sizes.items() if key[3] == "uint16")
-        if sixteen:
-            report.lines.append(f"note: {where}{sixteen} images are 16-bit: handled, scaled to [0, 1] by 65535")
+        _check_sizes(report, where, scan)
         pairs += [p for p in scan.pairs if p.image not in report.bad_files and p.mask not in report.bad_files]
     if not pairs:
         if not report.errors:
@@ -155,8 +135,42 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
     facts = _read_sample(report, pairs, root, decoded if decoded is not None else DecodedFiles(budget_bytes=0))
     if facts:
         readable = sum(1 for p in pairs if p.mask not in report.bad_files)
-        _check_masks(report, facts, root, readable, mask_values, num_classes, class_names, ignore_value, rgb)
+        told = MaskRules(tuple(mask_values) if mask_values else None, num_classes,
+                         tuple(class_names) if class_names else None, ignore_value, rgb)
+        rules = label_rules(layout, told, {v for f in facts for v in f.counts}, facts[0].path).as_kwargs()
+        _check_masks(report, facts, root, readable, **rules)
+        if report.class_map is not None:
+            report.class_map = with_colours(report.class_map, facts[0].path)
     return report
+
+
+def _check_sizes(report: Preflight, where: str, scan: FolderScan) -> None:
+    """The images' sizes, channels and dtypes (from headers), and masks sized unlike their image."""
+    sizes: Counter[tuple] = Counter()
+    files = [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]
+    for pair_image, pair_mask in files:
+        info = _header(report, pair_image)
+        if info is None or (pair_mask is not None and not _trainable(report, pair_image, *info[:2])):
+            continue
+        height, width, channels, dtype = info
+        sizes[(width, height, channels, dtype)] += 1
+        mask_info = _header(report, pair_mask) if pair_mask is not None else None
+        if mask_info is None:
+            continue
+        mask_h, mask_w = mask_info[:2]
+        if (mask_h, mask_w) != (height, width):
+            report.errors.append(f"image '{pair_image}' is {width}x{height} but its mask '{pair_mask}' "
+                                 f"is {mask_w}x{mask_h}: masks must have their image's size")
+            report.bad_files.add(pair_mask)
+    for (width, height, channels, dtype), count in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        plural = "s" if channels > 1 else ""
+        report.lines.append(f"  {count} x {width}x{height}, {channels} channel{plural}, {dtype}")
+    if len({key[2] for key in sizes}) > 1:
+        report.warnings.append(f"{where}images have mixed channel counts; they are converted to the first "
+                               "image's channel count, or pass --in-channels")
+    sixteen = sum(count for key, count in sizes.items() if key[3] == "uint16")
+    if sixteen:
+        report.lines.append(f"note: {where}{sixteen} images are 16-bit: handled, scaled to [0, 1] by 65535")
 
 
 def _read_sample(report: Preflight, pairs: list, root: Path, files: DecodedFiles) -> list[MaskFacts]:

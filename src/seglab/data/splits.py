@@ -1,16 +1,11 @@
-"""Which images of a run train and which validate: the seeded hold-out, and the run folder's split.json."""
+"""Which images of a run train and which validate: the seeded hold-out and the folds (split.json is
+written and read by runtime.run_files)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 
 from seglab.data.discover import Pair
-from seglab.data.io import atomic_output
-from seglab.errors import DataError, SeglabError
-
-SPLIT_FILE = "split.json"
+from seglab.errors import DataError
 
 
 def split_pairs(pairs: list[Pair], percent: float, seed: int, val_files: list[str] | None = None
@@ -49,26 +44,3 @@ def fold_split(pairs: list[Pair], folds: int, fold: int, seed: int, presence: li
     fold_of = {index: k % folds for k, index in enumerate(order)}
     val = [p for i, p in enumerate(pairs) if fold_of[i] == fold - 1]
     return [p for i, p in enumerate(pairs) if fold_of[i] != fold - 1], val
-
-
-def write_split(run_dir: Path, train: list[Pair], val: list[Pair]) -> Path:
-    """run_dir/split.json: {"train": [[image, mask], ...], "val": [...]}, absolute paths."""
-    record = {name: [[str(p.image.resolve()), str(p.mask.resolve())] for p in pairs]
-              for name, pairs in (("train", train), ("val", val))}
-    path = Path(run_dir) / SPLIT_FILE
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
-    return path
-
-
-def read_split(run_dir: Path) -> dict[str, list[Pair]]:
-    """{"train": pairs, "val": pairs} as the run wrote them in split.json."""
-    path = Path(run_dir) / SPLIT_FILE
-    try:
-        record = json.loads(path.read_text())
-        return {name: [Pair(Path(image), Path(mask)) for image, mask in record[name]] for name in ("train", "val")}
-    except FileNotFoundError:
-        raise SeglabError(f"'{path}' does not exist: the run was trained by an older seglab, or elsewhere") from None
-    except (ValueError, KeyError, TypeError):
-        raise SeglabError(f"'{path}' is damaged (not the split a run writes): retrain, or evaluate with "
-                          "`seglab evaluate -m best.pt DATA`") from None

@@ -12,13 +12,7 @@ from typing import Callable
 
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import save_checkpoint
-
-
-def resume_hint(run_dir: Path, how: str = "") -> str:
-    """What to do after a failed run, true to what is on disk (`how`: words after the command)."""
-    if (run_dir / "last.pt").is_file():
-        return f"`seglab train --resume {run_dir}`{how} continues from its last.pt"
-    return "train again (there is no last.pt to resume from)"
+from seglab.runtime.run_files import resume_hint
 
 
 class CheckpointSchedule:
@@ -30,6 +24,7 @@ class CheckpointSchedule:
         self._last: Callable[[], dict] | None = None  # builds last.pt from the current training state
         self._written: float | None = None  # monotonic() of the last write of last.pt
         self._rows_written = False  # a metrics row's best.pt/last.pt reached the disk in this process
+        self.saved: Callable[[Path], None] | None = None  # told each file written (the callbacks' on_checkpoint)
 
     def hold_best(self, payload: dict) -> None:
         """The best weights so far (already copied off the model), written at the next write."""
@@ -71,3 +66,5 @@ class CheckpointSchedule:
             save_checkpoint(payload, self.run_dir / name)
         except SeglabError as error:
             raise SeglabError(f"{error}: free space or choose another --out, then {self.resume_hint()}") from None
+        if self.saved is not None:
+            self.saved(self.run_dir / name)

@@ -19,7 +19,7 @@ import torch
 from seglab.config import RunConfig, override
 from seglab.data.decoded import DecodedFiles
 from seglab.data.fingerprint import Fingerprint, fingerprint
-from seglab.engine.data_plan import DataPlan
+from seglab.engine.split import Split
 from seglab.runtime.device import free_memory, is_out_of_memory, native_cpu_bf16, resolve_device, resolve_precision
 
 # Seconds of training when the user gives neither --epochs nor --time-budget.
@@ -91,7 +91,7 @@ def describe_device(device: torch.device) -> dict:
             os.cpu_count() or 1, "bf16": native_cpu_bf16()}
 
 
-def make_plan(explicit: dict[str, Any], data: DataPlan, files: DecodedFiles | None = None, log=print) -> Plan:
+def make_plan(explicit: dict[str, Any], data: Split, files: DecodedFiles | None = None, log=print) -> Plan:
     """Plan a run of `data` (the split of the folder in explicit["data.root"]), keeping every
     explicit value; the fingerprint decodes its sample through `files` (the run's store)."""
     from seglab.engine.probe import probe_training_step, time_cpu_training_steps
@@ -260,9 +260,9 @@ def _throughput(plan: Plan, kind: str) -> float:
 
 def _plan_schedule(plan: Plan, kind: str, explicit: dict, train_images: int) -> None:
     """The budget bounds the run (unless --epochs was given), and ~EVALUATIONS validations fall in it."""
-    timed = "train.epochs" not in explicit or "train.max_time" in explicit
+    timed = "train.epochs" not in explicit or "train.time_budget" in explicit
     if timed:
-        budget = plan.choose("train.max_time", DEFAULT_BUDGET[kind], f"the default budget on {kind.upper()} "
+        budget = plan.choose("train.time_budget", DEFAULT_BUDGET[kind], f"the default budget on {kind.upper()} "
                              "(--time-budget SECONDS to change it)", explicit)
         plan.choose("train.epochs", 10_000, "as many as the budget allows", explicit)
         epochs = max(1.0, budget * _throughput(plan, kind) / max(train_images, 1))

@@ -13,7 +13,6 @@ import torch
 
 from seglab.config import RunConfig
 from seglab.data.augment import BatchAugmenter
-from seglab.data.augment_config import augment_config_from_dict, augment_preset
 from seglab.data.classmap import ClassMap
 from seglab.engine.builders import make_loss, make_model, make_optimizer
 from seglab.models.unet import UNet
@@ -73,9 +72,7 @@ def time_cpu_training_steps(config: RunConfig, channels: int, class_map: ClassMa
         # "auto" class weights need the masks' counts, and weights do not change a step's cost
         loss_fn = make_loss(replace(config, train=replace(config.train, class_weights=None)), class_map)
         optimizer = make_optimizer(config, model, fused=True)
-        augment = config.train.augment
-        augmenter = BatchAugmenter(augment_config_from_dict(augment) if isinstance(augment, dict)
-                                   else augment_preset(augment), seed=0)
+        augmenter = BatchAugmenter(config.train.augment_config, seed=0)
         autocast = autocast_factory(torch.device("cpu"), dtype)
         for step in range(warmup + timed):
             if step == warmup:

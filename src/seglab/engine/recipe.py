@@ -13,14 +13,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from seglab.config import DataConfig, RunConfig, config_from_dict, config_to_dict, override, read_yaml
+from seglab.config import DataConfig, RunConfig, config_from_dict, config_to_dict, override
 from seglab.data.classmap import ClassMap
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import DataLayout, Pair
-from seglab.data.io import atomic_output
-from seglab.engine.data_plan import DataPlan, plan_data
+from seglab.data.writing import atomic_output
+from seglab.engine.split import Split, split_data
 from seglab.errors import ConfigError, DataError
 from seglab.options import refuse_unknown, shown
+from seglab.yaml_files import read_yaml
 
 RECIPE_FILE = "recipe.yaml"
 CONFIG_KEYS = ("seglab_version", "data", "model", "train", "out")
@@ -28,7 +29,7 @@ RECIPE_KEYS = CONFIG_KEYS + ("classes", "split", "plan")
 # Options that decide which files train and how masks map to classes. A recipe lists the outcome,
 # so beside --recipe they would change nothing: they are refused (plan again) instead of ignored.
 SPLIT_OPTIONS = ("data.root", "data.val_dir", "data.validation", "data.val_files", "data.in_channels",
-                 "data.mask_values", "data.num_classes", "data.class_names", "data.ignore_value", "data.mask_colors",
+                 "data.mask_values", "data.num_classes", "data.class_names", "data.ignore_index", "data.mask_colors",
                  "data.folds")
 HEADER = """\
 # seglab recipe: what `seglab train --recipe THIS_FILE` trains, exactly (written by `seglab plan`).
@@ -64,10 +65,10 @@ class Recipe:
                   layout: DataLayout | None = None) -> "Recipe":
         """The recipe of `config` as given (no plan): its data folder split, its masks surveyed."""
         files = files if files is not None else DecodedFiles()
-        return cls.from_split(config, plan_data(config, files, layout), plan, files)
+        return cls.from_split(config, split_data(config, files, layout), plan, files)
 
     @classmethod
-    def from_split(cls, config: RunConfig, split: DataPlan, plan: dict | None = None,
+    def from_split(cls, config: RunConfig, split: Split, plan: dict | None = None,
                    files: DecodedFiles | None = None) -> "Recipe":
         return cls(config, split.train_pairs, split.val_pairs, split.class_map, split.channels, split.class_counts,
                    split.folded, plan, files if files is not None else DecodedFiles())
@@ -157,7 +158,7 @@ class Recipe:
 
 
 def _flag(key: str) -> str:
-    """The command's flag of a data option: "data.ignore_value" -> "--ignore-index"."""
+    """The command's flag of a data option: "data.ignore_index" -> "--ignore-index"."""
     name = key.split(".", 1)[1]
     declared = next(f for f in fields(DataConfig) if f.name == name).metadata.get("flags") or ()
     return next((flag for flag in declared if flag.startswith("--")), "--" + name.replace("_", "-"))
@@ -171,7 +172,8 @@ def _classes(values) -> tuple[ClassMap, int, list[int] | None]:
     """(class map, channels, pixels per class) of the recipe's `classes` mapping."""
     if not isinstance(values, dict):
         raise ConfigError("the recipe's 'classes' must be a mapping: values, names, ignore_value, rgb, channels")
-    refuse_unknown(values, ("values", "names", "ignore_value", "rgb", "channels", "pixels"), "the recipe's classes")
+    refuse_unknown(values, ("values", "names", "ignore_value", "rgb", "colors", "channels", "pixels"),
+                   "the recipe's classes")
     try:
         class_map = ClassMap.from_dict(values)
     except (KeyError, TypeError, ValueError) as error:

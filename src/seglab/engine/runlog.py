@@ -1,23 +1,16 @@
-"""RunLog: what a run writes besides checkpoints. recipe.yaml, config.yaml, split.json, metrics.jsonl, TensorBoard
-events and the log line while it trains; summary.json at the end. Only rank 0 writes. (curves.png
-and report.html are drawn by the API after fit returns: the engine draws nothing.)"""
+"""RunLog: what a run writes besides checkpoints, when: recipe.yaml, config.yaml, split.json, metrics.jsonl,
+TensorBoard events and the log line while it trains; summary.json at the end (the files' formats are
+runtime.run_files'). Only rank 0 writes. (curves.png and report.html are drawn by the API after fit
+returns: the engine draws nothing.)"""
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
-from seglab.config import dump_config
-from seglab.data.io import atomic_output, write_error
-from seglab.data.splits import write_split
-from seglab.engine.checkpoint_schedule import resume_hint
 from seglab.engine.recipe import RECIPE_FILE, Recipe
-from seglab.errors import SeglabError
+from seglab.runtime import run_files
 from seglab.version import __version__
 
-SUMMARY_FILE = "summary.json"
-PLAN_FILE = "plan.json"
 OVERLAY_INTERVAL_S = 60.0  # wall seconds between prediction pictures sent to TensorBoard
 
 
@@ -41,15 +34,12 @@ class RunLog:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_output(self.run_dir / "config.yaml") as tmp:
-            tmp.write_text(dump_config(recipe.config))
-        write_split(self.run_dir, recipe.train_pairs, recipe.val_pairs)
+        run_files.write_config(self.run_dir, recipe.config)
+        run_files.write_split(self.run_dir, recipe.train_pairs, recipe.val_pairs)
         if recipe.plan is not None:
-            with atomic_output(self.run_dir / PLAN_FILE) as tmp:
-                tmp.write_text(json.dumps(recipe.plan, indent=1))
+            run_files.write_plan(self.run_dir, recipe.plan)
         recipe.save(self.run_dir / RECIPE_FILE)
-        with atomic_output(self.run_dir / "metrics.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        run_files.start_metrics(self.run_dir, rows)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -57,6 +47,14 @@ class RunLog:
             return
         # purge_step hides the dropped periods' events from TensorBoard too
         self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=rows[-1]["step"] + 1 if rows else None)
+
+    def log_start(self, recipe: Recipe, model, device, setup: list[str]) -> None:
+        """The run's first line: its folder, images, classes, parameters, device and `setup` (precision,
+        layout, ...)."""
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        self.log(f"run {self.run_dir}: {len(recipe.train_pairs)} train / {len(recipe.val_pairs)} val images, "
+                 f"classes {recipe.class_map.describe()}, {parameters:.2f}M parameters, device {device}, "
+                 + ", ".join(setup))
 
     def overlays_due(self) -> bool:
         """Whether this evaluation should draw prediction pictures: at most once a minute, since
@@ -76,10 +74,7 @@ class RunLog:
         metrics.jsonl and TensorBoard, and print its line."""
         if not self.enabled:
             return
-        try:
-            append_line(self.run_dir / "metrics.jsonl", json.dumps(row))
-        except OSError as error:  # opening it failed
-            raise write_error(self.run_dir / "metrics.jsonl", error) from None
+        run_files.append_metrics_row(self.run_dir, row)
         if self._writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step", "time"):
@@ -87,9 +82,10 @@ class RunLog:
                                             row["step"])
         self.log(epoch_line(row, epochs, improved, by_step=self.unit == "step"))
 
-    def finish(self, rows: list[dict], stopped_by: str, compile_seconds: float = 0.0) -> None:
-        """Close TensorBoard; write summary.json (what ended the run, the last row's step, the
-        seconds torch.compile took, which the time budget does not count)."""
+    def finish(self, rows: list[dict], stopped_by: str, compile_seconds: float = 0.0,
+               stop_reason: str | None = None) -> None:
+        """Close TensorBoard; write summary.json (what ended the run and, for a callback, why; the
+        last row's step; the seconds torch.compile took, which the time budget does not count)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -98,27 +94,9 @@ class RunLog:
         summary = {"stopped_by": stopped_by, "rows": len(rows), "epoch": rows[-1]["epoch"] if rows else 0,
                    "step": rows[-1]["step"] if rows else 0, "compile_seconds": round(compile_seconds, 2),
                    "seglab_version": __version__}
-        with atomic_output(self.run_dir / SUMMARY_FILE) as tmp:
-            tmp.write_text(json.dumps(summary, indent=1))
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append `line` to `path` whole, or not at all: a failed write (a full disk) is cut back to the
-    file's previous end, so the file never holds half a row, and raised as one line. Synced, so a
-    checkpoint written after it never holds a row the file lacks."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        end = os.lseek(descriptor, 0, os.SEEK_END)
-        data = line.encode() + b"\n"
-        try:
-            while data:
-                data = data[os.write(descriptor, data):]
-            os.fsync(descriptor)
-        except OSError as error:
-            os.ftruncate(descriptor, end)
-            raise SeglabError(f"{write_error(path, error)}; then {resume_hint(path.parent)}") from None
-    finally:
-        os.close(descriptor)
+        if stop_reason:
+            summary["stop_reason"] = stop_reason
+        run_files.write_summary(self.run_dir, summary)
 
 
 def epoch_line(row: dict, epochs: int, improved: bool, by_step: bool = False) -> str:

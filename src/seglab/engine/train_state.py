@@ -8,10 +8,11 @@ resumed run continues to the bit-identical result on the CPU.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from seglab.engine.history import EpochTally
 from seglab.engine.rng import rng_state, set_rng_state
-from seglab.engine.tallies import EpochTally
 from seglab.errors import SeglabError
 from seglab.options import shown
 from seglab.runtime.checkpoint import load_checkpoint, make_checkpoint
@@ -23,10 +24,9 @@ def checkpoint_payload(trainer, epoch: int, metrics: dict, train_state: dict | N
     c = trainer.config
     # precision: what validation computed in, so predictions under "auto" equal the run's scores
     preprocess = {"channels": trainer.recipe.channels, "scale": c.data.scale,
-                  "normalization": trainer.normalization, "threshold": c.train.threshold,
-                  "precision": precision_name(trainer.amp_dtype)}
+                  "normalization": trainer.normalization, "precision": precision_name(trainer.amp_dtype)}
     return make_checkpoint(trainer.scored_model, c.model.name, trainer.model_kwargs, trainer.recipe.class_map,
-                           preprocess, epoch, trainer.step, metrics, train_state)
+                           preprocess, epoch, trainer.step, metrics, train_state, {"threshold": c.train.threshold})
 
 
 def last_payload(trainer, epoch: int, metrics: dict, position: dict) -> dict:
@@ -52,8 +52,25 @@ def model_differences(saved: dict, name: str, kwargs: dict) -> list[str]:
             for key in keys if saved["kwargs"].get(key) != kwargs.get(key)]
 
 
-def restore(trainer, run_dir: Path) -> None:
-    """Put `trainer` where last.pt of `run_dir` left the run."""
+@dataclass
+class TrainState:
+    """Where a run stands between two steps: the epoch and the batches of it already trained, the
+    optimizer steps and training seconds so far, the monitor's best value and the evaluations since,
+    the metrics rows, and the running sums of the period not yet logged. A new run starts at TrainState()."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    best: float | None = None
+    evals_since_best: int = 0
+    rows: list[dict] = field(default_factory=list)
+    tally: EpochTally = field(default_factory=EpochTally)
+
+
+def restore(trainer, run_dir: Path) -> TrainState:
+    """Load last.pt of `run_dir` into the trainer's model, optimizer, schedule, scaler, augmenter and
+    the random generators; returns where the run stood (the trainer continues from it)."""
     path = run_dir / "last.pt"
     payload = load_checkpoint(path)
     state = payload.get("train_state")
@@ -76,13 +93,8 @@ def restore(trainer, run_dir: Path) -> None:
                           "options it was trained with, or start a new run with another --out") from None
     set_rng_state(state["rng"])
     position = state["position"]
-    trainer.start_epoch, trainer.skip_batches = position["epoch"], position["batch"]
-    trainer.tally = EpochTally(**position["tally"])
-    trainer.step, trainer.clock.elapsed = payload["step"], state["elapsed"]
-    trainer.monitor.best, trainer.monitor.evals_since_best = state["best"], state["evals_since_best"]
-    trainer.history_rows = list(state["history"])
-    where = f"epoch {trainer.start_epoch + 1}" + (f", batch {trainer.skip_batches}" if trainer.skip_batches else "")
-    trainer.log(f"resuming {run_dir} at {where} (step {trainer.step})")
+    return TrainState(position["epoch"], position["batch"], payload["step"], state["elapsed"], state["best"],
+                      state["evals_since_best"], list(state["history"]), EpochTally(**position["tally"]))
 
 
 def _load_states(trainer, payload: dict, state: dict) -> None:

@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import math
-import sys
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from seglab.config import parse_eval_every
 from seglab.data.augment import BatchAugmenter
-from seglab.data.augment_config import augment_config_from_dict, augment_preset
 from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed, train_state
 from seglab.engine.builders import (
@@ -23,15 +18,20 @@ from seglab.engine.builders import (
     make_optimizer,
     make_train_batches,
 )
+from seglab.engine.callbacks import Callbacks, TrainingRun
 from seglab.engine.checkpoint_schedule import CheckpointSchedule
+from seglab.engine.compile_warmup import CompileWarmup
 from seglab.engine.ema import WeightAverage
 from seglab.engine.encoder_policy import EncoderPolicy
+from seglab.engine.history import DeviceLossTally, EpochTally, History, TrainingClock
+from seglab.engine.monitor import Monitor
 from seglab.engine.recipe import Recipe
 from seglab.engine.rng import rng_state, seed_everything, set_rng_state
 from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_by_torchrun
 from seglab.engine.runlog import RunLog
 from seglab.engine.schedule import LearningRateSchedule
-from seglab.engine.tallies import DeviceLossTally, EpochTally, History, Monitor, TrainingClock
+from seglab.engine.train_state import TrainState
+from seglab.engine.training_bar import TrainingBar, shown_epochs
 from seglab.engine.validation import validate
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import non_finite_tensors
@@ -59,7 +59,8 @@ class Trainer:
     preparation decoded; it never looks for the data again.
     """
 
-    def __init__(self, recipe: Recipe, resume_from: Path | None = None, progress: bool = True, log=print):
+    def __init__(self, recipe: Recipe, resume_from: Path | None = None, progress: bool = True, log=print,
+                 callbacks: Callbacks | None = None):
         # What this run changes in the process, put back by close(): the process group (when this
         # trainer joined it), cuDNN autotuning and the global random generators.
         self._saved_rng, self._saved_cudnn = rng_state(), torch.backends.cudnn.benchmark
@@ -72,8 +73,10 @@ class Trainer:
                 device = torch.device("cuda", self.dist.local_rank)
             self.device, self.config, self.recipe = device, config, recipe
             self.log = log if self.dist.is_main else (lambda *a, **k: None)
-            self.eval_count, self.eval_unit = parse_eval_every(config.train.eval_every)
+            self.eval_count, self.eval_unit = config.train.evaluation
             self.progress = progress and self.dist.is_main
+            self.callbacks, self.callback_stop = callbacks or Callbacks(), False
+            self.bar = TrainingBar(self.progress, config.train.time_budget, shown_epochs(recipe))
             seed_everything(config.train.seed)
             self.compiles = config.train.compile
             self._build_model()
@@ -95,6 +98,8 @@ class Trainer:
     def close(self) -> None:
         """Leave the process as it was: the process group torn down (if this trainer joined it),
         cuDNN's autotuning flag and the random generators restored. Safe to call twice."""
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
         if getattr(self, "lock", None) is not None:
             self.lock.release()
         if self._owns_group:
@@ -117,6 +122,8 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         self.encoder_policy.start_epoch(0)  # a frozen encoder is left out of DDP's gradient reduction
+        # the autocast is read when a compilation runs: it is set with the optimisation below
+        self.warmup = CompileWarmup(self.model, device, lambda: self.autocast(), self.log) if self.compiles else None
         self._wrap_model()
 
     def _wrap_model(self) -> None:
@@ -127,7 +134,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.compiles:
             self.ddp_model = torch.compile(self.ddp_model)
-            self.compiled_shape = None  # compiled on the first batch (`_compile`), again after a change
+            self.warmup.reset()  # compiled on the first batch, again after a change
 
     def _build_optimisation(self) -> None:
         t, device = self.config.train, self.device
@@ -150,8 +157,7 @@ class Trainer:
 
     def _build_data(self) -> None:
         t, config = self.config.train, self.config
-        augment = augment_config_from_dict(t.augment) if isinstance(t.augment, dict) else augment_preset(t.augment)
-        self.augmenter = BatchAugmenter(augment, seed=t.seed * 1000 + self.dist.rank)
+        self.augmenter = BatchAugmenter(t.augment_config, seed=t.seed * 1000 + self.dist.rank)
         # crop: the augmenter's output size, None where the loader's dataset already crops
         self.train_batches, self.crop = make_train_batches(self.recipe, self.device, self.dist, self.log,
                                                            self.normalization, full_batches=self.compiles)
@@ -159,14 +165,10 @@ class Trainer:
         self.val_images = (ValidationImages(recipe.val_pairs, recipe.class_map, recipe.channels, config.data.scale,
                                             self.normalization, recipe.files)
                            if recipe.val_pairs else None)
-        self.start_epoch, self.skip_batches, self.step = 0, 0, 0
         self.accumulate = max(1, t.accumulate)
         self.clock = TrainingClock(self.device)
-        self.tally = EpochTally()
         self.losses = DeviceLossTally(self.device)
-        self.history_rows: list[dict] = []
         self.stopped_by = "epochs"
-        self.compile_seconds = 0.0
 
     def _open_run_folder(self, resume_from: Path | None) -> None:
         run_dir = resume_from or default_run_dir(self.config)
@@ -174,13 +176,27 @@ class Trainer:
         self.lock = RunFolderLock.for_job(self.run_dir, self.dist.is_main)
         self.runlog = RunLog(self.run_dir, self.dist.is_main, self.eval_unit, self.log)
         self.checkpoints = CheckpointSchedule(self.run_dir, self.config.train.checkpoint_interval, self.dist.is_main)
+        self.checkpoints.saved = lambda path: self._hook("on_checkpoint", path, agree=False)
         if resume_from is None and (self.run_dir / "last.pt").exists():
             if not restarted_by_torchrun():
                 raise SeglabError(f"run folder '{self.run_dir}' already holds a run: pass --resume "
                                   f"{self.run_dir} to continue it, or choose another --out")
             resume_from = self.run_dir  # torchrun restarted this worker: pick up where the job stopped
+        self._continue_from(train_state.restore(self, Path(resume_from)) if resume_from is not None else TrainState())
         if resume_from is not None:
-            train_state.restore(self, Path(resume_from))
+            where = f"epoch {self.start_epoch + 1}" + (f", batch {self.skip_batches}" if self.skip_batches else "")
+            self.log(f"resuming {self.run_dir} at {where} (step {self.step})")
+
+    def _continue_from(self, state: TrainState) -> None:
+        """Stand where `state` says (a new run: at the start)."""
+        self.start_epoch, self.skip_batches, self.step = state.epoch, state.batch, state.step
+        self.clock.elapsed, self.tally, self.history_rows = state.elapsed, state.tally, state.rows
+        self.monitor.best, self.monitor.evals_since_best = state.best, state.evals_since_best
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds torch.compile took (not training time)."""
+        return self.warmup.seconds if self.warmup is not None else 0.0
 
     @property
     def scored_model(self) -> torch.nn.Module:
@@ -193,54 +209,58 @@ class Trainer:
         the way resumes from its last.pt to the bit-identical result on the CPU (`runs.resume`)."""
         c = self.config
         self.runlog.start(self.recipe, self.history_rows)
-        data = self.recipe
-        self.log(f"run {self.run_dir}: {len(data.train_pairs)} train / {len(data.val_pairs)} val images, "
-                 f"classes {data.class_map.describe()}, "
-                 f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, device {self.device}, "
-                 f"{describe_precision(self.amp_dtype, self.device)}, "
-                 f"{'channels-last' if self.channels_last else 'NCHW'} layout"
-                 f"{', torch.compile' if self.compiles else ''}, "
-                 f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}")
-        for epoch in range(self.start_epoch, c.train.epochs):
+        setup = [describe_precision(self.amp_dtype, self.device), f"{'channels-last' if self.channels_last else 'NCHW'}"
+                 f" layout", *(["torch.compile"] if self.compiles else []),
+                 f"global batch {c.train.batch_size * self.dist.world_size * c.train.accumulate}"]
+        self.runlog.log_start(self.recipe, self.model, self.device, setup)
+        self.callbacks.bind(TrainingRun(self.run_dir, self.recipe, self.history_rows, self.dist.rank))
+        stopped_at_start = self._hook("on_train_start", epoch=self.start_epoch)
+        for epoch in range(self.start_epoch, self.start_epoch if stopped_at_start else c.train.epochs):
             try:
                 stop = self._train_epoch(epoch)
             except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(error):
                     raise
-                crop = f" and --crop {self.crop[0]},{self.crop[1]}" if self.crop else ""
-                raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}{crop}: "
-                                  f"try --batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or "
-                                  f"--amp; {self.checkpoints.resume_hint()}") from None
-            out_of_time = bool(c.train.max_time and self.clock.elapsed >= c.train.max_time)
+                raise SeglabError(f"out of memory on {self.device} at --batch-size {c.train.batch_size}"
+                                  f"{f' and --crop {self.crop[0]},{self.crop[1]}' if self.crop else ''}: try "
+                                  f"--batch-size {max(1, c.train.batch_size // 2)}, a smaller --crop, or --amp; "
+                                  f"{self.checkpoints.resume_hint()}") from None
+            out_of_time = bool(c.train.time_budget and self.clock.elapsed >= c.train.time_budget)
             last_epoch = epoch + 1 == c.train.epochs or out_of_time
             by_epoch = self.eval_unit == "epoch"
             if not stop and (by_epoch or (last_epoch and self.tally.images)):
                 validate = not by_epoch or (epoch + 1) % self.eval_count == 0 or last_epoch
                 stop = self._close_period(epoch, validate, {"epoch": epoch + 1, "batch": 0})
+            stop = self._hook("on_epoch_end", epoch=epoch + 1) or stop
             if stop or out_of_time:
-                self.stopped_by = "early_stop" if stop else "max_time"
+                self.stopped_by = "early_stop" if stop else "time_budget"
             if last_epoch or stop:
                 break
         # The loop ends right after a period closed, so the weights are still that period's.
         self.checkpoints.flush()
-        self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds)
+        stop_reason = None
+        if self.callback_stop or self.callbacks.failure is not None:  # (a failure while the last files were written)
+            self.stopped_by, stop_reason = self.callbacks.stopped_by
+        self.runlog.finish(self.history_rows, self.stopped_by, self.compile_seconds, stop_reason)
         distributed.barrier()
+        self.callbacks.run.stopped_by = self.stopped_by
+        self.callbacks.raise_failure(f"the run stopped at step {self.step} with its checkpoints and summary.json "
+                                     f"written; {self.checkpoints.resume_hint()}")
         best = self.monitor.best
         best_epoch = next((r["epoch"] for r in self.history_rows if r.get(c.train.monitor) == best), None)
-        return History(self.run_dir, self.history_rows, best, best_epoch, self.stopped_by, self.dist.is_main, c)
+        return History(self.run_dir, self.history_rows, best, best_epoch, self.stopped_by, self.dist.is_main, c,
+                       stop_reason)
 
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches. Returns True when early stopping (judged at a
         step-based evaluation) ends the run."""
-        c = self.config
         self.train_batches.set_epoch(epoch)
         if self.encoder_policy.start_epoch(epoch):
             self._wrap_model()  # the encoder unfroze: DDP must reduce its gradients too
         self.model.train()
         skip, self.skip_batches = self.skip_batches, 0
         batches = len(self.train_batches)
-        bar = tqdm(total=batches, initial=skip, desc=f"epoch {epoch + 1}/{c.train.epochs}",
-                   unit="batch", disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+        self.bar.start_epoch(epoch, batches, skip, self.clock.elapsed)
         stop = out_of_time = False
         self.clock.start()
         for index, (images, masks, weights, centres) in enumerate(self.train_batches):
@@ -251,14 +271,14 @@ class Trainer:
             if boundary:
                 stop, out_of_time = self._after_update(epoch, index, batches)
             if self.step % LOG_EVERY == 0:
-                self._show_progress(bar, self.clock.running())
-            bar.update(1)
+                self._show_progress(self.clock.running())
+            self.bar.advance(self.clock.total())
             if stop or out_of_time:
                 break  # fit() sees the early stop, or the spent budget, and finishes the run
         self._stop_clock()
         self._read_losses()
-        self._show_progress(bar, 0.0)  # the epoch's final numbers, after the last read
-        bar.close()
+        self._show_progress(0.0)  # the epoch's final numbers, after the last read
+        self.bar.end_epoch()
         return stop
 
     def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None,
@@ -268,9 +288,9 @@ class Trainer:
         images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop, centres=centres)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if self.compiles and self.compiled_shape != tuple(images.shape):
+        if self.compiles and self.warmup.due(images):
             with self._clock_paused():
-                self._compile(images, masks, weights)
+                self.warmup.run(self.ddp_model, self._training_loss, images, masks, weights)
         sync = self.ddp_model.no_sync if (self.dist.enabled and not boundary) else nullcontext
         with sync():
             with self.autocast():
@@ -278,40 +298,6 @@ class Trainer:
             self.scaler.scale(loss / self.accumulate).backward()
         self.losses.add(loss.detach())  # stays on the device until a log or checkpoint point
         self.tally.images += images.shape[0] * self.dist.world_size
-
-    def _compile(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None) -> None:
-        """torch.compile's work for this batch shape, done on a copy of the batch before it trains, so
-        the compile time is logged apart and never counts as training time (the time budget). The
-        weights, BatchNorm statistics, gradients and random streams are left as they were."""
-        started = time.perf_counter()
-        buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
-        grads = {p: None if p.grad is None else p.grad.clone() for p in self.model.parameters()}
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                with self.autocast():
-                    loss = self._training_loss(self.ddp_model(images.clone()), masks, weights)
-                loss.backward()
-        except Exception as error:  # inductor's C++ build, an operator it cannot trace, ...
-            self._compile_failed(error)
-        finally:
-            for name, buffer in self.model.named_buffers():
-                buffer.copy_(buffers[name])
-            for parameter, grad in grads.items():  # an accumulation in progress keeps its gradients
-                parameter.grad = grad
-        seconds = time.perf_counter() - started
-        self.compile_seconds += seconds
-        again = "recompiled" if self.compiled_shape is not None else "compiled"
-        self.compiled_shape = tuple(images.shape)
-        self.log(f"torch.compile: {again} for batches of {tuple(images.shape)} in {seconds:.1f} s (not training "
-                 "time)")
-
-    def _compile_failed(self, error: Exception) -> None:
-        """A compilation that fails (no C++ compiler, an operator inductor cannot trace) stops the
-        run in one line, before any step trained; out-of-memory errors go on as such."""
-        if is_out_of_memory(error):
-            raise error
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise SeglabError(f"torch.compile failed on this machine ({reason}): train without --compile") from None
 
     def _after_update(self, epoch: int, index: int, batches: int) -> tuple[bool, bool]:
         """The optimizer step at an accumulation boundary, then what falls due at this step: the
@@ -328,7 +314,7 @@ class Trainer:
         self.step += 1
         now = self.clock.total()
         total_steps = t.epochs * math.ceil(batches / self.accumulate)
-        self.schedule.step_progress(max(self.step / max(total_steps, 1), now / t.max_time if t.max_time else 0.0))
+        self.schedule.step_progress(max(self.step / max(total_steps, 1), now / t.time_budget if t.time_budget else 0.0))
         if self.step % LOG_EVERY == 0:
             self._read_losses()
         at_end = index + 1 == batches
@@ -346,15 +332,14 @@ class Trainer:
                     self.checkpoints.write_last(train_state.last_payload(self, epoch, {}, {**position,
                                                                                           "tally": vars(self.tally)}))
         # Under DDP the ranks agree to stop together (a tiny all-reduce every LOG_EVERY steps).
-        out_of_time = bool(t.max_time) and (not self.dist.enabled or self.step % LOG_EVERY == 0) and \
-            distributed.any_rank(now >= t.max_time, self.device)
+        out_of_time = bool(t.time_budget) and (not self.dist.enabled or self.step % LOG_EVERY == 0) and \
+            distributed.any_rank(now >= t.time_budget, self.device)
         return stop, out_of_time
 
-    def _show_progress(self, bar, running_seconds: float) -> None:
+    def _show_progress(self, running_seconds: float) -> None:
         if self.progress:
             seconds = self.tally.seconds + running_seconds
-            bar.set_postfix(loss=f"{self.tally.loss_sum / max(self.tally.steps, 1):.4f}",
-                            img_s=f"{self.tally.images / max(seconds, 1e-9):.1f}")
+            self.bar.show(self.tally.loss_sum / max(self.tally.steps, 1), self.tally.images / max(seconds, 1e-9))
 
     # ---- training time: validation and checkpoint writing do not count --------------------------
     def _stop_clock(self) -> None:
@@ -442,5 +427,19 @@ class Trainer:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.monitor.evals_since_best} "
                          "evaluations")
         distributed.barrier()  # no rank runs ahead of a checkpoint that is still being written
-        return stop
+        return self._hook("on_evaluation", row, epoch=row["epoch"]) or stop
 
+    def _hook(self, hook: str, *args, epoch: int | None = None, agree: bool = True) -> bool:
+        """Call the callbacks' `hook` (engine.callbacks); True once one asked to stop or failed, agreed
+        by all ranks (`agree`: every rank is at this call; on_checkpoint, rank 0's alone, is not)."""
+        if not self.callbacks:
+            return False
+        run = self.callbacks.run
+        if epoch is not None:
+            run.epoch = epoch
+        run.step, run.best_value, run.model = self.step, self.monitor.best, self.scored_model
+        self.callbacks.dispatch(hook, *args)
+        if agree:
+            self.callback_stop = self.callback_stop or distributed.any_rank(self.callbacks.stop_requested,
+                                                                            self.device)
+        return self.callback_stop

@@ -21,7 +21,7 @@ import torch.nn as nn
 from seglab.data.classmap import ClassMap
 from seglab.errors import CheckpointError
 from seglab.models.outputs import input_multiple, logits_to_probabilities, min_input_size
-from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint, postprocess_of
 
 FORMAT = "seglab-ensemble"
 VERSION = 1
@@ -34,7 +34,7 @@ def is_ensemble_file(path: str | Path) -> bool:
 
 def write_ensemble(path: Path, members: list[Path], extra: dict | None = None) -> Path:
     """An ensemble file at `path` naming `members` (relative to its folder)."""
-    from seglab.data.io import atomic_output
+    from seglab.data.writing import atomic_output
 
     record = {"format": FORMAT, "version": VERSION,
               "members": [str(Path(m).resolve().relative_to(path.parent.resolve())) for m in members], **(extra or {})}
@@ -61,8 +61,8 @@ def read_ensemble(path: str | Path) -> tuple[list[Path], dict]:
     return [path.parent / str(member) for member in members], record
 
 
-def load_members(path: str | Path) -> tuple[list[nn.Module], ClassMap, dict]:
-    """The members' models, and the class map and preprocessing they share."""
+def load_members(path: str | Path) -> tuple[list[nn.Module], ClassMap, dict, dict]:
+    """The members' models, the class map and preprocessing they share, and the first one's postprocessing."""
     paths, _ = read_ensemble(path)
     models, first = [], None
     for member in paths:
@@ -79,7 +79,8 @@ def load_members(path: str | Path) -> tuple[list[nn.Module], ClassMap, dict]:
     if len(margins) > 1:
         raise CheckpointError(f"ensemble '{path}' mixes padded and unpadded networks (margins {sorted(margins)}): "
                               "use members of one architecture")
-    return models, ClassMap.from_dict(first[1]["class_map"]), dict(first[1]["preprocess"])
+    return (models, ClassMap.from_dict(first[1]["class_map"]), dict(first[1]["preprocess"]),
+            postprocess_of(first[1]))
 
 
 def _check_compatible(path, first: tuple[Path, dict], other: tuple[Path, dict]) -> None:

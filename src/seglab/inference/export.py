@@ -42,14 +42,14 @@ import torch.nn as nn
 
 from seglab.data.classmap import ClassMap
 from seglab.data.folder_lock import remove_stale_temporaries
-from seglab.data.io import write_error
 from seglab.data.normalization import Normalization
 from seglab.data.preprocess import match_channels, normalize
+from seglab.data.writing import write_error
 from seglab.errors import SeglabError
 from seglab.inference.export_graph import ExportWrapper, image_stats
 from seglab.inference.exported import EXPORT_FORMAT, STATS_INPUT, TORCHSCRIPT_METADATA, load_exported
 from seglab.models.outputs import full_size_logits, logits_to_probabilities
-from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint, postprocess_of
 from seglab.version import __version__
 
 FORMATS = ("onnx", "torchscript")
@@ -68,11 +68,11 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     from seglab.inference.ensemble import EnsembleModule, is_ensemble_file, load_members, read_ensemble
 
     if is_ensemble_file(path):
-        members, class_map, preprocess = load_members(path)
+        members, class_map, preprocess, postprocess = load_members(path)
         names = [str(p) for p in read_ensemble(path)[0]]
         return (EnsembleModule(members).eval(),
                 {"model": {"name": "ensemble", "kwargs": {"members": names}}, "class_map": class_map.to_dict(),
-                 "preprocess": preprocess})
+                 "preprocess": preprocess, "postprocess": postprocess})
     payload = load_checkpoint(path)
     return model_from_checkpoint(payload, path).eval(), payload
 
@@ -90,7 +90,7 @@ def export_metadata(payload: dict, input_max: float) -> dict:
         "channels": int(preprocess["channels"]),
         "scale": float(preprocess.get("scale", 1.0)),
         "normalization": preprocess.get("normalization", "per_image"),
-        "threshold": float(preprocess.get("threshold", 0.5)),
+        "threshold": postprocess_of(payload)["threshold"],
         "input_max": float(input_max),
         "input": f"{INPUT_NAME}: raw pixels (B, C, H, W) float32 in 0..input_max; the graph normalises",
         "stats_input": f"{STATS_NAME} (optional): (B or 1, C, 2) float32 (shift, divide) of the whole image in "
@@ -292,49 +292,36 @@ def temporary_name(out_path: Path, role: str = "tmp") -> Path:
     return out_path.with_name(f".{out_path.name}.{os.getpid()}.{tag}{out_path.suffix}")
 
 
-def set_onnx_metadata(path: Path, values: dict) -> None:
-    """Set (replace) seglab metadata entries of an ONNX file, JSON-encoded, in place."""
-    import onnx
+def _record_for_fastest(checkpoint_path: str | Path, metadata: dict, images: list[np.ndarray],
+                        timed: bool) -> Callable[[Path], None] | None:
+    """What `inference.fastest` needs to run an ONNX file instead of its checkpoint: the checkpoint's
+    record in `metadata` now, and (`timed`) a finish step that times the written file against
+    PyTorch on the largest parity image and records the seconds in it."""
+    from seglab.inference.export_timing import largest, time_against_pytorch
+    from seglab.inference.fastest import set_onnx_metadata, source_record
 
-    graph = onnx.load(str(path))
-    kept = [(entry.key, entry.value) for entry in graph.metadata_props if entry.key not in values]
-    del graph.metadata_props[:]
-    for key, value in kept + [(key, json.dumps(value)) for key, value in values.items()]:
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, str(path))
+    metadata["source"] = source_record(checkpoint_path)
+    if not timed:
+        return None
 
+    def finish(temporary: Path) -> None:
+        speed = time_against_pytorch(checkpoint_path, temporary, np.asarray(largest(images)))
+        set_onnx_metadata(temporary, {"speed": speed})
+        metadata["speed"] = speed
 
-def time_against_pytorch(checkpoint_path: str | Path, exported_path: Path, image: np.ndarray,
-                         runs: int = 3) -> dict:
-    """Seconds of one whole-image prediction of `image` (H, W[, C]) through PyTorch (the checkpoint
-    at its "auto" precision) and through the exported file, on the CPU; the fastest of 2 x `runs`
-    runs each. What `inference.fastest` chooses a path by."""
-    from seglab.inference.fastest import PYTORCH, cpu_model_name
-    from seglab.inference.predictor import Predictor
-
-    quiet = lambda *args, **kwargs: None  # noqa: E731
-    paths = {PYTORCH: Predictor.from_file(checkpoint_path, "cpu", runtime="pytorch", log=quiet)}
-    exported = Predictor.from_file(exported_path, "cpu", log=quiet)
-    paths[exported.runtime] = exported
-    seconds = {name: float("inf") for name in paths}
-    # Each runtime in a block of its own, after an untimed call: kernels are chosen, and the other
-    # runtime's threads have settled (onnxruntime's threads spin on after a run, and interleaved
-    # timings at export chose int8 where the benchmark then measured PyTorch faster). Both orders,
-    # so a drift in the machine's load hits both alike.
-    for order in (list(paths), list(paths)[::-1]):
-        for name in order:
-            paths[name].predict(image)
-            for _ in range(runs):
-                started = time.perf_counter()
-                paths[name].predict(image)
-                seconds[name] = min(seconds[name], time.perf_counter() - started)
-    return {"cpu": cpu_model_name(), "image": list(image.shape[:2]), "runtime": exported.runtime,
-            "pytorch_path": paths[PYTORCH].runtime, "seconds": {k: round(v, 6) for k, v in seconds.items()}}
+    return finish
 
 
-def largest(images: list[np.ndarray]) -> np.ndarray:
-    return max(images, key=lambda image: image.shape[0] * image.shape[1])
+def _output_file(checkpoint_path: str | Path, out_path: str | Path | None, fmt: str) -> Path:
+    """The file an export writes (default: beside the checkpoint), its folder made."""
+    out_path = Path(out_path) if out_path else Path(checkpoint_path).with_suffix(".onnx" if fmt == "onnx" else ".ts")
+    if out_path.is_dir():
+        raise SeglabError(f"-o '{out_path}' is a folder: give the file to write, e.g. {out_path / 'model.onnx'}")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(out_path, error) from None
+    return out_path
 
 
 def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str | Path | None = None,
@@ -372,13 +359,7 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
     if refusal:
         raise SeglabError(f"{payload['model']['name']} cannot be exported to {fmt}: {refusal}")
     metadata = export_metadata(payload, input_max)
-    out_path = Path(out_path) if out_path else Path(checkpoint_path).with_suffix(".onnx" if fmt == "onnx" else ".ts")
-    if out_path.is_dir():
-        raise SeglabError(f"-o '{out_path}' is a folder: give the file to write, e.g. {out_path / 'model.onnx'}")
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise write_error(out_path, error) from None
+    out_path = _output_file(checkpoint_path, out_path, fmt)
     wrapper = ExportWrapper(model, metadata["normalization"], input_max).eval()
     channels = metadata["channels"]
     example = torch.rand(1, channels, *TRACE_SIZE, generator=torch.Generator().manual_seed(0)) * input_max
@@ -386,18 +367,7 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
     batches = _parity_batches(images, channels)
     if not batches:
         raise SeglabError("no parity images: pass at least one image, or None for the bundled defaults")
-    finish = None
-    if fmt == "onnx":  # what `inference.fastest` needs to run this file instead of the checkpoint
-        from seglab.inference.fastest import source_record
-
-        metadata["source"] = source_record(checkpoint_path)
-
-    if fmt == "onnx" and timed:
-        def finish(temporary: Path) -> None:
-            speed = time_against_pytorch(checkpoint_path, temporary, np.asarray(largest(images)))
-            set_onnx_metadata(temporary, {"speed": speed})
-            metadata["speed"] = speed
-
+    finish = _record_for_fastest(checkpoint_path, metadata, images, timed) if fmt == "onnx" else None
     exporter, worst, shapes = _write_if_faithful(fmt, wrapper, example, out_path, opset, metadata, model, batches,
                                                  input_max, tolerance, checkpoint_path, finish)
     return {

@@ -187,8 +187,9 @@ class ExportedModule(torch.nn.Module):
     def __init__(self, exported):
         super().__init__()
         self.exported = exported
-        self.image_stats: torch.Tensor | None = None  # (1, C, 2) of the image being tiled, if any
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        probs = self.exported.forward(batch, self.image_stats).float().clamp(1e-7, 1 - 1e-7)
+    def forward(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw pixels (B, C, h, w) [and the whole image's statistics (1, C, 2) when these are its
+        tiles] -> logits (B, K, h, w)."""
+        probs = self.exported.forward(batch, stats).float().clamp(1e-7, 1 - 1e-7)
         return torch.logit(probs) if probs.shape[1] == 1 else probs.log()

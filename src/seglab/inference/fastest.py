@@ -9,6 +9,7 @@ CPU, the Predictor takes the fastest such export lying beside it, and says which
 from __future__ import annotations
 
 import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,3 +104,15 @@ def describe_choice(path: Path, metadata: dict) -> str:
         line += f"; mean Dice {parity['dice_int8']:.4f} vs {parity['dice_float']:.4f} float"
     return line + "); --runtime pytorch runs the checkpoint itself"
 
+
+def set_onnx_metadata(path: Path, values: dict) -> None:
+    """Set (replace) seglab metadata entries of an ONNX file, JSON-encoded, in place."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    kept = [(entry.key, entry.value) for entry in graph.metadata_props if entry.key not in values]
+    del graph.metadata_props[:]
+    for key, value in kept + [(key, json.dumps(value)) for key, value in values.items()]:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))

@@ -22,8 +22,16 @@ RUNTIMES = ("auto", "pytorch")
 SCALE_RULES = {"above": 0, "max": 16}
 
 
+# Options that decide how a model is loaded (which runtime, compiled or not): a loaded Predictor keeps them.
+LOADING_OPTIONS = ("runtime", "compile")
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
+    """How a Predictor predicts, declared once: the flags of predict, evaluate and serve, seglab.load's
+    keywords and a request's query are made from these fields. None for threshold and scale: the
+    trained model's own."""
+
     threshold: float | None = option(None, "probability threshold of binary models (default: the training's)",
                                      min=0, max=1, flags=("-t", "--mask-threshold"))
     tile: list[int] | None = option(None, "overlap-tile prediction with H[,W] tiles (default: whole images, "
@@ -42,6 +50,8 @@ class InferenceOptions:
                           "PyTorch; pytorch: the checkpoint itself", choices=RUNTIMES)
     compile: bool = option(False, "torch.compile PyTorch models (each new input shape compiles once, seconds to "
                            "minutes; pays off over many same-size images)")
+    scale: float | None = option(None, "resize factor of the images (default: the training scale)",
+                                 flags=("-s", "--scale"), **SCALE_RULES)
     membrane_class: int = option(0, "class index of the boundaries for instances (ISBI: 0 = membrane)", min=0)
     seed_threshold: float = option(SEED_THRESHOLD, "instances: boundary probability below which pixels seed "
                                    "a cell", above=0, below=1)

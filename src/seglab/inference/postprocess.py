@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential, watershed
 
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 
 
 def remove_small_labels(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -11,23 +11,23 @@ averages flips or all eight rotations/flips, with or without tiles.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from seglab.data.classmap import ClassMap
-from seglab.data.io import read_image
 from seglab.data.normalization import check_normalization
 from seglab.data.preprocess import prepare_image
 from seglab.errors import CheckpointError, ConfigError, DataError, SeglabError
 from seglab.inference.export_graph import image_stats
 from seglab.inference.exported import ExportedModule
-from seglab.inference.options import RUNTIMES, SCALE_RULES, SEED_THRESHOLD, InferenceOptions
+from seglab.inference.options import LOADING_OPTIONS, InferenceOptions
+from seglab.inference.prediction import ImageInput, Prediction, as_array
 from seglab.inference.tiling import predict_tiled
 from seglab.inference.tta import tta_forward
 from seglab.models.outputs import (
@@ -36,8 +36,7 @@ from seglab.models.outputs import (
     probabilities_to_classes,
     resize_probabilities,
 )
-from seglab.options import check_value
-from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.runtime.checkpoint import load_checkpoint, model_from_checkpoint, postprocess_of
 from seglab.runtime.device import (
     autocast_factory,
     default_channels_last,
@@ -51,61 +50,35 @@ from seglab.runtime.device import (
 ACTIVATION_BYTES_PER_PIXEL_CHANNEL = 48
 AUTO_TILE = 512
 EXPORTED_SUFFIXES = (".onnx", ".ts", ".torchscript")
-ImageInput = Union[str, Path, np.ndarray, "PIL.Image.Image"]  # noqa: F821 (PIL only when given)
-
-
-@dataclass
-class Prediction:
-    probabilities: np.ndarray          # (K, H, W) float32; K = 1 (sigmoid, P(class 1)) for binary models
-    classes: np.ndarray                # (H, W) int64 class indices
-    mask: np.ndarray                   # (H, W) the user's mask values (uint8 / uint16), (H, W, 3) colours
-    instances: np.ndarray | None = None  # (H, W) int32 cell labels 1..N (0 = boundary), when asked for
-    name: str = "image"
-
-
-def as_array(image: ImageInput) -> tuple[np.ndarray, str]:
-    """A path, a NumPy array (H, W) or (H, W, C), or a PIL image -> ((H, W, C) array, a name for messages)."""
-    if isinstance(image, (str, Path)):
-        return read_image(image), str(image)
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3) or image.size == 0:
-            raise DataError(f"an image array must be (H, W) or (H, W, C), not shape {image.shape}")
-        return (image[..., None] if image.ndim == 2 else image), "array"
-    if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image, without importing Pillow here
-        if image.mode in ("P", "PA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-            image = image.convert("RGB")
-        elif image.mode in ("1", "LA"):
-            image = image.convert("L")
-        array = np.asarray(image)
-        return (array[..., None] if array.ndim == 2 else array), "PIL image"
-    raise DataError(f"cannot predict a {type(image).__name__}: give a file path, a NumPy array or a PIL image")
 
 
 class Predictor:
     """Runs a trained model on images of any size.
 
     Applies the training's channel handling, scale and normalisation, and returns results at the
-    input's size. Options: `threshold` for binary models, `tile` (H, W) and `overlap` for
-    overlap-tile prediction, `tta` ("none", "flips", "d4"), `batch_size` tiles or images per
-    forward pass; `membrane_class` and `seed_threshold` for instances (cells by seeded watershed).
+    input's size, as its `options` (an InferenceOptions) say: `threshold` for binary models, `tile`
+    and `overlap` for overlap-tile prediction, `tta`, `batch_size` tiles or images per forward pass,
+    `scale`, `membrane_class` and `seed_threshold` for instances. `options` holds the trained
+    model's own threshold and scale where the caller left them None.
     """
 
     def __init__(self, model: torch.nn.Module, class_map: ClassMap, preprocess: dict,
-                 device: str | torch.device = "cpu", threshold: float | None = None,
-                 tile: tuple[int, int] | None = None, overlap: float = 0.5, tta: str = "none",
-                 batch_size: int = 4, membrane_class: int = 0, seed_threshold: float = SEED_THRESHOLD,
-                 precision: str = "auto", compile: bool = False, log=print):
-        checked = InferenceOptions(threshold=threshold, tile=list(tile) if tile else None, overlap=overlap, tta=tta,
-                                   batch_size=batch_size, precision=precision, compile=compile,
-                                   membrane_class=membrane_class, seed_threshold=seed_threshold)
-        threshold, tile = checked.threshold, checked.tile_size
-        if membrane_class >= class_map.num_classes:
-            raise ConfigError(f"invalid inference.membrane_class (--membrane-class): {membrane_class}; the model has "
-                              f"{class_map.num_classes} classes ({class_map.describe()})")
+                 device: str | torch.device = "cpu", options: InferenceOptions | None = None,
+                 postprocess: dict | None = None, log=print):
+        options = options or InferenceOptions()
+        self.class_map = class_map
+        self.channels = int(preprocess["channels"])
+        try:
+            self.normalization = check_normalization(preprocess.get("normalization", "per_image"), self.channels)
+        except ConfigError as error:
+            raise CheckpointError(f"the model's preprocessing is damaged: {error}") from None
+        trained = {"threshold": float((postprocess or {}).get("threshold", preprocess.get("threshold", 0.5))),
+                   "scale": float(preprocess.get("scale", 1.0))}
+        self.options = self._checked(dataclasses.replace(options, **{
+            name: value for name, value in trained.items() if getattr(options, name) is None}))
         self.device = torch.device(device)
-        self.precision = checked.precision
         self.trained_precision = preprocess.get("precision")  # None: float32, or a file of seglab <= 0.2
-        self.amp_dtype = self._autocast_dtype(model, checked.precision)
+        self.amp_dtype = self._autocast_dtype(model, self.options.precision)
         # The layout is the model's: chosen once, from the precision the Predictor was made with.
         self.channels_last = default_channels_last(self.device, self.amp_dtype) and not isinstance(model,
                                                                                                    ExportedModule)
@@ -113,70 +86,80 @@ class Predictor:
                               else torch.contiguous_format).eval()
         # Exported models run in their own runtime; a compiled module passes attribute reads
         # (base_channels, margin, ...) through to the model it wraps.
-        self.compiled = checked.compile and not isinstance(model, ExportedModule)
+        self.compiled = self.options.compile and not isinstance(model, ExportedModule)
         if self.compiled:
             self.model = torch.compile(self.model)
-        self.class_map = class_map
-        self.channels = int(preprocess["channels"])
-        self.scale = float(preprocess.get("scale", 1.0))
-        try:
-            self.normalization = check_normalization(preprocess.get("normalization", "per_image"), self.channels)
-        except ConfigError as error:
-            raise CheckpointError(f"the model's preprocessing is damaged: {error}") from None
-        self.threshold = float(preprocess.get("threshold", 0.5) if threshold is None else threshold)
-        self.tile, self.overlap, self.tta, self.batch_size = tile, overlap, tta, batch_size
-        self.membrane_class, self.seed_threshold = membrane_class, seed_threshold
         self.log = log
         self.raw_input: float | None = None  # exported models take pixels in [0, raw_input]
         # Where the model came from and how it was trained (plain values, for servers and logs):
         # source, format, model (name, kwargs), epoch, step, metrics, seglab_version.
         self.info: dict = {}
 
+    def _checked(self, options: InferenceOptions) -> InferenceOptions:
+        if options.membrane_class >= self.class_map.num_classes:
+            raise ConfigError(f"invalid inference.membrane_class (--membrane-class): {options.membrane_class}; the "
+                              f"model has {self.class_map.num_classes} classes ({self.class_map.describe()})")
+        return options
+
+    # The options, read where they are used.
+    threshold = property(lambda self: float(self.options.threshold))
+    scale = property(lambda self: float(self.options.scale))
+    tile = property(lambda self: self.options.tile_size)   # (H, W) or None
+    overlap = property(lambda self: self.options.overlap)
+    tta = property(lambda self: self.options.tta)
+    batch_size = property(lambda self: self.options.batch_size)
+    precision = property(lambda self: self.options.precision)
+    membrane_class = property(lambda self: self.options.membrane_class)
+    seed_threshold = property(lambda self: self.options.seed_threshold)
+
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", threshold: float | None = None,
-                  **options) -> "Predictor":
+    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", options: InferenceOptions | None = None,
+                  log=print) -> "Predictor":
         """A .pt checkpoint, an ensemble .json (of `seglab train --folds`), or an exported .onnx / .ts
         model (run through its own runtime).
 
-        `runtime` "auto" (the default) runs a checkpoint on the CPU through the fastest export of it
-        lying beside it, when `seglab export` measured one faster than PyTorch there (`inference.fastest`),
-        and logs which; "pytorch" runs the checkpoint itself."""
-        runtime = check_value("inference.runtime (--runtime)", options.pop("runtime", "auto"), str,
-                              {"choices": RUNTIMES})
+        `options.runtime` "auto" (the default) runs a checkpoint on the CPU through the fastest export of
+        it lying beside it, when `seglab export` measured one faster than PyTorch there
+        (`inference.fastest`), and logs which; "pytorch" runs the checkpoint itself."""
+        options = options or InferenceOptions()
         if Path(path).suffix.lower() in EXPORTED_SUFFIXES:
-            from seglab.inference.exported import load_exported
-
-            exported = load_exported(path, device)
-            predictor = cls(ExportedModule(exported), exported.class_map,
-                            {"channels": exported.channels, "scale": exported.scale, "normalization": "none",
-                             "threshold": exported.threshold}, "cpu", threshold, **options)
-            predictor.raw_input = float(exported.input_max)
-            predictor.info = {"source": str(path), "format": Path(path).suffix.lower().lstrip("."),
-                              "model": exported.metadata.get("model"),
-                              "seglab_version": exported.metadata.get("seglab_version")}
-            return predictor
+            return cls._from_exported(path, device, options, log)
         from seglab.inference.ensemble import EnsembleModule, is_ensemble_file, load_members
 
         if is_ensemble_file(path):  # fold ensembles: the members' probabilities averaged
-            members, class_map, preprocess = load_members(path)
-            return cls(EnsembleModule(members), class_map, preprocess, device, threshold, **options)
-        if (runtime == "auto" and torch.device(device).type == "cpu" and options.get("precision", "auto") == "auto"
-                and not options.get("compile")):
+            members, class_map, preprocess, postprocess = load_members(path)
+            return cls(EnsembleModule(members), class_map, preprocess, device, options, postprocess, log)
+        if (options.runtime == "auto" and torch.device(device).type == "cpu" and options.precision == "auto"
+                and not options.compile):
             from seglab.inference.fastest import describe_choice, faster_export
 
             found = faster_export(path)
             if found is not None:
-                options.get("log", print)(describe_choice(*found))
-                predictor = cls.from_file(found[0], device, threshold, **options)
+                log(describe_choice(*found))
+                predictor = cls.from_file(found[0], device, options, log)
                 predictor.info["checkpoint"] = str(path)
                 return predictor
         payload = load_checkpoint(path)
         model = model_from_checkpoint(payload, path)
-        predictor = cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, threshold,
-                        **options)
+        predictor = cls(model, ClassMap.from_dict(payload["class_map"]), payload["preprocess"], device, options,
+                        postprocess_of(payload), log)
         predictor.info = {"source": str(path), "format": "checkpoint", "model": payload["model"],
                           "epoch": payload.get("epoch"), "step": payload.get("step"),
                           "metrics": payload.get("metrics", {}), "seglab_version": payload.get("seglab_version")}
+        return predictor
+
+    @classmethod
+    def _from_exported(cls, path: str | Path, device, options: InferenceOptions, log) -> "Predictor":
+        from seglab.inference.exported import load_exported
+
+        exported = load_exported(path, device)
+        predictor = cls(ExportedModule(exported), exported.class_map,
+                        {"channels": exported.channels, "scale": exported.scale, "normalization": "none"}, "cpu",
+                        options, {"threshold": exported.threshold}, log)
+        predictor.raw_input = float(exported.input_max)
+        predictor.info = {"source": str(path), "format": Path(path).suffix.lower().lstrip("."),
+                          "model": exported.metadata.get("model"),
+                          "seglab_version": exported.metadata.get("seglab_version")}
         return predictor
 
     def _autocast_dtype(self, model: torch.nn.Module, precision: str) -> torch.dtype | None:
@@ -185,6 +168,17 @@ class Predictor:
         if isinstance(model, ExportedModule):
             return None
         return inference_precision(precision, self.trained_precision, self.device)
+
+    def __repr__(self) -> str:
+        source = Path(self.info.get("checkpoint") or self.info.get("source") or "model").name
+        model = (self.info.get("model") or {}).get("name", type(self.model).__name__)
+        changed = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(InferenceOptions)
+                   if f.name not in ("threshold", "scale")
+                   and getattr(self.options, f.name) != f.default}
+        settings = ", ".join([f"threshold {self.threshold:g}", f"scale {self.scale:g}",
+                              *(f"{name} {value}" for name, value in changed.items())])
+        return (f"Predictor({model} from {source}: {self.class_map.describe()}\n"
+                f"  {self.runtime} on {self.device}; {settings})")
 
     @property
     def runtime(self) -> str:
@@ -197,35 +191,32 @@ class Predictor:
 
     def with_options(self, **changes) -> "Predictor":
         """A Predictor that shares this one's model (no copy of the weights) with some options
-        changed: threshold, tile, overlap, tta, batch_size, membrane_class, seed_threshold, checked
-        as the constructor checks them. `threshold=None` keeps this one's."""
-        current = {"threshold": self.threshold, "tile": list(self.tile) if self.tile else None,
-                   "overlap": self.overlap, "tta": self.tta, "batch_size": self.batch_size,
-                   "precision": self.precision, "membrane_class": self.membrane_class,
-                   "seed_threshold": self.seed_threshold}
-        unknown = set(changes) - set(current)
+        changed (InferenceOptions' fields), checked as the constructor checks them. A None keeps
+        this one's value, except for `tile` (None: whole images)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(InferenceOptions)}
         if unknown:
-            raise ConfigError(f"unknown inference option {sorted(unknown)[0]!r}; known: {', '.join(current)}")
-        merged = {**current, **{key: value for key, value in changes.items()
-                                if value is not None or key == "tile"}}
-        checked = InferenceOptions(**merged)
-        if checked.membrane_class >= self.class_map.num_classes:
-            raise ConfigError(f"invalid inference.membrane_class: {checked.membrane_class}; the model has "
-                              f"{self.class_map.num_classes} classes ({self.class_map.describe()})")
+            known = [f.name for f in dataclasses.fields(InferenceOptions) if f.name not in LOADING_OPTIONS]
+            raise ConfigError(f"unknown inference option {sorted(unknown)[0]!r}; known: {', '.join(known)}")
+        fixed = [name for name in LOADING_OPTIONS if name in changes and changes[name] != getattr(self.options, name)]
+        if fixed:
+            raise ConfigError(f"{fixed[0]} is chosen when a model is loaded: load it again with {fixed[0]}="
+                              f"{changes[fixed[0]]!r}")
+        kept = {name: value for name, value in changes.items() if value is not None or name == "tile"}
+        if isinstance(kept.get("tile"), tuple):
+            kept["tile"] = list(kept["tile"])
         variant = copy.copy(self)
-        variant.threshold = float(checked.threshold)
-        variant.tile, variant.overlap, variant.tta = checked.tile_size, checked.overlap, checked.tta
-        variant.batch_size, variant.membrane_class = checked.batch_size, checked.membrane_class
-        variant.seed_threshold = checked.seed_threshold
-        variant.precision, variant.amp_dtype = checked.precision, self._autocast_dtype(self.model, checked.precision)
+        variant.options = self._checked(dataclasses.replace(self.options, **kept))
+        variant.amp_dtype = self._autocast_dtype(self.model, variant.options.precision)
         return variant
 
     # ---- forward passes -----------------------------------------------------------------------
-    def tile_forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def tile_forward(self, batch: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, h, w) tiles -> probabilities (B, K, h', w') straight from the network (smaller
-        than the tiles by `margin` per side for unpadded U-Nets)."""
+        than the tiles by `margin` per side for unpadded U-Nets). `stats` (1, C, 2): the whole
+        image's statistics, with which an exported model normalises the tiles instead of each
+        tile's own (None for checkpoints, whose inputs come normalised)."""
         with self._autocast():
-            logits = self.model(self._layout(batch))
+            logits = self.model(self._layout(batch)) if stats is None else self.model(self._layout(batch), stats)
         return logits_to_probabilities(logits.float())
 
     def _whole_forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -256,10 +247,9 @@ class Predictor:
             forward = tta_forward(self._whole_forward, self.tta)
             return forward(image[None].to(self.device))[0].float().cpu()
         margin = getattr(self.model, "margin", 0)
-        with self.tiles_normalised_as(self._exported_stats(image[None])):
-            return predict_tiled(tta_forward(self.tile_forward, self.tta), image, tile, self.overlap,
-                                 self.batch_size, self.device, margin=margin,
-                                 valid_input=self.model.valid_input_size if margin else None)
+        forward = functools.partial(self.tile_forward, stats=self._exported_stats(image[None]))
+        return predict_tiled(tta_forward(forward, self.tta), image, tile, self.overlap, self.batch_size, self.device,
+                             margin=margin, valid_input=self.model.valid_input_size if margin else None)
 
     def _exported_stats(self, pixels: torch.Tensor) -> torch.Tensor | None:
         """Raw pixels (1, C, H, W) of a whole image -> an exported model's `stats` input (1, C, 2);
@@ -268,34 +258,19 @@ class Predictor:
             return None
         return image_stats(pixels, self.model.exported.normalization, self.model.exported.input_max)
 
-    @contextmanager
-    def tiles_normalised_as(self, stats: torch.Tensor | None):
-        """While an image's tiles go through an exported model, it normalises them with `stats`
-        (1, C, 2), the whole image's, instead of each tile's own. A no-op when stats is None."""
-        if stats is None:
-            yield
-            return
-        self.model.image_stats = stats
-        try:
-            yield
-        finally:
-            self.model.image_stats = None
-
-    def _prepare(self, array: np.ndarray, scale: float | None, name: str) -> torch.Tensor:
-        scale = self.scale if scale is None else check_value("inference.scale (--scale)", scale, float, SCALE_RULES)
-        return prepare_image(array, self.channels, scale, self.normalization, name=name, raw_max=self.raw_input)
+    def _prepare(self, array: np.ndarray, name: str) -> torch.Tensor:
+        return prepare_image(array, self.channels, self.scale, self.normalization, name=name, raw_max=self.raw_input)
 
     # ---- predictions --------------------------------------------------------------------------
-    def predict(self, image: ImageInput, scale: float | None = None, instances: bool = False,
-                name: str | None = None) -> Prediction:
+    def predict(self, image: ImageInput, instances: bool = False, name: str | None = None) -> Prediction:
         """One image (a path, a NumPy array (H, W[, C]) or a PIL image) -> Prediction at its size.
 
-        `scale` overrides the training scale; `instances` adds cell labels from a seeded watershed
+        `instances` adds cell labels from a seeded watershed
         of the `membrane_class` probability (boundary models such as ISBI's)."""
         array, default_name = as_array(image)
         name = name or default_name
         height, width = array.shape[:2]
-        prepared = self._prepare(array, scale, name)
+        prepared = self._prepare(array, name)
         try:
             probs = self.probabilities(prepared)
         except torch.OutOfMemoryError:
@@ -303,10 +278,10 @@ class Predictor:
             raise SeglabError(f"out of memory on {self.device} predicting '{name}' ({width}x{height}): try "
                               f"--tile {max(64, tile // 2)} and --batch-size 1, or --device cpu") from None
         probs = resize_probabilities(probs[None], (height, width))[0]
-        return self.finish(probs, instances, name)
+        return self.finish(probs, instances, name, array)
 
     @torch.inference_mode()
-    def predict_batch(self, arrays: list[np.ndarray], names: list[str], scale: float | None = None,
+    def predict_batch(self, arrays: list[np.ndarray], names: list[str],
                       instances: bool = False) -> list["Prediction | DataError"]:
         """Several decoded images (H, W, C) -> one Prediction each (or the DataError that image raised).
 
@@ -317,9 +292,9 @@ class Predictor:
         groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for index, (array, name) in enumerate(zip(arrays, names)):
             try:
-                image = self._prepare(array, scale, name)
+                image = self._prepare(array, name)
                 if self.tile or self._auto_tile(*image.shape[-2:]):
-                    results[index] = self.predict(array, scale, instances, name)
+                    results[index] = self.predict(array, instances, name)
                     continue
             except DataError as error:
                 results[index] = error
@@ -335,23 +310,23 @@ class Predictor:
                                   "try --batch-size 1, --tile 512, or --device cpu") from None
             for (index, _), image_probs in zip(members, probs):
                 size = arrays[index].shape[:2]
-                results[index] = self.finish(resize_probabilities(image_probs[None], size)[0], instances, names[index])
+                full_size = resize_probabilities(image_probs[None], size)[0]
+                results[index] = self.finish(full_size, instances, names[index], arrays[index])
         return results
 
-    def predict_many(self, images: Iterable[ImageInput], scale: float | None = None,
-                     instances: bool = False) -> Iterator[Prediction]:
+    def predict_many(self, images: Iterable[ImageInput], instances: bool = False) -> Iterator[Prediction]:
         """Predictions of a stream of images (paths, arrays or PIL images), in order.
 
         `batch_size` same-size images share a forward pass; files are decoded by a reader thread
         while the network runs, at most two batches ahead, so a folder or a generator of any
         length streams in bounded memory. An unreadable image raises its DataError.
         """
-        for _, _, result in self.stream(images, scale, instances):
+        for _, _, result in self.stream(images, instances):
             if isinstance(result, DataError):
                 raise result
             yield result
 
-    def stream(self, images: Iterable, scale: float | None = None, instances: bool = False,
+    def stream(self, images: Iterable, instances: bool = False
                ) -> Iterator[tuple[object, np.ndarray | None, "Prediction | DataError"]]:
         """(input, its decoded (H, W, C) array or None, Prediction or the DataError it raised) for
         each input, in order (see predict_many)."""
@@ -378,17 +353,19 @@ class Predictor:
                 decoded = [(item, future.result()) for item, future in chunk]
                 readable = [(item, got) for item, got in decoded if not isinstance(got, DataError)]
                 predictions = iter(self.predict_batch([array for _, (array, _) in readable],
-                                                      [name for _, (_, name) in readable], scale, instances))
+                                                      [name for _, (_, name) in readable], instances))
                 for item, got in decoded:
                     if isinstance(got, DataError):
                         yield item, None, got
                     else:
                         yield item, got[0], next(predictions)
 
-    def finish(self, probs: torch.Tensor, instances: bool = False, name: str = "image") -> Prediction:
+    def finish(self, probs: torch.Tensor, instances: bool = False, name: str = "image",
+               image: np.ndarray | None = None) -> Prediction:
         """Probabilities (K, H, W) -> classes, mask values and, if asked, cell instances."""
         classes = probabilities_to_classes(probs, self.threshold).numpy()
-        prediction = Prediction(probs.float().numpy(), classes, self.class_map.decode(classes), name=name)
+        prediction = Prediction(probs.float().numpy(), classes, self.class_map.decode(classes), name=name,
+                                image=image, class_names=self.class_map.names)
         if instances:
             from seglab.inference.postprocess import membrane_to_instances  # scipy, skimage: only for instances
 

@@ -16,21 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.discover import Pair
-from seglab.data.io import read_image, write_error
-from seglab.data.splits import read_split
+from seglab.data.io import read_image
 from seglab.data.truth import read_truth
+from seglab.data.writing import write_error
 from seglab.errors import DataError, SeglabError
-from seglab.inference.export import (
-    DEFAULT_TOLERANCE,
-    default_parity_images,
-    export_model,
-    largest,
-    set_onnx_metadata,
-    temporary_name,
-    time_against_pytorch,
-)
+from seglab.inference.export import DEFAULT_TOLERANCE, default_parity_images, export_model, temporary_name
+from seglab.inference.export_timing import largest, time_against_pytorch
+from seglab.inference.fastest import set_onnx_metadata
 from seglab.inference.predictor import Predictor
 from seglab.metrics.scoring import evaluate_images
+from seglab.runtime.run_files import SPLIT_FILE, read_split
 
 DEFAULT_MAX_DICE_DROP = 0.01   # mean Dice the int8 model may lose against the float one
 CALIBRATION_IMAGES = 16        # training images sampled for the activation ranges
@@ -42,7 +37,7 @@ QUANTIZED_OPS = ["Conv", "ConvTranspose"]
 def run_pairs(checkpoint: Path) -> dict[str, list[Pair]] | None:
     """The training and validation pairs of the run folder holding `checkpoint` (its split.json),
     or None for a checkpoint outside a run folder."""
-    if not (checkpoint.parent / "split.json").is_file():
+    if not (checkpoint.parent / SPLIT_FILE).is_file():
         return None
     return read_split(checkpoint.parent)
 

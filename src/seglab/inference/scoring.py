@@ -14,32 +14,41 @@ import numpy as np
 from seglab.data.discover import Pair
 from seglab.data.io import read_image
 from seglab.data.truth import read_truth
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.metrics.scoring import Evaluation, evaluate_images
+from seglab.progress import progress_bar
 
 INSTANCE_KEYS = ("rand_error", "vi_split", "vi_merge", "vi")
 
 
-def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], scale: float | None = None,
-                       instances: bool = False,
-                       keep: Callable[[Pair, np.ndarray, Prediction, np.ndarray], None] | None = None) -> Evaluation:
+def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], instances: bool = False,
+                       keep: Callable[[Pair, np.ndarray, Prediction, np.ndarray], None] | None = None,
+                       progress: bool | None = False) -> Evaluation:
     """Per-image and pooled scores of `predictor` on `pairs`, masks read through its class map.
 
     `keep(pair, image, prediction, truth)`, if given, sees every image's prediction (the report
-    keeps the ones it draws); predictions are not kept otherwise.
+    keeps the ones it draws); predictions are not kept otherwise. `progress`: a bar over the
+    images (None: on a terminal only; `seglab.progress`).
     """
     class_map = predictor.class_map
+    pairs = list(pairs)
+    bar = progress_bar(len(pairs), "evaluate", "image", progress)
 
     def predict(pair: Pair):
         image = read_image(pair.image)
         truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image)
-        prediction = predictor.predict(image, scale, instances=instances, name=str(pair.image))
+        prediction = predictor.predict(image, instances=instances, name=str(pair.image))
         extra = _instance_scores(prediction, truth, predictor.membrane_class) if instances else {}
         if keep is not None:
             keep(pair, image, prediction, truth)
+        bar.update(1)
         return prediction.classes, truth, extra
 
-    return evaluate_images(predict, list(pairs), class_map.names, names=lambda pair: str(pair.image))
+    try:
+        return evaluate_images(predict, pairs, class_map.names, names=lambda pair: str(pair.image))
+    finally:
+        bar.close()
 
 
 def _instance_scores(prediction: Prediction, truth: np.ndarray, membrane_class: int) -> dict:

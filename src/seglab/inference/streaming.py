@@ -6,6 +6,7 @@ band of the mask into a tiled (Big)TIFF. Memory stays at a few bands whatever th
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,9 @@ def predict_huge_tiff(predictor, in_path: str | Path, out_path: str | Path, tile
     margin = getattr(predictor.model, "margin", 0)
     stats = (torch.from_numpy(np.stack([shift, divide], -1)[None].astype(np.float32))
              if exported is not None and mode != "none" else None)  # (1, C, 2)
-    with predictor.tiles_normalised_as(stats):
-        return predict_tiff_tiled(tta_forward(predictor.tile_forward, predictor.tta), in_path, out_path,
-                                  tile=predictor.tile or (tile, tile), overlap=predictor.overlap,
-                                  batch_size=predictor.batch_size, device=predictor.device, margin=margin,
-                                  valid_input=predictor.model.valid_input_size if margin else None,
-                                  normalize=normalize, to_output=to_output)
+    forward = functools.partial(predictor.tile_forward, stats=stats)
+    return predict_tiff_tiled(tta_forward(forward, predictor.tta), in_path, out_path,
+                              tile=predictor.tile or (tile, tile), overlap=predictor.overlap,
+                              batch_size=predictor.batch_size, device=predictor.device, margin=margin,
+                              valid_input=predictor.model.valid_input_size if margin else None,
+                              normalize=normalize, to_output=to_output)

@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 import torch
 
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 from seglab.inference.tiling import Forward, predict_bands
 from seglab.models.outputs import probabilities_to_classes
 

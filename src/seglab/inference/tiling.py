@@ -97,7 +97,7 @@ def gaussian_profile(size: int, sigma_scale: float = 1 / 8, min_weight: float = 
 
 
 @dataclass(frozen=True, eq=False)
-class TilePlan:
+class TileGrid:
     """Where the tiles of one (height, width) image go.
 
     Tile (y, x) for y in `ys`, x in `xs` predicts output rows [y, y + out_tile[0]) and columns
@@ -117,9 +117,9 @@ class TilePlan:
     col_profile: torch.Tensor = field(repr=False)  # (out_tile[1],) float32
 
 
-def plan_tiles(height: int, width: int, tile: int | Sequence[int] = 256, overlap: float = 0.5,
-               margin: int = 0, valid_input: Callable[[int], int] | None = None,
-               align: int | None = None) -> TilePlan:
+def tile_grid(height: int, width: int, tile: int | Sequence[int] = 256, overlap: float = 0.5,
+              margin: int = 0, valid_input: Callable[[int], int] | None = None,
+              align: int | None = None) -> TileGrid:
     """Tile layout for an image. `tile` (int or (h, w)) is the predicted window, shrunk to the image.
 
     margin == 0 (same-padding model): input window = output window, starts from `tile_starts`
@@ -149,7 +149,7 @@ def plan_tiles(height: int, width: int, tile: int | Sequence[int] = 256, overlap
             align = input_side(out_h + 1) - in_h if valid_input else 1
         overlap = 0.0
         row_profile, col_profile = torch.ones(out_h), torch.ones(out_w)
-    return TilePlan(height, width, (in_h, in_w), (out_h, out_w), margin,
+    return TileGrid(height, width, (in_h, in_w), (out_h, out_w), margin,
                     tuple(tile_starts(height, out_h, overlap, align)),
                     tuple(tile_starts(width, out_w, overlap, align)), row_profile, col_profile)
 
@@ -173,18 +173,18 @@ class _RowAccumulator:
     weight buffer. The sums live in NumPy memory so tracemalloc (and the memory test) sees them.
     """
 
-    def __init__(self, plan: TilePlan):
-        self.plan = plan
+    def __init__(self, grid: TileGrid):
+        self.grid = grid
         self.start = 0
         self.sums: np.ndarray | None = None  # (K, rows, W) float32
-        self.row_total = _summed_profile(plan.ys, plan.row_profile, plan.height)  # (H,)
-        self.col_total = _summed_profile(plan.xs, plan.col_profile, plan.width)  # (W,)
-        self.tile_weight = torch.outer(plan.row_profile, plan.col_profile)  # (out_h, out_w)
+        self.row_total = _summed_profile(grid.ys, grid.row_profile, grid.height)  # (H,)
+        self.col_total = _summed_profile(grid.xs, grid.col_profile, grid.width)  # (W,)
+        self.tile_weight = torch.outer(grid.row_profile, grid.col_profile)  # (out_h, out_w)
 
     def add(self, probs: torch.Tensor, y: int, x: int) -> None:
         """Add one tile's probabilities (K, out_h, out_w) predicted at output position (y, x)."""
-        height = min(probs.shape[1], self.plan.height - y)
-        width = min(probs.shape[2], self.plan.width - x)
+        height = min(probs.shape[1], self.grid.height - y)
+        width = min(probs.shape[2], self.grid.width - x)
         self._ensure_rows(probs.shape[0], y + height)
         target = torch.from_numpy(self.sums)[:, y - self.start:y - self.start + height, x:x + width]
         target += probs[:, :height, :width] * self.tile_weight[:height, :width]
@@ -193,14 +193,14 @@ class _RowAccumulator:
         rows = 0 if self.sums is None else self.sums.shape[1]
         if stop - self.start <= rows:
             return
-        grown = np.zeros((channels, stop - self.start, self.plan.width), dtype=np.float32)
+        grown = np.zeros((channels, stop - self.start, self.grid.width), dtype=np.float32)
         if self.sums is not None:
             grown[:, :rows] = self.sums
         self.sums = grown
 
     def pop_until(self, stop: int) -> Iterator[Band]:
         """Yield the finished rows [start, stop) as (start, stop, probs (K, stop - start, W))."""
-        stop = min(stop, self.plan.height)
+        stop = min(stop, self.grid.height)
         if stop <= self.start or self.sums is None:
             return
         count = stop - self.start
@@ -223,7 +223,7 @@ def _run_batch(forward: Forward, pending: list[tuple[torch.Tensor, int, int]], a
     batch = torch.stack([tile for tile, _, _ in pending]).to(device)  # (B, C, in_h, in_w)
     with torch.no_grad():
         probs = forward(batch)
-    expected = accumulator.plan.out_tile
+    expected = accumulator.grid.out_tile
     if probs.ndim != 4 or probs.shape[0] != len(pending) or tuple(probs.shape[-2:]) != expected:
         raise ValueError(
             f"forward returned {tuple(probs.shape)} for input tiles {tuple(batch.shape)}; expected "
@@ -249,7 +249,7 @@ def predict_bands(forward: Forward, read_rows: ReadRows, height: int, width: int
             0 <= y0 < y1 <= height, already normalised as the model expects. Called once per row of
             tiles with the rows that tile row needs.
         height, width: image size.
-        tile, overlap, margin, valid_input, align: the layout, see `plan_tiles`.
+        tile, overlap, margin, valid_input, align: the layout, see `tile_grid`.
         batch_size: tiles per forward call; tiles are batched across tile rows.
         num_outputs: K, if given checked against the forward output.
 
@@ -260,24 +260,24 @@ def predict_bands(forward: Forward, read_rows: ReadRows, height: int, width: int
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    plan = plan_tiles(height, width, tile, overlap, margin, valid_input, align)
-    in_h, in_w = plan.in_tile
+    grid = tile_grid(height, width, tile, overlap, margin, valid_input, align)
+    in_h, in_w = grid.in_tile
     # Band column 0 is image column -margin, so tile x reads band columns [x, x + in_w).
-    columns = mirror_indices(-margin, plan.xs[-1] - margin + in_w, width)
-    accumulator = _RowAccumulator(plan)
+    columns = mirror_indices(-margin, grid.xs[-1] - margin + in_w, width)
+    accumulator = _RowAccumulator(grid)
     pending: list[tuple[torch.Tensor, int, int]] = []  # (input tile (C, in_h, in_w), y, x)
-    for row, y in enumerate(plan.ys):
+    for row, y in enumerate(grid.ys):
         rows = mirror_indices(y - margin, y - margin + in_h, height)
         first = int(rows.min())
         pixels = read_rows(first, int(rows.max()) + 1)
         band = _channels_first(pixels[np.ix_(rows - first, columns)])  # (C, in_h, band width)
-        for x in plan.xs:
+        for x in grid.xs:
             pending.append((band[:, :, x:x + in_w], y, x))
             if len(pending) == batch_size:
                 _run_batch(forward, pending, accumulator, device, num_outputs)
                 pending = []
         # No later tile touches the rows above the first pending tile or the next tile row.
-        next_start = plan.ys[row + 1] if row + 1 < len(plan.ys) else height
+        next_start = grid.ys[row + 1] if row + 1 < len(grid.ys) else height
         yield from accumulator.pop_until(pending[0][1] if pending else next_start)
     if pending:
         _run_batch(forward, pending, accumulator, device, num_outputs)

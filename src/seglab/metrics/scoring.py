@@ -7,6 +7,7 @@ validation, `seglab evaluate`, the report's best/worst ranking and the demo all 
 """
 from __future__ import annotations
 
+import html
 import json
 import math
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ def _mean(values) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-@dataclass
+@dataclass(repr=False)
 class Evaluation:
     """Scores of a set of labelled images.
 
@@ -77,6 +78,23 @@ class Evaluation:
             if values:
                 mean[key] = float(np.mean(values))
         return mean
+
+    def __repr__(self) -> str:
+        pooled = self.pooled
+        classes = ", ".join(f"{name} {_text(pooled['dice'][name])}" for name in self.classes)
+        return (f"Evaluation({len(self.images)} images; pooled mDice {_text(pooled['mdice'])}, mIoU "
+                f"{_text(pooled['miou'])}, pixel error {_text(pooled['pixel_error'])}\n  Dice per class: {classes})")
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the per-class table (pooled Dice, IoU, pixel share) and the means."""
+        pooled, mean = self.pooled, self.mean
+        rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_text(pooled['dice'][name])}</td>"
+                       f"<td>{_text(pooled['iou'][name])}</td><td>{pooled['pixel_share'][name]:.1%}</td></tr>"
+                       for name in self.classes)
+        return (f"<table><thead><tr><th>class</th><th>Dice</th><th>IoU</th><th>pixels</th></tr></thead><tbody>"
+                f"{rows}<tr><th>mean</th><th>{_text(pooled['mdice'])}</th><th>{_text(pooled['miou'])}</th><th></th>"
+                f"</tr></tbody></table><p>{len(self.images)} images, pooled counts; pixel error "
+                f"{_text(pooled['pixel_error'])}; per-image mean Dice {_text(mean['mdice'])}</p>")
 
     def to_json(self) -> dict:
         """A JSON-ready dict: classes, per-image rows, mean and pooled scores (NaN -> None)."""

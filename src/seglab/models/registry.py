@@ -119,10 +119,20 @@ def resolve_model_options(name: str, given: dict, defaults: bool = True) -> dict
     return values if defaults else {k: values[k] for k in given}
 
 
+# segmentation_models_pytorch's keyword names, taken for the smp-* architectures (smp.Unet(encoder_name=...,
+# encoder_weights=..., in_channels=..., classes=...)).
+SMP_KEYWORDS = {"encoder_name": "encoder", "classes": "num_classes"}
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model from plain keyword arguments: in_channels, num_classes and its
-    options (the same arguments a checkpoint stores)."""
+    options (the same arguments a checkpoint stores). The smp-* models also take SMP's own names
+    (encoder_name=, classes=)."""
     spec = model_spec(name)
+    if name.startswith("smp-"):
+        kwargs = {SMP_KEYWORDS.get(key, key): value for key, value in kwargs.items()}
+    refuse_unknown(kwargs, [*DATA_ARGUMENTS, *(f.name for f in spec.option_fields())],
+                   f"the arguments of model {shown(name)}")
     data_args = {k: kwargs.pop(k) for k in DATA_ARGUMENTS if k in kwargs}
     options = resolve_model_options(name, kwargs)
     try:

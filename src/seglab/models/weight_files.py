@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from seglab.data.io import atomic_output, write_error
+from seglab.data.writing import atomic_output, write_error
 from seglab.errors import SeglabError
 
 MANIFEST = "SHA256SUMS"

@@ -5,7 +5,8 @@ Layout (every key plain, so `torch.load(path, weights_only=True)` reads it):
     model: {"name": str, "kwargs": dict}          -> build_model(name, **kwargs)
     state_dict: the unwrapped model's weights (no "module." or "_orig_mod." prefixes)
     class_map: ClassMap.to_dict()                  -> predictions come back in the user's values
-    preprocess: {"channels", "scale", "normalization", "threshold"}
+    preprocess: {"channels", "scale", "normalization", "precision"}
+    postprocess: {"threshold"}                     (seglab <= 0.2 kept the threshold in preprocess)
     epoch, step: int; metrics: dict of floats
     train_state (last.pt only): optimizer, scheduler, scaler, RNG and data-stream states
 """
@@ -42,7 +43,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, class_map: ClassMap,
                     preprocess: dict, epoch: int = 0, step: int = 0, metrics: dict | None = None,
-                    train_state: dict | None = None) -> dict:
+                    train_state: dict | None = None, postprocess: dict | None = None) -> dict:
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -51,6 +52,7 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, class
         "state_dict": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
         "class_map": class_map.to_dict(),
         "preprocess": dict(preprocess),
+        "postprocess": dict(postprocess or {}),
         "epoch": int(epoch),
         "step": int(step),
         "metrics": dict(metrics or {}),
@@ -58,6 +60,13 @@ def make_checkpoint(model: nn.Module, model_name: str, model_kwargs: dict, class
     if train_state is not None:
         payload["train_state"] = train_state
     return payload
+
+
+def postprocess_of(payload: dict) -> dict:
+    """{"threshold": float} of a checkpoint payload, from its postprocess section or, in files of
+    seglab <= 0.2, its preprocess section; 0.5 when neither has one."""
+    threshold = payload.get("postprocess", {}).get("threshold", payload["preprocess"].get("threshold", 0.5))
+    return {"threshold": float(threshold)}
 
 
 def _fsync_directory(directory: Path) -> None:

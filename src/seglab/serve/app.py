@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from seglab.data.io import max_pixels
 from seglab.errors import ConfigError, DataError, SeglabError
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.options import shown
 from seglab.serve import encode
 from seglab.serve.batcher import Batcher, PredictionStopped
@@ -46,7 +47,6 @@ logger = logging.getLogger("seglab.serve")
 class ServerState:
     predictor: Predictor
     options: ServeOptions
-    scale: float | None = None                # the server's --scale (None: the training scale)
     batcher: Batcher | None = None
     started: float = field(default_factory=time.time)
     in_flight: int = 0
@@ -158,7 +158,7 @@ def model_description(state: ServerState) -> dict:
         "source": Path(info.get("source", "model")).name, "format": info.get("format"),
         "classes": encode.describe_classes(predictor.class_map), "binary": predictor.class_map.is_binary,
         "ignore_value": predictor.class_map.ignore_value,
-        "input": {"channels": predictor.channels, "scale": predictor.scale if state.scale is None else state.scale,
+        "input": {"channels": predictor.channels, "scale": predictor.scale,
                   "normalization": predictor.normalization},
         "inference": {"threshold": predictor.threshold, "tile": list(predictor.tile) if predictor.tile else None,
                       "overlap": predictor.overlap, "tta": predictor.tta, "device": str(predictor.device),
@@ -212,9 +212,8 @@ async def predict_request(state: ServerState, request: Request) -> Response:
     predictor, key = state.variant(query)
     data, name = await upload_bytes(request, state.options.max_upload_bytes, state.options.upload_timeout)
     image = await decode_upload(data, name)
-    scale = state.scale if query.scale is None else query.scale
-    check_work(state.options, predictor, query, image.shape, scale)
-    prediction = state.batcher.predict(predictor, key, image, name, scale, instances=query.output == "instances")
+    check_work(state.options, predictor, query, image.shape)
+    prediction = state.batcher.predict(predictor, key, image, name, instances=query.output == "instances")
     try:
         prediction, batch = await answer_within(request, prediction, state.options.request_timeout)
     except DataError as error:  # the image does not fit the model (channels)
@@ -226,10 +225,10 @@ async def predict_request(state: ServerState, request: Request) -> Response:
     return await run_in_threadpool(render, state, query, image, prediction, batch)
 
 
-def create_app(predictor: Predictor, options: ServeOptions | None = None, scale: float | None = None) -> FastAPI:
+def create_app(predictor: Predictor, options: ServeOptions | None = None) -> FastAPI:
     """The app serving `predictor` (a Predictor from seglab.load) with `options` (ServeOptions)."""
     options = options or ServeOptions()
-    state = ServerState(predictor, options, scale)
+    state = ServerState(predictor, options)
     bf16 = predictor.amp_dtype == torch.bfloat16
     state.batcher = Batcher(options.batch_limit(predictor.device.type, bf16), options.max_wait_ms)
 
@@ -269,6 +268,14 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None, scale:
         state.answered += 1
         return response
 
+    _add_description_routes(app, state, guard)
+    add_page_routes(app, options, guard)
+    return app
+
+
+def _add_description_routes(app: FastAPI, state: ServerState, guard: list) -> None:
+    """/v1/model, /healthz, and the API's own /openapi.json and /docs (behind the token, no CDN)."""
+
     @app.get("/v1/model", dependencies=guard, summary="The model: classes, colours, input, training")
     async def model():
         return model_description(state)
@@ -285,6 +292,3 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None, scale:
     @app.get("/docs", dependencies=guard, include_in_schema=False)
     async def docs():
         return HTMLResponse(docs_page(app.openapi()), headers={"Content-Security-Policy": PAGE_POLICY})
-
-    add_page_routes(app, options, guard)
-    return app

@@ -2,7 +2,7 @@
 
 Requests wait in one list. A collector task takes the oldest request and lets it wait up to
 `max_wait_ms` (from its arrival) for others with the same key (image shape and dtype, the
-request's inference options, scale and instances), up to `max_batch`; then the group goes through
+request's inference options (scale among them) and instances), up to `max_batch`; then the group goes through
 the network in one forward pass on the model's thread while the event loop keeps answering.
 Requests that arrive while a batch runs wait for it and leave together in the next one, so under
 load batches form without waiting at all. Tiled requests (the `tile` option) go alone, at once.
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 from seglab.inference.tiling import interruptible
 
 ALONE = object()  # the key of a request that shares its forward passes with no other
@@ -96,7 +97,6 @@ class _Job:
     predictor: Predictor
     image: np.ndarray               # (H, W, C) decoded upload
     name: str
-    scale: float | None
     instances: bool
     arrived: float
     future: asyncio.Future
@@ -147,13 +147,13 @@ class Batcher:
         return await self._model.stop(timeout) if self._model is not None else True
 
     async def predict(self, predictor: Predictor, options_key: tuple, image: np.ndarray, name: str,
-                      scale: float | None = None, instances: bool = False) -> tuple[Prediction, int]:
+                      instances: bool = False) -> tuple[Prediction, int]:
         """The Prediction of one decoded image (H, W, C), and how many requests shared its call."""
         loop = asyncio.get_running_loop()
-        key = (options_key, image.shape, image.dtype.str, scale, instances)
+        key = (options_key, image.shape, image.dtype.str, instances)
         if predictor.tile:  # tiled images go through the network tile by tile: nothing to share, no wait
             key = (ALONE, next(self._serial))
-        job = _Job(key, predictor, image, name, scale, instances, loop.time(), loop.create_future())
+        job = _Job(key, predictor, image, name, instances, loop.time(), loop.create_future())
         self.counters.requests += 1
         self._waiting.append(job)
         self._arrived.set()
@@ -197,7 +197,7 @@ class Batcher:
         head = batch[0]
         with interruptible(check):
             return head.predictor.predict_batch([job.image for job in batch], [job.name for job in batch],
-                                                head.scale, head.instances)
+                                                head.instances)
 
     async def _run(self, batch: list[_Job]) -> None:
         """One predict_batch call on the model's thread; each request gets its Prediction or error."""

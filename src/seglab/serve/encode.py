@@ -9,9 +9,10 @@ from PIL import Image
 
 from seglab.api.file_predictions import overlay_picture
 from seglab.data.classmap import ClassMap, unpack_rgb
-from seglab.data.io import mask_picture, png_bytes
 from seglab.data.overlay import PALETTE
-from seglab.inference.predictor import Prediction, Predictor
+from seglab.data.writing import mask_picture, png_bytes
+from seglab.inference.prediction import Prediction
+from seglab.inference.predictor import Predictor
 
 PNG = "image/png"
 TIFF = "image/tiff"
@@ -19,8 +20,10 @@ PROBABILITY_SCALE = 65535  # probability maps are 16-bit PNGs: value / 65535 = p
 
 
 def class_colours(class_map: ClassMap) -> list[list[int]]:
-    """[r, g, b] per class: a colour mask's own colours; black and white for binary masks (as their
-    PNGs look); else the overlay palette (class 0 black)."""
+    """[r, g, b] per class: a colour mask's own colours, or a palette mask's; black and white for
+    binary masks (as their PNGs look); else the overlay palette (class 0 black)."""
+    if class_map.colors is not None:
+        return [list(colour) for colour in class_map.colors]
     if class_map.rgb:
         return unpack_rgb(np.asarray(class_map.values, dtype=np.int64)).tolist()
     if class_map.is_binary:

@@ -15,22 +15,21 @@ from starlette.requests import Request
 from seglab.data.io import max_pixels
 from seglab.data.preprocess import scaled_size
 from seglab.inference.predictor import Predictor
-from seglab.inference.tiling import plan_tiles
+from seglab.inference.tiling import tile_grid
 from seglab.serve.options import PredictQuery, ServeOptions
 from seglab.serve.uploads import ApiError, ClientLeft
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request looks whether its client is still there
 
 
-def check_work(options: ServeOptions, predictor: Predictor, query: PredictQuery, image_shape: tuple,
-               scale: float | None) -> None:
+def check_work(options: ServeOptions, predictor: Predictor, query: PredictQuery, image_shape: tuple) -> None:
     """ApiError (400, 413) for a request whose tiles are smaller than the server allows, whose scale
     makes its image larger than the pixel limit, or whose tile grid holds more than --max-tiles."""
     if query.tile and min(query.tile) < options.min_tile:
         raise ApiError(400, f"invalid query.tile: {','.join(map(str, query.tile))}; this server's smallest tile "
                             f"is {options.min_tile} px (seglab serve --min-tile)")
     height, width = image_shape[:2]
-    scale = predictor.scale if scale is None else scale
+    scale = predictor.scale  # the request's, or the server's
     scaled = scaled_size(height, width, scale)
     if scaled[0] * scaled[1] > max_pixels():
         raise ApiError(413, f"scale {scale:g} makes the {width}x{height} image {scaled[1]}x{scaled[0]} pixels, over "
@@ -39,11 +38,11 @@ def check_work(options: ServeOptions, predictor: Predictor, query: PredictQuery,
         return
     margin = getattr(predictor.model, "margin", 0)
     try:
-        plan = plan_tiles(*scaled, predictor.tile, predictor.overlap, margin,
+        grid = tile_grid(*scaled, predictor.tile, predictor.overlap, margin,
                           predictor.model.valid_input_size if margin else None)
     except ValueError as error:
         raise ApiError(400, f"invalid query.tile for this model: {error}") from None
-    tiles = len(plan.ys) * len(plan.xs)
+    tiles = len(grid.ys) * len(grid.xs)
     if tiles > options.max_tiles:
         raise ApiError(400, f"tile {predictor.tile[0]}x{predictor.tile[1]} with overlap {predictor.overlap:g} "
                             f"covers this {scaled[1]}x{scaled[0]} image with {tiles} tiles, over this server's "

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from seglab.errors import ConfigError
-from seglab.inference.options import SCALE_RULES, InferenceOptions
+from seglab.inference.options import InferenceOptions
 from seglab.options import check_fields, option
 
 OUTPUTS = ("mask", "overlay", "probability", "instances")
@@ -108,7 +108,7 @@ class PredictQuery:
     tile: list[int] | None = _inference_rule("tile")
     overlap: float | None = _inference_rule("overlap")
     tta: str | None = _inference_rule("tta")
-    scale: float | None = option(None, "resize factor (default: the training scale)", cli=False, **SCALE_RULES)
+    scale: float | None = _inference_rule("scale")
     class_index: int | None = option(None, "output=probability: the class whose probability comes back "
                                      "(default: class 1 of binary models, the winning class's otherwise)",
                                      min=0, cli=False)
@@ -120,8 +120,9 @@ class PredictQuery:
             raise ConfigError(f"query format=json is for output=mask, not output={self.output}")
 
     def inference_changes(self) -> dict:
-        """The inference options this request sets (threshold, tile, overlap, tta), for Predictor.with_options."""
-        names = ("threshold", "tile", "overlap", "tta")
+        """The inference options this request sets (threshold, tile, overlap, tta, scale), for
+        Predictor.with_options."""
+        names = ("threshold", "tile", "overlap", "tta", "scale")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @classmethod

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from seglab.options import shown
 from seglab.serve.options import ServeOptions
-from seglab.serve.runs import chunks, describe_run, find_runs, open_confined
+from seglab.serve.run_listing import chunks, describe_run, find_runs, open_confined
 from seglab.serve.uploads import ApiError
 
 STATIC_FILES = {"index.html": "text/html", "runs.html": "text/html", "common.js": "text/javascript",

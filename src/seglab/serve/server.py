@@ -61,6 +61,7 @@ def stop_requests():
 def serve(model: Predictor | str | os.PathLike, options: ServeOptions | None = None, *, scale: float | None = None,
           log=print, **option_values) -> int:
     """Serve a Predictor (or a checkpoint / export path, loaded with defaults) until SIGTERM or Ctrl-C.
+    `scale` resizes the images as `Predictor.with_options(scale=...)` does (default: the model's).
 
     `options` is a ServeOptions, or its fields as keywords (host=, port=, token=, max_batch=, ...).
     Returns how many predictions were answered.
@@ -81,8 +82,10 @@ def serve(model: Predictor | str | os.PathLike, options: ServeOptions | None = N
         from seglab.api.predicting import load
 
         model = load(model, log=log)
+    if scale is not None:
+        model = model.with_options(scale=scale)
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # not a line per odd upload in the server's log
-    app = create_app(model, options, scale)
+    app = create_app(model, options)
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from seglab.data.io import atomic_output
 from seglab.data.overlay import to_display
+from seglab.data.writing import atomic_output
 
 
 def _save(fig, path: Path) -> Path:

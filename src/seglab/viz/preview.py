@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure s
 from skimage.segmentation import find_boundaries
 
 from seglab.data.augment import BatchAugmenter
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output
 
 _PAIRS_PER_ROW = 4
 _OUTLINE_RGB = (1.0, 0.15, 0.1)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import json
 import math
 import platform
 import tempfile
@@ -14,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from seglab.data.io import atomic_output
+from seglab.data.writing import atomic_output, png_data_uri
 from seglab.errors import SeglabError
+from seglab.runtime.run_files import RunRecord, read_run, read_split, stop_words
 
 PANEL_WIDTH = 300       # pixels of each picture in the overlay rows
 MAX_SCORED = 64         # validation images predicted to find the best and worst (evenly spread)
@@ -58,32 +56,11 @@ class Example:
 
 
 def _png_data_uri(picture: np.ndarray, width: int | None = PANEL_WIDTH) -> str:
-    image = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8))
-    if width and image.width > width:
-        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.BOX)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_data_uri(picture, width)
 
 
 def _file_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of metrics.jsonl (one JSON object per epoch); a broken line is named in the error."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            raise SeglabError(f"'{path}' line {number} is not JSON: the run folder is damaged; "
-                              "remove the line or retrain") from None
-    return rows
 
 
 def _number(value, digits: int = 4) -> str:
@@ -127,7 +104,6 @@ def _validation_examples(run_dir: Path, device: str) -> tuple[list[Example], int
     path; (examples sorted best first by mean Dice, images scored, note)."""
     from seglab.data.classmap import IGNORE_INDEX
     from seglab.data.overlay import error_map, overlay, to_display
-    from seglab.data.splits import read_split
     from seglab.inference.predictor import Predictor
     from seglab.inference.scoring import evaluate_predictor
 
@@ -235,64 +211,12 @@ def _environment(device: str) -> list[tuple[str, str]]:
     return rows
 
 
-@dataclass
-class RunRecord:
-    """What a run folder says about its run, read once for the page."""
-
-    run_dir: Path
-    config: object           # RunConfig
-    config_text: str
-    rows: list[dict]
-    unit: str                # "epoch" or "step"
-    eval_count: int
-    summary: dict            # summary.json, {} while the run has not finished
-
-    @property
-    def val_rows(self) -> list[dict]:
-        return [r for r in self.rows if r.get("val_dice_per_class")]
-
-    def best_row(self) -> dict | None:
-        monitor = self.config.train.monitor
-        scored = [r for r in self.rows if isinstance(r.get(monitor), (int, float)) and math.isfinite(r[monitor])]
-        if not scored:
-            return None
-        return (min if monitor.endswith(("loss", "error")) else max)(scored, key=lambda r: r[monitor])
-
-
-def read_run(run_dir: Path) -> RunRecord:
-    from seglab.config import load_config, parse_eval_every
-
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise SeglabError(f"run folder '{run_dir}' does not exist: give the folder `seglab train --out` wrote")
-    if not config_file.is_file():
-        raise SeglabError(f"'{run_dir}' is not a run folder (no config.yaml): give the folder `seglab train --out` "
-                          "wrote")
-    config = load_config(config_file)
-    eval_count, unit = parse_eval_every(config.train.eval_every)
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    return RunRecord(run_dir, config, config_file.read_text(), read_metrics(run_dir / "metrics.jsonl"), unit,
-                     eval_count, summary)
-
-
-STOPPED_BY = {"max_time": "stopped by the {max_time:g} s time budget",
-              "early_stop": "stopped early: {monitor} did not improve in {early_stop} evaluations",
-              "interrupted": "stopped before the end of the schedule", "epochs": "all epochs trained"}
-
-
 def _epochs_card(run: RunRecord) -> tuple[str, str]:
     """("epochs", "82 / 10000") with what bounded the run in the label."""
     t = run.config.train
     if not run.rows:
         return "epochs", "0"
-    stopped = run.summary.get("stopped_by")
-    label = STOPPED_BY.get(stopped, "the run has not finished").format(
-        max_time=t.max_time or 0, monitor=t.monitor, early_stop=t.early_stop)
-    return f"epochs ({label})", f"{run.rows[-1]['epoch']} / {t.epochs}"
+    return f"epochs ({stop_words(run.summary, run.config)})", f"{run.rows[-1]['epoch']} / {t.epochs}"
 
 
 def _cards(run: RunRecord) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Which files of a run train and which validate, how their masks map to classes, and split.json."""
+"""Which files of a run train and which validate (the split), and how their masks map to classes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,14 +8,15 @@ import numpy as np
 from seglab.config import RunConfig
 from seglab.data.classmap import ClassMap
 from seglab.data.decoded import DecodedFiles
-from seglab.data.discover import DataLayout, Pair, discover, infer_class_map, survey_masks
+from seglab.data.discover import DataLayout, Pair, discover, survey_masks
 from seglab.data.io import check_trainable_size, image_info
+from seglab.data.labels.class_rules import class_map_for
 from seglab.data.splits import fold_split, split_pairs
 from seglab.errors import DataError, SeglabError
 
 
 @dataclass
-class DataPlan:
+class Split:
     """Which files train, which validate, and how their masks map to classes (a Recipe's data part)."""
 
     layout: DataLayout
@@ -30,7 +31,7 @@ class DataPlan:
 def _held_out(data, layout: DataLayout, pairs: list[Pair], seed: int) -> tuple[list[Pair], list[Pair]]:
     """(train, val): a separate --val-dir, the folder's own val/ split, or a seeded hold-out."""
     if data.val_dir:
-        val_layout = discover(data.val_dir)
+        val_layout = discover(data.val_dir, data.label_map)
         return pairs, val_layout.labelled("val") or val_layout.training_pairs()
     if layout.has_named_splits and layout.labelled("val"):
         return pairs, layout.labelled("val")
@@ -47,13 +48,13 @@ def rare_presence(pairs: list[Pair], survey, class_map: ClassMap) -> list[bool] 
     return present if share < 0.02 or sum(present) < len(pairs) / 2 else None
 
 
-def plan_data(config: RunConfig, files: DecodedFiles | None = None, layout: DataLayout | None = None) -> DataPlan:
+def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: DataLayout | None = None) -> Split:
     """The split and class map of `config`'s data folder: found once (`layout`, when the caller
     found it already), masks read through `files` (the run's store of decoded files)."""
     data = config.data
     if not data.root:
         raise SeglabError("no data folder given: seglab train DATA_DIR")
-    layout = layout or discover(data.root)
+    layout = layout or discover(data.root, data.label_map)
     read = (files if files is not None else DecodedFiles(budget_bytes=0)).mask
     pairs = layout.training_pairs()
     if not pairs:
@@ -62,7 +63,7 @@ def plan_data(config: RunConfig, files: DecodedFiles | None = None, layout: Data
     if data.folds:  # every labelled pair takes part: the folds are the validation splits
         pairs = pairs + (layout.labelled("val") if layout.has_named_splits else [])
         survey = survey_masks([p.mask for p in pairs], read=read)
-        class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
+        class_map = class_map_for(survey, layout, data.mask_rules())
         presence = rare_presence(pairs, survey, class_map)
         fold_of = {pair: fold for fold in range(1, data.folds + 1)
                    for pair in fold_split(pairs, data.folds, fold, config.train.seed, presence)[1]}
@@ -72,9 +73,9 @@ def plan_data(config: RunConfig, files: DecodedFiles | None = None, layout: Data
     else:
         train_pairs, val_pairs = _held_out(data, layout, pairs, config.train.seed)
         survey = survey_masks([p.mask for p in train_pairs + val_pairs], read=read)
-        class_map = infer_class_map(survey, **data.mask_rules().as_kwargs())
+        class_map = class_map_for(survey, layout, data.mask_rules())
     for pair in train_pairs + val_pairs:  # headers only: what `seglab check` refuses, train refuses too
         check_trainable_size(pair.image, *image_info(pair.image)[:2])
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
     counts = [survey.counts.get(value, 0) for value in class_map.values]
-    return DataPlan(layout, train_pairs, val_pairs, class_map, channels, counts, folded)
+    return Split(layout, train_pairs, val_pairs, class_map, channels, counts, folded)

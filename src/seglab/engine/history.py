@@ -1,8 +1,7 @@
-"""Running sums of a training run: the losses kept on the device, the tally since the last metrics row,
-and the History a finished run returns."""
+"""What a training run has done so far: the losses summed on the device, the tally since the last metrics
+row, the seconds of training, and the History a finished run returns. (What "best" means is monitor.py's.)"""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,11 @@ class History:
     epochs: list[dict] = field(default_factory=list)
     best_metric: float | None = None
     best_epoch: int | None = None
-    stopped_by: str = "epochs"   # epochs | max_time | early_stop (summary.json of 0.2 may say interrupted)
+    stopped_by: str = "epochs"   # epochs | time_budget | early_stop | callback | callback_error (0.2: max_time,
+                                 # interrupted)
     is_main: bool = True         # rank 0, the process that wrote the run folder
     config: "RunConfig | None" = None
+    stop_reason: str | None = None  # a callback's words when one stopped the run
 
 
 @dataclass
@@ -100,30 +101,3 @@ class TrainingClock:
         seconds = self.running()
         self.elapsed += seconds
         return seconds
-
-
-class Monitor:
-    """What "best" means: the monitored metric (maximised, or minimised for losses and errors),
-    its best value, and the evaluations since it last improved (for early stopping)."""
-
-    def __init__(self, metric: str, early_stop: int | None = None):
-        self.metric, self.early_stop = metric, early_stop
-        self.mode = "min" if metric.endswith(("loss", "error")) else "max"
-        self.best: float | None = None
-        self.evals_since_best = 0
-
-    def judge(self, value: float | None) -> bool:
-        """Count one metrics row; True when `value` improves on the best (None: not evaluated)."""
-        if value is None:
-            return False
-        better = math.isfinite(value) and (self.best is None or (
-            value > self.best if self.mode == "max" else value < self.best))
-        if better:
-            self.best, self.evals_since_best = value, 0
-        else:
-            self.evals_since_best += 1
-        return better
-
-    @property
-    def should_stop(self) -> bool:
-        return bool(self.early_stop and self.evals_since_best >= self.early_stop)

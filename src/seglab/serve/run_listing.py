@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from seglab.errors import SeglabError
-from seglab.viz.report import read_run
+from seglab.runtime.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run
 
 MAX_DEPTH = 3          # runs/<group>/<name>/config.yaml is found; deeper folders are not searched
 SHOWN_METRICS = ("train_loss", "val_loss", "val_dice", "val_miou", "val_pixel_error", "time")
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "report.html")
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, "curves.png", "report.html")
 CHUNK = 1 << 20
 
 
@@ -73,7 +73,7 @@ def leaving_files(root: Path, folder: Path) -> list[str]:
 
 def _modified(folder: Path) -> float:
     try:
-        return max((folder / name).stat().st_mtime for name in ("metrics.jsonl", "config.yaml")
+        return max((folder / name).stat().st_mtime for name in (METRICS_FILE, CONFIG_FILE)
                    if (folder / name).exists())
     except (OSError, ValueError):
         return 0.0

@@ -4,7 +4,7 @@ Rules (README, "Prediction outputs"):
 - `-o` one file per input, `-o` one folder for all, or no `-o` (beside each input);
 - in a folder, `<stem>_mask.png` (also `_overlay.png`, `_viz.png`, `_instances.png`); inputs that
   share a stem there (a.png, a.jpg) keep their extension in the name: `a_png_mask.png`;
-- a plan that sends two inputs to one file, or writes over an input, is refused, and so is one
+- a naming that sends two inputs to one file, or writes over an input, is refused, and so is one
   that would replace a file that already exists, unless `overwrite`.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _names(files: list[Path], folder_of) -> dict[Path, str]:
             for f in files}
 
 
-def plan_outputs(files: list[Path], outputs: list[str] | None, *, save: bool = True, overlay: bool = False,
+def name_outputs(files: list[Path], outputs: list[str] | None, *, save: bool = True, overlay: bool = False,
                  viz: bool = False, instances: bool = False, overwrite: bool = False) -> list[PredictJob]:
     """The jobs of a predict command, checked as a whole before anything is written (SeglabError)."""
     one_file_each = (outputs and len(outputs) == len(files) and all(Path(o).suffix for o in outputs)
@@ -121,16 +121,16 @@ def plan_outputs(files: list[Path], outputs: list[str] | None, *, save: bool = T
             if wanted and not job.streamed:
                 job.outputs[kind] = safe_join(side_folder, f"{name}_{kind}.png")
         jobs.append(job)
-    check_plan(jobs, overwrite)
+    check_outputs(jobs, overwrite)
     return jobs
 
 
-def check_plan(jobs: list[PredictJob], overwrite: bool) -> None:
-    """Refuse plans that lose data: two outputs into one file, an output onto an input, or onto
+def check_outputs(jobs: list[PredictJob], overwrite: bool) -> None:
+    """Refuse output names that lose data: two outputs into one file, an output onto an input, or onto
     an existing file (unless `overwrite`)."""
     inputs = {job.source.resolve(): job.source for job in jobs}
     seen: dict[Path, Path] = {}  # resolved output -> the input writing it
-    planned: list[Path] = []
+    named: list[Path] = []
     for job in jobs:
         for path in job.outputs.values():
             key = path.resolve()
@@ -141,10 +141,10 @@ def check_plan(jobs: list[PredictJob], overwrite: bool) -> None:
                 raise SeglabError(f"inputs '{seen[key]}' and '{job.source}' would both write '{path}': give "
                                   "them separate -o files, or rename one")
             seen[key] = job.source
-            planned.append(path)
+            named.append(path)
     if overwrite:
         return
-    existing = [path for path in planned if path.exists()]
+    existing = [path for path in named if path.exists()]
     if existing:
         shown = ", ".join(f"'{p}'" for p in existing[:MAX_LISTED])
         more = f" and {len(existing) - MAX_LISTED} more" if len(existing) > MAX_LISTED else ""

@@ -1,0 +1,69 @@
+"""The vocabulary of a data folder: image and mask folder names, an image/mask Pair, what one folder
+holds (FolderScan) and where its labels came from when they were not mask files (LabelSource)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seglab.data.io import is_image_file
+
+IMAGE_DIR_NAMES = ("images", "imgs", "image")
+MASK_DIR_NAMES = ("masks", "labels", "label", "annot", "mask", "annotations")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: an image file and its mask file."""
+
+    image: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Labels read from annotations (COCO JSON, YOLO polygons) or remapped through a label table,
+    rasterised into class masks in `cache_dir`: mask value `values[k]` is class `names[k]`."""
+
+    kind: str                 # "COCO", "YOLO" or "label table"
+    source: Path              # the annotation file, or the folder of label files
+    values: tuple[int, ...]   # annotations: 0 = background (when some pixel is unlabelled), the categories' values
+    names: tuple[str, ...]
+    cache_dir: Path
+    reused: bool              # read from the cache (True) or rasterised by this call (False)
+    ignore_value: int | None = None
+
+    def describe(self) -> str:
+        made = "remapped into" if self.kind == "label table" else "rasterised into"
+        how = "read from the cache" if self.reused else made
+        names = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+        return f"labels: {self.kind} {self.source} ({len(self.values)} classes: {names}), {how} {self.cache_dir}"
+
+
+@dataclass
+class FolderScan:
+    """What one images/ + masks/ pair of folders holds."""
+
+    image_dir: Path | None
+    mask_dir: Path | None
+    pairs: list[Pair] = field(default_factory=list)
+    unpaired_images: list[Path] = field(default_factory=list)
+    unpaired_masks: list[Path] = field(default_factory=list)
+    mask_suffix: str = ""
+    labels: LabelSource | None = None  # masks rasterised from annotations, when they were
+
+    @property
+    def images(self) -> list[Path]:
+        return sorted([p.image for p in self.pairs] + self.unpaired_images)
+
+
+def find_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of folder/NAME (or Name, NAME) that is a folder."""
+    for name in names:
+        for candidate in (folder / name, folder / name.capitalize(), folder / name.upper()):
+            if candidate.is_dir():
+                return candidate
+    return None
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image_file(p))

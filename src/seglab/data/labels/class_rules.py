@@ -1,0 +1,88 @@
+"""How a folder's mask values become classes when its labels say more than the values: the names of
+annotation categories, a palette's colours, VOC's border value 255 in palette masks."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seglab.data.classmap import ClassMap, MaskRules
+from seglab.data.discover import DataLayout, MaskSurvey, infer_class_map
+
+CLASSES_FILE = "classes.json"
+VOC_BORDER = 255  # Pascal VOC's palette masks draw object borders (and "difficult" areas) in index 255
+
+
+def palette_colours(mask: Path | None) -> np.ndarray | None:
+    """(256, 3) uint8: the palette of a palette PNG mask (read from its header), else None."""
+    if mask is None or mask.suffix.lower() not in (".png", ".gif", ".bmp"):
+        return None
+    try:
+        with Image.open(mask) as image:
+            if image.mode != "P":
+                return None
+            colours = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    except OSError:
+        return None
+    return np.resize(colours, (256, 3)) if len(colours) else None
+
+
+def classes_file(root: Path) -> dict[int, str] | None:
+    """Mask value -> name from the classes.json `seglab data convert` writes beside images/ and
+    masks/ (None without one; a classes.json of another shape is not seglab's, and not read)."""
+    import json
+
+    try:
+        data = json.loads((root / CLASSES_FILE).read_text(encoding="utf-8"))
+        return {int(entry["index"]): str(entry["name"]) for entry in data["classes"]} | (
+            {} if data.get("ignore") is None else {int(data["ignore"]): None})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def label_rules(layout: DataLayout | None, user: MaskRules, seen: set[int], first_mask: Path | None) -> MaskRules:
+    """The user's rules completed by what the labels say, unless the user gave the values: an
+    annotation set's values and category names, or those of a converted folder's classes.json;
+    and for palette masks holding 255 among other classes, 255 ignored (unless the user chose
+    an ignored value)."""
+    told_values = user.mask_values is not None or user.rgb
+    sources = layout.label_sources() if layout is not None else []
+    classes = {value: name for source in sources for value, name in zip(source.values, source.names)}
+    ignore = next((s.ignore_value for s in sources if s.ignore_value is not None), None)
+    if not sources and layout is not None:
+        classes = classes_file(layout.root) or {}
+        ignore = next((value for value, name in classes.items() if name is None), None)
+        classes = {value: name for value, name in classes.items() if name is not None}
+    if classes and not told_values and user.num_classes is None:
+        values = tuple(sorted(classes))
+        return MaskRules(values, None, user.class_names or tuple(classes[v] for v in values),
+                         ignore if user.ignore_value is None else user.ignore_value)
+    if not told_values and _voc_border(user, seen, first_mask):
+        return dataclasses.replace(user, ignore_value=VOC_BORDER)
+    return user
+
+
+def _voc_border(user: MaskRules, seen: set[int], first_mask: Path | None) -> bool:
+    """Palette masks holding 255 besides other classes (not a binary {0, 255} palette mask), no
+    ignored value given and no --num-classes that would make 255 a class: VOC's border."""
+    return (user.ignore_value is None and VOC_BORDER in seen and not seen - {VOC_BORDER} <= {0}
+            and (user.num_classes is None or user.num_classes <= VOC_BORDER)
+            and palette_colours(first_mask) is not None)
+
+
+def with_colours(class_map: ClassMap, first_mask: Path | None) -> ClassMap:
+    """The class map with each class's palette colour, when the masks are palette PNGs."""
+    palette = palette_colours(first_mask)
+    if palette is None or class_map.rgb or max(class_map.values) > 255 or min(class_map.values) < 0:
+        return class_map
+    colours = tuple(tuple(int(c) for c in palette[value]) for value in class_map.values)
+    return dataclasses.replace(class_map, colors=colours)
+
+
+def class_map_for(survey: MaskSurvey, layout: DataLayout | None, user: MaskRules) -> ClassMap:
+    """infer_class_map under `label_rules`, with palette colours: what a run's masks mean."""
+    first = next(iter(survey.distinct_per_file), None)
+    rules = label_rules(layout, user, set(survey.values), first)
+    return with_colours(infer_class_map(survey, **rules.as_kwargs()), first)
