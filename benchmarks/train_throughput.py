@@ -220,7 +220,7 @@ def time_seglab(folder: Path, run_dir: Path, batch: int, args, device: torch.dev
     messages: list[str] = []
     trainer = Trainer(Recipe.from_data(config), progress=False, log=messages.append)
     loss = trainer.loss_fn
-    assert loss.num_outputs == 1 and loss.use_ce and loss.dice_weight == 1.0, "expected SegmentationLoss bce+dice"
+    assert loss.num_outputs == 1 and list(loss.terms) == ["ce", "dice"], "expected SegmentationLoss bce+dice"
     source = trainer.train_batches
     resident = isinstance(source, ResidentBatches)
     resident_bytes = (source.images.numel() * source.images.element_size()

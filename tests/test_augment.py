@@ -232,21 +232,22 @@ def test_resident_batches_visit_every_image_once_per_epoch_split_across_ranks():
     from seglab.data.loaders import ResidentBatches
 
     images, masks, weights = _batch(n=5)
-    def index_of(batch):
+
+    def index_of(batch: torch.Tensor) -> list[int]:
         return [int((images == image).all(dim=(1, 2, 3)).nonzero()) for image in batch]
 
     single = ResidentBatches(images, masks, weights, batch_size=2, seed=3)
     single.set_epoch(0)
-    order = [i for batch_images, _, _ in single for i in index_of(batch_images)]
+    order = [i for batch_images, *_ in single for i in index_of(batch_images)]
     assert sorted(order) == [0, 1, 2, 3, 4]
-    assert [i for b, _, _ in single for i in index_of(b)] == order  # same (seed, epoch), same order
+    assert [i for b, *_ in single for i in index_of(b)] == order  # same (seed, epoch), same order
     single.set_epoch(1)
-    assert [i for b, _, _ in single for i in index_of(b)] != order
+    assert [i for b, *_ in single for i in index_of(b)] != order
     ranks = []
     for rank in range(2):
         shard = ResidentBatches(images, masks, weights, batch_size=2, seed=3, rank=rank, world_size=2)
         shard.set_epoch(0)
-        ranks.append([i for b, _, _ in shard for i in index_of(b)])
+        ranks.append([i for b, *_ in shard for i in index_of(b)])
     assert len(ranks[0]) == len(ranks[1]) == 3  # padded to equal shares
     assert set(ranks[0]) | set(ranks[1]) == {0, 1, 2, 3, 4}
 

@@ -81,6 +81,30 @@ def test_eval_every_n_steps_validates_mid_epoch_and_resumes_bit_identically(tmp_
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in rows]
 
 
+@pytest.mark.parametrize("path", ["resident", "loader"])
+def test_oversampled_crops_resume_mid_epoch_bit_identically(tmp_path, isbi_dir, monkeypatch, path):
+    """--oversample draws each crop's centre from (seed, epoch, place): a run killed after its step-4
+    evaluation (mid-epoch) resumes to the weights of a run never stopped, on both training paths."""
+    from seglab.engine import builders
+
+    if path == "loader":
+        monkeypatch.setattr(builders, "RESIDENT_FRACTION", 0.0)
+    steps = {"epochs": 2, "eval_every": "4 steps", "augment": "paper", "loss": "focal+lovasz", "oversample": 0.5}
+
+    def config(name: str):
+        values = _config(tmp_path / name, isbi_dir, **steps)
+        values["data"]["crop"] = [32]
+        return config_from_dict(values)
+
+    fit(config("straight"), progress=False, log=QUIET)
+    train_until_killed(config("stopped"), epochs=1)
+    assert [r["step"] for r in _rows(tmp_path / "stopped")] == [4]
+    resume(tmp_path / "stopped", progress=False, log=QUIET)
+    straight, resumed = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "stopped" / "last.pt")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert [r["val_loss"] for r in _rows(tmp_path / "stopped")] == [r["val_loss"] for r in _rows(tmp_path / "straight")]
+
+
 def test_checkpoints_are_written_at_most_every_interval_and_a_crash_resumes_from_the_last_one(
         tmp_path, isbi_dir, monkeypatch):
     """With a long --checkpoint-interval only the first period and the end of the run reach the disk.
@@ -197,12 +221,20 @@ torch.save(trainer.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.envir
 """
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, isbi_dir):
+@pytest.mark.parametrize("oversample", [None, 1.0])
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, isbi_dir, oversample):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     # Evaluations every 5 steps fall inside epochs: all ranks must validate and save together there.
-    # float32: bf16 rounds two half batches differently from one whole batch
-    ddp = _config(tmp_path / "ddp", isbi_dir, batch_size=2, eval_every="5 steps", precision="fp32")
+    # float32: bf16 rounds two half batches differently from one whole batch. With --oversample 1
+    # every crop centres on membrane (the rarer class, in every slice) at a place drawn alike on
+    # every rank, so two processes still train what one does.
+    crop = {"oversample": oversample} if oversample else {}
+    ddp = _config(tmp_path / "ddp", isbi_dir, batch_size=2, eval_every="5 steps", precision="fp32", **crop)
+    single_config = _config(tmp_path / "single", isbi_dir, batch_size=4, eval_every="5 steps", precision="fp32",
+                            **crop)
+    if oversample:
+        ddp["data"]["crop"] = single_config["data"]["crop"] = [48]
     done = subprocess.run([*TORCHRUN, str(script), json.dumps(ddp), str(tmp_path)], capture_output=True,
                           text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -212,8 +244,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     rows = _rows(tmp_path / "ddp")
     assert [r["step"] for r in rows] == [5, 10, 12]  # one writer (rank 0); 6 steps per epoch
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp"]
-    fit(config_from_dict(_config(tmp_path / "single", isbi_dir, batch_size=4, eval_every="5 steps",
-                                 precision="fp32")), progress=False, log=QUIET)
+    fit(config_from_dict(single_config), progress=False, log=QUIET)
     single = _weights(tmp_path / "single" / "last.pt")
     for key in single:
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-3, atol=1e-4)

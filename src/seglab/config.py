@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from seglab.data.augment_config import AUGMENT_PRESETS, AugmentConfig, augment_config_from_dict, augment_preset
 from seglab.data.normalization import NORMALIZATIONS
 from seglab.errors import ConfigError
-from seglab.losses import LOSSES
+from seglab.losses.registry import ALIASES, checked_loss_options, list_losses
 from seglab.models.registry import model_spec, resolve_model_options
 from seglab.options import check_fields, option, refuse_unknown, shown
 from seglab.version import __version__
@@ -36,6 +36,7 @@ PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.bas
                      "train.epochs", "train.eval_every", "train.learning_rate", "train.time_budget", "train.monitor",
                      "train.precision", "train.scheduler"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSS_TERMS = tuple(list_losses()) + tuple(ALIASES)
 TRACKERS = ("mlflow", "wandb")  # experiment trackers besides TensorBoard (engine.tracking)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # The model section of config.yaml files written by seglab 0.1.0 listed the options of every model.
@@ -128,8 +129,14 @@ class TrainConfig:
                             group="optimisation")
     patience: int = option(5, "plateau schedule: evaluations without improvement before the rate drops",
                            min=0, max=10**6, group="optimisation")
-    loss: str = option("auto", "loss; auto: bce+dice for binary masks, ce+dice for more classes",
-                       choices=("auto",) + LOSSES, group="optimisation")
+    loss: str = option("auto", "loss: auto (bce+dice for binary masks, ce+dice for more classes) or loss terms "
+                       "joined by + (e.g. focal+lovasz) from: " + ", ".join(LOSS_TERMS), metavar="TERM[+TERM...]",
+                       group="optimisation")
+    loss_options: dict = option({}, "options of the loss terms, e.g. gamma=2 (focal, focal-tversky), alpha=0.3,"
+                                "beta=0.7 (tversky, focal-tversky)", metavar="NAME=VALUE,...", group="optimisation")
+    oversample: float = option(0.0, "share of training crops centred on a pixel of a rare class (those under 2% of "
+                               "the training pixels, else the rarest class); needs --crop", min=0, max=1,
+                               metavar="P", group="optimisation")
     border_weight: list[float] | None = option(None, "U-Net paper border weight map, e.g. 10,5 (binary masks, "
                                                "class 1 = cells)", min=0, length=(2,), metavar="W0,SIGMA",
                                                group="optimisation")
@@ -199,6 +206,8 @@ class TrainConfig:
         else:
             raise ConfigError(f"invalid train.augment (--augment): {shown(self.augment)}; expected one of: "
                               f"{', '.join(AUGMENT_PRESETS)}")
+        # unknown terms and options: one line each; values kept as their declared types
+        object.__setattr__(self, "loss_options", checked_loss_options(self.loss, self.loss_options))
         if isinstance(self.class_weights, str) and self.class_weights not in ("auto", "none"):
             raise ConfigError(f"invalid train.class_weights (--class-weights): {shown(self.class_weights)}; "
                               "expected 'auto', 'none' or numbers, one per class")

@@ -48,6 +48,17 @@ def names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def key_values(text: str) -> dict[str, str]:
+    """'gamma=2,alpha=0.3' -> {"gamma": "2", "alpha": "0.3"} (the option's declaration converts the values)."""
+    values = {}
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs separated by commas, not {text!r}")
+        values[name.strip()] = value.strip()
+    return values
+
+
 def weights_or_keyword(text: str):
     return text if text in ("auto", "none") else floats(text)
 
@@ -131,7 +142,8 @@ def add_option(target, field: dataclasses.Field, annotation, dest: str, note: st
         kwargs["choices"] = list(meta["choices"])
         kwargs["type"] = type(meta["choices"][0])
     else:
-        converters = {int: int, float: float, str: str, list[int]: ints, list[float]: floats, list[str]: names}
+        converters = {int: int, float: float, str: str, list[int]: ints, list[float]: floats, list[str]: names,
+                      dict: key_values}
         kwargs["type"] = converters.get(kind, weights_or_keyword if "float" in str(kind) else str)
         kwargs["metavar"] = meta.get("metavar") or field.name.upper()
     target.add_argument(*flags, **kwargs)

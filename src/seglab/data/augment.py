@@ -33,12 +33,15 @@ class BatchAugmenter:
         self._pending_state: tuple[str, torch.Tensor] | None = None
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None = None,
-                 out_size: tuple[int, int] | None = None):
-        """images (N, C, H, W) float; masks (N, H, W) int64; weights (N, H, W) float or None.
+                 out_size: tuple[int, int] | None = None, centres: torch.Tensor | None = None):
+        """images (N, C, H, W) float; masks (N, H, W) int64; weights (N, H, W) float or None;
+        centres (N, 2) float (row, col) input pixels or None.
 
         Returns (images (N, C, h, w), masks (N, h, w) int64, weights (N, h, w) or None) with
         (h, w) = out_size or (H, W). A smaller out_size is a random window inside the (rotated)
-        image; a larger one is centred. Mask pixels sampled from outside the image become
+        image; a larger one is centred. A sample with a centre (not NaN) has its window centred on
+        that input pixel after the geometric transforms, moved inside the canvas (--oversample),
+        with the same draws as without. Mask pixels sampled from outside the image become
         `ignore_index` and get weight 0; images are reflected there. With nothing to do the
         inputs come back as they are.
         """
@@ -49,7 +52,7 @@ class BatchAugmenter:
             return images, masks, weights
         generator = self._rng(images.device)
         if self.config.geometric or (out_h, out_w) != (height, width):
-            grid, valid = self._sampling_grid(images.shape[0], height, width, out_h, out_w, generator)
+            grid, valid = self._sampling_grid(images.shape[0], height, width, out_h, out_w, generator, centres)
             images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear",
                                    padding_mode="reflection", align_corners=True)
             # Nearest never blends classes; "border" only keeps the kernel in range, validity decides.
@@ -64,7 +67,8 @@ class BatchAugmenter:
         return images, masks, weights
 
     def _sampling_grid(self, n: int, height: int, width: int, out_h: int, out_w: int,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                       generator: torch.Generator, centres: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Grid (N, out_h, out_w, 2) for grid_sample(align_corners=True) and valid (N, out_h, out_w) bool.
 
         Works in pixel coordinates: an output pixel sits in a window of the "canvas" (the image
@@ -83,6 +87,8 @@ class BatchAugmenter:
         canvas = torch.stack([torch.where(sideways, height, width), torch.where(sideways, width, height)], -1)
         corner = torch.stack([_window_starts(canvas[:, 0], out_w, rand),
                               _window_starts(canvas[:, 1], out_h, rand)], -1)  # (N, 2) window's top-left
+        if centres is not None:
+            corner = _centred_corner(corner, centres.to(device), matrix, shift, canvas, (width, height), (out_w, out_h))
         # Output pixel p -> input pixel matrix @ (p + corner - canvas centre) + shift + input centre,
         # then normalised: one (N, 2, 3) affine map applied to all pixels with one matmul.
         to_unit = _xy(2.0 / (width - 1), 2.0 / (height - 1), device)  # px -> grid units
@@ -221,6 +227,26 @@ def _xy(x: float, y: float, device: torch.device) -> torch.Tensor:
     """The vector (x, y) (2,) float32 made on the device by fill kernels. torch.tensor([x, y],
     device="cuda") would copy from pageable host memory, which synchronises the stream."""
     return torch.stack([torch.full((), float(x), device=device), torch.full((), float(y), device=device)])
+
+
+def _centred_corner(corner: torch.Tensor, centres: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor,
+                    canvas: torch.Tensor, size: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """Window corners (N, 2) (x, y) in the canvas whose centre pixel maps to centres (N, 2) (row,
+    col) of the input; NaN rows keep `corner`. Whole pixels, inside the canvas where it fits.
+
+    An output pixel p samples input matrix @ (p + corner - (canvas - 1) / 2) + shift + (size - 1) / 2;
+    solving that for p = (out - 1) / 2 gives the corner, with the 2x2 matrix inverted by hand (no
+    host synchronisation, unlike torch.linalg.inv on a GPU).
+    """
+    device = corner.device
+    target = centres.flip(-1)  # (x, y)
+    a, b, c, d = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 1, 0], matrix[:, 1, 1]
+    inverse = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / (a * d - b * c)[:, None, None]
+    relative = target - shift - (_xy(*size, device) - 1) / 2
+    wanted = (inverse @ relative[..., None])[..., 0] + (canvas - 1) / 2 - (_xy(*out, device) - 1) / 2
+    room = canvas - _xy(*out, device)
+    inside = torch.where(room >= 0, torch.minimum(torch.clamp(torch.round(wanted), min=0), room), torch.floor(room / 2))
+    return torch.where(torch.isnan(target), corner, inside)
 
 
 def _window_starts(canvas: torch.Tensor, out: int, rand) -> torch.Tensor:

@@ -10,6 +10,7 @@ from seglab.data.classmap import IGNORE_INDEX, ClassMap
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import Pair
 from seglab.data.normalization import Normalization
+from seglab.data.oversampling import RareLocations, window_start
 from seglab.data.preprocess import prepare_image, resize_mask
 from seglab.data.truth import read_truth
 from seglab.errors import DataError
@@ -30,10 +31,11 @@ def load_pair(pair: Pair, class_map: ClassMap, channels: int, scale: float, norm
 
 
 def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], rng: np.random.Generator,
-                weights: torch.Tensor | None = None):
+                weights: torch.Tensor | None = None, centre: tuple[int, int] | None = None):
     """A random (h, w) window of image (C, H, W), mask (H, W) and optional weights (H, W); sides
     smaller than the window are padded (image by reflection, mask with IGNORE_INDEX and weights
-    with 0, so the padding never counts). Returns (image, mask) or (image, mask, weights)."""
+    with 0, so the padding never counts). With `centre` (row, col) the window is centred there,
+    moved inside the image (--oversample). Returns (image, mask) or (image, mask, weights)."""
     height, width = image.shape[-2:]
     pad_h, pad_w = max(0, size[0] - height), max(0, size[1] - width)
     if pad_h or pad_w:
@@ -43,6 +45,8 @@ def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], 
         height, width = image.shape[-2:]
     top = int(rng.integers(0, height - size[0] + 1))
     left = int(rng.integers(0, width - size[1] + 1))
+    if centre is not None:  # drawn above all the same: the stream of later draws does not change
+        top, left = window_start(centre[0], size[0], height), window_start(centre[1], size[1], width)
     window = (slice(top, top + size[0]), slice(left, left + size[1]))
     cropped = (image[:, window[0], window[1]], mask[window])
     return cropped if weights is None else cropped + (weights[window],)
@@ -55,13 +59,14 @@ class SegmentationDataset(Dataset):
     pixels, and with `border_weight=(w0, sigma)` a third item: the U-Net paper's weight map
     (H, W) float32, computed once per mask. Crops are drawn from a generator seeded by (seed,
     epoch, index), so any worker process, and a resumed run, draws the same crop for the same item
-    and epoch.
+    and epoch. With `rare` locations and `oversample` P, a share P of the crops centre on a pixel
+    of a rare class (`data.oversampling`).
     """
 
     def __init__(self, pairs: list[Pair], class_map: ClassMap, channels: int, scale: float = 1.0,
                  normalization: Normalization = "per_image", crop: tuple[int, int] | None = None,
                  cache: bool = False, seed: int = 0, border_weight: tuple[float, float] | None = None,
-                 files: DecodedFiles | None = None):
+                 files: DecodedFiles | None = None, rare: RareLocations | None = None, oversample: float = 0.0):
         if not pairs:
             raise DataError("no image/mask pairs to load")
         self.pairs = list(pairs)
@@ -75,6 +80,7 @@ class SegmentationDataset(Dataset):
         self.border_weight = border_weight
         self._cache: dict[int, tuple] | None = {} if cache else None
         self.files = files  # what the run's preparation decoded (not for worker processes)
+        self.rare, self.oversample = rare, oversample
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -102,7 +108,9 @@ class SegmentationDataset(Dataset):
         item = self.load(index)
         if self.crop is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            item = crop_or_pad(item[0], item[1], self.crop, rng, item[2] if len(item) > 2 else None)
+            centre = (self.rare.draw(index, self.oversample, self.seed, self.epoch, slot=index)
+                      if self.rare is not None else None)
+            item = crop_or_pad(item[0], item[1], self.crop, rng, item[2] if len(item) > 2 else None, centre)
         return item
 
 

@@ -12,6 +12,7 @@ from seglab.data.classmap import ClassMap
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.loaders import LoaderBatches, ResidentBatches, stack_dataset
 from seglab.data.normalization import Normalization, check_normalization, fixed_normalization
+from seglab.data.oversampling import RARE_SHARE, RareLocations
 from seglab.engine.recipe import Recipe
 from seglab.errors import SeglabError
 from seglab.losses.segmentation import SegmentationLoss
@@ -36,6 +37,9 @@ def make_train_batches(recipe: Recipe, device: torch.device, dist, log=print,
     if border is not None and (len(border) != 2 or not recipe.class_map.is_binary):
         raise SeglabError("--border-weight takes W0,SIGMA (e.g. 10,5) and binary masks whose class 1 is "
                           "the cells (ISBI: 255 = cell interior)")
+    if c.train.oversample and crop is None:
+        raise SeglabError(f"--oversample {c.train.oversample:g} centres training crops on rare classes: give "
+                          "--crop H[,W] too (e.g. --crop 256)")
     common = dict(class_map=recipe.class_map, channels=recipe.channels, scale=c.data.scale,
                   normalization=normalization, seed=c.train.seed, border_weight=border)
     dataset = SegmentationDataset(recipe.train_pairs, cache=True, files=recipe.files, **common)
@@ -44,14 +48,30 @@ def make_train_batches(recipe: Recipe, device: torch.device, dist, log=print,
     if estimate < RESIDENT_FRACTION * free_memory(device):
         stacked = stack_dataset(dataset)
         if stacked is not None:
+            rare = rare_locations(c, recipe.class_map, stacked[1], log)
             images, masks = stacked[0].to(device), stacked[1].to(device)
             weights = stacked[2].to(device) if len(stacked) > 2 else None
             log(f"training set resident on {device.type}: {tuple(images.shape)}")
             return ResidentBatches(images, masks, weights, c.train.batch_size, c.train.seed,
-                                   dist.rank, dist.world_size, full_batches=full_batches), crop
+                                   dist.rank, dist.world_size, full_batches=full_batches, rare=rare,
+                                   oversample=c.train.oversample), crop
     dataset = SegmentationDataset(recipe.train_pairs, crop=crop, **common)
+    masks = (dataset.load(i)[1] for i in range(len(dataset)))  # read once here, not kept
+    dataset.rare, dataset.oversample = rare_locations(c, recipe.class_map, masks, log), c.train.oversample
     return LoaderBatches(dataset, c.train.batch_size, device, c.data.workers, c.train.seed,
                          dist.rank, dist.world_size), None
+
+
+def rare_locations(config: RunConfig, class_map: ClassMap, masks, log=print) -> RareLocations | None:
+    """--oversample: the rare classes' locations in the training masks ((H, W) int64 each, at the
+    training scale), or None without it."""
+    if not config.train.oversample:
+        return None
+    rare = RareLocations.from_masks(masks, class_map.num_classes)
+    names = ", ".join(class_map.names[k] for k in rare.classes) or "none (one class)"
+    log(f"oversampling: {config.train.oversample:g} of the crops centre on a pixel of {names} (classes under "
+        f"{RARE_SHARE:.0%} of the training pixels, else the rarest); {rare.nbytes() / 1024:.1f} KiB of locations")
+    return rare
 
 
 def make_model(config: RunConfig, channels: int, num_outputs: int) -> tuple[nn.Module, dict]:
@@ -107,16 +127,12 @@ def class_weights_for(config: RunConfig, class_counts: list[int] | None) -> list
 
 
 def make_loss(config: RunConfig, class_map: ClassMap, class_counts: list[int] | None = None) -> SegmentationLoss:
-    """The loss `config` names for `class_map` (auto: BCE/CE + Dice); `class_counts`: pixels per
-    class, for --class-weights auto."""
-    name = config.train.loss
-    if name == "auto":
-        name = "bce+dice" if class_map.is_binary else "ce+dice"
-    elif class_map.is_binary:
-        name = {"ce": "bce", "ce+dice": "bce+dice"}.get(name, name)  # sigmoid CE is binary CE
-    else:
-        name = {"bce": "ce", "bce+dice": "ce+dice"}.get(name, name)
-    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, class_counts))
+    """The loss `config` names for `class_map` (auto: BCE/CE + Dice; "ce" is the sigmoid
+    cross-entropy of a binary model), with its options; `class_counts`: pixels per class, for
+    --class-weights auto."""
+    name = "ce+dice" if config.train.loss == "auto" else config.train.loss
+    return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, class_counts),
+                            options=config.train.loss_options)
 
 
 def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False,

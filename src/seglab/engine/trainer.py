@@ -237,11 +237,11 @@ class Trainer:
         self.bar.start_epoch(epoch, batches, skip, self.clock.elapsed)
         stop = out_of_time = False
         self.clock.start()
-        for index, (images, masks, weights) in enumerate(self.train_batches):
+        for index, (images, masks, weights, centres) in enumerate(self.train_batches):
             if index < skip:
                 continue  # trained before the interruption; the order is a function of (seed, epoch)
             boundary = (index + 1) % self.accumulate == 0 or index + 1 == batches
-            self._forward_backward(images, masks, weights, boundary)
+            self._forward_backward(images, masks, weights, boundary, centres)
             if boundary:
                 stop, out_of_time = self._after_update(epoch, index, batches)
             if self.step % LOG_EVERY == 0:
@@ -256,9 +256,10 @@ class Trainer:
         return stop
 
     def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None,
-                          boundary: bool) -> None:
-        """Augment one batch, and add its gradients (all-reduced only at an accumulation boundary)."""
-        images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop)
+                          boundary: bool, centres: torch.Tensor | None = None) -> None:
+        """Augment one batch (crops centred at `centres` (B, 2), NaN: at random), and add its
+        gradients (all-reduced only at an accumulation boundary)."""
+        images, masks, weights = self.augmenter(images, masks, weights, out_size=self.crop, centres=centres)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.compiles and self.warmup.due(images):
