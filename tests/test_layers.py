@@ -148,3 +148,22 @@ def test_the_layer_check_catches_an_upward_import(tmp_path, module, line, expect
     path.parent.mkdir(parents=True)
     path.write_text("def late():\n    pass\n" + (line if not line.startswith(" ") else f"def f():\n{line}"))
     assert any(expected in problem for problem in violations(tmp_path))
+
+
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+
+
+def test_functions_and_modules_stay_small():
+    """The house rules, kept by a test: no function over 60 lines, no module over 400 (split by role)."""
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            long.append(f"{path.relative_to(SRC)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}: {lines} lines")
+    assert long == []
