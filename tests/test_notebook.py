@@ -30,7 +30,8 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path):
         for output in cell.get("outputs", []):
             for kind, value in output.get("data", {}).items():
                 shown.setdefault(kind, []).append(value)
-    assert any(value.startswith("Run(") or "best" in value for value in shown["text/plain"])
+    assert any("<pre>run " in value and "<img src='data:image/png;base64," in value  # the run and its curves
+               for value in shown["text/html"])
     assert any("<img src='data:image/png;base64," in value for value in shown["text/html"])  # the prediction
     assert any("<table>" in value for value in shown["text/html"])                           # the evaluation
     agreement = float(notebook.cells[-1].outputs[0]["data"]["text/plain"].removeprefix("np.float64(").rstrip(")"))

@@ -6,10 +6,19 @@ from pathlib import Path
 from typing import Iterable
 
 from seglab.data.discover import Pair, labelled_pairs
+from seglab.data.in_memory import materialise
 from seglab.errors import ConfigError, DataError
 from seglab.inference.predictor import Predictor
 from seglab.inference.scoring import evaluate_predictor
 from seglab.metrics.scoring import Evaluation
+
+
+def _file_pairs(data) -> bool:
+    """Whether `data` is a list of (image path, mask path) pairs."""
+    return isinstance(data, list) and all(
+        isinstance(item, Pair) or (isinstance(item, (tuple, list)) and len(item) == 2
+                                   and all(isinstance(part, (str, os.PathLike)) for part in item))
+        for item in data)
 
 
 def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None,
@@ -18,6 +27,8 @@ def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None,
     `label_map`), or (image, mask) pairs."""
     if isinstance(data, (str, os.PathLike)):
         return labelled_pairs(data, split, label_map)
+    if not _file_pairs(data):  # arrays, PIL images, tensors or a Dataset: written once as files
+        return labelled_pairs(materialise(data), "train", label_map)
     pairs = [item if isinstance(item, Pair) else Pair(Path(item[0]), Path(item[1])) for item in data]
     if not pairs:
         raise DataError("no image/mask pairs to evaluate: give a data folder or (image, mask) pairs")

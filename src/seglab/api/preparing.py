@@ -17,6 +17,7 @@ from typing import Any
 from seglab.api.keywords import with_run_options
 from seglab.config import DataConfig, RunConfig, TrainConfig, flatten, load_config, override
 from seglab.data.decoded import DecodedFiles
+from seglab.data.in_memory import is_in_memory, materialise
 from seglab.data.preflight import Preflight, run_preflight
 from seglab.engine.plan import make_plan
 from seglab.engine.recipe import Recipe
@@ -109,21 +110,28 @@ def check_training_data(config: RunConfig, log=print, files: DecodedFiles | None
 
 
 @with_run_options
-def prepare(data: str | os.PathLike | None = None, *, config: RunConfig | str | os.PathLike | None = None,
-            log=print, **overrides) -> Recipe:
+def prepare(data: str | os.PathLike | Any = None, *, config: RunConfig | str | os.PathLike | None = None,
+            val_data: Any = None, log=print, **overrides) -> Recipe:
     """The Recipe `seglab.train` would train, without training: the folder checked and split, the
     class map, the fingerprint and the plan's choices with their reasons. Arguments as
     `seglab.train`; `recipe.save(path)` writes it, `seglab.fit(recipe)` trains it.
 
     Raises SeglabError subclasses (one-line messages) for bad folders, options and files.
     """
-    return prepare_updates(data, config, config_updates(overrides), log)
+    return prepare_updates(data, config, config_updates(overrides), log, val_data)
 
 
 def prepare_updates(data, config: RunConfig | str | os.PathLike | None, updates: dict[str, Any],
-                    log=print) -> Recipe:
+                    log=print, val_data: Any = None) -> Recipe:
     """prepare() with dotted config updates ("train.epochs": 5), as the command's flags give them.
-    A RunConfig given as `config` is a whole recipe: split, but not planned."""
+    A RunConfig given as `config` is a whole recipe: split, but not planned. Data in memory (and
+    `val_data`) is written once into a cached folder (`data.in_memory`) and read from there."""
+    if is_in_memory(data):
+        data = materialise(data, val_data)
+        log(f"data in memory: written to {data}")
+    elif val_data is not None:
+        raise SeglabError("val_data goes with data held in memory; for a folder, put the validation images in "
+                          "its val/ subfolder or use val_files=")
     base, explicit = base_config(config)
     resolved = _with_data(base, data, updates)
     files = DecodedFiles()

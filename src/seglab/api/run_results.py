@@ -4,6 +4,8 @@ seglab.train, seglab.fit and the folds of a cross-validation all end in finish_r
 """
 from __future__ import annotations
 
+import base64
+import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,15 @@ class Run:
 
     def __repr__(self) -> str:
         return self.describe()
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: what the run made (as repr) and its curves (curves.png, when drawn)."""
+        text = f"<pre>{html.escape(self.describe())}</pre>"
+        curves = self.run_dir / "curves.png"
+        if curves.is_file():
+            encoded = base64.b64encode(curves.read_bytes()).decode("ascii")
+            text += f"<img src='data:image/png;base64,{encoded}' style='max-width:900px'>"
+        return text
 
     @property
     def best_row(self) -> dict | None:

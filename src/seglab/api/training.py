@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from seglab.api.keywords import with_run_options
 from seglab.api.preparing import config_updates, prepare_updates
@@ -39,13 +40,17 @@ def fit(recipe: Recipe | str | os.PathLike, *, progress: bool = True, log=print,
 
 
 @with_run_options
-def train(data: str | os.PathLike | None = None, *, config: RunConfig | str | os.PathLike | None = None,
-          progress: bool = True, log=print, callbacks: list | None = None, **overrides) -> Run:
+def train(data: str | os.PathLike | Any = None, *, config: RunConfig | str | os.PathLike | None = None,
+          val_data: Any = None, progress: bool = True, log=print, callbacks: list | None = None,
+          **overrides) -> Run:
     """Train a model as `seglab train` does: `seglab.prepare`, then `seglab.fit` of its recipe (the
     same preflight, config resolution and outputs; the run folder keeps the recipe).
 
     `config` is a RunConfig or a YAML file; keywords override it: data and train options by name,
-    `model=` a registered model and its options by name, `out=` the run folder.
+    `model=` a registered model and its options by name, `out=` the run folder. `data` (and
+    `val_data`, the images that validate) may be held in memory: a tuple (images, masks), a list of
+    (image, mask) pairs or a Dataset yielding them, as arrays, PIL images, tensors or paths
+    (`data.in_memory`: written once into a cached folder, then trained on as a folder).
 
     >>> run = seglab.train("data/isbi2012", model="unet", base_channels=16, crop=256, time_budget=120,
     ...                    val_files=["25", "26", "27", "28", "29"], out="runs/isbi")
@@ -62,7 +67,7 @@ def train(data: str | os.PathLike | None = None, *, config: RunConfig | str | os
     # refused before the data is read: a callback without hooks or with a misspelt one, a missing tracker
     Callbacks(callbacks)
     require_trackers(updates.get("train.track"))
-    return fit(prepare_updates(data, config, updates, log), progress=progress, log=log, callbacks=callbacks)
+    return fit(prepare_updates(data, config, updates, log, val_data), progress=progress, log=log, callbacks=callbacks)
 
 
 @with_run_options
