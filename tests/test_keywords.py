@@ -12,6 +12,7 @@ import seglab
 from conftest import run_cli
 from seglab.config import PLANNED
 from seglab.errors import ConfigError
+from seglab.serve.server import serve
 
 PLAN_SOURCE = Path(__file__).resolve().parents[1] / "src" / "seglab" / "engine" / "plan.py"
 
@@ -35,6 +36,7 @@ def test_train_has_a_real_signature_with_every_option():
     (lambda: seglab.predict_files("best.pt", ["x.png"], overlays=True), "overlay"),
     (lambda: seglab.check("data/isbi2012", num_class=2), "num_classes"),
     (lambda: seglab.build_model("unet", classes=3), "num_classes"),
+    (lambda: serve("best.pt", max_bach=4), "max_batch"),
 ])
 def test_a_misspelt_keyword_is_one_error_naming_the_nearest(call, nearest):
     with pytest.raises(ConfigError, match=f"did you mean '{nearest}'") as error:

@@ -7,6 +7,7 @@ whole image cannot be stopped halfway) does not hold the process: it ends withou
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 
 from seglab.errors import SeglabError
 from seglab.inference.predictor import Predictor
+from seglab.options import refuse_unknown
 from seglab.serve.options import ServeOptions
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -73,6 +75,7 @@ def serve(model: Predictor | str | os.PathLike, options: ServeOptions | None = N
     except ImportError as error:
         raise SeglabError(f"seglab serve needs FastAPI and uvicorn ({error.name} is missing): "
                           "pip install 'seglab[serve]'") from None
+    refuse_unknown(option_values, [f.name for f in dataclasses.fields(ServeOptions)], "the options of seglab.serve")
     options = options or ServeOptions(**option_values)
     if options.threads:
         import torch
