@@ -28,7 +28,10 @@ class MLflowServer:
                    "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                    "--artifacts-destination", str(folder / "artifacts")]
         with open(folder / "server.log", "w") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # No job consumers: the tests need none, and their polling would take CPU from the other tests.
+            env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=env)
 
     def log_tail(self) -> str:
         return (self.folder / "server.log").read_text()[-3000:]

@@ -149,8 +149,19 @@ data, out = sys.argv[1], sys.argv[2]
 options = dict(epochs=1, base_channels=4, depth=2, scale=0.25, batch_size=2, augment="none", device="cpu",
                progress=False, log=lambda *a, **k: None)
 benchmark = torch.backends.cudnn.benchmark
+
+
+class Seen:  # callbacks run on rank 0 only, unless they ask for every rank (all_ranks)
+    def __init__(self, all_ranks):
+        self.all_ranks = all_ranks
+
+    def on_evaluation(self, run, row):
+        print(f"evaluation seen by rank {run.rank}, all_ranks {self.all_ranks}")
+
+
 for k in range(2):
-    run = seglab.train(data, out=f"{out}/run{k}", **options)
+    callbacks = [Seen(False), Seen(True)] if k == 0 else None
+    run = seglab.train(data, out=f"{out}/run{k}", callbacks=callbacks, **options)
     assert not dist.is_initialized(), "a process group was left behind"
     assert torch.backends.cudnn.benchmark == benchmark
 dist.init_process_group("gloo")  # a group the caller made stays the caller's
@@ -169,6 +180,9 @@ def test_two_trainings_in_one_process_leave_no_process_group_behind(tmp_path, is
                       str(script), str(isbi_subset), str(tmp_path)], env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done True") == 2
+    seen = {line for line in done.stdout.splitlines() if line.startswith("evaluation seen")}
+    assert seen == {"evaluation seen by rank 0, all_ranks False", "evaluation seen by rank 0, all_ranks True",
+                    "evaluation seen by rank 1, all_ranks True"}
     assert all((tmp_path / f"run{k}" / "best.pt").is_file() for k in range(3))
 
 

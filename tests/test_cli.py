@@ -372,7 +372,7 @@ def small_isbi(tmp_path) -> Path:
 @pytest.mark.slow
 def test_demo_trains_predicts_and_summarises(run_seglab, small_isbi, tmp_path):
     out = tmp_path / "demo"
-    result = run_seglab("demo", "--time-budget", 5, "--out", out, "--device", "cpu", "--no-progress",
+    result = run_seglab("demo", "--time-budget", 3, "--out", out, "--device", "cpu", "--no-progress",
                         cwd=tmp_path, env={"SEGLAB_DATA": str(small_isbi)}, timeout=600)
     assert result.rc == 0, result.output
     masks = sorted(p.name for p in (out / "predictions").iterdir())

@@ -22,7 +22,7 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path):
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
-    parameters.source = f'BUDGET = 3\nOUT = "{tmp_path / "run"}"'
+    parameters.source = f'BUDGET = 2\nOUT = "{tmp_path / "run"}"'
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     shown = {}

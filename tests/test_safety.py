@@ -141,7 +141,7 @@ def test_temporaries_of_a_killed_export_are_removed_by_the_next_export(checkpoin
 def test_a_second_run_into_a_folder_in_use_is_refused_and_the_first_is_intact(tmp_path, isbi_subset):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "seglab", "train", str(isbi_subset), "--out", str(out), "-e", "100000",
-            "--max-time", "8", *TINY_TRAIN]
+            "--time-budget", "8", *TINY_TRAIN]
     first = subprocess.Popen(args, env={**os.environ, **SUBPROCESS_ENV}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
