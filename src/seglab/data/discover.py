@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb
+from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb, value_counts
 from seglab.data.folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, FolderScan, LabelSource, Pair, find_dir, list_images
 from seglab.data.io import read_mask
 from seglab.data.labels.found import coco_splits, scan_annotations, ultralytics_splits
@@ -154,7 +154,7 @@ def survey_masks(masks: list[Path], max_files: int | None = 500, read=read_mask)
         if mask.ndim == 3:
             survey.rgb_files.append(path)
             mask = pack_rgb(mask)
-        values, counts = np.unique(mask, return_counts=True)
+        values, counts = value_counts(mask)
         survey.distinct_per_file[path] = len(values)
         survey.values_per_file[path] = frozenset(values.tolist())
         for value, count in zip(values.tolist(), counts.tolist()):

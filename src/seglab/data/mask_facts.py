@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seglab.data.classmap import pack_rgb
+from seglab.data.classmap import pack_rgb, value_counts
 from seglab.data.discover import MaskSurvey
 from seglab.data.io import read_mask
 
@@ -81,7 +81,7 @@ def mask_facts(path: Path, mask: np.ndarray | None = None) -> MaskFacts:
                 kind = "palette"
                 colours = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
                 palette = {i: tuple(int(c) for c in colours[i]) for i in range(len(colours))}
-    values, counts = np.unique(mask, return_counts=True)
+    values, counts = value_counts(mask)
     blurred, stray = (None, 0.0) if kind == "rgb" else _blur(mask, values, counts, path.suffix.lower() in JPEG_SUFFIXES)
     used = {int(v) for v in values}
     return MaskFacts(path, kind, dict(zip(values.tolist(), counts.tolist())), blurred, stray,
