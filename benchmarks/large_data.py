@@ -45,6 +45,7 @@ def make_folder(folder: Path, count: int) -> Path:
 
 def measure(folder: Path, budget: float, out: Path, device: str) -> dict:
     """Wall seconds, training seconds and peak memory of one `seglab train` of `folder`."""
+    shutil.rmtree(out, ignore_errors=True)  # a run of an earlier measurement
     command = [sys.executable, "-m", "seglab", "train", str(folder), "--time-budget", str(budget), "--out", str(out),
                "--device", device, "--no-progress"]
     started = time.perf_counter()
