@@ -26,6 +26,14 @@ def test_train_has_a_real_signature_with_every_option():
     for function in (seglab.fit, seglab.resume, seglab.prepare):
         assert "batch_size" in inspect.signature(function).parameters
     assert "learning_rate: peak learning rate [planned when not given]" in seglab.train.__doc__
+    for function, names in ((seglab.load, {"threshold", "tile", "tta", "scale", "runtime", "device"}),
+                            (seglab.evaluate, {"threshold", "tta", "device", "split", "instances"}),
+                            (seglab.build_model, {"in_channels", "num_classes", "base_channels", "encoder"})):
+        parameters = inspect.signature(function).parameters
+        assert names <= set(parameters) and all(parameters[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)
+    assert inspect.signature(seglab.load).parameters["tta"].default == "none"
+    assert "seed_threshold: instances: boundary probability" in seglab.load.__doc__
+    assert "base_channels: [unet] " in seglab.build_model.__doc__
 
 
 @pytest.mark.parametrize("call, nearest", [

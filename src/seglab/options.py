@@ -217,6 +217,34 @@ OTHER_SPELLINGS = {"lr": "learning_rate", "bs": "batch_size", "batch": "batch_si
 LISTED_AT_MOST = 16  # known names an error lists in full; beyond, it points to the help instead
 
 
+def declared_keywords(cls) -> list[tuple[str, Any, Any, str]]:
+    """(name, annotation, default, help) of each field of the options dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
+             f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+
+
+def with_keywords(func, keywords: list[tuple[str, Any, Any, str]], heading: str = "Options") -> None:
+    """Give `func(..., **kwargs)` the signature of its explicit parameters plus `keywords` ((name,
+    annotation, default, help), keyword-only) and list them with their help in its docstring, so
+    help(), inspect.signature, Jupyter's `?` and IDEs show them. Safe to call again (a registry that
+    grows): the docstring is rebuilt from the function's own."""
+    import inspect
+
+    signature = inspect.signature(func, follow_wrapped=False) if not hasattr(func, "__seglab_doc__") else \
+        func.__seglab_signature__
+    explicit = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    taken = {p.name for p in explicit}
+    keywords = [keyword for keyword in keywords if keyword[0] not in taken]
+    if not hasattr(func, "__seglab_doc__"):
+        func.__seglab_doc__, func.__seglab_signature__ = func.__doc__ or "", signature
+    func.__signature__ = signature.replace(parameters=explicit + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, annotation, default, _ in keywords])
+    lines = "\n".join(f"        {name}: {text}" for name, _, _, text in keywords)
+    func.__doc__ = func.__seglab_doc__.rstrip() + f"\n\n    {heading}:\n{lines}\n"
+
+
 def refuse_unknown(given, known, where: str) -> None:
     """ConfigError for names in `given` that are not in `known`, suggesting the nearest one."""
     unknown = sorted(set(given) - set(known), key=str)

@@ -5,12 +5,15 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from seglab.api.keywords import checked_keywords
 from seglab.data.discover import Pair, labelled_pairs
 from seglab.data.in_memory import materialise
 from seglab.errors import ConfigError, DataError
+from seglab.inference.options import InferenceOptions
 from seglab.inference.predictor import Predictor
 from seglab.inference.scoring import evaluate_predictor
 from seglab.metrics.scoring import Evaluation
+from seglab.options import declared_keywords, with_keywords
 
 
 def _file_pairs(data) -> bool:
@@ -59,3 +62,8 @@ def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Ite
     elif scale is not None:
         model = model.with_options(scale=scale)
     return evaluate_predictor(model, as_pairs(data, split, label_map), instances=instances, progress=progress)
+
+
+with_keywords(evaluate, [("device", str, "auto", "cpu, cuda, cuda:N or auto"), *declared_keywords(InferenceOptions)],
+              "Options of seglab.load, when `model` is a path")
+evaluate = checked_keywords("seglab.evaluate")(evaluate)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from seglab.config import PLANNED, DataConfig, TrainConfig
 from seglab.models.registry import list_models, model_spec
-from seglab.options import refuse_unknown
+from seglab.options import refuse_unknown, with_keywords
 
 # Keywords a run takes besides the data and train options: the model and its run folder.
 RUN_KEYWORDS = {
@@ -56,19 +56,10 @@ def _models_with(option: str) -> list[str]:
 
 def with_run_options(func: Callable) -> Callable:
     """Give `func(..., **overrides)` the signature of its explicit parameters plus every run option
-    (keyword-only, with defaults, types and help appended to its docstring)."""
-    signature = inspect.signature(func)
-    explicit = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
-    taken = {p.name for p in explicit}
-    options = [(name, annotation, default, text) for name, annotation, default, text in run_options()
-               if name not in taken]
-    parameters = explicit + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                               annotation=annotation) for name, annotation, default, _ in options]
-    func.__signature__ = signature.replace(parameters=parameters)
-    lines = "\n".join(f"        {name}: {text}" + (" [planned when not given]" if _planned(name) else "")
-                      for name, _, _, text in options)
-    func.__doc__ = (func.__doc__ or "").rstrip() + (
-        "\n\n    Options (the command's flags, by name; `section.name` keys of config.yaml work too):\n" + lines + "\n")
+    (keyword-only, with defaults, types and help appended to its docstring; the plan's marked)."""
+    with_keywords(func, [(name, annotation, default, text + (" [planned when not given]" if _planned(name) else ""))
+                         for name, annotation, default, text in run_options()],
+                  "Options (the command's flags, by name; `section.name` keys of config.yaml work too)")
     return func
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from seglab.errors import ConfigError, SeglabError
-from seglab.options import check_fields, refuse_unknown, shown
+from seglab.options import check_fields, refuse_unknown, shown, with_keywords
 
 if TYPE_CHECKING:  # the registry itself needs no torch: `seglab -h` lists the models without importing it
     import torch.nn as nn
@@ -84,11 +84,29 @@ def register(spec: ModelSpec, replace: bool = False) -> None:
     if spec.name in _SPECS and not replace:
         raise ValueError(f"model {spec.name!r} is registered twice")
     _SPECS[spec.name] = spec
+    _describe_build_model()
 
 
 def unregister_model(name: str) -> None:
     """Remove a registration (plugins and tests that registered a model for a while)."""
     _SPECS.pop(name, None)
+    _describe_build_model()
+
+
+def _describe_build_model() -> None:
+    """Keep build_model's signature and help listing the registered models' options (their declared
+    types as written; no annotation is evaluated, so registering stays cheap)."""
+    owners: dict[str, list[str]] = {}
+    first: dict[str, dataclasses.Field] = {}
+    for spec in _SPECS.values():
+        for field in spec.option_fields():
+            owners.setdefault(field.name, []).append(spec.name)
+            first.setdefault(field.name, field)
+    keywords = [("in_channels", "int | None", None, "input channels (1: gray, 3: RGB; default: the model's)"),
+                ("num_classes", "int | None", None, "classes the masks hold (2: binary; default: the model's)")]
+    keywords += [(name, f"{first[name].type} | None", None,
+                  f"[{', '.join(models)}] {first[name].metadata.get('help', '')}") for name, models in owners.items()]
+    with_keywords(build_model, keywords, "Arguments (a model's option left out takes its default)")
 
 
 def _first_line(doc: str | None) -> str:
