@@ -118,7 +118,7 @@ def test_the_installed_wheel_runs_the_demo_and_serves_its_model_outside_the_chec
     assert Path(where.stdout.strip()).is_relative_to(site), where.stdout + where.stderr
     assert run(seglab, "--version").stdout.strip() == f"seglab {__version__}"
 
-    demo = run(seglab, "demo", "--time-budget", 4, "--no-progress", "--out", "demo", "--device", "cpu", timeout=600)
+    demo = run(seglab, "demo", "--time-budget", 2, "--no-progress", "--out", "demo", "--device", "cpu", timeout=600)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert f" on {(site / 'seglab' / 'data' / 'isbi2012').resolve()}, slices 00-24 train" in demo.stdout
     summary = json.loads((elsewhere / "demo" / "demo_summary.json").read_text())
