@@ -40,3 +40,13 @@ def test_evaluate_and_predict_over_a_folder_draw_one_bar_or_plain_lines_off_a_te
     seglab.predict_files(checkpoint, [images], tmp_path / "lines")  # captured: not a terminal, no bar
     shown = capsys.readouterr()
     assert "predict" not in shown.err and shown.out.count(" -> ") == 5
+
+
+def test_the_log_line_counts_epochs_against_the_budget_when_the_plan_chose_them():
+    from seglab.engine.runlog import epoch_line
+
+    row = {"epoch": 19, "step": 228, "train_loss": 0.3, "lr": 1e-3, "images_per_s": 12.5, "time": 18.25}
+    assert epoch_line(row, None, False, budget=120).startswith("epoch 19  train_loss 0.3000")
+    assert epoch_line(row, None, True, budget=120).endswith("18.2/120 s  *best*")
+    assert epoch_line(row, 50, False, budget=120).startswith("epoch 19/50") and "18.2s" in epoch_line(row, 50, False)
+    assert epoch_line(row, None, False, by_step=True, budget=60).startswith("step 228 (epoch 19)")

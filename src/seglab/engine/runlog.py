@@ -69,7 +69,7 @@ class RunLog:
                 self._writer.add_image(f"val/prediction_{k}", picture, step, dataformats="HWC")
             self._last_overlays = time.monotonic()
 
-    def add_row(self, row: dict, epochs: int, improved: bool) -> None:
+    def add_row(self, row: dict, epochs: int | None, improved: bool, budget: float | None = None) -> None:
         """Append one row (a finished epoch, or the steps since the last evaluation) to
         metrics.jsonl and TensorBoard, and print its line."""
         if not self.enabled:
@@ -80,7 +80,7 @@ class RunLog:
                 if isinstance(value, (int, float)) and key not in ("epoch", "step", "time"):
                     self._writer.add_scalar(key.replace("val_", "val/").replace("train_", "train/"), value,
                                             row["step"])
-        self.log(epoch_line(row, epochs, improved, by_step=self.unit == "step"))
+        self.log(epoch_line(row, epochs, improved, by_step=self.unit == "step", budget=budget))
 
     def finish(self, rows: list[dict], stopped_by: str, compile_seconds: float = 0.0,
                stop_reason: str | None = None) -> None:
@@ -99,11 +99,16 @@ class RunLog:
         run_files.write_summary(self.run_dir, summary)
 
 
-def epoch_line(row: dict, epochs: int, improved: bool, by_step: bool = False) -> str:
-    where = f"step {row['step']} (epoch {row['epoch']}/{epochs})" if by_step else f"epoch {row['epoch']}/{epochs}"
+def epoch_line(row: dict, epochs: int | None, improved: bool, by_step: bool = False,
+               budget: float | None = None) -> str:
+    """One metrics row as a log line. `epochs` None: the plan trains as many as the budget allows,
+    so the line counts the epoch alone and the seconds against the `budget`."""
+    epoch = f"{row['epoch']}/{epochs}" if epochs else f"{row['epoch']}"
+    where = f"step {row['step']} (epoch {epoch})" if by_step else f"epoch {epoch}"
     parts = [where, f"train_loss {row['train_loss']:.4f}"]
     if "val_loss" in row:
         parts += [f"val_loss {row['val_loss']:.4f}", f"dice {row['val_dice']:.4f}", f"iou {row['val_iou']:.4f}",
                   f"pixel_error {row['val_pixel_error']:.4f}"]
-    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.1f} img/s", f"{row['time']:.1f}s"]
+    seconds = f"{row['time']:.1f}/{budget:g} s" if budget and not epochs else f"{row['time']:.1f}s"
+    parts += [f"lr {row['lr']:.2e}", f"{row['images_per_s']:.1f} img/s", seconds]
     return "  ".join(parts) + ("  *best*" if improved else "")

@@ -383,7 +383,7 @@ class Trainer:
             resume_at = {**position, "tally": vars(EpochTally())}
             # The row first: a checkpoint never holds a row metrics.jsonl lacks (a full disk stops
             # the run between the two writes; --resume cuts metrics.jsonl back to last.pt's rows).
-            self.runlog.add_row(row, c.train.epochs, improved)
+            self.runlog.add_row(row, shown_epochs(self.recipe), improved, c.train.time_budget)
             self.checkpoints.period_closed(lambda: train_state.last_payload(self, epoch, metrics, resume_at))
             if stop:
                 self.log(f"early stop: {c.train.monitor} has not improved in {self.monitor.evals_since_best} "
