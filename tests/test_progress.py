@@ -50,3 +50,15 @@ def test_the_log_line_counts_epochs_against_the_budget_when_the_plan_chose_them(
     assert epoch_line(row, None, True, budget=120).endswith("18.2/120 s  *best*")
     assert epoch_line(row, 50, False, budget=120).startswith("epoch 19/50") and "18.2s" in epoch_line(row, 50, False)
     assert epoch_line(row, None, False, by_step=True, budget=60).startswith("step 228 (epoch 19)")
+
+
+def test_a_long_loop_draws_its_bar_only_past_its_delay(capsys):
+    import time
+
+    from seglab.progress import progress_iter
+
+    assert list(progress_iter([1, 2, 3], "check sizes", enabled=True, delay=60)) == [1, 2, 3]
+    assert capsys.readouterr().err == ""                 # done within the delay: nothing drawn
+    for _ in progress_iter([1, 2], "check pixels", "pair", enabled=True, delay=0.01):
+        time.sleep(0.05)
+    assert "check pixels" in capsys.readouterr().err     # past it: the bar shows

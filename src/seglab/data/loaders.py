@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from seglab.data.datasets import SegmentationDataset
 from seglab.data.oversampling import RareLocations
+from seglab.progress import progress_iter
 
 
 class ResidentBatches:
@@ -105,7 +106,7 @@ class LoaderBatches:
 def stack_dataset(dataset: SegmentationDataset) -> tuple[torch.Tensor, ...] | None:
     """All items stacked: images (N, C, H, W), masks (N, H, W)[, weights (N, H, W)], or None when
     the images differ in size."""
-    items = [dataset.load(i) for i in range(len(dataset))]
+    items = [dataset.load(i) for i in progress_iter(range(len(dataset)), "decode", "pair")]
     if len({tuple(item[0].shape) for item in items}) != 1:
         return None
     return tuple(torch.stack([item[k] for item in items]) for k in range(len(items[0])))

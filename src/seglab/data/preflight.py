@@ -16,6 +16,7 @@ from seglab.data.io import check_trainable_size, image_info
 from seglab.data.labels.class_rules import label_rules, with_colours
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.errors import DataError
+from seglab.progress import progress_iter
 
 MAX_LISTED = 5
 MAX_SURVEYED = 500          # masks (and their images) decoded by the check, evenly spread
@@ -148,7 +149,7 @@ def _check_sizes(report: Preflight, where: str, scan: FolderScan) -> None:
     """The images' sizes, channels and dtypes (from headers), and masks sized unlike their image."""
     sizes: Counter[tuple] = Counter()
     files = [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]
-    for pair_image, pair_mask in files:
+    for pair_image, pair_mask in progress_iter(files, "check sizes"):
         info = _header(report, pair_image)
         if info is None or (pair_mask is not None and not _trainable(report, pair_image, *info[:2])):
             continue
@@ -176,7 +177,7 @@ def _check_sizes(report: Preflight, where: str, scan: FolderScan) -> None:
 def _read_sample(report: Preflight, pairs: list, root: Path, files: DecodedFiles) -> list[MaskFacts]:
     """Decode an evenly spread sample of pairs (catches truncated files the headers hide)."""
     facts, unreadable = [], []
-    for pair in _spread(pairs, MAX_SURVEYED):
+    for pair in progress_iter(_spread(pairs, MAX_SURVEYED), "check pixels", "pair"):
         try:
             files.image(pair.image)
         except DataError as error:
