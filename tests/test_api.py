@@ -141,6 +141,8 @@ def test_check_returns_the_report_the_command_prints(isbi_subset, run_seglab):
 # ---- a call leaves no global state behind --------------------------------------------------------
 TWO_RUNS = """
 import sys
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 import seglab
@@ -155,8 +157,8 @@ class Seen:  # callbacks run on rank 0 only, unless they ask for every rank (all
     def __init__(self, all_ranks):
         self.all_ranks = all_ranks
 
-    def on_evaluation(self, run, row):
-        print(f"evaluation seen by rank {run.rank}, all_ranks {self.all_ranks}")
+    def on_evaluation(self, run, row):  # a file per rank and kind: the ranks' prints would interleave
+        (Path(out) / f"seen by rank {run.rank}, all_ranks {self.all_ranks}").touch()
 
 
 for k in range(2):
@@ -180,9 +182,9 @@ def test_two_trainings_in_one_process_leave_no_process_group_behind(tmp_path, is
                       str(script), str(isbi_subset), str(tmp_path)], env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done True") == 2
-    seen = {line for line in done.stdout.splitlines() if line.startswith("evaluation seen")}
-    assert seen == {"evaluation seen by rank 0, all_ranks False", "evaluation seen by rank 0, all_ranks True",
-                    "evaluation seen by rank 1, all_ranks True"}
+    seen = {path.name for path in tmp_path.glob("seen by rank *")}
+    assert seen == {"seen by rank 0, all_ranks False", "seen by rank 0, all_ranks True",
+                    "seen by rank 1, all_ranks True"}
     assert all((tmp_path / f"run{k}" / "best.pt").is_file() for k in range(3))
 
 
