@@ -13,11 +13,11 @@ from pathlib import Path
 from seglab.config import RunConfig
 from seglab.engine.history import History
 from seglab.errors import SeglabError
-from seglab.runtime.run_files import best_row, read_run, read_split, stop_words
+from seglab.runtime.run_files import RunFolderView, read_run, read_split, stop_words
 
 
 @dataclass
-class Run:
+class Run(RunFolderView):
     """A run folder and what its training wrote.
 
     >>> run = seglab.train("data/isbi2012", epochs=2, base_channels=8, crop=128, out="runs/try")
@@ -46,11 +46,6 @@ class Run:
         return text
 
     @property
-    def best_row(self) -> dict | None:
-        """The metrics row that scored best (the monitor's rule, runtime.run_files.best_row)."""
-        return best_row(self.rows, self.monitor)
-
-    @property
     def report_file(self) -> Path | None:
         report = self.run_dir / "report.html"
         return report if report.is_file() else None
@@ -70,18 +65,6 @@ class Run:
             lines += [f"  next:    seglab predict -m {self.best_checkpoint} -i IMAGES -o OUT",
                       f"           seglab serve -m {self.best_checkpoint}"]
         return "\n".join(lines)
-
-    @property
-    def monitor(self) -> str:
-        return self.config.train.monitor
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.pt"
 
     @property
     def validation_pairs(self) -> list:

@@ -23,12 +23,12 @@ from typing import Any, Iterable
 
 from seglab.engine import distributed
 from seglab.errors import SeglabError
-from seglab.runtime.run_files import best_row
+from seglab.runtime.run_files import RunFolderView
 
 HOOKS = ("on_train_start", "on_epoch_end", "on_evaluation", "on_checkpoint", "on_train_end", "on_exception")
 
 
-class TrainingRun:
+class TrainingRun(RunFolderView):
     """What a callback sees of a run: the same object at every hook, updated before each call.
 
     run_dir, recipe (config, split, class map, plan), rows (the metrics rows so far), epoch
@@ -50,23 +50,6 @@ class TrainingRun:
     @property
     def config(self):
         return self.recipe.config
-
-    @property
-    def monitor(self) -> str:
-        return self.config.train.monitor
-
-    @property
-    def best_row(self) -> dict | None:
-        """The metrics row that scored best so far (None before one did)."""
-        return best_row(self.rows, self.monitor)
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.pt"
 
     def stop(self, reason: str = "") -> None:
         """End the run cleanly at the end of this hook's period (as a time budget does)."""

@@ -161,6 +161,29 @@ def best_row(rows: list[dict], metric: str) -> dict | None:
     return (max if monitor_mode(metric) == "max" else min)(scored, key=lambda r: r[metric])
 
 
+class RunFolderView:
+    """What every view of a run folder derives the same way from its `run_dir`, `config` and `rows`:
+    the monitored metric, the best row by the one rule, and the checkpoints' paths (Run, a callback's
+    TrainingRun)."""
+
+    @property
+    def monitor(self) -> str:
+        return self.config.train.monitor
+
+    @property
+    def best_row(self) -> dict | None:
+        """The metrics row that scored best (None before one did)."""
+        return best_row(self.rows, self.monitor)
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "last.pt"
+
+
 @dataclass
 class RunRecord:
     """What a run folder says about its run (config.yaml, metrics.jsonl, summary.json), read once."""
