@@ -34,7 +34,7 @@ MONITORS = {"val_dice": "max", "val_miou": "max", "val_iou": "max", "val_loss": 
 PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.base_channels", "model.depth",
                      "train.amp", "train.augment", "train.batch_size", "train.channels_last", "train.class_weights",
                      "train.epochs", "train.eval_every", "train.learning_rate", "train.time_budget", "train.monitor",
-                     "train.precision", "train.scheduler"})
+                     "train.precision", "train.scheduler", "train.loss", "train.oversample"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSS_TERMS = tuple(list_losses()) + tuple(ALIASES)
 TRACKERS = ("mlflow", "wandb")  # experiment trackers besides TensorBoard (engine.tracking)
@@ -64,6 +64,9 @@ class DataConfig:
     mask_colors: str | None = option(None, "JSON colour table for RGB colour masks", metavar="FILE.json")
     label_map: str | None = option(None, "JSON table of mask value -> class value, applied before classes are "
                                    "found (e.g. Cityscapes labelId -> trainId; 255: ignored)", metavar="FILE.json")
+    multilabel: bool = option(False, "overlapping labels, one sigmoid each: masks with a channel per label, or "
+                              "holding label k in bit k (a mask folder per label, masks/LABEL/NAME.png, is found "
+                              "without it)")
     normalization: str = option("auto", "intensity normalisation; auto: the pretrained encoder's mean and std "
                                 "(ImageNet's), or the --load checkpoint's, else per_image (zero mean, unit "
                                 "variance per image and channel; the default)", choices=("auto",) + NORMALIZATIONS)
@@ -89,7 +92,7 @@ class DataConfig:
         from seglab.data.classmap import MaskRules
 
         return MaskRules.from_options(self.mask_values, self.num_classes, self.class_names, self.ignore_index,
-                                      self.mask_colors)
+                                      self.mask_colors, self.multilabel)
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ OTHER_SPELLINGS = {"lr": "learning_rate", "bs": "batch_size", "batch": "batch_si
                    "n_classes": "num_classes", "encoder_name": "encoder", "in_chans": "in_channels",
                    "n_channels": "in_channels", "time_limit": "time_budget", "max_time": "time_budget",
                    "imgsz": "crop",
-                   "ignore_value": "ignore_index", "weights": "encoder_weights"}
+                   "ignore_value": "ignore_index", "weights": "encoder_weights", "multi_label": "multilabel"}
 LISTED_AT_MOST = 16  # known names an error lists in full; beyond, it points to the help instead
 
 

@@ -25,13 +25,13 @@ def _file_pairs(data) -> bool:
 
 
 def as_pairs(data: str | os.PathLike | Iterable, split: str | None = None,
-             label_map: str | os.PathLike | None = None) -> list[Pair]:
+             label_map: str | os.PathLike | None = None, multilabel: bool = False) -> list[Pair]:
     """A data folder (its `split`, else val, test, the whole folder or train; masks remapped through
-    `label_map`), or (image, mask) pairs."""
+    `label_map`, channels packed into labels with `multilabel`), or (image, mask) pairs."""
     if isinstance(data, (str, os.PathLike)):
-        return labelled_pairs(data, split, label_map)
+        return labelled_pairs(data, split, label_map, multilabel)
     if not _file_pairs(data):  # arrays, PIL images, tensors or a Dataset: written once as files
-        return labelled_pairs(materialise(data), "train", label_map)
+        return labelled_pairs(materialise(data), "train", label_map, multilabel)
     pairs = [item if isinstance(item, Pair) else Pair(Path(item[0]), Path(item[1])) for item in data]
     if not pairs:
         raise DataError("no image/mask pairs to evaluate: give a data folder or (image, mask) pairs")
@@ -61,7 +61,8 @@ def evaluate(model: str | os.PathLike | Predictor, data: str | os.PathLike | Ite
                           "is built already: use predictor.with_options(...)")
     elif scale is not None:
         model = model.with_options(scale=scale)
-    return evaluate_predictor(model, as_pairs(data, split, label_map), instances=instances, progress=progress)
+    pairs = as_pairs(data, split, label_map, model.class_map.multilabel)
+    return evaluate_predictor(model, pairs, instances=instances, progress=progress)
 
 
 with_keywords(evaluate, [("device", str, "auto", "cpu, cuda, cuda:N or auto"), *declared_keywords(InferenceOptions)],

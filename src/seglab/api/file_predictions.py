@@ -51,6 +51,9 @@ def predict_files(model: Predictor | str | os.PathLike, inputs: list, output: li
     if not (save or overlay or viz or instances):
         raise SeglabError("nothing to write: --no-save with no --overlay, --viz or --instances; drop --no-save "
                           "or ask for one of them")
+    if palette and model.class_map.multilabel:
+        raise SeglabError("--palette colours one class per pixel, but this model predicts overlapping labels (its "
+                          "masks hold label k in bit k): leave out --palette, or use --overlay for a picture")
     files = collect_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     outputs = [output] if isinstance(output, (str, os.PathLike)) else output
     jobs = name_outputs(files, [os.fspath(o) for o in outputs] if outputs else None, save=save, overlay=overlay,
@@ -123,7 +126,8 @@ def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, predict
     if "viz" in outputs:
         from seglab.viz.plots import save_side_by_side
 
-        probability = prediction.probabilities[0] if prediction.probabilities.shape[0] == 1 else None
+        probability = (prediction.probabilities[0] if prediction.probabilities.shape[0] == 1
+                       else prediction.probabilities.max(axis=0) if prediction.multilabel else None)
         summary.written.append(save_side_by_side(image, prediction.classes, outputs["viz"], title=job.source.name,
                                                  probability=probability))
     if "instances" in outputs:
@@ -139,7 +143,10 @@ def _write_outputs(model: Predictor, job: PredictJob, image: np.ndarray, predict
 
 def overlay_picture(image: np.ndarray, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
     """The `--overlay` picture (H, W, 3) uint8 of an image (H, W, C) and its prediction: every
-    class but 0 coloured, or for binary models the less frequent class only."""
+    class but 0 coloured (every label of a multi-label model), or for binary models the less
+    frequent class only."""
+    if prediction.multilabel:
+        return draw_overlay(image, prediction.classes, alpha=alpha, labels=prediction.probabilities.shape[0])
     highlight = None if prediction.probabilities.shape[0] > 1 else _rare_class(prediction.classes)
     return draw_overlay(image, prediction.classes, alpha=alpha, highlight=highlight)
 

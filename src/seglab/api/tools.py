@@ -15,16 +15,18 @@ from seglab.errors import SeglabError
 @checked_keywords("seglab.check")
 def check(data: str | os.PathLike, *, mask_values: list[int] | None = None, num_classes: int | None = None,
           class_names: list[str] | None = None, ignore_index: int | None = None,
-          mask_colors: str | os.PathLike | None = None, label_map: str | os.PathLike | None = None) -> Preflight:
+          mask_colors: str | os.PathLike | None = None, label_map: str | os.PathLike | None = None,
+          multilabel: bool = False) -> Preflight:
     """What `seglab check DATA` reports, as an object: `.ok`, `.errors`, `.warnings`, `.class_map`,
     `.lines`, and `str(report)` the text the command prints. Nothing is written but the mask cache
-    of a folder labelled by annotations or remapped by `label_map` (its `.seglab-cache/`).
+    of a folder labelled by annotations, remapped by `label_map` or holding overlapping labels
+    (its `.seglab-cache/`). `multilabel`: masks with a channel per label, or label k in bit k.
 
     >>> report = seglab.check("data/isbi2012")
     >>> report.ok, report.class_map.describe()     # (True, '0 -> 0 (0), 255 -> 1 (255)')
     """
     rules = MaskRules.from_options(mask_values, num_classes, class_names, ignore_index,
-                                   os.fspath(mask_colors) if mask_colors else None)
+                                   os.fspath(mask_colors) if mask_colors else None, multilabel)
     return run_preflight(os.fspath(data), **rules.as_kwargs(), label_map=os.fspath(label_map) if label_map else None)
 
 

@@ -8,13 +8,14 @@ from seglab.config import DataConfig
 from seglab.data.augment_config import AUGMENT_PRESETS
 
 MASK_OPTIONS = ("mask_values", "num_classes", "class_names", "ignore_index", "mask_colors", "label_map")
+CHECK_OPTIONS = MASK_OPTIONS + ("multilabel",)  # `data convert` writes one class per pixel: no labels
 
 
 def register(commands) -> None:
     check = commands.add_parser("check", help="describe a data folder and find problems before training")
     check.add_argument("data", help="folder with images/ + masks/, or train/ val/ test/ subfolders")
     add_dataclass_options(check.add_argument_group("masks"), DataConfig, "",
-                          skip=tuple(f for f in DataConfig.__dataclass_fields__ if f not in MASK_OPTIONS))
+                          skip=tuple(f for f in DataConfig.__dataclass_fields__ if f not in CHECK_OPTIONS))
     check.add_argument("--preview", metavar="FILE.png", help="write a grid of augmented image/mask pairs")
     check.add_argument("--augment", choices=list(AUGMENT_PRESETS), default="paper",
                        help="augmentation preset shown by --preview (default: paper)")
@@ -83,7 +84,7 @@ def run_check(args: argparse.Namespace) -> int:
         from seglab.data.mask_repair import require_empty_folder
 
         require_empty_folder(args.fix_to)  # before a long check, not after it
-    report = seglab.check(args.data, **{name: getattr(args, name) for name in MASK_OPTIONS})
+    report = seglab.check(args.data, **{name: getattr(args, name) for name in CHECK_OPTIONS})
     print(report)
     if args.preview and report.class_map is not None and not report.errors:
         from seglab.viz.preview import write_preview

@@ -8,6 +8,8 @@ import numpy as np
 # Class index of pixels that count nowhere (void, padding from augmentation). Matches PyTorch's
 # cross-entropy default, so no loss needs to be told.
 IGNORE_INDEX = -100
+# Labels a multi-label mask holds at most: one bit each of a 16-bit PNG.
+MAX_LABELS = 16
 
 
 @dataclass(frozen=True)
@@ -15,6 +17,9 @@ class ClassMap:
     """Mask value `values[k]` is class k; `ignore_value` (if any) becomes IGNORE_INDEX.
 
     Two classes train a single-logit model (sigmoid, class 1 = positive); more train K logits.
+    A `multilabel` map holds K overlapping labels instead: a mask value is a set of labels, bit k
+    (`values[k]` = 2**k) set where label k is, and the model has one sigmoid per label. Its "class
+    indices" are those bit sets ((H, W) int64, IGNORE_INDEX where ignored).
     """
 
     values: tuple[int, ...]
@@ -22,10 +27,18 @@ class ClassMap:
     ignore_value: int | None = None
     rgb: bool = False  # values are packed colours (r << 16 | g << 8 | b) of RGB colour masks
     colors: tuple[tuple[int, int, int], ...] | None = None  # each class's display colour (a palette's)
+    multilabel: bool = False  # overlapping labels, one bit each (see the class docstring)
 
     def __post_init__(self):
         if len(self.values) < 2:
             raise ValueError("a class map needs at least two classes")
+        if self.multilabel and self.values != tuple(1 << k for k in range(len(self.values))):
+            raise ValueError(f"a multi-label map's values are the labels' bits 1, 2, 4, ...; not {self.values}")
+        if self.multilabel and len(self.values) > MAX_LABELS:
+            raise ValueError(f"{len(self.values)} labels; a multi-label map holds at most {MAX_LABELS}")
+        if self.multilabel and self.ignore_value is not None and 0 <= self.ignore_value < 1 << len(self.values):
+            raise ValueError(f"the ignored value {self.ignore_value} is a set of labels of a {len(self.values)}-label "
+                             f"map: ignore a value from {1 << len(self.values)} up")
         if len(set(self.values)) != len(self.values):
             raise ValueError(f"mask values repeat in the class map: {self.values}")
         if len(self.names) != len(self.values):
@@ -39,24 +52,32 @@ class ClassMap:
         names = tuple(names) if names else tuple(str(v) for v in values)
         return cls(values, names, ignore_value)
 
+    @classmethod
+    def of_labels(cls, names, ignore_value: int | None = None) -> "ClassMap":
+        """A multi-label map of the labels `names`, label k in bit k."""
+        return cls(tuple(1 << k for k in range(len(names))), tuple(names), ignore_value, multilabel=True)
+
     @property
     def num_classes(self) -> int:
         return len(self.values)
 
     @property
     def is_binary(self) -> bool:
-        return self.num_classes == 2
+        return self.num_classes == 2 and not self.multilabel
 
     @property
     def num_outputs(self) -> int:
-        """Model output channels: 1 logit for binary masks, K for K classes."""
+        """Model output channels: 1 logit for binary masks, K for K classes or K labels."""
         return 1 if self.is_binary else self.num_classes
 
     def encode(self, mask: np.ndarray) -> np.ndarray:
-        """Raw mask values (H, W) -> class indices (H, W) int64; ignore value -> IGNORE_INDEX.
+        """Raw mask values (H, W) -> class indices (H, W) int64 (a multi-label map: the label bits,
+        checked); ignore value -> IGNORE_INDEX.
 
         Raises ValueError listing the unexpected values (the caller adds the file name).
         """
+        if self.multilabel:
+            return self._encode_labels(mask)
         lookup_values = np.asarray(self.values, dtype=np.int64)
         flat = mask.astype(np.int64, copy=False)
         out = np.full(flat.shape, IGNORE_INDEX, dtype=np.int64)
@@ -73,31 +94,64 @@ class ClassMap:
             raise ValueError(f"unexpected mask values {shown} (the class map has {list(self.values)})")
         return out
 
+    def _encode_labels(self, mask: np.ndarray) -> np.ndarray:
+        flat = mask.astype(np.int64, copy=False)
+        ignored = flat == self.ignore_value if self.ignore_value is not None else np.zeros(flat.shape, bool)
+        outside = ((flat < 0) | (flat >= 1 << self.num_classes)) & ~ignored
+        if outside.any():
+            unexpected = np.unique(flat[outside])
+            shown = ", ".join(str(v) for v in unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
+            raise ValueError(f"unexpected mask values {shown} (the {self.num_classes} labels are bits 0.."
+                             f"{self.num_classes - 1}: values 0..{(1 << self.num_classes) - 1})")
+        return np.where(ignored, IGNORE_INDEX, flat)
+
     def decode(self, classes: np.ndarray) -> np.ndarray:
         """Class indices (H, W) -> the user's mask values: (H, W) uint8 when they fit, else uint16;
-        (H, W, 3) uint8 colours for colour masks."""
+        (H, W, 3) uint8 colours for colour masks; a multi-label map's bit sets as they are (uint8
+        for up to 8 labels, else uint16; ignored pixels 0)."""
+        if self.multilabel:
+            return np.clip(classes, 0, None).astype(np.uint8 if self.num_classes <= 8 else np.uint16)
         index = np.clip(classes, 0, self.num_classes - 1)
         if self.rgb:
             return unpack_rgb(np.asarray(self.values, dtype=np.int64)[index])
         dtype = np.uint8 if max(self.values) <= 255 and min(self.values) >= 0 else np.uint16
         return np.asarray(self.values, dtype=dtype)[index]
 
+    def holds(self, value: int, k: int) -> bool:
+        """Whether raw mask value `value` is class k (for a multi-label map: holds label k's bit)."""
+        if self.multilabel:
+            return value != self.ignore_value and value >= 0 and bool(value & self.values[k])
+        return value == self.values[k]
+
+    def pixel_counts(self, value_counts: dict[int, int]) -> list[int]:
+        """Pixels of each class from pixels per raw mask value (a survey's)."""
+        if not self.multilabel:
+            return [int(value_counts.get(value, 0)) for value in self.values]
+        return [sum(int(count) for value, count in value_counts.items() if self.holds(value, k))
+                for k in range(self.num_classes)]
+
     def to_dict(self) -> dict:
         colors = {"colors": [list(c) for c in self.colors]} if self.colors is not None else {}
+        labels = {"multilabel": True} if self.multilabel else {}  # files of single-label maps stay as 0.2 wrote them
         return {"values": list(self.values), "names": list(self.names), "ignore_value": self.ignore_value,
-                "rgb": self.rgb, **colors}
+                "rgb": self.rgb, **colors, **labels}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClassMap":
         colors = data.get("colors")
         return cls(tuple(int(v) for v in data["values"]), tuple(str(n) for n in data["names"]),
                    None if data.get("ignore_value") is None else int(data["ignore_value"]), bool(data.get("rgb")),
-                   None if colors is None else tuple(tuple(int(c) for c in colour) for colour in colors))
+                   None if colors is None else tuple(tuple(int(c) for c in colour) for colour in colors),
+                   bool(data.get("multilabel")))
 
     def _show(self, value: int) -> str:
         return "rgb(%d,%d,%d)" % tuple(unpack_rgb(np.asarray(value))) if self.rgb else str(value)
 
     def describe(self) -> str:
+        if self.multilabel:
+            labels = ", ".join(f"bit {k} -> {name}" for k, name in enumerate(self.names))
+            extra = f"; {self.ignore_value} -> ignored" if self.ignore_value is not None else ""
+            return f"{self.num_classes} overlapping labels: {labels}{extra}"
         pairs = ", ".join(f"{self._show(v)} -> {k} ({n})" for k, (v, n) in enumerate(zip(self.values, self.names)))
         extra = f"; {self._show(self.ignore_value)} -> ignored" if self.ignore_value is not None else ""
         return pairs + extra
@@ -114,23 +168,39 @@ class MaskRules:
     class_names: tuple[str, ...] | None = None
     ignore_value: int | None = None
     rgb: bool = False
+    multilabel: bool = False  # overlapping labels (--multilabel, or found in the folder's layout)
 
     @classmethod
     def from_options(cls, mask_values=None, num_classes=None, class_names=None, ignore_value=None,
-                     mask_colors=None) -> "MaskRules":
-        """The rules of the --mask-values/--num-classes/--class-names/--ignore-index/--mask-colors
-        options; a colour table file gives the values (packed colours), names and ignored colour."""
+                     mask_colors=None, multilabel: bool = False) -> "MaskRules":
+        """The rules of the --mask-values/--num-classes/--class-names/--ignore-index/--mask-colors/
+        --multilabel options; a colour table file gives the values (packed colours), names and
+        ignored colour."""
+        from seglab.errors import SeglabError
+
+        if multilabel and (mask_colors or mask_values):
+            raise SeglabError(f"--{'mask-colors' if mask_colors else 'mask-values'} maps one class to each pixel; "
+                              "multi-label masks hold a bit per label: give --class-names (one per label) instead")
         if mask_colors:
             codes, names, ignore = load_color_table(mask_colors)
             return cls(tuple(codes), None, tuple(class_names or names), ignore, True)
         return cls(tuple(mask_values) if mask_values else None, num_classes,
-                   tuple(class_names) if class_names else None, ignore_value, False)
+                   tuple(class_names) if class_names else None, ignore_value, False, bool(multilabel))
 
     def as_kwargs(self) -> dict:
         """Keyword arguments of `infer_class_map` and `run_preflight`."""
         return {"mask_values": list(self.mask_values) if self.mask_values else None, "num_classes": self.num_classes,
                 "class_names": list(self.class_names) if self.class_names else None,
-                "ignore_value": self.ignore_value, "rgb": self.rgb}
+                "ignore_value": self.ignore_value, "rgb": self.rgb, "multilabel": self.multilabel}
+
+
+def class_masks(truth: np.ndarray, class_map: ClassMap) -> np.ndarray:
+    """(K, H, W) bool: where each class of `class_map` is in `truth` ((H, W) class indices, or a
+    multi-label map's bit sets); ignored pixels are in none."""
+    classes = np.arange(class_map.num_classes).reshape(-1, 1, 1)
+    if class_map.multilabel:
+        return ((np.where(truth >= 0, truth, 0)[None] >> classes) & 1).astype(bool)
+    return truth[None] == classes
 
 
 def value_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,10 @@ def convert_folder(source: str | Path, dest: str | Path, label_map: str | None =
     report = run_preflight(source, **rules, label_map=label_map)
     if report.errors or report.fix is None:
         return format_preflight(report) + f"\nnothing written: fix the problems above, then convert {source}", False
+    if report.fix.class_map.multilabel:
+        return (format_preflight(report) + "\nnothing written: `seglab data convert` writes one class per pixel and "
+                f"these masks hold overlapping labels; train on {source} itself (its labels are packed into bit "
+                "sets in its .seglab-cache/)"), False
     text, ok = fix_and_recheck(report, dest)
     class_map = report.class_map or report.fix.class_map
     ignore = None  # as write_fixed_copy writes it: the value itself when it fits after the classes, else 255

@@ -7,11 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.classmap import ClassMap, pack_rgb, unpack_rgb, value_counts
-from seglab.data.folders import IMAGE_DIR_NAMES, MASK_DIR_NAMES, FolderScan, LabelSource, Pair, find_dir, list_images
+from seglab.data.classmap import MAX_LABELS, ClassMap, pack_rgb, unpack_rgb, value_counts
+from seglab.data.folders import (
+    IMAGE_DIR_NAMES,
+    MASK_DIR_NAMES,
+    FolderScan,
+    LabelSource,
+    Pair,
+    detect_mask_suffix,
+    find_dir,
+    list_images,
+)
 from seglab.data.io import read_mask
 from seglab.data.labels.found import coco_splits, scan_annotations, ultralytics_splits
 from seglab.data.labels.label_table import remap_scan
+from seglab.data.labels.multilabel import label_folders, scan_label_channels, scan_label_folders
 from seglab.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -44,27 +54,10 @@ class DataLayout:
         return [scan.labels for scan in self.splits.values() if scan.labels is not None]
 
 
-def detect_mask_suffix(image_stems: set[str], mask_stems: list[str]) -> str:
-    """The suffix that turns an image stem into its mask stem ("" or e.g. "_mask" for Carvana).
-
-    Each mask stem votes for the suffix left after its longest image-stem prefix; the most
-    common vote wins, so a few stray files cannot change the pairing.
-    """
-    votes: Counter[str] = Counter()
-    for stem in mask_stems:
-        if stem in image_stems:
-            votes[""] += 1
-            continue
-        for cut in range(len(stem) - 1, 0, -1):
-            if stem[:cut] in image_stems:
-                votes[stem[cut:]] += 1
-                break
-    return votes.most_common(1)[0][0] if votes else ""
-
-
-def scan_folder(folder: Path) -> FolderScan:
+def scan_folder(folder: Path, multilabel: bool = False) -> FolderScan:
     """Pair the files of folder/images (or imgs, image) with folder/masks (or labels, ...), or with
-    the masks rasterised from the folder's COCO or YOLO annotations (`data.labels`)."""
+    the masks rasterised from the folder's COCO or YOLO annotations (`data.labels`), or packed from
+    a mask folder per label (or, with `multilabel`, from masks with a channel per label)."""
     annotated = scan_annotations(folder)
     if annotated is not None:
         return annotated
@@ -75,6 +68,15 @@ def scan_folder(folder: Path) -> FolderScan:
     images = list_images(image_dir)
     if mask_dir is None:
         return FolderScan(image_dir, None, unpaired_images=images)
+    labels = label_folders(mask_dir)
+    if labels:
+        return scan_label_folders(folder, image_dir, mask_dir, labels)
+    scan = _paired(image_dir, mask_dir, images)
+    return scan_label_channels(folder, scan) if multilabel else scan
+
+
+def _paired(image_dir: Path, mask_dir: Path, images: list[Path]) -> FolderScan:
+    """The images of image_dir paired with the masks of mask_dir by stem (and a mask suffix)."""
     masks = list_images(mask_dir)
     image_by_stem = {p.stem: p for p in images}
     suffix = detect_mask_suffix(set(image_by_stem), [m.stem for m in masks])
@@ -93,20 +95,21 @@ def scan_folder(folder: Path) -> FolderScan:
     return scan
 
 
-def discover(root: str | Path, label_map: str | Path | None = None) -> DataLayout:
+def discover(root: str | Path, label_map: str | Path | None = None, multilabel: bool = False) -> DataLayout:
     """Describe a data folder: `root/images + root/masks`, or `root/{train,val,test}/...`; with
-    `label_map` (a JSON table), masks are remapped through it (`data.labels.label_table`)."""
+    `label_map` (a JSON table), masks are remapped through it (`data.labels.label_table`); with
+    `multilabel`, masks holding several channels hold a label each (`data.labels.multilabel`)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder '{root}' does not exist: check the path")
     if not root.is_dir():
         raise DataError(f"'{root}' is a file; give the data folder that holds images/ and masks/")
     folders = {name: next((root / f for f in SPLIT_FOLDERS[name] if (root / f).is_dir()), None) for name in SPLIT_NAMES}
-    splits = {name: scan_folder(folder) for name, folder in folders.items() if folder is not None}
+    splits = {name: scan_folder(folder, multilabel) for name, folder in folders.items() if folder is not None}
     splits = ({name: scan for name, scan in splits.items() if scan.image_dir is not None}
               or ultralytics_splits(root) or coco_splits(root))
     if not splits:
-        scan = scan_folder(root)
+        scan = scan_folder(root, multilabel)
         if scan.image_dir is None:
             raise DataError(
                 f"no images/ folder in '{root}': expected {root}/images + {root}/masks "
@@ -170,12 +173,15 @@ def _format_values(values: list[int], limit: int = 10) -> str:
 
 def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
                     num_classes: int | None = None, class_names: list[str] | None = None,
-                    ignore_value: int | None = None, rgb: bool = False) -> ClassMap:
+                    ignore_value: int | None = None, rgb: bool = False, multilabel: bool = False) -> ClassMap:
     """Decide which mask value is which class, or raise DataError naming the offending file.
 
     Rules, in order: explicit `mask_values`; {0,255} or {0,1} binary; class indices 0..K-1
     (K from `num_classes`, or implied when there are at most MAX_IMPLICIT_CLASSES values).
+    `multilabel`: the values are sets of labels, one bit each (`infer_label_map`).
     """
+    if multilabel:
+        return infer_label_map(survey, num_classes, class_names, ignore_value)
     if survey.rgb_files and not rgb:
         path, colours = survey.rgb_files[0], survey.values
         if len(colours) <= MAX_IMPLICIT_CLASSES:
@@ -221,10 +227,39 @@ def infer_class_map(survey: MaskSurvey, mask_values: list[int] | None = None,
                     tuple(class_names) if class_names else tuple(str(v) for v in values), ignore_value, rgb)
 
 
-def labelled_pairs(data: str | Path, split: str | None = None, label_map: str | Path | None = None) -> list[Pair]:
+def infer_label_map(survey: MaskSurvey, num_labels: int | None = None, class_names: list[str] | None = None,
+                    ignore_value: int | None = None) -> ClassMap:
+    """The multi-label map of bit-set masks (bit k set where label k is): K labels from the names,
+    else `num_labels`, else the highest bit seen. DataError naming the file for a colour mask or
+    a value beyond K bits."""
+    if survey.rgb_files:
+        raise DataError(f"mask '{survey.rgb_files[0]}' has colour channels; multi-label masks hold one bit per "
+                        "label in one channel, or one mask folder per label (masks/LABEL/NAME.png)")
+    seen = [v for v in survey.values if v != ignore_value]
+    if class_names is not None and num_labels is not None and len(class_names) != num_labels:
+        raise DataError(f"{len(class_names)} class names given for {num_labels} labels: pass one name per label")
+    count = len(class_names) if class_names else num_labels or max(max(seen, default=0).bit_length(), 2)
+    if count > MAX_LABELS:
+        raise DataError(f"{count} labels; multi-label masks hold at most {MAX_LABELS} (one bit each of a 16-bit PNG)")
+    if count < 2:
+        raise DataError("one label is a binary mask, not a multi-label one: leave out --multilabel")
+    beyond = [v for v in seen if v < 0 or v >= 1 << count]
+    if beyond:
+        path = survey.first_file[beyond[0]]
+        raise DataError(f"mask '{path}' holds {_format_values(beyond)}, beyond the bits of {count} labels (values "
+                        f"0..{(1 << count) - 1}): give one --class-names name per label, or fix the export")
+    try:
+        return ClassMap.of_labels(class_names or [f"label{k}" for k in range(count)], ignore_value)
+    except ValueError as error:
+        raise DataError(f"{error}") from None
+
+
+def labelled_pairs(data: str | Path, split: str | None = None, label_map: str | Path | None = None,
+                   multilabel: bool = False) -> list[Pair]:
     """Pairs to score in a data folder: the named split, else val, test, the whole folder, or
-    train, the first that has pairs (masks remapped through `label_map`, as the run trained)."""
-    layout = discover(data, label_map)
+    train, the first that has pairs (masks remapped through `label_map`, channels packed into
+    labels with `multilabel`, as the run trained)."""
+    layout = discover(data, label_map, multilabel)
     if split is not None:
         if split not in layout.splits:
             raise DataError(f"'{data}' has no {split}/ split; it has: {', '.join(layout.splits)}")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from seglab.data.classmap import IGNORE_INDEX, ClassMap
+from seglab.data.classmap import ClassMap, class_masks
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import Pair
 from seglab.data.io import image_info
@@ -59,9 +59,10 @@ def _is_gray(image: np.ndarray) -> bool:
     return bool((sample[..., 1:] == sample[..., :1]).all())
 
 
-def _regions(truth: np.ndarray, class_index: int) -> tuple[int, float]:
-    """(number of 4-connected regions of one class, median equivalent diameter in px)."""
-    labels, count = ndimage.label(truth == class_index)
+def _regions(where: np.ndarray) -> tuple[int, float]:
+    """(number of 4-connected regions of one class, median equivalent diameter in px) from where
+    the class is, (H, W) bool."""
+    labels, count = ndimage.label(where)
     if count == 0:
         return 0, 0.0
     areas = np.bincount(labels.ravel())[1:]
@@ -85,10 +86,10 @@ def fingerprint(pairs: list[Pair], class_map: ClassMap, sample: int = SAMPLED,
         pixels = to_float(image)
         means.append(float(pixels.mean()))
         stds.append(float(pixels.std()))
-        valid = truth[truth != IGNORE_INDEX]
-        counts += np.bincount(valid.ravel(), minlength=class_map.num_classes)[: class_map.num_classes]
+        planes = class_masks(truth, class_map)  # (K, H, W): each class, or each label
+        counts += planes.reshape(class_map.num_classes, -1).sum(1)
         for k in range(class_map.num_classes):
-            regions[k].append(_regions(truth, k))
+            regions[k].append(_regions(planes[k]))
     total = max(int(counts.sum()), 1)
     names = list(class_map.names)
     diameters = {names[k]: float(np.median([d for n, d in found if n])) if any(n for n, _ in found) else 0.0

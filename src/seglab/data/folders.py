@@ -2,6 +2,7 @@
 holds (FolderScan) and where its labels came from when they were not mask files (LabelSource)."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,11 @@ class LabelSource:
     cache_dir: Path
     reused: bool              # read from the cache (True) or rasterised by this call (False)
     ignore_value: int | None = None
+    multilabel: bool = False  # masks of bit sets, label k in bit k (`data.labels.multilabel`)
 
     def describe(self) -> str:
-        made = "remapped into" if self.kind == "label table" else "rasterised into"
+        made = {"label table": "remapped into", "label folders": "packed into",
+                "mask channels": "packed into"}.get(self.kind, "rasterised into")
         how = "read from the cache" if self.reused else made
         names = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
         return f"labels: {self.kind} {self.source} ({len(self.values)} classes: {names}), {how} {self.cache_dir}"
@@ -67,3 +70,21 @@ def find_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def detect_mask_suffix(image_stems: set[str], mask_stems: list[str]) -> str:
+    """The suffix that turns an image stem into its mask stem ("" or e.g. "_mask" for Carvana).
+
+    Each mask stem votes for the suffix left after its longest image-stem prefix; the most
+    common vote wins, so a few stray files cannot change the pairing.
+    """
+    votes: Counter[str] = Counter()
+    for stem in mask_stems:
+        if stem in image_stems:
+            votes[""] += 1
+            continue
+        for cut in range(len(stem) - 1, 0, -1):
+            if stem[:cut] in image_stems:
+                votes[stem[cut:]] += 1
+                break
+    return votes.most_common(1)[0][0] if votes else ""

@@ -285,6 +285,25 @@ def read_stack(path: str | Path) -> np.ndarray:
     return array if array.ndim >= 3 else array[None]
 
 
+def read_mask_channels(path: str | Path, max_channels: int = 16) -> np.ndarray:
+    """A mask holding a channel per label as (H, W, K), K >= 1: a PNG's gray, RGB or RGBA channels
+    as stored (alpha kept, a palette's indices one channel), a TIFF's samples or its planes
+    ((K, H, W) with K <= `max_channels` read as channels), within the pixel limit."""
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        array = _read_tiff(path, stack=True)
+        if array.ndim == 3 and array.shape[0] <= max_channels and array.shape[0] < array.shape[-1]:
+            array = np.moveaxis(array, 0, -1)  # planar (K, H, W)
+    else:
+        array = np.asarray(_read_pil(path))
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise DataError(f"mask '{path}' has shape {array.shape}; expected (H, W) or (H, W, channels)")
+    return array
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask as raw values: (H, W) for grayscale, class-index or palette masks (palette
     indices are kept, not colours); (H, W, 3) uint8 for true-colour masks whose channels differ.

@@ -83,6 +83,9 @@ def write_fixed_copy(report: Preflight, dest: str | Path) -> FixResult:
     dest = Path(dest)
     if report.layout is None or report.fix is None:
         raise SeglabError("--fix-to needs masks whose classes can be worked out: fix the errors above first")
+    if report.fix.class_map.multilabel:
+        raise SeglabError("--fix-to writes one class per pixel; these masks hold overlapping labels (bit sets, "
+                          "checked as they are): train on the folder itself")
     require_empty_folder(dest)
     source = report.layout.root.resolve()
     if dest.resolve() == source or any(dest.resolve().is_relative_to(d.resolve()) for s in report.layout.splits.values()

@@ -23,9 +23,20 @@ def to_display(image: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.45,
-            highlight: int | None = None) -> np.ndarray:
-    """Colour each class (index >= 1, or only `highlight`) over the image: (H, W, 3) uint8."""
+            highlight: int | None = None, labels: int = 0) -> np.ndarray:
+    """Colour each class (index >= 1, or only `highlight`) over the image: (H, W, 3) uint8.
+    With `labels` K > 0, `classes` are bit sets of K overlapping labels: label k is coloured
+    PALETTE[k + 1] (its colour in the class table), where labels overlap one over the other."""
     base = to_display(image).astype(np.float32)
+    if labels:
+        bits = np.where(classes >= 0, classes, 0)
+        for k in range(labels):
+            if highlight is not None and k != highlight:
+                continue
+            painted = ((bits >> k) & 1).astype(bool)
+            colour = PALETTE[(k + 1) % len(PALETTE)].astype(np.float32)
+            base[painted] = (1 - alpha) * base[painted] + alpha * colour
+        return base.astype(np.uint8)
     colours = PALETTE[np.clip(classes, 0, len(PALETTE) - 1) % len(PALETTE)].astype(np.float32)
     painted = (classes >= 1) if highlight is None else (classes == highlight)
     if highlight is not None:

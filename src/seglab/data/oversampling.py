@@ -49,13 +49,19 @@ class RareLocations:
 
     @classmethod
     def from_masks(cls, masks: Iterable, num_classes: int, share: float = RARE_SHARE,
-                   per_class: int = LOCATIONS_PER_CLASS) -> RareLocations:
-        """masks: (H, W) integer arrays or tensors of class indices (negative: ignored), in image
-        order, at the size the crops are cut from."""
+                   per_class: int = LOCATIONS_PER_CLASS, multilabel: bool = False) -> RareLocations:
+        """masks: (H, W) integer arrays or tensors of class indices (negative: ignored), or with
+        `multilabel` of label bit sets (K = `num_classes` labels), in image order, at the size the
+        crops are cut from."""
         counts = np.zeros(num_classes, dtype=np.int64)
         kept: list[dict[int, np.ndarray]] = []
         for mask in masks:
             mask = np.asarray(mask)
+            if multilabel:
+                image, found = _label_locations(mask, num_classes, per_class)
+                counts += found
+                kept.append(image)
+                continue
             flat = mask.reshape(-1)
             valid = flat[(flat >= 0) & (flat < num_classes)]
             counts += np.bincount(valid, minlength=num_classes)[:num_classes]
@@ -92,6 +98,20 @@ class RareLocations:
 
     def nbytes(self) -> int:
         return sum(v.nbytes for image in self.locations for v in image.values())
+
+
+def _label_locations(mask: np.ndarray, labels: int, per_class: int) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """A multi-label mask (H, W) of bit sets -> ({label: (n, 2) int32 kept positions}, (K,) pixels per label)."""
+    flat = np.where(mask >= 0, mask, 0).reshape(-1)
+    width = mask.shape[-1]
+    image, counts = {}, np.zeros(labels, dtype=np.int64)
+    for k in range(labels):
+        positions = np.flatnonzero((flat >> k) & 1)
+        counts[k] = len(positions)
+        if len(positions):
+            kept = spread(positions, per_class)
+            image[k] = np.stack([kept // width, kept % width], 1).astype(np.int32)
+    return image, counts
 
 
 def window_start(centre: int, window: int, length: int) -> int:

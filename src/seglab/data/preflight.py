@@ -99,13 +99,15 @@ def _trainable(report: Preflight, path: Path, height: int, width: int) -> bool:
 
 def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_classes: int | None = None,
                   class_names: list[str] | None = None, ignore_value: int | None = None,
-                  rgb: bool = False, decoded: DecodedFiles | None = None, label_map: str | None = None) -> Preflight:
+                  rgb: bool = False, decoded: DecodedFiles | None = None, label_map: str | None = None,
+                  multilabel: bool = False) -> Preflight:
     """What `seglab check` reports on the folder `root`; `decoded`: the store that keeps what it
     decodes for the steps after it (`seglab train` hands it to the plan and the training);
-    `label_map`: a JSON table the masks are remapped through first."""
+    `label_map`: a JSON table the masks are remapped through first; `multilabel`: masks of
+    overlapping labels (found without it in a mask folder per label)."""
     report = Preflight()
     try:
-        layout = discover(root, label_map)
+        layout = discover(root, label_map, multilabel)
     except DataError as error:
         report.errors.append(str(error))
         return report
@@ -137,9 +139,13 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
     if facts:
         readable = sum(1 for p in pairs if p.mask not in report.bad_files)
         told = MaskRules(tuple(mask_values) if mask_values else None, num_classes,
-                         tuple(class_names) if class_names else None, ignore_value, rgb)
-        rules = label_rules(layout, told, {v for f in facts for v in f.counts}, facts[0].path).as_kwargs()
-        _check_masks(report, facts, root, readable, **rules)
+                         tuple(class_names) if class_names else None, ignore_value, rgb, multilabel)
+        rules = label_rules(layout, told, {v for f in facts for v in f.counts}, facts[0].path)
+        if rules.multilabel:
+            _check_labels(report, facts, readable, rules)
+        else:
+            _check_masks(report, facts, root, readable, **{k: v for k, v in rules.as_kwargs().items()
+                                                           if k != "multilabel"})
         if report.class_map is not None:
             report.class_map = with_colours(report.class_map, facts[0].path)
     return report
@@ -215,6 +221,29 @@ def _check_masks(report: Preflight, facts: list[MaskFacts], root: Path, total_ma
             report.errors.append(str(error))
     report.fix = _fix_plan(report, facts, mask_values, num_classes, class_names, ignore_value, rgb, mixed)
     _describe_classes(report, facts, survey, ignore_value, mixed)
+
+
+def _check_labels(report: Preflight, facts: list[MaskFacts], total_masks: int, rules: MaskRules) -> None:
+    """Masks of overlapping labels (bit sets): the label map they give and each label's share of the
+    pixels (labels overlap, so shares may add up past 100%)."""
+    survey = survey_facts(facts)
+    sampled = f" (sampled {survey.files_read} of {total_masks})" if survey.files_read < total_masks else ""
+    try:
+        report.class_map = infer_class_map(survey, **rules.as_kwargs())
+    except DataError as error:
+        report.errors.append(str(error))
+        return
+    report.fix = MaskFix(report.class_map)
+    class_map = report.class_map
+    total = sum(count for value, count in survey.counts.items() if value != class_map.ignore_value) or 1
+    shares = [count / total for count in class_map.pixel_counts(survey.counts)]
+    report.lines.append(f"label map: {class_map.describe()}")
+    report.lines.append(f"label shares{sampled}: " + ", ".join(f"{name} {share:.1%}"
+                                                                for name, share in zip(class_map.names, shares)))
+    empty = [name for name, share in zip(class_map.names, shares) if share == 0]
+    if empty:
+        report.warnings.append(f"no pixel of the masks read holds the label(s) {', '.join(empty)}: the model cannot "
+                               "learn them; add examples or drop those labels")
 
 
 def _describe_values(report: Preflight, survey: MaskSurvey, facts: list[MaskFacts], total_masks: int,

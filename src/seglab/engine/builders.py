@@ -67,7 +67,7 @@ def rare_locations(config: RunConfig, class_map: ClassMap, masks, log=print) -> 
     training scale), or None without it."""
     if not config.train.oversample:
         return None
-    rare = RareLocations.from_masks(masks, class_map.num_classes)
+    rare = RareLocations.from_masks(masks, class_map.num_classes, multilabel=class_map.multilabel)
     names = ", ".join(class_map.names[k] for k in rare.classes) or "none (one class)"
     log(f"oversampling: {config.train.oversample:g} of the crops centre on a pixel of {names} (classes under "
         f"{RARE_SHARE:.0%} of the training pixels, else the rarest); {rare.nbytes() / 1024:.1f} KiB of locations")
@@ -132,7 +132,7 @@ def make_loss(config: RunConfig, class_map: ClassMap, class_counts: list[int] | 
     --class-weights auto."""
     name = "ce+dice" if config.train.loss == "auto" else config.train.loss
     return SegmentationLoss(class_map.num_outputs, name, class_weights_for(config, class_counts),
-                            options=config.train.loss_options)
+                            options=config.train.loss_options, multilabel=class_map.multilabel)
 
 
 def make_optimizer(config: RunConfig, model: nn.Module, fused: bool = False,

@@ -30,7 +30,7 @@ RECIPE_KEYS = CONFIG_KEYS + ("classes", "split", "plan")
 # so beside --recipe they would change nothing: they are refused (plan again) instead of ignored.
 SPLIT_OPTIONS = ("data.root", "data.val_dir", "data.validation", "data.val_files", "data.in_channels",
                  "data.mask_values", "data.num_classes", "data.class_names", "data.ignore_index", "data.mask_colors",
-                 "data.folds")
+                 "data.multilabel", "data.folds")
 HEADER = """\
 # seglab recipe: what `seglab train --recipe THIS_FILE` trains, exactly (written by `seglab plan`).
 # data/model/train: the config, as config.yaml holds it; flags beside --recipe override it.
@@ -172,7 +172,7 @@ def _classes(values) -> tuple[ClassMap, int, list[int] | None]:
     """(class map, channels, pixels per class) of the recipe's `classes` mapping."""
     if not isinstance(values, dict):
         raise ConfigError("the recipe's 'classes' must be a mapping: values, names, ignore_value, rgb, channels")
-    refuse_unknown(values, ("values", "names", "ignore_value", "rgb", "colors", "channels", "pixels"),
+    refuse_unknown(values, ("values", "names", "ignore_value", "rgb", "colors", "multilabel", "channels", "pixels"),
                    "the recipe's classes")
     try:
         class_map = ClassMap.from_dict(values)

@@ -31,7 +31,7 @@ class Split:
 def _held_out(data, layout: DataLayout, pairs: list[Pair], seed: int) -> tuple[list[Pair], list[Pair]]:
     """(train, val): a separate --val-dir, the folder's own val/ split, or a seeded hold-out."""
     if data.val_dir:
-        val_layout = discover(data.val_dir, data.label_map)
+        val_layout = discover(data.val_dir, data.label_map, data.multilabel)
         return pairs, val_layout.labelled("val") or val_layout.training_pairs()
     if layout.has_named_splits and layout.labelled("val"):
         return pairs, layout.labelled("val")
@@ -41,9 +41,9 @@ def _held_out(data, layout: DataLayout, pairs: list[Pair], seed: int) -> tuple[l
 def rare_presence(pairs: list[Pair], survey, class_map: ClassMap) -> list[bool] | None:
     """Whether each pair's mask holds the rarest class, when that class is rare (under 2% of the
     pixels, or in under half the images): folds then share those images out evenly."""
-    counts = [survey.counts.get(value, 0) for value in class_map.values]
-    rarest = class_map.values[int(np.argmin(counts))]
-    present = [rarest in survey.values_per_file.get(p.mask, ()) for p in pairs]
+    counts = class_map.pixel_counts(survey.counts)
+    rarest = int(np.argmin(counts))
+    present = [any(class_map.holds(value, rarest) for value in survey.values_per_file.get(p.mask, ())) for p in pairs]
     share = min(counts) / max(sum(counts), 1)
     return present if share < 0.02 or sum(present) < len(pairs) / 2 else None
 
@@ -54,7 +54,7 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     data = config.data
     if not data.root:
         raise SeglabError("no data folder given: seglab train DATA_DIR")
-    layout = layout or discover(data.root, data.label_map)
+    layout = layout or discover(data.root, data.label_map, data.multilabel)
     read = (files if files is not None else DecodedFiles(budget_bytes=0)).mask
     pairs = layout.training_pairs()
     if not pairs:
@@ -77,5 +77,5 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     for pair in train_pairs + val_pairs:  # headers only: what `seglab check` refuses, train refuses too
         check_trainable_size(pair.image, *image_info(pair.image)[:2])
     channels = data.in_channels or image_info(train_pairs[0].image)[2]
-    counts = [survey.counts.get(value, 0) for value in class_map.values]
+    counts = class_map.pixel_counts(survey.counts)
     return Split(layout, train_pairs, val_pairs, class_map, channels, counts, folded)

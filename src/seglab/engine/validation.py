@@ -59,24 +59,26 @@ def validate(model: nn.Module, images: ValidationImages, loss_fn: nn.Module, cla
             logits = full_size_logits(model, image[None])  # (1, K, h, w)
         loss = loss_fn(logits.float(), mask[None])
         loss_sum.add_(torch.stack([loss.double(), torch.ones((), dtype=torch.float64, device=device)]))
-        probs = resize_probabilities(logits_to_probabilities(logits.float()), tuple(truth.shape))
-        classes = probabilities_to_classes(probs[0], threshold)  # (H, W)
+        probs = resize_probabilities(logits_to_probabilities(logits.float(), labels), tuple(truth.shape))
+        classes = probabilities_to_classes(probs[0], threshold, labels)  # (H, W)
         if len(overlays) < num_overlays and rank == 0:
-            overlays.append(_prediction_picture(image, mask, resize_mask(classes, tuple(mask.shape))))
+            overlays.append(_prediction_picture(image, mask, resize_mask(classes, tuple(mask.shape)), class_map))
         return classes, truth, {"loss": loss.item()}
 
+    labels = class_map.multilabel
     evaluation = evaluate_images(predict, range(len(images)), list(class_map.names),
                                  names=lambda index: str(images.pairs[index].image), rank=rank,
-                                 world_size=world_size, device=device)
+                                 world_size=world_size, device=device, multilabel=labels)
     all_reduce_sum(loss_sum)
     model.train(was_training)
     return Validation((loss_sum[0] / loss_sum[1].clamp_min(1)).item(), evaluation, overlays)
 
 
-def _prediction_picture(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
+def _prediction_picture(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor,
+                        class_map: ClassMap) -> np.ndarray:
     """Image with prediction overlay | error map, side by side: (H, 2W, 3) uint8 (for TensorBoard)."""
     picture = image.float().cpu().permute(1, 2, 0).numpy()
     truth_np, pred_np = truth.cpu().numpy(), pred.cpu().numpy()
-    left = overlay(picture, pred_np)
+    left = overlay(picture, pred_np, labels=class_map.num_classes if class_map.multilabel else 0)
     right = error_map(truth_np, pred_np, truth_np < 0)
     return np.concatenate([left, right], axis=1)

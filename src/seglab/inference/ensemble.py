@@ -96,11 +96,13 @@ def _check_compatible(path, first: tuple[Path, dict], other: tuple[Path, dict]) 
 
 class EnsembleModule(nn.Module):
     """Members (N, C, H, W) -> log of their mean probabilities (N, K, H', W'); for one output
-    channel, the logit of the mean sigmoid. logits_to_probabilities of the output is the mean."""
+    channel, and for each label of `multilabel` members, the logit of the mean sigmoid.
+    logits_to_probabilities of the output is the mean."""
 
-    def __init__(self, members: list[nn.Module]):
+    def __init__(self, members: list[nn.Module], multilabel: bool = False):
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.multilabel = multilabel
         first = members[0]
         self.margin = getattr(first, "margin", 0)
         if self.margin:
@@ -112,6 +114,7 @@ class EnsembleModule(nn.Module):
         self.base_channels = max(getattr(m, "base_channels", 64) or 64 for m in members)  # memory estimate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = sum(logits_to_probabilities(member(x).float()) for member in self.members) / len(self.members)
+        probs = sum(logits_to_probabilities(member(x).float(), self.multilabel)
+                    for member in self.members) / len(self.members)
         probs = probs.clamp(1e-7, 1 - 1e-7)
-        return torch.logit(probs) if probs.shape[1] == 1 else probs.log()
+        return torch.logit(probs) if probs.shape[1] == 1 or self.multilabel else probs.log()

@@ -70,7 +70,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     if is_ensemble_file(path):
         members, class_map, preprocess, postprocess = load_members(path)
         names = [str(p) for p in read_ensemble(path)[0]]
-        return (EnsembleModule(members).eval(),
+        return (EnsembleModule(members, class_map.multilabel).eval(),
                 {"model": {"name": "ensemble", "kwargs": {"members": names}}, "class_map": class_map.to_dict(),
                  "preprocess": preprocess, "postprocess": postprocess})
     payload = load_checkpoint(path)
@@ -95,7 +95,9 @@ def export_metadata(payload: dict, input_max: float) -> dict:
         "input": f"{INPUT_NAME}: raw pixels (B, C, H, W) float32 in 0..input_max; the graph normalises",
         "stats_input": f"{STATS_NAME} (optional): (B or 1, C, 2) float32 (shift, divide) of the whole image in "
                        "units of pixels / input_max, for tiles; NaN or absent: the input's own",
-        "output": f"{OUTPUT_NAME}: (B, K, H, W) float32, sigmoid for K = 1, softmax otherwise",
+        "output": f"{OUTPUT_NAME}: (B, K, H, W) float32, " + ("a sigmoid per label (K overlapping labels)"
+                                                               if class_map.multilabel else
+                                                               "sigmoid for K = 1, softmax otherwise"),
     }
 
 
@@ -142,21 +144,21 @@ def _parity_batches(images: list[np.ndarray], channels: int) -> list[torch.Tenso
 
 @torch.inference_mode()
 def reference_probabilities(model: nn.Module, pixels: torch.Tensor, normalization: Normalization,
-                            input_max: float = 255.0) -> torch.Tensor:
+                            input_max: float = 255.0, multilabel: bool = False) -> torch.Tensor:
     """What PyTorch gives the Predictor's way: raw (B, C, H, W) -> probabilities (B, K, H, W)."""
     x = normalize(pixels.float() / input_max, normalization)
-    return logits_to_probabilities(full_size_logits(model, x).float())
+    return logits_to_probabilities(full_size_logits(model, x).float(), multilabel)
 
 
 def check_parity(run_exported: Callable[..., torch.Tensor], model: nn.Module,
                  batches: list[torch.Tensor], normalization: Normalization, input_max: float,
-                 num_outputs: int | None = None) -> tuple[float, list]:
+                 num_outputs: int | None = None, multilabel: bool = False) -> tuple[float, list]:
     """Max abs difference of probabilities between the exported model and PyTorch over the batches,
     with and without the optional statistics input, and the batch shapes checked. `num_outputs`
-    (the class map's K) is checked against PyTorch."""
+    (the class map's K) is checked against PyTorch; `multilabel`: a sigmoid per output."""
     worst, shapes = 0.0, []
     for batch in batches:
-        expected = reference_probabilities(model, batch, normalization, input_max)
+        expected = reference_probabilities(model, batch, normalization, input_max, multilabel)
         if num_outputs is not None and expected.shape[1] != num_outputs:
             raise SeglabError(f"the model gives {expected.shape[1]} output channels but its class map needs "
                               f"{num_outputs}: the checkpoint is inconsistent, retrain or fix its class map")
@@ -269,7 +271,7 @@ def _write_if_faithful(fmt: str, wrapper: ExportWrapper, example: torch.Tensor, 
             exporter = _export_torchscript(wrapper, example, temporary, metadata)
         exported = load_exported(temporary)
         worst, shapes = check_parity(exported.forward, model, batches, metadata["normalization"], input_max,
-                                     metadata["num_outputs"])
+                                     metadata["num_outputs"], bool(metadata["class_map"].get("multilabel")))
         del exported  # release the file before it is renamed
         if not worst <= tolerance:  # also catches NaN
             raise SeglabError(f"{fmt} export of '{checkpoint_path}' failed its parity check: probabilities "
@@ -360,7 +362,8 @@ def export_model(checkpoint_path: str | Path, fmt: str = "onnx", out_path: str |
         raise SeglabError(f"{payload['model']['name']} cannot be exported to {fmt}: {refusal}")
     metadata = export_metadata(payload, input_max)
     out_path = _output_file(checkpoint_path, out_path, fmt)
-    wrapper = ExportWrapper(model, metadata["normalization"], input_max).eval()
+    wrapper = ExportWrapper(model, metadata["normalization"], input_max,
+                            bool(metadata["class_map"].get("multilabel"))).eval()
     channels = metadata["channels"]
     example = torch.rand(1, channels, *TRACE_SIZE, generator=torch.Generator().manual_seed(0)) * input_max
     images = default_parity_images() if parity_images is None else parity_images

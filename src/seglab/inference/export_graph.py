@@ -124,10 +124,13 @@ class ExportWrapper(nn.Module):
         normalization: a mode of `normalization.NORMALIZATIONS` or fixed {"mean", "std"}, as stored in
             the checkpoint.
         input_max: the pixels are divided by it first (255 for 8-bit files).
+        multilabel: the outputs are overlapping labels, a sigmoid each.
     """
 
-    def __init__(self, model: nn.Module, normalization: Normalization = "per_image", input_max: float = 255.0):
+    def __init__(self, model: nn.Module, normalization: Normalization = "per_image", input_max: float = 255.0,
+                 multilabel: bool = False):
         super().__init__()
+        self.multilabel = multilabel
         try:
             normalization = check_normalization(normalization)
         except ConfigError as error:
@@ -150,7 +153,7 @@ class ExportWrapper(nn.Module):
         """Raw pixels (B, C, H, W) [and whole-image statistics (B or 1, C, 2), see `graph_normalize`]
         -> probabilities (B, K, H, W)."""
         x = graph_normalize(pixels, self.input_max, self.normalization, stats)  # (B, C, H, W)
-        return logits_to_probabilities(self.logits(x).float())
+        return logits_to_probabilities(self.logits(x).float(), self.multilabel)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised x (B, C, H, W) -> logits (B, K, H, W); `full_size_logits` in traceable ops."""

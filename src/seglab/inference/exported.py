@@ -182,7 +182,8 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Expor
 
 class ExportedModule(torch.nn.Module):
     """Adapts an exported model (raw pixels -> probabilities) to the Predictor's module calls:
-    it returns logits whose sigmoid/softmax gives back the exported probabilities."""
+    it returns logits whose sigmoid/softmax gives back the exported probabilities (a sigmoid
+    per label for a multi-label model)."""
 
     def __init__(self, exported):
         super().__init__()
@@ -192,4 +193,4 @@ class ExportedModule(torch.nn.Module):
         """Raw pixels (B, C, h, w) [and the whole image's statistics (1, C, 2) when these are its
         tiles] -> logits (B, K, h, w)."""
         probs = self.exported.forward(batch, stats).float().clamp(1e-7, 1 - 1e-7)
-        return torch.logit(probs) if probs.shape[1] == 1 else probs.log()
+        return torch.logit(probs) if probs.shape[1] == 1 or self.exported.class_map.multilabel else probs.log()

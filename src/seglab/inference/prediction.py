@@ -19,25 +19,35 @@ ImageInput = Union[str, Path, np.ndarray, "PIL.Image.Image"]  # noqa: F821 (PIL 
 @dataclass(repr=False)
 class Prediction:
     probabilities: np.ndarray          # (K, H, W) float32; K = 1 (sigmoid, P(class 1)) for binary models
-    classes: np.ndarray                # (H, W) int64 class indices
+    classes: np.ndarray                # (H, W) int64 class indices; a multi-label model's: label k in bit k
     mask: np.ndarray                   # (H, W) the user's mask values (uint8 / uint16), (H, W, 3) colours
     instances: np.ndarray | None = None  # (H, W) int32 cell labels 1..N (0 = boundary), when asked for
     name: str = "image"
     image: np.ndarray | None = None    # (H, W, C) the input as predicted (a reference, for pictures)
     class_names: tuple[str, ...] = ()
+    multilabel: bool = False           # K overlapping labels (sigmoids), `classes` and `mask` their bit sets
+
+    @property
+    def pixel_counts(self) -> np.ndarray:
+        """(K,) pixels of each class (of each label: they may overlap)."""
+        classes = max(len(self.class_names), self.probabilities.shape[0], 1)
+        if self.multilabel:
+            return np.array([int(((self.classes >> k) & 1).sum()) for k in range(classes)], dtype=np.int64)
+        return np.bincount(self.classes.ravel(), minlength=classes)
 
     def __repr__(self) -> str:
         height, width = self.classes.shape
-        counts = np.bincount(self.classes.ravel(), minlength=max(len(self.class_names), 1))
+        counts = self.pixel_counts
         names = self.class_names or tuple(str(k) for k in range(len(counts)))
         shares = ", ".join(f"{name} {count / self.classes.size:.1%}" for name, count in zip(names, counts))
         cells = f"; {int(self.instances.max())} instances" if self.instances is not None else ""
         return f"Prediction('{self.name}', {width}x{height}: {shares}{cells})"
 
     def overlay(self, alpha: float = 0.45) -> np.ndarray:
-        """(H, W, 3) uint8: the classes (index >= 1) coloured over the image (over grey without one)."""
+        """(H, W, 3) uint8: the classes (index >= 1; every label of a multi-label model) coloured over
+        the image (over grey without one)."""
         image = self.image if self.image is not None else np.full(self.classes.shape, 128, np.uint8)
-        return overlay(image, self.classes, alpha)
+        return overlay(image, self.classes, alpha, labels=len(self.class_names) if self.multilabel else 0)
 
     def _repr_html_(self) -> str:
         """In Jupyter: the overlay, and the one-line summary under it."""

@@ -56,7 +56,7 @@ class Predictor:
     """Runs a trained model on images of any size.
 
     Applies the training's channel handling, scale and normalisation, and returns results at the
-    input's size, as its `options` (an InferenceOptions) say: `threshold` for binary models, `tile`
+    input's size, as its `options` (an InferenceOptions) say: `threshold` for binary and multi-label models, `tile`
     and `overlap` for overlap-tile prediction, `tta`, `batch_size` tiles or images per forward pass,
     `scale`, `membrane_class` and `seed_threshold` for instances. `options` holds the trained
     model's own threshold and scale where the caller left them None.
@@ -128,7 +128,8 @@ class Predictor:
 
         if is_ensemble_file(path):  # fold ensembles: the members' probabilities averaged
             members, class_map, preprocess, postprocess = load_members(path)
-            return cls(EnsembleModule(members), class_map, preprocess, device, options, postprocess, log)
+            return cls(EnsembleModule(members, class_map.multilabel), class_map, preprocess, device, options,
+                       postprocess, log)
         if (options.runtime == "auto" and torch.device(device).type == "cpu" and options.precision == "auto"
                 and not options.compile):
             from seglab.inference.fastest import describe_choice, faster_export
@@ -217,12 +218,12 @@ class Predictor:
         tile's own (None for checkpoints, whose inputs come normalised)."""
         with self._autocast():
             logits = self.model(self._layout(batch)) if stats is None else self.model(self._layout(batch), stats)
-        return logits_to_probabilities(logits.float())
+        return logits_to_probabilities(logits.float(), self.class_map.multilabel)
 
     def _whole_forward(self, batch: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             logits = full_size_logits(self.model, self._layout(batch))
-        return logits_to_probabilities(logits.float())
+        return logits_to_probabilities(logits.float(), self.class_map.multilabel)
 
     def _autocast(self):
         return autocast_factory(self.device, self.amp_dtype)()
@@ -363,10 +364,11 @@ class Predictor:
 
     def finish(self, probs: torch.Tensor, instances: bool = False, name: str = "image",
                image: np.ndarray | None = None) -> Prediction:
-        """Probabilities (K, H, W) -> classes, mask values and, if asked, cell instances."""
-        classes = probabilities_to_classes(probs, self.threshold).numpy()
+        """Probabilities (K, H, W) -> classes (a multi-label model's: bit sets), mask values and, if
+        asked, cell instances."""
+        classes = probabilities_to_classes(probs, self.threshold, self.class_map.multilabel).numpy()
         prediction = Prediction(probs.float().numpy(), classes, self.class_map.decode(classes), name=name,
-                                image=image, class_names=self.class_map.names)
+                                image=image, class_names=self.class_map.names, multilabel=self.class_map.multilabel)
         if instances:
             from seglab.inference.postprocess import membrane_to_instances  # scipy, skimage: only for instances
 

@@ -131,12 +131,13 @@ def int8_parity(float_model: Predictor, int8_model: Predictor, pairs: list[Pair]
 
     pairs = pairs[:PARITY_IMAGES] if pairs else None
     items = list(range(len(pairs) if pairs else len(images)))
-    dice_float = evaluate_images(predict_float, items, names).pooled["mdice"] if pairs else None
+    labels = float_model.class_map.multilabel
+    dice_float = evaluate_images(predict_float, items, names, multilabel=labels).pooled["mdice"] if pairs else None
     if not pairs:
         for index in items:
             predict_float(index)
         dice_float = 1.0
-    dice_int8 = evaluate_images(predict_int8, items, names).pooled["mdice"]
+    dice_int8 = evaluate_images(predict_int8, items, names, multilabel=labels).pooled["mdice"]
     source = (f"{len(items)} validation images of the run" if pairs else
               f"{len(items)} images, against the float model's masks (no labelled validation images)")
     return {"dice_float": float(dice_float), "dice_int8": float(dice_int8),

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from seglab.data.classmap import ClassMap, class_masks
 from seglab.data.discover import Pair
 from seglab.data.io import read_image
 from seglab.data.truth import read_truth
@@ -39,21 +40,23 @@ def evaluate_predictor(predictor: Predictor, pairs: Sequence[Pair], instances: b
         image = read_image(pair.image)
         truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image)
         prediction = predictor.predict(image, instances=instances, name=str(pair.image))
-        extra = _instance_scores(prediction, truth, predictor.membrane_class) if instances else {}
+        extra = _instance_scores(prediction, truth, predictor.membrane_class, class_map) if instances else {}
         if keep is not None:
             keep(pair, image, prediction, truth)
         bar.update(1)
         return prediction.classes, truth, extra
 
     try:
-        return evaluate_images(predict, pairs, class_map.names, names=lambda pair: str(pair.image))
+        return evaluate_images(predict, pairs, class_map.names, names=lambda pair: str(pair.image),
+                               multilabel=class_map.multilabel)
     finally:
         bar.close()
 
 
-def _instance_scores(prediction: Prediction, truth: np.ndarray, membrane_class: int) -> dict:
+def _instance_scores(prediction: Prediction, truth: np.ndarray, membrane_class: int, class_map: ClassMap) -> dict:
     from seglab.metrics.instances import instance_scores  # scipy, skimage: only for --instances
 
-    cells = (truth != membrane_class) & (truth >= 0)  # every non-boundary class is cell interior
+    # every pixel not of the boundary class (label) is cell interior
+    cells = (truth >= 0) & ~class_masks(truth, class_map)[membrane_class]
     scores = instance_scores(cells.astype(np.int64), prediction.instances, cell_class=1)
     return {key: float(scores[key]) for key in INSTANCE_KEYS}

@@ -37,6 +37,19 @@ def lovasz_hinge(logits: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor)
     return lovasz_of_errors(errors[:, None], (truth * valid)[:, None])[0]
 
 
+def lovasz_hinge_labels(logits: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """logits (P, K) float, truth (P, K) float 0/1, valid (P,) bool -> scalar: the mean over the
+    labels of a multi-label model (weighted by class_weights (K,) when given) of each label's
+    Lovász hinge."""
+    errors = torch.where(valid[:, None], 1 - logits * (2 * truth - 1), -1.0)
+    losses = lovasz_of_errors(errors, truth * valid[:, None])  # (K,)
+    if class_weights is None:
+        return losses.mean()
+    weights = class_weights.to(losses)
+    return (losses * weights).sum() / weights.sum().clamp_min(1e-6)
+
+
 def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                    class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """probs (P, C) float, target (P,) int64, valid (P,) bool -> scalar: the mean over the classes
@@ -54,13 +67,19 @@ def lovasz_softmax(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
 
 
 class LovaszTerm(nn.Module):
-    """Lovász hinge on the logit of a binary model, Lovász-softmax over the classes of a K-class one."""
+    """Lovász hinge on the logit of a binary model and on each label's of a multi-label one,
+    Lovász-softmax over the classes of a K-class one."""
 
     def __init__(self, num_outputs: int):
         super().__init__()
 
     def forward(self, batch: LossBatch) -> torch.Tensor:
         valid, target = batch.valid.reshape(-1), batch.target.reshape(-1)
+        if batch.multilabel:
+            labels = batch.logits.shape[1]
+            return lovasz_hinge_labels(batch.logits.permute(0, 2, 3, 1).reshape(-1, labels),
+                                       batch.onehot.permute(0, 2, 3, 1).reshape(-1, labels), valid,
+                                       batch.class_weights)
         if batch.binary:
             return lovasz_hinge(batch.logits[:, 0].reshape(-1), target.float(), valid)
         probs = batch.probs.permute(0, 2, 3, 1).reshape(-1, batch.probs.shape[1])  # (P, C)

@@ -21,21 +21,25 @@ class SegmentationLoss(nn.Module):
     the logits. Pixel weights (the U-Net paper's border map) and class weights weight the pixel
     terms (ce, focal) as sum(w * loss) / sum(w); class weights weight the class means of the region
     terms (Lovász, Tversky, generalised Dice); Dice takes neither, as in seglab 0.2. `options`: the
-    shared mapping of the terms' options (`train.loss_options`).
+    shared mapping of the terms' options (`train.loss_options`). `multilabel`: K overlapping labels,
+    a sigmoid each, the target their bit sets (`ClassMap.multilabel`); class weights then weight
+    the labels of every term.
     """
 
     def __init__(self, num_outputs: int, name: str = "ce+dice", class_weights: list[float] | None = None,
-                 ignore_index: int = IGNORE_INDEX, options: dict | None = None):
+                 ignore_index: int = IGNORE_INDEX, options: dict | None = None, multilabel: bool = False):
         super().__init__()
         self.num_outputs = num_outputs
         self.name = name
         self.ignore_index = ignore_index
+        self.multilabel = multilabel
         resolved = resolve_loss_options(name, options or {})
         self.terms = nn.ModuleDict({term: loss_spec(term).build(num_outputs=num_outputs, **resolved[term])
                                     for term in loss_terms(name)})
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-        if weights is not None and len(weights) != max(num_outputs, 2):
-            raise SeglabError(f"{len(weights)} class weights for {max(num_outputs, 2)} classes")
+        classes = num_outputs if multilabel else max(num_outputs, 2)
+        if weights is not None and len(weights) != classes:
+            raise SeglabError(f"{len(weights)} class weights for {classes} {'labels' if multilabel else 'classes'}")
         self.register_buffer("class_weights", weights, persistent=False)
 
     def batch(self, logits: torch.Tensor, target: torch.Tensor,
@@ -49,9 +53,9 @@ class SegmentationLoss(nn.Module):
         valid = target != self.ignore_index  # (N, H, W)
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         weight = valid.float() if pixel_weights is None else pixel_weights.float() * valid
-        if self.class_weights is not None:
+        if self.class_weights is not None and not self.multilabel:
             weight = weight * self.class_weights[safe_target]
-        return LossBatch(logits, safe_target, valid, weight, self.class_weights)
+        return LossBatch(logits, safe_target, valid, weight, self.class_weights, self.multilabel)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 pixel_weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,15 +15,24 @@ from seglab.losses.batch import LossBatch
 SMOOTH = 1.0  # added to numerator and denominator of Dice and Tversky: an empty class scores 1, not 0/0
 
 
-def cross_entropy_map(batch: LossBatch) -> torch.Tensor:
-    """(N, H, W) per-pixel cross-entropy: binary with logits for one channel, softmax for K."""
+def cross_entropy_channels(batch: LossBatch) -> torch.Tensor:
+    """(N, C, H, W) per-pixel cross-entropy: binary with logits for one channel, softmax for K
+    (C = 1 for both), binary with logits per label of a multi-label model (C = K)."""
+    if batch.multilabel:
+        return F.binary_cross_entropy_with_logits(batch.logits, batch.onehot, reduction="none")
     if batch.binary:
-        return F.binary_cross_entropy_with_logits(batch.logits[:, 0], batch.target.float(), reduction="none")
-    return F.cross_entropy(batch.logits, batch.target, reduction="none")
+        return F.binary_cross_entropy_with_logits(batch.logits, batch.target[:, None].float(), reduction="none")
+    return F.cross_entropy(batch.logits, batch.target, reduction="none")[:, None]
+
+
+def cross_entropy_map(batch: LossBatch) -> torch.Tensor:
+    """(N, H, W) per-pixel cross-entropy (a multi-label model's: the class-weighted mean over labels)."""
+    return batch.channel_mean(cross_entropy_channels(batch))
 
 
 class CrossEntropyTerm(nn.Module):
-    """sum(w * ce) / sum(w): w = pixel weight x the target's class weight, 0 where ignored."""
+    """sum(w * ce) / sum(w): w = pixel weight x the target's class weight, 0 where ignored (for a
+    multi-label model, ce is the mean over labels weighted by the class weights)."""
 
     def __init__(self, num_outputs: int):
         super().__init__()
@@ -65,9 +74,9 @@ class FocalTerm(nn.Module):
         self.gamma = float(gamma)
 
     def forward(self, batch: LossBatch) -> torch.Tensor:
-        ce = cross_entropy_map(batch)  # (N, H, W) = -log p_t
+        ce = cross_entropy_channels(batch)  # (N, C, H, W) = -log p_t (of each label: C = K)
         modulation = (1 - torch.exp(-ce)).clamp_min(0) ** self.gamma
-        return batch.per_pixel_mean(modulation * ce)
+        return batch.per_pixel_mean(batch.channel_mean(modulation * ce))
 
 
 def region_counts(batch: LossBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

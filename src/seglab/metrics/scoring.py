@@ -17,21 +17,22 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from seglab.metrics.confusion import ConfusionMatrix
+from seglab.metrics.confusion import ConfusionMatrix, LabelCounts
 
 Item = TypeVar("Item")
 POOLED_KEYS = ("dice", "iou", "mdice", "miou", "pixel_error", "pixel_accuracy")
 
 
 def score_classes(pred: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray,
-                  num_classes: int) -> ConfusionMatrix:
+                  num_classes: int, multilabel: bool = False) -> ConfusionMatrix | LabelCounts:
     """Integer counts of one prediction: pred (H, W) class indices against truth (H, W) class
-    indices, whose IGNORE_INDEX pixels count nowhere. Both on the same device (or NumPy)."""
+    indices (with `multilabel`, bit sets of `num_classes` labels), whose IGNORE_INDEX pixels count
+    nowhere. Both on the same device (or NumPy)."""
     pred = torch.from_numpy(np.asarray(pred)) if isinstance(pred, np.ndarray) else pred
     truth = torch.from_numpy(np.asarray(truth)) if isinstance(truth, np.ndarray) else truth
     if tuple(pred.shape) != tuple(truth.shape):
         raise ValueError(f"prediction {tuple(pred.shape)} and truth {tuple(truth.shape)} differ in size")
-    confusion = ConfusionMatrix(num_classes, device=truth.device)
+    confusion = (LabelCounts if multilabel else ConfusionMatrix)(num_classes, device=truth.device)
     confusion.update(pred.long(), truth.long())
     return confusion
 
@@ -47,22 +48,22 @@ class Evaluation:
 
     `pooled`: Dice/IoU from the counts of all images together (what training logs as val_dice and
     val_miou); `mean`: the average of the per-image scores; `images`: one row per image, with any
-    extra scores (loss, instance scores) the predict function returned.
+    extra scores (loss, instance scores) the predict function returned. Multi-label counts
+    (`LabelCounts`) score each label; its shares are of the pixels, so they may add up past 1.
     """
 
     classes: list[str]
-    confusion: ConfusionMatrix
+    confusion: ConfusionMatrix | LabelCounts
     images: list[dict] = field(default_factory=list)
 
     @property
     def pooled(self) -> dict:
         scores = self.confusion.scores(self.classes)
-        counts = self.confusion.counts.sum(dim=0).double().cpu()  # predicted pixels per class
-        total = max(float(counts.sum()), 1.0)
-        truth = self.confusion.counts.sum(dim=1).double().cpu()
+        truth, predicted, pixels = self.confusion.totals()
+        pixels = max(pixels, 1.0)
         return {**{k: scores[k] for k in POOLED_KEYS},
-                "pixel_share": {n: float(truth[k]) / max(float(truth.sum()), 1.0) for k, n in enumerate(self.classes)},
-                "predicted_share": {n: float(counts[k]) / total for k, n in enumerate(self.classes)},
+                "pixel_share": {n: float(truth[k]) / pixels for k, n in enumerate(self.classes)},
+                "predicted_share": {n: float(predicted[k]) / pixels for k, n in enumerate(self.classes)},
                 "pixels": scores["pixels"]}
 
     @property
@@ -155,7 +156,7 @@ def _json_safe(value):
 
 def evaluate_images(predict: Callable[[Item], tuple], items: Sequence[Item], class_names: Sequence[str],
                     names: Callable[[Item], str] = str, rank: int = 0, world_size: int = 1,
-                    device: torch.device | str = "cpu") -> Evaluation:
+                    device: torch.device | str = "cpu", multilabel: bool = False) -> Evaluation:
     """Score `predict` on labelled images.
 
     predict(item) -> (classes (H, W), truth (H, W), extra dict): the predicted class indices and
@@ -163,14 +164,15 @@ def evaluate_images(predict: Callable[[Item], tuple], items: Sequence[Item], cla
     of the image beyond the pixel ones (e.g. its loss), kept in its row. With `world_size` > 1,
     this rank scores items rank, rank + world_size, ...; the pooled counts are summed over ranks
     (an initialised process group, counts on `device`) and the rows hold this rank's images.
+    `multilabel`: classes and truth are bit sets of overlapping labels, scored label by label.
     """
     class_names = list(class_names)
-    pooled = ConfusionMatrix(len(class_names), device=device)
+    pooled = (LabelCounts if multilabel else ConfusionMatrix)(len(class_names), device=device)
     rows = []
     for index in range(rank, len(items), world_size):
         item = items[index]
         classes, truth, extra = predict(item)
-        single = score_classes(classes, truth, len(class_names))
+        single = score_classes(classes, truth, len(class_names), multilabel)
         pooled.merge(single)
         scores = single.scores(class_names)
         rows.append({"image": names(item), "dice": scores["dice"], "iou": scores["iou"], "mdice": scores["mdice"],

@@ -39,17 +39,22 @@ def min_input_size(model: nn.Module) -> int:
     return int(getattr(model, "min_input_size", 1) or 1)
 
 
-def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) logits -> probabilities (sigmoid for K = 1, softmax otherwise)."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
+def logits_to_probabilities(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """(N, K, H, W) logits -> probabilities (sigmoid for K = 1 and for each label of a
+    `multilabel` model, softmax otherwise)."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 or multilabel else logits.softmax(dim=1)
 
 
-def probabilities_to_classes(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def probabilities_to_classes(probs: torch.Tensor, threshold: float = 0.5, multilabel: bool = False) -> torch.Tensor:
     """Probabilities (..., K, H, W) -> class indices (..., H, W) int64.
 
     K = 1 holds P(class 1) of a binary model: class 1 where it exceeds `threshold`. For K > 1
-    the most probable class wins (`threshold` is not used).
+    the most probable class wins (`threshold` is not used). A `multilabel` model's labels are
+    each present where their probability exceeds `threshold`: the result holds label k in bit k.
     """
+    if multilabel:
+        bits = torch.arange(probs.shape[-3], device=probs.device).view(-1, 1, 1)
+        return ((probs > threshold).long() << bits).sum(dim=-3)
     if probs.shape[-3] == 1:
         return (probs[..., 0, :, :] > threshold).long()
     return probs.argmax(dim=-3)

@@ -157,6 +157,7 @@ def model_description(state: ServerState) -> dict:
         "model": (info.get("model") or {}).get("name"), "model_kwargs": (info.get("model") or {}).get("kwargs"),
         "source": Path(info.get("source", "model")).name, "format": info.get("format"),
         "classes": encode.describe_classes(predictor.class_map), "binary": predictor.class_map.is_binary,
+        "multilabel": predictor.class_map.multilabel,
         "ignore_value": predictor.class_map.ignore_value,
         "input": {"channels": predictor.channels, "scale": predictor.scale,
                   "normalization": predictor.normalization},

@@ -21,7 +21,10 @@ PROBABILITY_SCALE = 65535  # probability maps are 16-bit PNGs: value / 65535 = p
 
 def class_colours(class_map: ClassMap) -> list[list[int]]:
     """[r, g, b] per class: a colour mask's own colours, or a palette mask's; black and white for
-    binary masks (as their PNGs look); else the overlay palette (class 0 black)."""
+    binary masks (as their PNGs look); each label's overlay colour for multi-label masks; else
+    the overlay palette (class 0 black)."""
+    if class_map.multilabel:
+        return [PALETTE[(index + 1) % len(PALETTE)].tolist() for index in range(class_map.num_classes)]
     if class_map.colors is not None:
         return [list(colour) for colour in class_map.colors]
     if class_map.rgb:
@@ -32,7 +35,8 @@ def class_colours(class_map: ClassMap) -> list[list[int]]:
 
 
 def describe_classes(class_map: ClassMap) -> list[dict]:
-    """One entry per class: index, name, mask value (a colour mask's as [r, g, b]) and display colour."""
+    """One entry per class: index, name, mask value (a colour mask's as [r, g, b]; a label's bit) and
+    display colour."""
     colours = class_colours(class_map)
     values = unpack_rgb(np.asarray(class_map.values)).tolist() if class_map.rgb else list(class_map.values)
     return [{"index": index, "name": name, "value": value, "color": colour}
@@ -50,12 +54,14 @@ def run_lengths(classes: np.ndarray) -> tuple[list[int], list[int]]:
 
 
 def mask_json(predictor: Predictor, prediction: Prediction, batch: int) -> dict:
-    """The classes with their pixel counts and the class map run-length encoded (row-major)."""
+    """The classes with their pixel counts and the class map run-length encoded (row-major); for a
+    multi-label model, each label's pixels and the bit sets run-length encoded."""
     height, width = prediction.classes.shape
-    pixels = np.bincount(prediction.classes.ravel(), minlength=predictor.class_map.num_classes)
+    pixels = prediction.pixel_counts
     classes = [{**entry, "pixels": int(pixels[entry["index"]])} for entry in describe_classes(predictor.class_map)]
     values, counts = run_lengths(prediction.classes)
     return {"width": width, "height": height, "classes": classes, "batch": batch,
+            "multilabel": predictor.class_map.multilabel,
             "rle": {"order": "row-major", "values": values, "counts": counts}}
 
 
@@ -71,7 +77,8 @@ def overlay_png(image: np.ndarray, prediction: Prediction, opacity: float) -> by
 
 def probability_png(predictor: Predictor, prediction: Prediction, class_index: int | None) -> bytes:
     """(H, W) probability of one class (a valid index) as a 16-bit PNG (65535 = 1): class 1 of
-    binary models by default, for more classes the winning class's (the model's confidence)."""
+    binary models by default, for more classes the winning class's (the model's confidence), for
+    labels the most probable label's."""
     if class_index is None and prediction.probabilities.shape[0] > 1:
         probability = prediction.probabilities.max(axis=0)
     else:

@@ -125,14 +125,15 @@ def _validation_examples(run_dir: Path, device: str) -> tuple[list[Example], int
         kept[str(pair.image)] = tuple(_shrink(a, PANEL_WIDTH) for a in (image, prediction.classes, truth))
 
     evaluation = evaluate_predictor(predictor, pairs, keep=keep)
+    labels = predictor.class_map.num_classes if predictor.class_map.multilabel else 0  # bit sets to draw
     examples = []
     for row in evaluation.images:
         image, pred, truth = kept[row["image"]]
         ignored = truth == IGNORE_INDEX
         score = row["mdice"] if row["mdice"] is not None else math.nan
         examples.append(Example(Path(row["image"]).name, score, [
-            ("image", to_display(image)), ("truth", overlay(image, np.where(ignored, 0, truth))),
-            ("prediction", overlay(image, pred)), ("errors", error_map(truth, pred, ignored))]))
+            ("image", to_display(image)), ("truth", overlay(image, np.where(ignored, 0, truth), labels=labels)),
+            ("prediction", overlay(image, pred, labels=labels)), ("errors", error_map(truth, pred, ignored))]))
     examples.sort(key=lambda e: -e.score if math.isfinite(e.score) else math.inf)
     return examples, len(pairs), note
 

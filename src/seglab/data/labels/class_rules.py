@@ -49,6 +49,10 @@ def label_rules(layout: DataLayout | None, user: MaskRules, seen: set[int], firs
     an ignored value)."""
     told_values = user.mask_values is not None or user.rgb
     sources = layout.label_sources() if layout is not None else []
+    labels = next((source for source in sources if source.multilabel), None)
+    if labels is not None:  # label folders or mask channels, packed into bit sets: their names
+        return MaskRules(None, user.num_classes or len(labels.names), user.class_names or labels.names,
+                         user.ignore_value, False, True)
     classes = {value: name for source in sources for value, name in zip(source.values, source.names)}
     ignore = next((s.ignore_value for s in sources if s.ignore_value is not None), None)
     if not sources and layout is not None:
@@ -75,7 +79,8 @@ def _voc_border(user: MaskRules, seen: set[int], first_mask: Path | None) -> boo
 def with_colours(class_map: ClassMap, first_mask: Path | None) -> ClassMap:
     """The class map with each class's palette colour, when the masks are palette PNGs."""
     palette = palette_colours(first_mask)
-    if palette is None or class_map.rgb or max(class_map.values) > 255 or min(class_map.values) < 0:
+    if (palette is None or class_map.rgb or class_map.multilabel or max(class_map.values) > 255
+            or min(class_map.values) < 0):
         return class_map
     colours = tuple(tuple(int(c) for c in palette[value]) for value in class_map.values)
     return dataclasses.replace(class_map, colors=colours)
