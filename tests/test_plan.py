@@ -76,6 +76,11 @@ def test_a_tiny_class_gets_class_weights_and_explicit_values_win():
     plan = plan_rules(rare, CPU, {"data.crop": [64, 64], "train.epochs": 40}, binary=True, train_images=20)
     chosen = values(plan)
     assert chosen["train.class_weights"] == "auto"
+    # the loss and sampling measured best for rare classes (BENCHMARKS.md, "Small objects"), with why
+    assert chosen["train.loss"] == "ce+dice" and chosen["train.oversample"] == 0.0
+    assert "CamVid" in plan.choices["train.loss"].reason and "CamVid" in plan.choices["train.oversample"].reason
+    common = values(plan_rules(fingerprint(), CPU, {}, binary=True, train_images=20))  # ISBI-like: none rare
+    assert not {"train.class_weights", "train.loss", "train.oversample"} & set(common)
     assert plan.choices["data.crop"].given and chosen["data.crop"] == [64, 64]
     assert "train.time_budget" not in chosen  # --epochs given: no time budget is imposed
     assert chosen["train.eval_every"] == 4  # about ten validations in 40 epochs
