@@ -13,7 +13,21 @@ import torch
 from seglab.data.classmap import IGNORE_INDEX
 
 
-class ConfusionMatrix:
+class PixelCounts:
+    """Integer counts in `self.counts`, summed across images and ranks."""
+
+    counts: torch.Tensor
+
+    def merge(self, other: "PixelCounts") -> None:
+        self.counts += other.counts.to(self.counts.device)
+
+    def all_reduce(self) -> None:
+        """Sum counts over all ranks (no-op without an initialised process group)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.counts)
+
+
+class ConfusionMatrix(PixelCounts):
     """counts[t, p] = pixels of true class t predicted as class p (ignored pixels skipped)."""
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: str | torch.device = "cpu"):
@@ -28,14 +42,6 @@ class ConfusionMatrix:
         index = target[valid].to(self.counts.device) * k + pred[valid].to(self.counts.device)
         self.counts += torch.bincount(index, minlength=k * k).reshape(k, k)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
-        self.counts += other.counts.to(self.counts.device)
-
-    def all_reduce(self) -> None:
-        """Sum counts over all ranks (no-op without an initialised process group)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.counts)
-
     def totals(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(true pixels per class (K,), predicted pixels per class (K,), scored pixels), float64 on the CPU."""
         counts = self.counts.double().cpu()
@@ -49,7 +55,7 @@ class ConfusionMatrix:
                             counts.sum().item(), class_names or [str(k) for k in range(self.num_classes)])
 
 
-class LabelCounts:
+class LabelCounts(PixelCounts):
     """counts[k, t, p] = pixels whose truth has label k (t = 1) or not (t = 0) and whose prediction
     has it (p = 1) or not: overlapping labels, as bit sets (bit k = label k), scored one by one."""
 
@@ -66,14 +72,6 @@ class LabelCounts:
         guess = (pred[valid].to(self.counts.device)[None] >> labels) & 1
         index = labels * 4 + truth * 2 + guess
         self.counts += torch.bincount(index.reshape(-1), minlength=4 * self.num_classes).reshape(-1, 2, 2)
-
-    def merge(self, other: "LabelCounts") -> None:
-        self.counts += other.counts.to(self.counts.device)
-
-    def all_reduce(self) -> None:
-        """Sum counts over all ranks (no-op without an initialised process group)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.counts)
 
     def totals(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(pixels holding each label in the truth (K,), in the prediction (K,), scored pixels)."""
