@@ -47,7 +47,7 @@ class Prediction:
         """(H, W, 3) uint8: the classes (index >= 1; every label of a multi-label model) coloured over
         the image (over grey without one)."""
         image = self.image if self.image is not None else np.full(self.classes.shape, 128, np.uint8)
-        return overlay(image, self.classes, alpha, labels=len(self.class_names) if self.multilabel else 0)
+        return overlay(image, self.classes, alpha, labels=self.probabilities.shape[0] if self.multilabel else 0)
 
     def _repr_html_(self) -> str:
         """In Jupyter: the overlay, and the one-line summary under it."""

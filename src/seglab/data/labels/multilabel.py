@@ -39,7 +39,7 @@ def pack_labels(planes: list[np.ndarray]) -> np.ndarray:
     return packed
 
 
-def present(values: np.ndarray, path: Path, what: str) -> None:
+def check_label_values(values: np.ndarray, path: Path, what: str) -> None:
     """DataError unless `values` (a label mask's distinct values) are 0 and at most one other value."""
     if len(values) > 2 or (len(values) == 2 and values[0] != 0):
         shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
@@ -62,7 +62,7 @@ def _label_plane(path: Path | None, image: Path, size: tuple[int, int]) -> np.nd
     if mask.ndim == 3:
         raise DataError(f"label mask '{path}' has colour channels; a label mask is one channel holding 0 (absent) "
                         "and one value (present)")
-    present(value_counts(mask)[0], path, "label mask")
+    check_label_values(value_counts(mask)[0], path, "label mask")
     return mask != 0
 
 
@@ -124,7 +124,7 @@ def scan_label_channels(folder: Path, scan: FolderScan) -> FolderScan:
             raise DataError(f"mask '{pair.mask}' has {mask.shape[-1]} channels but '{pairs[0].mask}' has {channels}: "
                             "every mask holds one channel per label")
         for k in range(channels):
-            present(value_counts(mask[..., k])[0], pair.mask, f"channel {k} of mask")
+            check_label_values(value_counts(mask[..., k])[0], pair.mask, f"channel {k} of mask")
         return pack_labels([mask[..., k] != 0 for k in range(channels)])
 
     names = [f"label{k}" for k in range(channels)]
