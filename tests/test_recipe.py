@@ -19,43 +19,51 @@ FLAGS = ("--epochs", 1, "--no-channels-last", *TINY_FLAGS)
 
 
 @pytest.fixture(scope="module")
-def counted_run(tmp_path_factory, isbi_subset) -> tuple[Path, dict[Path, int]]:
+def counted_run(tmp_path_factory, isbi_subset) -> tuple[Path, dict[Path, int], dict[Path, int]]:
     """`seglab train DATA FLAGS` in this process (seglab.cli.main), with every decode of a file
-    (data.io's one Pillow decoder, behind read_image and read_mask) counted per path until the
-    first training step. Returns the run folder and those counts."""
+    (data.io's one Pillow decoder, behind read_image and read_mask) and every opening of one (its
+    header read, or its decode) counted per path until the first training step. Returns the run
+    folder and those two counts."""
     out = tmp_path_factory.mktemp("counted") / "run"
     decodes: Counter[Path] = Counter()
-    at_first_step: dict[Path, int] = {}
-    real_decode, real_step = io._read_pil, Trainer._forward_backward
+    opens: Counter[Path] = Counter()
+    at_first_step: dict[str, dict[Path, int]] = {}
+    real_decode, real_open, real_step = io._read_pil, io._pillow_opening, Trainer._forward_backward
 
     def counting_decode(path, name=None):
         decodes[Path(path).resolve()] += 1
         return real_decode(path, name)
 
+    def counting_open(source, name=None):
+        opens[Path(source).resolve()] += 1
+        return real_open(source, name)
+
     def first_step(self, *args):
         if not at_first_step:
-            at_first_step.update(decodes)
+            at_first_step.update(decodes=dict(decodes), opens=dict(opens))
         return real_step(self, *args)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(io, "_read_pil", counting_decode)
+        patch.setattr(io, "_pillow_opening", counting_open)
         patch.setattr(Trainer, "_forward_backward", first_step)
         result = run_main("train", isbi_subset, "--out", out, *FLAGS)
     assert result.rc == 0, result.output
-    return out, at_first_step
+    return out, at_first_step["decodes"], at_first_step["opens"]
 
 
-def test_seglab_train_decodes_each_data_file_once_before_its_first_batch(counted_run, isbi_subset):
-    run_dir, decodes = counted_run
+def test_seglab_train_reads_each_data_file_once_before_its_first_batch(counted_run, isbi_subset):
+    run_dir, decodes, opens = counted_run
     files = {path.resolve() for kind in ("images", "masks") for path in (isbi_subset / kind).iterdir()}
     # the check, the class map, the fingerprint, the training batches and the validation images
-    # all needed every file; each was decoded once
+    # all needed every file; each was decoded once, and its header (sizes, channels) read once
     assert decodes == {path: 1 for path in files}
+    assert opens == {path: 2 for path in files}
     assert (run_dir / "recipe.yaml").is_file() and (run_dir / "config.yaml").is_file()
 
 
 def test_plan_then_train_recipe_reproduces_the_run_of_train_data(counted_run, isbi_subset, tmp_path):
-    run_dir, _ = counted_run
+    run_dir = counted_run[0]
     recipe = tmp_path / "recipe.yaml"
     planned = run_main("plan", isbi_subset, *FLAGS, "-o", recipe)
     assert planned.rc == 0, planned.output

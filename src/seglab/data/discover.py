@@ -5,8 +5,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from seglab.data.classmap import MAX_LABELS, ClassMap, pack_rgb, unpack_rgb, value_counts
 from seglab.data.folders import (
     IMAGE_DIR_NAMES,
@@ -22,6 +20,7 @@ from seglab.data.io import read_mask
 from seglab.data.labels.found import coco_splits, scan_annotations, ultralytics_splits
 from seglab.data.labels.label_table import remap_scan
 from seglab.data.labels.multilabel import label_folders, scan_label_channels, scan_label_folders
+from seglab.data.samples import evenly_spread
 from seglab.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -144,12 +143,15 @@ class MaskSurvey:
         return sorted(self.counts)
 
 
-def survey_masks(masks: list[Path], max_files: int | None = 500, read=read_mask) -> MaskSurvey:
-    """Read masks (an evenly spread sample of at most `max_files`) and count their values; `read`:
-    path -> raw values, `read_mask` or a store that decodes each file once (`data.decoded`)."""
+def survey_masks(masks: list[Path], max_files: int | None = 500, read=read_mask, held=None) -> MaskSurvey:
+    """Read masks (a sample of at most `max_files`) and count their values; `read`: path -> raw
+    values, `read_mask` or a store that decodes each file once (`data.decoded`). The sample is the
+    masks `held(path)` says are decoded already (the check's sample), topped up evenly spread."""
     if max_files is not None and len(masks) > max_files:
-        picks = np.linspace(0, len(masks) - 1, max_files).round().astype(int)
-        masks = [masks[i] for i in sorted(set(picks.tolist()))]
+        kept = [path for path in masks if held(path)][:max_files] if held is not None else []
+        taken = set(kept)
+        others = [path for path in masks if path not in taken]
+        masks = kept + evenly_spread(others, max_files - len(kept))
     survey = MaskSurvey()
     for path in masks:
         mask = read(path)

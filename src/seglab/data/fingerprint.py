@@ -14,8 +14,8 @@ from scipy import ndimage
 from seglab.data.classmap import ClassMap, class_masks
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import Pair
-from seglab.data.io import image_info
 from seglab.data.preprocess import to_float
+from seglab.data.samples import evenly_spread
 from seglab.data.truth import read_truth
 
 SAMPLED = 24        # pairs decoded for statistics and object sizes (headers are read for all)
@@ -44,13 +44,6 @@ class Fingerprint:
         return asdict(self)
 
 
-def _spread(items: list, count: int) -> list:
-    if len(items) <= count:
-        return list(items)
-    picks = np.linspace(0, len(items) - 1, count).round().astype(int)
-    return [items[i] for i in sorted(set(picks.tolist()))]
-
-
 def _is_gray(image: np.ndarray) -> bool:
     """One channel, or colour channels that are all equal (a gray picture saved as RGB)."""
     if image.shape[-1] == 1:
@@ -74,11 +67,11 @@ def fingerprint(pairs: list[Pair], class_map: ClassMap, sample: int = SAMPLED,
     """Measure the training pairs: sizes from every header, the rest from an evenly spread sample
     (decoded through `files`, the run's store, when given)."""
     files = files if files is not None else DecodedFiles(budget_bytes=0)
-    sizes = np.array([image_info(pair.image)[:2] for pair in pairs])  # (N, 2) as (H, W)
+    sizes = np.array([files.header(pair.image)[:2] for pair in pairs])  # (N, 2) as (H, W)
     counts = np.zeros(class_map.num_classes, dtype=np.int64)
     regions: dict[int, list[tuple[int, float]]] = {k: [] for k in range(class_map.num_classes)}
     gray, means, stds, channels = [], [], [], 1
-    for pair in _spread(pairs, sample):
+    for pair in evenly_spread(pairs, sample):
         image = files.image(pair.image)
         truth = read_truth(pair.mask, class_map, image.shape[:2], pair.image, raw=files.mask(pair.mask))
         channels = max(channels, image.shape[-1])

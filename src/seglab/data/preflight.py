@@ -12,9 +12,10 @@ from seglab.data.classmap import ClassMap, MaskRules, pack_rgb, unpack_rgb
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map
 from seglab.data.folders import FolderScan
-from seglab.data.io import check_trainable_size, image_info
+from seglab.data.io import check_trainable_size
 from seglab.data.labels.class_rules import label_rules, with_colours
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
+from seglab.data.samples import evenly_spread
 from seglab.errors import DataError
 from seglab.progress import progress_iter
 
@@ -69,17 +70,11 @@ def format_values(values: list[int], limit: int = 8) -> str:
     return "{" + ", ".join(str(v) for v in values[:limit]) + (", ..." if len(values) > limit else "") + "}"
 
 
-def _spread(items: list, limit: int) -> list:
-    if len(items) <= limit:
-        return list(items)
-    picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
-    return [items[i] for i in sorted(set(picks.tolist()))]
-
-
-def _header(report: Preflight, path: Path) -> tuple[int, int, int, str] | None:
-    """image_info(path), or None after recording the unreadable file as an error."""
+def _header(report: Preflight, path: Path, files: DecodedFiles) -> tuple[int, int, int, str] | None:
+    """image_info(path) (read once, through the run's store), or None after recording the unreadable
+    file as an error."""
     try:
-        return image_info(path)
+        return files.header(path)
     except DataError as error:
         report.errors.append(str(error))
         report.bad_files.add(path)
@@ -106,6 +101,7 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
     `label_map`: a JSON table the masks are remapped through first; `multilabel`: masks of
     overlapping labels (found without it in a mask folder per label)."""
     report = Preflight()
+    files = decoded if decoded is not None else DecodedFiles(budget_bytes=0)
     try:
         layout = discover(root, label_map, multilabel)
     except DataError as error:
@@ -128,14 +124,14 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
             if scan.unpaired_masks:
                 report.warnings.append(f"{where}{len(scan.unpaired_masks)} masks without an image: "
                                        f"{list_files(scan.unpaired_masks, root)}; check the names")
-        _check_sizes(report, where, scan)
+        _check_sizes(report, where, scan, files)
         pairs += [p for p in scan.pairs if p.image not in report.bad_files and p.mask not in report.bad_files]
     if not pairs:
         if not report.errors:
             report.errors.append(f"no image/mask pairs in '{root}': put images in images/ and masks in masks/ "
                                  "with matching names")
         return report
-    facts = _read_sample(report, pairs, root, decoded if decoded is not None else DecodedFiles(budget_bytes=0))
+    facts = _read_sample(report, pairs, root, files)
     if facts:
         readable = sum(1 for p in pairs if p.mask not in report.bad_files)
         told = MaskRules(tuple(mask_values) if mask_values else None, num_classes,
@@ -151,17 +147,17 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
     return report
 
 
-def _check_sizes(report: Preflight, where: str, scan: FolderScan) -> None:
+def _check_sizes(report: Preflight, where: str, scan: FolderScan, store: DecodedFiles) -> None:
     """The images' sizes, channels and dtypes (from headers), and masks sized unlike their image."""
     sizes: Counter[tuple] = Counter()
     files = [(p.image, p.mask) for p in scan.pairs] + [(i, None) for i in scan.unpaired_images]
     for pair_image, pair_mask in progress_iter(files, "check sizes"):
-        info = _header(report, pair_image)
+        info = _header(report, pair_image, store)
         if info is None or (pair_mask is not None and not _trainable(report, pair_image, *info[:2])):
             continue
         height, width, channels, dtype = info
         sizes[(width, height, channels, dtype)] += 1
-        mask_info = _header(report, pair_mask) if pair_mask is not None else None
+        mask_info = _header(report, pair_mask, store) if pair_mask is not None else None
         if mask_info is None:
             continue
         mask_h, mask_w = mask_info[:2]
@@ -183,7 +179,7 @@ def _check_sizes(report: Preflight, where: str, scan: FolderScan) -> None:
 def _read_sample(report: Preflight, pairs: list, root: Path, files: DecodedFiles) -> list[MaskFacts]:
     """Decode an evenly spread sample of pairs (catches truncated files the headers hide)."""
     facts, unreadable = [], []
-    for pair in progress_iter(_spread(pairs, MAX_SURVEYED), "check pixels", "pair"):
+    for pair in progress_iter(evenly_spread(pairs, MAX_SURVEYED), "check pixels", "pair"):
         try:
             files.image(pair.image)
         except DataError as error:

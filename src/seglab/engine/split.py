@@ -9,7 +9,7 @@ from seglab.config import RunConfig
 from seglab.data.classmap import ClassMap
 from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import DataLayout, Pair, discover, survey_masks
-from seglab.data.io import check_trainable_size, image_info
+from seglab.data.io import check_trainable_size
 from seglab.data.labels.class_rules import class_map_for
 from seglab.data.splits import fold_split, split_pairs
 from seglab.errors import DataError, SeglabError
@@ -55,14 +55,14 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     if not data.root:
         raise SeglabError("no data folder given: seglab train DATA_DIR")
     layout = layout or discover(data.root, data.label_map, data.multilabel)
-    read = (files if files is not None else DecodedFiles(budget_bytes=0)).mask
+    files = files if files is not None else DecodedFiles(budget_bytes=0)
     pairs = layout.training_pairs()
     if not pairs:
         raise DataError(f"no image/mask pairs found in '{layout.root}': run `seglab check {layout.root}`")
     folded = None
     if data.folds:  # every labelled pair takes part: the folds are the validation splits
         pairs = pairs + (layout.labelled("val") if layout.has_named_splits else [])
-        survey = survey_masks([p.mask for p in pairs], read=read)
+        survey = survey_masks([p.mask for p in pairs], read=files.mask, held=files.holds_mask)
         class_map = class_map_for(survey, layout, data.mask_rules())
         presence = rare_presence(pairs, survey, class_map)
         fold_of = {pair: fold for fold in range(1, data.folds + 1)
@@ -72,10 +72,10 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
         val_pairs = [pair for pair, fold in folded if fold == (data.fold or 1)]
     else:
         train_pairs, val_pairs = _held_out(data, layout, pairs, config.train.seed)
-        survey = survey_masks([p.mask for p in train_pairs + val_pairs], read=read)
+        survey = survey_masks([p.mask for p in train_pairs + val_pairs], read=files.mask, held=files.holds_mask)
         class_map = class_map_for(survey, layout, data.mask_rules())
     for pair in train_pairs + val_pairs:  # headers only: what `seglab check` refuses, train refuses too
-        check_trainable_size(pair.image, *image_info(pair.image)[:2])
-    channels = data.in_channels or image_info(train_pairs[0].image)[2]
+        check_trainable_size(pair.image, *files.header(pair.image)[:2])
+    channels = data.in_channels or files.header(train_pairs[0].image)[2]
     counts = class_map.pixel_counts(survey.counts)
     return Split(layout, train_pairs, val_pairs, class_map, channels, counts, folded)
