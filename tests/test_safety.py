@@ -25,7 +25,7 @@ from PIL import Image
 import seglab
 from conftest import SUBPROCESS_ENV, TINY_FLAGS, assert_clean_failure, copy_isbi_crop, run_cli, run_main
 from seglab.data.io import read_image
-from seglab.errors import ConfigError, DataError
+from seglab.errors import ConfigError, DataError, SeglabError
 
 TINY_TRAIN = ("--base-channels", "4", "--depth", "2", "--crop", "64", "-b", "2", "--augment", "none", *TINY_FLAGS)
 
@@ -344,6 +344,23 @@ def test_a_yaml_value_of_the_wrong_type_is_one_line(tmp_path, isbi_subset, yaml_
     assert_clean_failure(result)
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert len(result.stderr) < 1000  # a value is named, never printed whole
+
+
+def test_a_recipe_sized_yaml_loads_and_aliases_still_may_not_add_more_than_the_limit(tmp_path):
+    from seglab.yaml_files import MAX_YAML_VALUES, read_yaml
+
+    def pairs(count: int) -> str:  # a recipe's list of training pairs: 3 values a pair
+        return "data:\n  train_pairs:\n" + "".join(f"  - [images/{i:05d}.png, masks/{i:05d}.png]\n"
+                                                   for i in range(count))
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(pairs(35_000))  # 105,000 values written out
+    assert read_yaml(recipe)["data"]["train_pairs"][-1] == ["images/34999.png", "masks/34999.png"]
+    # written values with aliases repeating 10^7 more: refused, whatever was written out
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(pairs(3000) + ALIAS_BOMB)
+    with pytest.raises(SeglabError, match=f"expands to more than {MAX_YAML_VALUES} values"):
+        read_yaml(bomb)
 
 
 @pytest.mark.parametrize("flag, value, expected", [

@@ -2,6 +2,7 @@
 holds (FolderScan) and where its labels came from when they were not mask files (LabelSource)."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,11 @@ class Pair:
 
     image: Path
     mask: Path
+
+    def absolute(self) -> list[str]:
+        """[image, mask] as absolute paths, as split.json and recipe.yaml record them (links are
+        kept as links: their names pair the files; no file system call per path)."""
+        return [os.path.abspath(self.image), os.path.abspath(self.mask)]
 
 
 @dataclass(frozen=True)

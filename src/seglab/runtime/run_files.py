@@ -53,7 +53,7 @@ def write_plan(run_dir: Path, plan: dict) -> None:
 
 def write_split(run_dir: Path, train: list[Pair], val: list[Pair]) -> Path:
     """split.json: {"train": [[image, mask], ...], "val": [...]}, absolute paths."""
-    record = {name: [[str(p.image.resolve()), str(p.mask.resolve())] for p in pairs]
+    record = {name: [pair.absolute() for pair in pairs]
               for name, pairs in (("train", train), ("val", val))}
     path = Path(run_dir) / SPLIT_FILE
     _write_text(path, json.dumps(record, indent=1))
