@@ -221,6 +221,24 @@ torch.save(trainer.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.envir
 """
 
 
+def test_a_validation_subset_scores_the_same_evenly_spread_images_and_best_images_json_lists_them(
+        tmp_path, isbi_dir):
+    lines = []
+    fit(config_from_dict(_config(tmp_path / "run", isbi_dir, epochs=2, val_images=2)), progress=False,
+        log=lambda *args, **kwargs: lines.append(" ".join(map(str, args))))
+    held_out = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
+    assert len(held_out) == 6  # split.json keeps all of them: seglab evaluate scores them all
+    assert any(line.startswith("validation: 2 of the 6 held-out images at each evaluation") for line in lines)
+    best = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    record = json.loads((tmp_path / "run" / "best_images.json").read_text())
+    assert record["step"] == best["step"]
+    assert [row["image"] for row in record["images"]] == [held_out[0][0], held_out[-1][0]]  # first and last
+    # the pooled Dice of the row is a weighted mean of the two images' Dice
+    dice = [row["mdice"] for row in record["images"]]
+    best_row = next(row for row in _rows(tmp_path / "run") if row["step"] == best["step"])
+    assert min(dice) - 1e-6 <= best_row["val_dice"] <= max(dice) + 1e-6
+
+
 # oversample=1.0 passes too (every crop centred on a rare pixel drawn alike on every rank); it is left
 # out of the suite for time, as test_oversampling checks the draws per rank in one process.
 @pytest.mark.parametrize("oversample", [None])
@@ -245,6 +263,10 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert "global batch 4" in done.stdout + done.stderr
     rows = _rows(tmp_path / "ddp")
     assert [r["step"] for r in rows] == [5, 10, 12]  # one writer (rank 0); 6 steps per epoch
+    # best.pt's scores image by image, gathered from both ranks: every held-out image once
+    held_out = [image for image, _ in json.loads((tmp_path / "ddp" / "split.json").read_text())["val"]]
+    scored = json.loads((tmp_path / "ddp" / "best_images.json").read_text())["images"]
+    assert sorted(row["image"] for row in scored) == sorted(held_out)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["ddp"]
     fit(config_from_dict(single_config), progress=False, log=QUIET)
     single = _weights(tmp_path / "single" / "last.pt")
@@ -255,6 +277,9 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert split["val_dice"] == pytest.approx(whole["val_dice"], abs=1e-3)
         assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-3)
         assert split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-3)
+    single_scores = {row["image"]: row["mdice"]
+                     for row in json.loads((tmp_path / "single" / "best_images.json").read_text())["images"]}
+    assert {row["image"]: pytest.approx(row["mdice"], abs=1e-3) for row in scored} == single_scores
 
 
 CRASH_SCRIPT = """

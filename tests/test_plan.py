@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from conftest import TINY_FLAGS, assert_clean_failure, run_cli, run_main, train_
 from seglab.config import config_from_dict
 from seglab.data.fingerprint import Fingerprint
 from seglab.engine.ema import WeightAverage
-from seglab.engine.plan import DEFAULT_BUDGET, plan_rules
+from seglab.engine.plan import DEFAULT_BUDGET, FORWARD_COST, MIN_VAL_IMAGES, VALIDATION_SHARE, plan_rules
 from seglab.engine.runs import fit, resume
 
 QUIET = lambda *args, **kwargs: None  # noqa: E731
@@ -92,6 +93,27 @@ def test_the_default_budget_gives_about_ten_validations():
     # 420 s at 3 images/s (2 cores) is ~50 epochs of 25 images: the demo's recipe, every 5 epochs
     assert chosen["train.eval_every"] == 5 and chosen["data.crop"] == [256, 256]
     assert chosen["train.learning_rate"] == 2e-3 and chosen["train.batch_size"] == 4
+
+
+def test_a_large_hold_out_is_validated_on_a_subset_within_a_tenth_of_the_training_time():
+    plan = plan_rules(fingerprint(), CPU, {}, binary=True, train_images=2700, val_images=3000)
+    chosen = values(plan)
+    count, reason = chosen["train.val_images"], plan.choices["train.val_images"].reason
+    assert MIN_VAL_IMAGES <= count < 3000 and reason.startswith(f"{count} of the 3000 held-out images")
+    # one 512x512 image's forward pass against 256x256 training crops at the planned 3 crops/s (fp32)
+    per_image = FORWARD_COST * 4 / 3
+    evaluations = int(re.search(r"~(\d+) evaluations", reason).group(1))
+    assert f"about {per_image:.2f} s each" in reason
+    assert count * per_image * evaluations <= VALIDATION_SHARE * chosen["train.time_budget"]
+    assert (count + 1) * per_image * evaluations > VALIDATION_SHARE * chosen["train.time_budget"]
+    # scaled inputs cost less to validate: more of them fit
+    scaled = values(plan_rules(fingerprint(), CPU, {"data.scale": 0.5}, True, 2700, val_images=3000))
+    assert scaled["train.val_images"] > count
+    # a hold-out validated whole within the share, a small one, and a count given are left as they are
+    assert "train.val_images" not in values(plan_rules(fingerprint(), CPU, {}, True, 2700, val_images=90))
+    assert "train.val_images" not in values(plan_rules(fingerprint(), CPU, {}, True, 20, val_images=MIN_VAL_IMAGES))
+    given = plan_rules(fingerprint(), CPU, {"train.val_images": 7}, True, 2700, val_images=3000)
+    assert given.choices["train.val_images"].value == 7 and given.choices["train.val_images"].given
 
 
 def test_pretrained_weights_get_their_own_normalisation_and_others_per_image():

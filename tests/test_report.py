@@ -133,13 +133,36 @@ def edit_split(run_dir: Path, edit) -> None:
 def test_best_and_worst_images_are_ranked_by_dice(report_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(report_run, run_dir)
-    # hold out 3 of the 5 crops: best #1 and worst #1
+    # hold out 3 of the 5 crops: best #1 and worst #1, predicted here (no training scores to rank by)
     edit_split(run_dir, lambda split: {"train": split["train"][2:], "val": split["val"] + split["train"][:2]})
+    (run_dir / "best_images.json").unlink()
     page = write_report(run_dir).read_text(encoding="utf-8")
     dice = [float(page[i:page.index("</h3>", i)].rsplit("Dice ", 1)[1])
             for i in (page.index("best #1:"), page.index("worst #1:"))]
     assert dice[0] >= dice[1]
     assert page.count("<figcaption>truth</figcaption>") == 2
+
+
+def test_the_images_are_ranked_by_the_validation_that_made_best_pt_when_it_scored_them(report_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(report_run, run_dir)
+    held_out = [str(pair.image) for pair in read_split(report_run)["val"]]
+    assert [row["image"] for row in json.loads((run_dir / "best_images.json").read_text())["images"]] == held_out
+    edit_split(run_dir, lambda split: {"train": split["train"][3:], "val": split["val"] + split["train"][:3]})
+    val = [str(pair.image) for pair in read_split(run_dir)["val"]]
+    record = json.loads((run_dir / "best_images.json").read_text())
+    record["images"] = [{"image": val[1], "mdice": 0.9}, {"image": val[3], "mdice": 0.1}]  # 2 of the 4
+    (run_dir / "best_images.json").write_text(json.dumps(record))
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    shown = {name for name in map(lambda path: Path(path).name, val) if f": {name} — Dice" in page}
+    assert shown == {Path(val[1]).name, Path(val[3]).name}
+    assert "best.pt on 2 validation images" in page
+    assert "scored by the validation that made best.pt, 2 of the 4 held-out images" in page
+    # scores of another checkpoint are not used: the report predicts its own sample
+    record["step"] += 1
+    (run_dir / "best_images.json").write_text(json.dumps(record))
+    page = write_report(run_dir).read_text(encoding="utf-8")
+    assert "best.pt on 4 validation images" in page and "scored by the validation" not in page
 
 
 def test_report_of_a_run_whose_data_moved_still_has_curves_and_table(report_run, tmp_path):

@@ -31,10 +31,10 @@ SCHEDULERS = ("cosine", "plateau", "poly", "none")
 MONITORS = {"val_dice": "max", "val_miou": "max", "val_iou": "max", "val_loss": "min", "val_pixel_error": "min"}
 # The options the training plan chooses when they are not given (engine.plan; a test keeps the two
 # together): the command's help says "planned" for them instead of a default the plan replaces.
-PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.base_channels", "model.depth",
-                     "train.amp", "train.augment", "train.batch_size", "train.channels_last", "train.class_weights",
-                     "train.epochs", "train.eval_every", "train.learning_rate", "train.time_budget", "train.monitor",
-                     "train.precision", "train.scheduler", "train.loss", "train.oversample"})
+PLANNED = frozenset({"data.crop", "data.normalization", "model.name", "model.base_channels", "model.depth", "train.amp",
+                     "train.augment", "train.batch_size", "train.channels_last", "train.class_weights", "train.epochs",
+                     "train.eval_every", "train.learning_rate", "train.time_budget", "train.monitor", "train.precision",
+                     "train.scheduler", "train.loss", "train.oversample", "train.val_images"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSS_TERMS = tuple(list_losses()) + tuple(ALIASES)
 TRACKERS = ("mlflow", "wandb")  # experiment trackers besides TensorBoard (engine.tracking)
@@ -54,8 +54,7 @@ class DataConfig:
     scale: float = option(1.0, "resize images (bilinear, antialiased) and masks (nearest) by this factor",
                           above=0, max=16, flags=("-s", "--scale"))
     crop: list[int] | None = option(None, "random training crops H[,W]", min=1, length=(1, 2), metavar="H[,W]")
-    in_channels: int | None = option(None, "image channels the model takes (default: the first image's)",
-                                     min=1, max=64)
+    in_channels: int | None = option(None, "image channels the model takes (default: the first image's)", min=1, max=64)
     mask_values: list[int] | None = option(None, "mask values in class order, e.g. 0,128,255", metavar="V,V,...")
     num_classes: int | None = option(None, "masks hold class indices 0..K-1", min=2, max=65536, metavar="K")
     class_names: list[str] | None = option(None, "comma-separated names, one per class", metavar="NAME,...")
@@ -168,6 +167,9 @@ class TrainConfig:
                                metavar="DECAY", group="optimisation")
     eval_every: int | str = option(1, "validate every N epochs (5), or every N optimizer steps ('500 steps')",
                                    metavar="N[steps]", group="run control")
+    val_images: int | None = option(None, "held-out images scored at each evaluation, the same evenly spread ones "
+                                    "(unset: all, or a planned share of a large hold-out)", min=1, metavar="N",
+                                    group="run control")
     monitor: str = option("val_dice", "what best.pt and early stopping judge", choices=tuple(MONITORS),
                           group="run control")
     early_stop: int | None = option(None, "stop after N evaluations without improvement of --monitor", min=1,

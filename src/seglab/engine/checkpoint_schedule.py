@@ -12,7 +12,7 @@ from typing import Callable
 
 from seglab.errors import SeglabError
 from seglab.runtime.checkpoint import save_checkpoint
-from seglab.runtime.run_files import resume_hint
+from seglab.runtime.run_files import resume_hint, write_best_images
 
 
 class CheckpointSchedule:
@@ -21,15 +21,17 @@ class CheckpointSchedule:
     def __init__(self, run_dir: Path, interval: float, enabled: bool):
         self.run_dir, self.interval, self.enabled = run_dir, interval, enabled
         self._best: dict | None = None  # a best.pt payload, its weights copied when they were the best
+        self._best_images: list[dict] | None = None  # its validation's rows, image by image
         self._last: Callable[[], dict] | None = None  # builds last.pt from the current training state
         self._written: float | None = None  # monotonic() of the last write of last.pt
         self._rows_written = False  # a metrics row's best.pt/last.pt reached the disk in this process
         self.saved: Callable[[Path], None] | None = None  # told each file written (the callbacks' on_checkpoint)
 
-    def hold_best(self, payload: dict) -> None:
-        """The best weights so far (already copied off the model), written at the next write."""
+    def hold_best(self, payload: dict, images: list[dict] | None = None) -> None:
+        """The best weights so far (already copied off the model), written at the next write, with
+        the rows of the validation that scored them (best_images.json), when it scored them."""
         if self.enabled:
-            self._best = payload
+            self._best, self._best_images = payload, images
 
     def period_closed(self, build_last: Callable[[], dict]) -> None:
         """A metrics row closed: last.pt would now be `build_last()`. Writes both if due."""
@@ -54,7 +56,9 @@ class CheckpointSchedule:
             return
         if self._best is not None:
             self._save(self._best, "best.pt")
-            self._best = None
+            if self._best_images is not None:
+                write_best_images(self.run_dir, self._best["step"], self._best_images)
+            self._best = self._best_images = None
         if self._last is not None:
             self.write_last(self._last())
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from seglab.config import RunConfig, override
+from seglab.config import RunConfig, override, parse_eval_every
 from seglab.data.decoded import DecodedFiles
 from seglab.data.fingerprint import Fingerprint, fingerprint
 from seglab.engine.split import Split
@@ -32,6 +32,13 @@ CPU_CROP, GPU_CROP = 256, 512         # largest training crop side on each kind 
 MIN_CROP = 128                        # crops below this side get a shallower U-Net
 OBJECTS_PER_CROP = 4                  # a crop side holds this many diameters of the largest objects
 EVALUATIONS = 10                      # validations over a budget (the demo validates every 5 of 51 epochs)
+# Validation's share of the training time, all evaluations together, on a large hold-out: a whole
+# image's forward pass costs about FORWARD_COST of a training step on as many pixels (measured: 0.096
+# s per 512x512 ISBI image against 0.075 s per 256x256 training crop, bf16 on 2 cores: 0.32), and
+# no fewer than MIN_VAL_IMAGES are scored (fewer make best.pt a matter of chance).
+VALIDATION_SHARE = 0.1
+FORWARD_COST = 0.33
+MIN_VAL_IMAGES = 32
 RARE_SHARE = 0.02                     # a class under this pixel share gets median-frequency weights
 # What the other losses and oversampling scored against the plan's on CamVid (BENCHMARKS.md, "Small
 # objects"), quoted in plan.json's reasons.
@@ -125,17 +132,18 @@ def make_plan(explicit: dict[str, Any], data: Split, files: DecodedFiles | None 
         probe = cpu_probe = None
     dice = data.class_map.is_binary or data.class_map.multilabel  # one score per foreground class or label
     return plan_rules(prints, describe_device(device), explicit, dice, len(data.train_pairs),
-                      probe, cpu_probe)
+                      probe, cpu_probe, len(data.val_pairs))
 
 
 def plan_rules(fp: Fingerprint, device: dict, explicit: dict[str, Any], binary: bool, train_images: int,
                probe: Callable[[int, int], dict | None] | None = None,
-               cpu_probe: Callable[[dict[str, Any], bool], float | None] | None = None) -> Plan:
+               cpu_probe: Callable[[dict[str, Any], bool], float | None] | None = None,
+               val_images: int = 0) -> Plan:
     """The rules, from measurements only: the fingerprint, the device ({"type": "cpu", "cores": N,
-    "bf16": native bf16 feature or None} or {"type": "cuda", "free_bytes": B}), what the user gave;
-    on a GPU a probe(crop, batch) -> {"peak_bytes", "images_per_s"} or None (out of memory); on a
-    CPU a cpu_probe(planned config values, channels_last) -> images/s of that training step, or
-    None when it runs out of memory."""
+    "bf16": native bf16 feature or None} or {"type": "cuda", "free_bytes": B}), what the user gave,
+    how many images train and how many are held out; on a GPU a probe(crop, batch) ->
+    {"peak_bytes", "images_per_s"} or None (out of memory); on a CPU a cpu_probe(planned config
+    values, channels_last) -> images/s of that training step, or None when it runs out of memory."""
     plan = Plan(fingerprint=fp, device=dict(device))
     kind = device["type"]
     _plan_model(plan, fp, kind, explicit)
@@ -144,6 +152,7 @@ def plan_rules(fp: Fingerprint, device: dict, explicit: dict[str, Any], binary: 
     if kind == "cpu":
         _plan_cpu_speed(plan, explicit, cpu_probe)
     _plan_schedule(plan, kind, explicit, train_images)
+    _plan_validation(plan, kind, explicit, train_images, val_images)
     return plan
 
 
@@ -288,6 +297,34 @@ def _plan_schedule(plan: Plan, kind: str, explicit: dict, train_images: int) -> 
     reason = (f"about {EVALUATIONS} validations in ~{epochs:.0f} epochs" if epochs >= EVALUATIONS else
               f"every epoch: only ~{epochs:.0f} fit the budget")
     plan.choose("train.eval_every", every, reason, explicit)
+
+
+def _plan_validation(plan: Plan, kind: str, explicit: dict, train_images: int, held_out: int) -> None:
+    """On a hold-out too large to score in VALIDATION_SHARE of the training time at each planned
+    evaluation, the same evenly spread subset is scored each time (never under MIN_VAL_IMAGES)."""
+    if "train.val_images" in explicit or held_out <= MIN_VAL_IMAGES:
+        if "train.val_images" in explicit:
+            plan.choose("train.val_images", None, "", explicit)  # recorded as given
+        return
+    throughput = _throughput(plan, kind)  # training crops per second
+    budget = plan.choices.get("train.time_budget")  # seconds of training, else as many as the epochs take
+    training = budget.value if budget is not None else float(explicit["train.epochs"]) * train_images / throughput
+    count, unit = parse_eval_every(plan.choices["train.eval_every"].value)
+    epoch_seconds = train_images / throughput
+    period = count * (epoch_seconds if unit == "epoch" else plan.choices["train.batch_size"].value / throughput)
+    evaluations = max(1, math.ceil(training / max(period, 1e-9)))
+    crop = plan.choices["data.crop"].value
+    height, width = plan.fingerprint.median_size
+    image_pixels = height * width * explicit.get("data.scale", 1.0) ** 2  # as the model sees them
+    crop_pixels = crop[0] * crop[-1] if crop else image_pixels
+    per_image = FORWARD_COST * image_pixels / crop_pixels / throughput  # seconds to validate one image
+    fits = int(VALIDATION_SHARE * training / evaluations / per_image)
+    if fits >= held_out:
+        return
+    chosen = max(MIN_VAL_IMAGES, fits)
+    plan.choose("train.val_images", chosen, f"{chosen} of the {held_out} held-out images at each of ~{evaluations} "
+                f"evaluations (about {per_image:.2f} s each): validation within {VALIDATION_SHARE:.0%} of the "
+                "training time; the same ones each time", explicit)
 
 
 def _gpu_batch(plan: Plan, probe) -> int:

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from seglab.data.augment import BatchAugmenter
-from seglab.data.datasets import ValidationImages
 from seglab.engine import distributed, train_state
 from seglab.engine.builders import input_normalization, load_initial_weights, make_model, make_train_batches
 from seglab.engine.callbacks import Callbacks, TrainingRun
@@ -24,7 +23,7 @@ from seglab.engine.run_folder import RunFolderLock, default_run_dir, restarted_b
 from seglab.engine.runlog import RunLog
 from seglab.engine.train_state import TrainState
 from seglab.engine.training_bar import TrainingBar, shown_epochs
-from seglab.engine.validation import validate
+from seglab.engine.validation import Validation, held_out_images, validate
 from seglab.errors import SeglabError
 from seglab.runtime.device import (
     default_channels_last,
@@ -73,7 +72,8 @@ class Trainer:
             self._build_optimisation()
             self._build_data()
             # what validation reads later stays decoded; the rest is in the training batches now
-            recipe.files.release({path for pair in recipe.val_pairs for path in (pair.image, pair.mask)})
+            recipe.files.release({path for pair in (self.val_images.pairs if self.val_images else [])
+                                  for path in (pair.image, pair.mask)})
             self._open_run_folder(resume_from)
         except BaseException:
             self.close()
@@ -137,10 +137,7 @@ class Trainer:
         # crop: the augmenter's output size, None where the loader's dataset already crops
         self.train_batches, self.crop = make_train_batches(self.recipe, self.device, self.dist, self.log,
                                                            self.normalization, full_batches=self.compiles)
-        recipe = self.recipe
-        self.val_images = (ValidationImages(recipe.val_pairs, recipe.class_map, recipe.channels, config.data.scale,
-                                            self.normalization, recipe.files)
-                           if recipe.val_pairs else None)
+        self.val_images = held_out_images(self.recipe, t.val_images, config.data.scale, self.normalization, self.log)
         self.accumulate = max(1, t.accumulate)
         self.clock = TrainingClock(self.device)
         self.losses = DeviceLossTally(self.device)
@@ -342,14 +339,14 @@ class Trainer:
             return self.loss_fn(output["out"], masks, weights) + 0.5 * self.loss_fn(output["aux"], masks, weights)
         return self.loss_fn(output, masks, weights)
 
-    def _validate(self) -> dict:
+    def _validate(self) -> Validation:
         draw = self.runlog.overlays_due()
         result = validate(self.scored_model, self.val_images, self.loss_fn, self.recipe.class_map, self.device,
                           self.config.train.threshold, self.dist.rank, self.dist.world_size, self.autocast(),
                           num_overlays=2 if draw else 0)
         if draw:
             self.runlog.add_overlays(result.overlays, self.step)
-        return result.row()
+        return result
 
     def _close_period(self, epoch: int, validate: bool, position: dict) -> bool:
         """The metrics row of the training since the last one (validated if `validate` and there is
@@ -365,13 +362,16 @@ class Trainer:
                "train_loss": totals[0].item() / max(totals[1].item(), 1),
                "lr": self.optimizer.param_groups[0]["lr"],
                "images_per_s": self.tally.images / max(self.tally.seconds, 1e-9)}
-        if validate and self.val_images is not None:
-            row.update(self._validate())
+        validation = self._validate() if validate and self.val_images is not None else None
+        if validation is not None:
+            row.update(validation.row())
         self.tally = EpochTally()
         monitored = row.get(c.train.monitor)
         if monitored is not None:
             self.schedule.step_metric(monitored)
         improved = self.monitor.judge(monitored)
+        # every rank judged the same pooled scores: all join the gathering of the image rows
+        scored_images = validation.image_rows() if improved and validation is not None else None
         self.history_rows.append(row)
         stop = self.monitor.should_stop
         if self.dist.is_main:
@@ -379,7 +379,8 @@ class Trainer:
             # Until a validation has scored one, the latest weights stand in for the best: best.pt
             # exists from the first metrics row on, whatever --eval-every says.
             if improved or self.val_images is None or self.monitor.best is None:
-                self.checkpoints.hold_best(train_state.checkpoint_payload(self, epoch, metrics))  # copies the weights
+                self.checkpoints.hold_best(train_state.checkpoint_payload(self, epoch, metrics),  # copies the weights
+                                           scored_images)
             resume_at = {**position, "tally": vars(EpochTally())}
             # The row first: a checkpoint never holds a row metrics.jsonl lacks (a full disk stops
             # the run between the two writes; --resume cuts metrics.jsonl back to last.pt's rows).

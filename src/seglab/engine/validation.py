@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from seglab.data.classmap import ClassMap
 from seglab.data.datasets import ValidationImages
 from seglab.data.overlay import error_map, overlay
 from seglab.data.preprocess import resize_mask
-from seglab.engine.distributed import all_reduce_sum
+from seglab.data.samples import evenly_spread
+from seglab.engine.distributed import all_gather_objects, all_reduce_sum
 from seglab.metrics.scoring import Evaluation, evaluate_images
 from seglab.models.outputs import (
     full_size_logits,
@@ -25,6 +27,22 @@ from seglab.models.outputs import (
     probabilities_to_classes,
     resize_probabilities,
 )
+
+if TYPE_CHECKING:
+    from seglab.data.normalization import Normalization
+    from seglab.engine.recipe import Recipe
+
+
+def held_out_images(recipe: Recipe, count: int | None, scale: float, normalization: Normalization,
+                    log: Callable[..., None]) -> ValidationImages | None:
+    """The held-out images each evaluation scores: `count` of them evenly spread (all when None or
+    no fewer), the same ones every time; None when nothing is held out."""
+    pairs = evenly_spread(recipe.val_pairs, count or len(recipe.val_pairs))
+    if len(pairs) < len(recipe.val_pairs):
+        log(f"validation: {len(pairs)} of the {len(recipe.val_pairs)} held-out images at each evaluation "
+            "(evenly spread; --val-images N to change; seglab evaluate scores them all)")
+    return (ValidationImages(pairs, recipe.class_map, recipe.channels, scale, normalization, recipe.files)
+            if pairs else None)
 
 
 @dataclass
@@ -40,6 +58,11 @@ class Validation:
                 "val_miou": pooled["miou"], "val_pixel_accuracy": pooled["pixel_accuracy"],
                 "val_pixel_error": pooled["pixel_error"], "val_dice_per_class": pooled["dice"],
                 "val_iou_per_class": pooled["iou"]}
+
+    def image_rows(self) -> list[dict]:
+        """The JSON-safe per-image rows of every rank, in rank order: the whole validation's
+        (a collective: every rank calls it)."""
+        return [row for rows in all_gather_objects(self.evaluation.to_json()["images"]) for row in rows]
 
 
 @torch.no_grad()

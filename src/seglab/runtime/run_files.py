@@ -5,6 +5,7 @@
     plan.json       the plan's choices and reasons     write_plan
     metrics.jsonl   one JSON row per evaluation        start_metrics, append_metrics_row / read_metrics
     summary.json    what ended the run                 write_summary / read_summary
+    best_images.json  best.pt's score on each validation image    write_best_images / read_best_images
 
 recipe.yaml belongs to `engine.recipe.Recipe` (save/load); checkpoints to `runtime.checkpoint`. The
 best row of a run is chosen by `best_row`, with the direction the monitored metric declares
@@ -28,6 +29,7 @@ SPLIT_FILE = "split.json"
 PLAN_FILE = "plan.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+BEST_IMAGES_FILE = "best_images.json"
 
 
 def resume_hint(run_dir: Path, how: str = "") -> str:
@@ -121,6 +123,29 @@ def read_metrics(run_dir: Path) -> list[dict]:
             raise SeglabError(f"'{path}' line {number} is not JSON: the run folder is damaged; "
                               "remove the line or retrain") from None
     return rows
+
+
+def write_best_images(run_dir: Path, step: int, rows: list[dict]) -> None:
+    """best_images.json: the validation that made best.pt (at optimizer step `step`) image by image,
+    {"step": S, "images": [{"image": path, "mdice": ..., "miou": ..., "pixel_error": ...}, ...]},
+    so the report ranks the images without predicting them again. `rows`: JSON-safe rows
+    (`Evaluation.to_json()["images"]`: None for a score without a value)."""
+    keys = ("image", "mdice", "miou", "pixel_error")
+    record = {"step": int(step), "images": [{key: row.get(key) for key in keys} for row in rows]}
+    _write_text(Path(run_dir) / BEST_IMAGES_FILE, json.dumps(record, indent=1))
+
+
+def read_best_images(run_dir: Path, step: int | None) -> list[dict] | None:
+    """The rows of best_images.json when they score the checkpoint of optimizer step `step`; None
+    when the file is missing, damaged or of another checkpoint (the report then predicts again)."""
+    try:
+        record = json.loads((Path(run_dir) / BEST_IMAGES_FILE).read_text())
+        rows = record["images"]
+        if record["step"] != step or not all(isinstance(row["image"], str) for row in rows):
+            return None
+        return rows
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from seglab.data.samples import evenly_spread
 from seglab.data.writing import atomic_output, png_data_uri
 from seglab.errors import SeglabError
-from seglab.runtime.run_files import RunRecord, read_run, read_split, stop_words
+from seglab.runtime.run_files import RunRecord, read_best_images, read_run, read_split, stop_words
 
 PANEL_WIDTH = 300       # pixels of each picture in the overlay rows
 MAX_SCORED = 64         # validation images predicted to find the best and worst (evenly spread)
@@ -100,12 +101,11 @@ def _shrink(array: np.ndarray, width: int) -> np.ndarray:
 
 
 def _validation_examples(run_dir: Path, device: str) -> tuple[list[Example], int, str]:
-    """Predict the run's validation images (split.json) with best.pt, scored by the one evaluation
-    path; (examples sorted best first by mean Dice, images scored, note)."""
-    from seglab.data.classmap import IGNORE_INDEX
-    from seglab.data.overlay import error_map, overlay, to_display
+    """The best and worst validation images of best.pt, drawn from its predictions: ranked by the
+    validation that made best.pt (best_images.json) when the run wrote it, so only the shown images
+    are predicted again, else by predicting an evenly spread sample (split.json), all scored by the
+    one evaluation path; (examples sorted best first by mean Dice, images ranked, note)."""
     from seglab.inference.predictor import Predictor
-    from seglab.inference.scoring import evaluate_predictor
 
     checkpoint = run_dir / "best.pt"
     if not checkpoint.is_file():
@@ -113,15 +113,39 @@ def _validation_examples(run_dir: Path, device: str) -> tuple[list[Example], int
     pairs = read_split(run_dir)["val"]
     if not pairs:
         return [], 0, "the run held out no validation images (--validation 0): no predictions to show"
-    note = ""
-    if len(pairs) > MAX_SCORED:
-        picks = np.linspace(0, len(pairs) - 1, MAX_SCORED).round().astype(int)
-        note = f"best and worst of {MAX_SCORED} of the {len(pairs)} validation images (evenly spread)"
-        pairs = [pairs[i] for i in sorted(set(picks.tolist()))]
     predictor = Predictor.from_file(checkpoint, device, log=lambda *args, **kwargs: None)
+    ranked = _ranked_by_training(run_dir, pairs, predictor.info.get("step"))
+    if ranked is not None:
+        shown = ranked[:SHOWN_PER_END] + ranked[max(SHOWN_PER_END, len(ranked) - SHOWN_PER_END):]
+        subset = f", {len(ranked)} of the {len(pairs)} held-out images" if len(ranked) < len(pairs) else ""
+        return _drawn_examples(predictor, shown), len(ranked), f"scored by the validation that made best.pt{subset}"
+    sample = evenly_spread(pairs, MAX_SCORED)
+    note = (f"best and worst of {len(sample)} of the {len(pairs)} validation images (evenly spread)"
+            if len(sample) < len(pairs) else "")
+    return _drawn_examples(predictor, sample), len(sample), note
+
+
+def _ranked_by_training(run_dir: Path, pairs: list, step: int | None) -> list | None:
+    """The validation pairs best.pt was scored on during training, best first by mean Dice (images
+    without a score last), or None when best_images.json does not score this best.pt."""
+    rows = read_best_images(run_dir, step)
+    by_image = {str(pair.image): pair for pair in pairs}
+    if not rows or any(row["image"] not in by_image for row in rows):
+        return None
+    scored = sorted(rows, key=lambda row: -row["mdice"] if isinstance(row.get("mdice"), (int, float)) else math.inf)
+    return [by_image[row["image"]] for row in scored]
+
+
+def _drawn_examples(predictor, pairs: list) -> list[Example]:
+    """`pairs` predicted and drawn at panel size (image, truth, prediction, errors), sorted best
+    first by mean Dice."""
+    from seglab.data.classmap import IGNORE_INDEX
+    from seglab.data.overlay import error_map, overlay, to_display
+    from seglab.inference.scoring import evaluate_predictor
+
     kept: dict[str, tuple] = {}
 
-    def keep(pair, image, prediction, truth):  # every image at panel size; pictures drawn for the shown ones
+    def keep(pair, image, prediction, truth):
         kept[str(pair.image)] = tuple(_shrink(a, PANEL_WIDTH) for a in (image, prediction.classes, truth))
 
     evaluation = evaluate_predictor(predictor, pairs, keep=keep)
@@ -135,7 +159,7 @@ def _validation_examples(run_dir: Path, device: str) -> tuple[list[Example], int
             ("image", to_display(image)), ("truth", overlay(image, np.where(ignored, 0, truth), labels=labels)),
             ("prediction", overlay(image, pred, labels=labels)), ("errors", error_map(truth, pred, ignored))]))
     examples.sort(key=lambda e: -e.score if math.isfinite(e.score) else math.inf)
-    return examples, len(pairs), note
+    return examples
 
 
 def _metrics_table(row: dict | None) -> str:
