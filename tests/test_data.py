@@ -331,3 +331,33 @@ def test_value_counts_is_what_np_unique_counts(dtype):
     assert values.dtype == expected[0].dtype
     np.testing.assert_array_equal(values, expected[0])
     np.testing.assert_array_equal(counts, expected[1])
+
+
+@pytest.mark.parametrize("mode, bits", [("1", None), ("L", None), ("P", None), ("P", 4), ("P", 1), ("RGB", None),
+                                        ("LA", None), ("RGBA", None), ("I;16", None)])
+def test_a_png_header_is_read_as_pillow_reads_it(tmp_path, monkeypatch, mode, bits):
+    from seglab.data import io
+
+    path = tmp_path / "image.png"
+    Image.new(mode, (37, 21)).save(path, **({"bits": bits} if bits else {}))
+    from_ihdr = io.image_info(path)
+    assert (io._png_header(path) is not None) == (mode != "I;16")  # 16-bit samples: Pillow reads the header
+    monkeypatch.setattr(io, "_png_header", lambda path: None)
+    assert from_ihdr == io.image_info(path) and from_ihdr[:2] == (21, 37)
+
+
+def test_a_damaged_or_oversized_png_header_is_refused_as_before(tmp_path, monkeypatch):
+    from seglab.data import io
+
+    path = tmp_path / "image.png"
+    Image.new("L", (40, 30)).save(path)
+    data = bytearray(path.read_bytes())
+    data[20] ^= 1  # the width, under the IHDR checksum
+    path.write_bytes(bytes(data))
+    assert io._png_header(path) is None
+    with pytest.raises(DataError, match="image.png"):
+        io.image_info(path)
+    Image.new("L", (40, 30)).save(path)
+    monkeypatch.setenv("SEGLAB_MAX_PIXELS", "1000")
+    with pytest.raises(DataError, match="1200"):
+        io.image_info(path)

@@ -22,13 +22,14 @@ FLAGS = ("--epochs", 1, "--no-channels-last", *TINY_FLAGS)
 def counted_run(tmp_path_factory, isbi_subset) -> tuple[Path, dict[Path, int], dict[Path, int]]:
     """`seglab train DATA FLAGS` in this process (seglab.cli.main), with every decode of a file
     (data.io's one Pillow decoder, behind read_image and read_mask) and every opening of one (its
-    header read, or its decode) counted per path until the first training step. Returns the run
-    folder and those two counts."""
+    header read, by Pillow or from a PNG's first bytes, or its decode) counted per path until the
+    first training step. Returns the run folder and those two counts."""
     out = tmp_path_factory.mktemp("counted") / "run"
     decodes: Counter[Path] = Counter()
     opens: Counter[Path] = Counter()
     at_first_step: dict[str, dict[Path, int]] = {}
     real_decode, real_open, real_step = io._read_pil, io._pillow_opening, Trainer._forward_backward
+    real_header = io._png_header
 
     def counting_decode(path, name=None):
         decodes[Path(path).resolve()] += 1
@@ -38,6 +39,10 @@ def counted_run(tmp_path_factory, isbi_subset) -> tuple[Path, dict[Path, int], d
         opens[Path(source).resolve()] += 1
         return real_open(source, name)
 
+    def counting_header(path):  # a PNG header read without Pillow
+        opens[Path(path).resolve()] += 1
+        return real_header(path)
+
     def first_step(self, *args):
         if not at_first_step:
             at_first_step.update(decodes=dict(decodes), opens=dict(opens))
@@ -46,6 +51,7 @@ def counted_run(tmp_path_factory, isbi_subset) -> tuple[Path, dict[Path, int], d
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(io, "_read_pil", counting_decode)
         patch.setattr(io, "_pillow_opening", counting_open)
+        patch.setattr(io, "_png_header", counting_header)
         patch.setattr(Trainer, "_forward_backward", first_step)
         result = run_main("train", isbi_subset, "--out", out, *FLAGS)
     assert result.rc == 0, result.output

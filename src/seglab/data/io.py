@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import threading
 import warnings
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +34,11 @@ CHANNEL_COUNTS = (1, 3, 4)
 # augmentation resamples on a grid of at least 2x2 pixels.
 MIN_IMAGE_SIDE = 2
 _PILLOW_LOCK = threading.Lock()  # Pillow's limit is module state: raise it for one read at a time
+# A PNG's signature and IHDR chunk (length 13, then the type): its first 33 bytes give its size.
+# Of (bit depth, colour type), those Pillow opens as modes L, 1, P, RGB, LA, RGBA with 8-bit
+# samples, and the channels image_info counts for each mode; other PNGs go through Pillow.
+PNG_START = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"
+PNG_CHANNELS = {(8, 0): 1, (1, 0): 1, (8, 3): 3, (4, 3): 3, (2, 3): 3, (1, 3): 3, (8, 2): 3, (8, 4): 1, (8, 6): 3}
 
 
 def max_pixels() -> int:
@@ -247,9 +254,30 @@ def _decoded(source: Path | io.BytesIO, path: Path | str, is_tiff: bool) -> np.n
     return array
 
 
+def _png_header(path: Path) -> tuple[int, int, int, str] | None:
+    """image_info of a PNG with 8-bit (or fewer) samples, from its IHDR chunk alone: one read of
+    33 bytes instead of Pillow's open (a folder of 30,000 pairs has 60,000 headers to read). None
+    for any other file, or one whose chunk is damaged: Pillow reads those and names what is wrong."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(33)
+    except OSError:
+        return None
+    if len(start) < 33 or not start.startswith(PNG_START):
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", start[16:26])
+    if (depth, colour) not in PNG_CHANNELS or not (width and height) \
+            or zlib.crc32(start[12:29]) != struct.unpack(">I", start[29:33])[0]:
+        return None
+    check_pixel_count(path, height, width)
+    return height, width, PNG_CHANNELS[(depth, colour)], "uint8"
+
+
 def image_info(path: str | Path) -> tuple[int, int, int, str]:
     """(height, width, channels, dtype name) from the file header, without decoding the pixels."""
     path = Path(path)
+    if path.suffix.lower() == ".png" and (header := _png_header(path)) is not None:
+        return header
     _check_readable(path)
     if path.suffix.lower() in TIFF_EXTENSIONS:
         import tifffile

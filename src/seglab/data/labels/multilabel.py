@@ -9,12 +9,13 @@ read its bits (`ClassMap.multilabel`). A label mask holds 0 (absent) and one oth
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from seglab.data.classmap import MAX_LABELS, value_counts
-from seglab.data.folders import FolderScan, LabelSource, Pair, detect_mask_suffix, list_images
+from seglab.data.folders import FolderScan, LabelSource, Pair, detect_mask_suffix, holds_images, list_images
 from seglab.data.io import image_info, read_mask, read_mask_channels
 from seglab.data.labels.cache import build_cache, cache_folder, content_key, load_cache
 from seglab.errors import DataError
@@ -26,9 +27,11 @@ CHANNELS = "mask channels"
 def label_folders(mask_dir: Path) -> list[Path]:
     """The folders of a mask folder laid out one folder per label (masks/LABEL/*.png), sorted by
     name (label k is the k-th); [] when the mask folder holds masks itself."""
-    if list_images(mask_dir):
+    if holds_images(mask_dir):
         return []
-    return sorted(d for d in mask_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and list_images(d))
+    with os.scandir(mask_dir) as entries:
+        names = sorted(entry.name for entry in entries if not entry.name.startswith(".") and entry.is_dir())
+    return [mask_dir / name for name in names if holds_images(mask_dir / name)]
 
 
 def pack_labels(planes: list[np.ndarray]) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.folders import IMAGE_DIR_NAMES, find_dir, list_images
+from seglab.data.folders import IMAGE_DIR_NAMES, find_dir, holds_images, list_images
 from seglab.data.io import image_info
 from seglab.data.labels.problems import Problems, outside_point
 from seglab.data.labels.shapes import ImageLabels, Shape
@@ -23,7 +23,7 @@ def find_yolo_labels(folder: Path) -> tuple[Path, Path] | None:
     image_dir = find_dir(folder, IMAGE_DIR_NAMES)
     if image_dir is None or not label_dir.is_dir():
         return None
-    if not any(p.suffix == ".txt" for p in label_dir.iterdir()) or list_images(label_dir):
+    if not any(p.suffix == ".txt" for p in label_dir.iterdir()) or holds_images(label_dir):
         return None
     return image_dir, label_dir
 
