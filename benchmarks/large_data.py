@@ -84,7 +84,7 @@ def main() -> None:
             print(f"RATIO overhead_{count}_vs_30 {result['overhead_s'] / max(reference['overhead_s'], 0.1):.2f}")
             print(f"RATIO memory_{count}_vs_30 {result['peak_rss_mb'] / max(reference['peak_rss_mb'], 1):.2f}")
             for line in result["output"].splitlines():
-                if line.startswith(("plan", "run ", "  ", "note", "data")):
+                if line.startswith(("plan", "run ", "  ", "note", "data", "validation")):
                     print(f"    | {line}")
     finally:
         if args.keep is None:
