@@ -222,10 +222,11 @@ torch.save(trainer.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.envir
 
 
 def test_a_validation_subset_scores_the_same_evenly_spread_images_and_best_images_json_lists_them(
-        tmp_path, isbi_dir):
+        tmp_path, isbi_dir, monkeypatch):
     lines = []
-    fit(config_from_dict(_config(tmp_path / "run", isbi_dir, epochs=2, val_images=2)), progress=False,
-        log=lambda *args, **kwargs: lines.append(" ".join(map(str, args))))
+    monkeypatch.chdir(tmp_path)  # the data folder given relative to it: both files record absolute paths
+    config = _config(tmp_path / "run", Path(os.path.relpath(isbi_dir, tmp_path)), epochs=2, val_images=2)
+    fit(config_from_dict(config), progress=False, log=lambda *args, **kwargs: lines.append(" ".join(map(str, args))))
     held_out = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
     assert len(held_out) == 6  # split.json keeps all of them: seglab evaluate scores them all
     assert any(line.startswith("validation: 2 of the 6 held-out images at each evaluation") for line in lines)

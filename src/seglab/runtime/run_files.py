@@ -129,9 +129,11 @@ def write_best_images(run_dir: Path, step: int, rows: list[dict]) -> None:
     """best_images.json: the validation that made best.pt (at optimizer step `step`) image by image,
     {"step": S, "images": [{"image": path, "mdice": ..., "miou": ..., "pixel_error": ...}, ...]},
     so the report ranks the images without predicting them again. `rows`: JSON-safe rows
-    (`Evaluation.to_json()["images"]`: None for a score without a value)."""
-    keys = ("image", "mdice", "miou", "pixel_error")
-    record = {"step": int(step), "images": [{key: row.get(key) for key in keys} for row in rows]}
+    (`Evaluation.to_json()["images"]`: None for a score without a value); images are recorded as
+    absolute paths, as split.json records them."""
+    scores = ("mdice", "miou", "pixel_error")
+    images = [{"image": os.path.abspath(row["image"]), **{key: row.get(key) for key in scores}} for row in rows]
+    record = {"step": int(step), "images": images}
     _write_text(Path(run_dir) / BEST_IMAGES_FILE, json.dumps(record, indent=1))
 
 
