@@ -2,7 +2,9 @@
 `seglab train DATA` decodes each data file once before its first batch, and a bad recipe is one line."""
 from __future__ import annotations
 
+import builtins
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -20,28 +22,25 @@ FLAGS = ("--epochs", 1, "--no-channels-last", *TINY_FLAGS)
 
 @pytest.fixture(scope="module")
 def counted_run(tmp_path_factory, isbi_subset) -> tuple[Path, dict[Path, int], dict[Path, int]]:
-    """`seglab train DATA FLAGS` in this process (seglab.cli.main), with every decode of a file
-    (data.io's one Pillow decoder, behind read_image and read_mask) and every opening of one (its
-    header read, by Pillow or from a PNG's first bytes, or its decode) counted per path until the
-    first training step. Returns the run folder and those two counts."""
+    """`seglab train DATA FLAGS` in this process (seglab.cli.main), with every decode of a data file
+    (data.io's one Pillow decoder, behind read_image and read_mask) and every opening of one (by
+    anything: `open`, which Pillow, tifffile and a PNG header read all call) counted per path until
+    the first training step. Returns the run folder and those two counts."""
     out = tmp_path_factory.mktemp("counted") / "run"
+    data_files = {str(path.resolve()) for path in isbi_subset.rglob("*.png")}
     decodes: Counter[Path] = Counter()
     opens: Counter[Path] = Counter()
     at_first_step: dict[str, dict[Path, int]] = {}
-    real_decode, real_open, real_step = io._read_pil, io._pillow_opening, Trainer._forward_backward
-    real_header = io._png_header
+    real_decode, real_open, real_step = io._read_pil, builtins.open, Trainer._forward_backward
 
     def counting_decode(path, name=None):
         decodes[Path(path).resolve()] += 1
         return real_decode(path, name)
 
-    def counting_open(source, name=None):
-        opens[Path(source).resolve()] += 1
-        return real_open(source, name)
-
-    def counting_header(path):  # a PNG header read without Pillow
-        opens[Path(path).resolve()] += 1
-        return real_header(path)
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and os.path.realpath(file) in data_files:
+            opens[Path(os.path.realpath(file))] += 1
+        return real_open(file, *args, **kwargs)
 
     def first_step(self, *args):
         if not at_first_step:
@@ -50,8 +49,7 @@ def counted_run(tmp_path_factory, isbi_subset) -> tuple[Path, dict[Path, int], d
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(io, "_read_pil", counting_decode)
-        patch.setattr(io, "_pillow_opening", counting_open)
-        patch.setattr(io, "_png_header", counting_header)
+        patch.setattr(builtins, "open", counting_open)
         patch.setattr(Trainer, "_forward_backward", first_step)
         result = run_main("train", isbi_subset, "--out", out, *FLAGS)
     assert result.rc == 0, result.output

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.io import image_info, read_image, read_mask
+from seglab.data.io import image_info, read_image, read_mask_and_palette
 
 # Decoded pixels kept at most: the ISBI set (30 x 512 x 512 x 2 bytes) takes 16 MB, 500 Carvana
 # pairs (1918 x 1280 RGB + mask) would take 4.9 GB and are mostly decoded again instead.
@@ -33,6 +33,7 @@ class DecodedFiles:
         self._arrays: dict[tuple[str, Path], np.ndarray] = {}
         self._bytes = 0
         self._headers: dict[Path, tuple[int, int, int, str]] = {}
+        self._palettes: dict[Path, np.ndarray | None] = {}  # of each mask decoded: a few hundred bytes
 
     def header(self, path: str | Path) -> tuple[int, int, int, str]:
         """image_info(path): (height, width, channels, dtype name), read from the file once."""
@@ -50,7 +51,18 @@ class DecodedFiles:
         return self._get("image", Path(path), read_image)
 
     def mask(self, path: str | Path) -> np.ndarray:
-        return self._get("mask", Path(path), read_mask)
+        return self._get("mask", Path(path), self._read_mask)
+
+    def palette(self, path: str | Path) -> np.ndarray | None:
+        """The (N, 3) uint8 palette of a palette mask, None for other masks: kept from its decode."""
+        path = Path(path)
+        if path not in self._palettes:
+            self.mask(path)
+        return self._palettes[path]
+
+    def _read_mask(self, path: Path) -> np.ndarray:
+        array, self._palettes[path] = read_mask_and_palette(path)
+        return array
 
     def _get(self, kind: str, path: Path, read) -> np.ndarray:
         key = (kind, path)

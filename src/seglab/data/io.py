@@ -336,14 +336,22 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask as raw values: (H, W) for grayscale, class-index or palette masks (palette
     indices are kept, not colours); (H, W, 3) uint8 for true-colour masks whose channels differ.
     """
+    return read_mask_and_palette(path)[0]
+
+
+def read_mask_and_palette(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """read_mask(path), and the (N, 3) uint8 colours of a palette image's palette (None for any
+    other mask), from the one decode."""
     path = Path(path)
     _check_readable(path)
+    palette = None
     if path.suffix.lower() in TIFF_EXTENSIONS:
         array = _read_tiff(path)
     else:
         image = _read_pil(path)
         if image.mode == "P":
             array = np.asarray(image)  # palette index = class index, as VOC/CamVid exports do
+            palette = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
         elif image.mode in ("RGB", "RGBA"):
             array = np.asarray(image.convert("RGB"))
         elif image.mode in ("1", "LA", "L"):
@@ -360,4 +368,4 @@ def read_mask(path: str | Path) -> np.ndarray:
             array = array.astype(np.int64)
         else:
             raise DataError(f"mask '{path}' holds non-integer values; masks must hold class values")
-    return array
+    return array, palette

@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from seglab.data.classmap import pack_rgb, value_counts
 from seglab.data.discover import MaskSurvey
-from seglab.data.io import read_mask
+from seglab.data.io import read_mask_and_palette
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -69,18 +68,17 @@ def _blur(mask: np.ndarray, values: np.ndarray, counts: np.ndarray, jpeg: bool) 
     return None, float(stray_share)
 
 
-def mask_facts(path: Path, mask: np.ndarray | None = None) -> MaskFacts:
-    """Describe one mask, read from `path` unless given (raises DataError naming an unreadable file)."""
-    mask = read_mask(path) if mask is None else mask
+def mask_facts(path: Path, mask: np.ndarray | None = None, colours: np.ndarray | None = None) -> MaskFacts:
+    """Describe one mask, read from `path` unless given with `colours`, its (N, 3) palette when it
+    is a palette image (`read_mask_and_palette`); raises DataError naming an unreadable file."""
+    if mask is None:
+        mask, colours = read_mask_and_palette(path)
     kind, palette = "gray", {}
     if mask.ndim == 3:
         kind, mask = "rgb", pack_rgb(mask)
-    elif path.suffix.lower() in (".png", ".gif", ".bmp"):
-        with Image.open(path) as image:
-            if image.mode == "P":
-                kind = "palette"
-                colours = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
-                palette = {i: tuple(int(c) for c in colours[i]) for i in range(len(colours))}
+    elif colours is not None:
+        kind = "palette"
+        palette = {i: tuple(int(c) for c in colours[i]) for i in range(len(colours))}
     values, counts = value_counts(mask)
     blurred, stray = (None, 0.0) if kind == "rgb" else _blur(mask, values, counts, path.suffix.lower() in JPEG_SUFFIXES)
     used = {int(v) for v in values}

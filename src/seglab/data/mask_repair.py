@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.classmap import IGNORE_INDEX, pack_rgb, unpack_rgb
-from seglab.data.io import read_image, read_mask
+from seglab.data.io import read_image, read_mask_and_palette
 from seglab.data.mask_facts import JPEG_SUFFIXES, mask_facts
 from seglab.data.preflight import (
     MAX_LISTED,
@@ -166,10 +166,10 @@ def _fix_pair(pair, out: Path, report: Preflight, result: FixResult) -> None:
         result.skipped.append((pair.image, str(error)))
         return
     try:
-        raw = read_mask(pair.mask)
+        raw, colours = read_mask_and_palette(pair.mask)
         if raw.shape[:2] != (image_h, image_w):
             raise DataError(f"'{pair.mask}' is {raw.shape[1]}x{raw.shape[0]} but its image is {image_w}x{image_h}")
-        facts = mask_facts(pair.mask, raw) if raw.ndim == 2 else None
+        facts = mask_facts(pair.mask, raw, colours) if raw.ndim == 2 else None
         snap = pair.mask.suffix.lower() in JPEG_SUFFIXES or bool(facts and facts.blurred)
         classes = fixed_classes(raw, report.fix, str(pair.mask), snap)
     except DataError as error:

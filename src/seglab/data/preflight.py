@@ -13,7 +13,7 @@ from seglab.data.decoded import DecodedFiles
 from seglab.data.discover import MAX_IMPLICIT_CLASSES, DataLayout, MaskSurvey, discover, infer_class_map
 from seglab.data.folders import FolderScan
 from seglab.data.io import check_trainable_size
-from seglab.data.labels.class_rules import label_rules, with_colours
+from seglab.data.labels.class_rules import label_rules, palette_colours, with_colours
 from seglab.data.mask_facts import JPEG_SUFFIXES, MaskFacts, mask_facts, survey_facts
 from seglab.data.samples import evenly_spread
 from seglab.errors import DataError
@@ -136,14 +136,15 @@ def run_preflight(root: str | Path, mask_values: list[int] | None = None, num_cl
         readable = sum(1 for p in pairs if p.mask not in report.bad_files)
         told = MaskRules(tuple(mask_values) if mask_values else None, num_classes,
                          tuple(class_names) if class_names else None, ignore_value, rgb, multilabel)
-        rules = label_rules(layout, told, {v for f in facts for v in f.counts}, facts[0].path)
+        first_palette = palette_colours(facts[0].path, files.palette)
+        rules = label_rules(layout, told, {v for f in facts for v in f.counts}, first_palette)
         if rules.multilabel:
             _check_labels(report, facts, readable, rules)
         else:
             _check_masks(report, facts, root, readable, **{k: v for k, v in rules.as_kwargs().items()
                                                            if k != "multilabel"})
         if report.class_map is not None:
-            report.class_map = with_colours(report.class_map, facts[0].path)
+            report.class_map = with_colours(report.class_map, first_palette)
     return report
 
 
@@ -186,7 +187,7 @@ def _read_sample(report: Preflight, pairs: list, root: Path, files: DecodedFiles
             unreadable.append(str(error))
             report.bad_files.add(pair.image)
         try:
-            facts.append(mask_facts(pair.mask, files.mask(pair.mask)))
+            facts.append(mask_facts(pair.mask, files.mask(pair.mask), files.palette(pair.mask)))
         except DataError as error:
             unreadable.append(str(error))
             report.bad_files.add(pair.mask)

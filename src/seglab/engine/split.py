@@ -63,7 +63,7 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     if data.folds:  # every labelled pair takes part: the folds are the validation splits
         pairs = pairs + (layout.labelled("val") if layout.has_named_splits else [])
         survey = survey_masks([p.mask for p in pairs], read=files.mask, held=files.holds_mask)
-        class_map = class_map_for(survey, layout, data.mask_rules())
+        class_map = class_map_for(survey, layout, data.mask_rules(), files.palette)
         presence = rare_presence(pairs, survey, class_map)
         fold_of = {pair: fold for fold in range(1, data.folds + 1)
                    for pair in fold_split(pairs, data.folds, fold, config.train.seed, presence)[1]}
@@ -73,7 +73,7 @@ def split_data(config: RunConfig, files: DecodedFiles | None = None, layout: Dat
     else:
         train_pairs, val_pairs = _held_out(data, layout, pairs, config.train.seed)
         survey = survey_masks([p.mask for p in train_pairs + val_pairs], read=files.mask, held=files.holds_mask)
-        class_map = class_map_for(survey, layout, data.mask_rules())
+        class_map = class_map_for(survey, layout, data.mask_rules(), files.palette)
     for pair in train_pairs + val_pairs:  # headers only: what `seglab check` refuses, train refuses too
         check_trainable_size(pair.image, *files.header(pair.image)[:2])
     channels = data.in_channels or files.header(train_pairs[0].image)[2]

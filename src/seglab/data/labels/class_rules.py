@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -15,18 +16,22 @@ CLASSES_FILE = "classes.json"
 VOC_BORDER = 255  # Pascal VOC's palette masks draw object borders (and "difficult" areas) in index 255
 
 
-def palette_colours(mask: Path | None) -> np.ndarray | None:
-    """(256, 3) uint8: the palette of a palette PNG mask (read from its header), else None."""
+def palette_colours(mask: Path | None, palette_of: Callable[[Path], np.ndarray | None] | None = None
+                    ) -> np.ndarray | None:
+    """(256, 3) uint8: the palette of a palette PNG mask, else None: `palette_of(mask)` when given
+    (`DecodedFiles.palette`, kept from the mask's decode), else read from the file's header."""
     if mask is None or mask.suffix.lower() not in (".png", ".gif", ".bmp"):
         return None
-    try:
-        with Image.open(mask) as image:
-            if image.mode != "P":
-                return None
-            colours = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
-    except OSError:
-        return None
-    return np.resize(colours, (256, 3)) if len(colours) else None
+    if palette_of is not None:
+        colours = palette_of(mask)
+    else:
+        try:
+            with Image.open(mask) as image:
+                colours = (np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+                           if image.mode == "P" else None)
+        except OSError:
+            return None
+    return np.resize(colours, (256, 3)) if colours is not None and len(colours) else None
 
 
 def classes_file(root: Path) -> dict[int, str] | None:
@@ -42,11 +47,11 @@ def classes_file(root: Path) -> dict[int, str] | None:
         return None
 
 
-def label_rules(layout: DataLayout | None, user: MaskRules, seen: set[int], first_mask: Path | None) -> MaskRules:
+def label_rules(layout: DataLayout | None, user: MaskRules, seen: set[int], palette: np.ndarray | None) -> MaskRules:
     """The user's rules completed by what the labels say, unless the user gave the values: an
     annotation set's values and category names, or those of a converted folder's classes.json;
-    and for palette masks holding 255 among other classes, 255 ignored (unless the user chose
-    an ignored value)."""
+    and for palette masks (`palette`: the first mask's palette_colours) holding 255 among other
+    classes, 255 ignored (unless the user chose an ignored value)."""
     told_values = user.mask_values is not None or user.rgb
     sources = layout.label_sources() if layout is not None else []
     labels = next((source for source in sources if source.multilabel), None)
@@ -63,22 +68,22 @@ def label_rules(layout: DataLayout | None, user: MaskRules, seen: set[int], firs
         values = tuple(sorted(classes))
         return MaskRules(values, None, user.class_names or tuple(classes[v] for v in values),
                          ignore if user.ignore_value is None else user.ignore_value)
-    if not told_values and _voc_border(user, seen, first_mask):
+    if not told_values and _voc_border(user, seen, palette):
         return dataclasses.replace(user, ignore_value=VOC_BORDER)
     return user
 
 
-def _voc_border(user: MaskRules, seen: set[int], first_mask: Path | None) -> bool:
+def _voc_border(user: MaskRules, seen: set[int], palette: np.ndarray | None) -> bool:
     """Palette masks holding 255 besides other classes (not a binary {0, 255} palette mask), no
     ignored value given and no --num-classes that would make 255 a class: VOC's border."""
     return (user.ignore_value is None and VOC_BORDER in seen and not seen - {VOC_BORDER} <= {0}
             and (user.num_classes is None or user.num_classes <= VOC_BORDER)
-            and palette_colours(first_mask) is not None)
+            and palette is not None)
 
 
-def with_colours(class_map: ClassMap, first_mask: Path | None) -> ClassMap:
-    """The class map with each class's palette colour, when the masks are palette PNGs."""
-    palette = palette_colours(first_mask)
+def with_colours(class_map: ClassMap, palette: np.ndarray | None) -> ClassMap:
+    """The class map with each class's colour in `palette` (the first mask's palette_colours),
+    when the masks are palette PNGs."""
     if (palette is None or class_map.rgb or class_map.multilabel or max(class_map.values) > 255
             or min(class_map.values) < 0):
         return class_map
@@ -86,8 +91,10 @@ def with_colours(class_map: ClassMap, first_mask: Path | None) -> ClassMap:
     return dataclasses.replace(class_map, colors=colours)
 
 
-def class_map_for(survey: MaskSurvey, layout: DataLayout | None, user: MaskRules) -> ClassMap:
-    """infer_class_map under `label_rules`, with palette colours: what a run's masks mean."""
-    first = next(iter(survey.distinct_per_file), None)
-    rules = label_rules(layout, user, set(survey.values), first)
-    return with_colours(infer_class_map(survey, **rules.as_kwargs()), first)
+def class_map_for(survey: MaskSurvey, layout: DataLayout | None, user: MaskRules,
+                  palette_of: Callable[[Path], np.ndarray | None] | None = None) -> ClassMap:
+    """infer_class_map under `label_rules`, with palette colours: what a run's masks mean.
+    `palette_of`: as palette_colours takes it."""
+    palette = palette_colours(next(iter(survey.distinct_per_file), None), palette_of)
+    rules = label_rules(layout, user, set(survey.values), palette)
+    return with_colours(infer_class_map(survey, **rules.as_kwargs()), palette)
