@@ -103,7 +103,7 @@ def test_a_large_hold_out_is_validated_on_a_subset_within_a_tenth_of_the_trainin
     # one 512x512 image's forward pass against 256x256 training crops at the planned 3 crops/s (fp32)
     per_image = FORWARD_COST * 4 / 3
     evaluations = int(re.search(r"~(\d+) evaluations", reason).group(1))
-    assert f"about {per_image:.2f} s each" in reason
+    assert f"about {per_image:.2g} s each" in reason
     assert count * per_image * evaluations <= VALIDATION_SHARE * chosen["train.time_budget"]
     assert (count + 1) * per_image * evaluations > VALIDATION_SHARE * chosen["train.time_budget"]
     # scaled inputs cost less to validate: more of them fit

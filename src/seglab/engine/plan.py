@@ -323,7 +323,7 @@ def _plan_validation(plan: Plan, kind: str, explicit: dict, train_images: int, h
         return
     chosen = max(MIN_VAL_IMAGES, fits)
     plan.choose("train.val_images", chosen, f"{chosen} of the {held_out} held-out images at each of ~{evaluations} "
-                f"evaluations (about {per_image:.2f} s each): validation within {VALIDATION_SHARE:.0%} of the "
+                f"evaluations (about {per_image:.2g} s each): validation within {VALIDATION_SHARE:.0%} of the "
                 "training time; the same ones each time", explicit)
 
 
