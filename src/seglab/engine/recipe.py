@@ -102,10 +102,10 @@ class Recipe:
         values = config_to_dict(self.config)
         values["classes"] = {**self.class_map.to_dict(), "channels": self.channels, "pixels": self.class_counts}
         if self.folded:
-            values["split"] = {"pairs": [[*_paths(pair), fold] for pair, fold in self.folded]}
+            values["split"] = {"pairs": [[*pair.absolute(), fold] for pair, fold in self.folded]}
         else:
-            values["split"] = {"train": [_paths(p) for p in self.train_pairs],
-                               "val": [_paths(p) for p in self.val_pairs]}
+            values["split"] = {"train": [p.absolute() for p in self.train_pairs],
+                               "val": [p.absolute() for p in self.val_pairs]}
         # json turns numpy numbers and tuples into the plain values YAML writes
         values["plan"] = json.loads(json.dumps(self.plan)) if self.plan else None
         return values
@@ -164,10 +164,6 @@ def _flag(key: str) -> str:
     name = key.split(".", 1)[1]
     declared = next(f for f in fields(DataConfig) if f.name == name).metadata.get("flags") or ()
     return next((flag for flag in declared if flag.startswith("--")), "--" + name.replace("_", "-"))
-
-
-def _paths(pair: Pair) -> list[str]:
-    return pair.absolute()
 
 
 def _classes(values) -> tuple[ClassMap, int, list[int] | None]:

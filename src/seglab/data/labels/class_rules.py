@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from seglab.data.classmap import ClassMap, MaskRules
 from seglab.data.discover import DataLayout, MaskSurvey, infer_class_map
@@ -16,21 +15,12 @@ CLASSES_FILE = "classes.json"
 VOC_BORDER = 255  # Pascal VOC's palette masks draw object borders (and "difficult" areas) in index 255
 
 
-def palette_colours(mask: Path | None, palette_of: Callable[[Path], np.ndarray | None] | None = None
-                    ) -> np.ndarray | None:
-    """(256, 3) uint8: the palette of a palette PNG mask, else None: `palette_of(mask)` when given
-    (`DecodedFiles.palette`, kept from the mask's decode), else read from the file's header."""
+def palette_colours(mask: Path | None, palette_of: Callable[[Path], np.ndarray | None]) -> np.ndarray | None:
+    """(256, 3) uint8: the palette of a palette PNG mask, else None; `palette_of(mask)`: its (N, 3)
+    colours or None (`DecodedFiles.palette`, kept from the mask's decode: no second read)."""
     if mask is None or mask.suffix.lower() not in (".png", ".gif", ".bmp"):
         return None
-    if palette_of is not None:
-        colours = palette_of(mask)
-    else:
-        try:
-            with Image.open(mask) as image:
-                colours = (np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
-                           if image.mode == "P" else None)
-        except OSError:
-            return None
+    colours = palette_of(mask)
     return np.resize(colours, (256, 3)) if colours is not None and len(colours) else None
 
 
@@ -92,7 +82,7 @@ def with_colours(class_map: ClassMap, palette: np.ndarray | None) -> ClassMap:
 
 
 def class_map_for(survey: MaskSurvey, layout: DataLayout | None, user: MaskRules,
-                  palette_of: Callable[[Path], np.ndarray | None] | None = None) -> ClassMap:
+                  palette_of: Callable[[Path], np.ndarray | None]) -> ClassMap:
     """infer_class_map under `label_rules`, with palette colours: what a run's masks mean.
     `palette_of`: as palette_colours takes it."""
     palette = palette_colours(next(iter(survey.distinct_per_file), None), palette_of)
